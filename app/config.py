@@ -1,0 +1,141 @@
+"""Settings: one typed model, read from FRAMEWORM_* environment variables.
+
+Secrets may also come from files: `FRAMEWORM_<NAME>_FILE=/path` (a mounted Kubernetes Secret,
+a Vault agent file) wins over `FRAMEWORM_<NAME>`. Settings are built in `create_app` and the CLI,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "production"]
+KeyStoreKind = Literal["file", "redis", "hashed-file"]
+
+DEFAULT_HOME = Path.home() / ".frameworm"
+# Settings that hold secrets: each may be given as FRAMEWORM_<NAME>_FILE.
+SECRET_FIELDS = (
+    "api_key_pepper",
+    "bootstrap_api_key",
+    "redis_url",
+    "metrics_token",
+    "sentry_dsn",
+)
+
+
+def _read_secret_files(values: dict[str, Any]) -> dict[str, Any]:
+    for field in SECRET_FIELDS:
+        path = os.environ.get(f"FRAMEWORM_{field.upper()}_FILE")
+        if path:
+            try:
+                values[field] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"FRAMEWORM_{field.upper()}_FILE cannot be read: {exc}") from None
+    return values
+
+
+class Settings(BaseSettings):
+    """Every setting of the server, with its default. README's table lists them all."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAMEWORM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = "development"
+
+    # Model and registry
+    registry: str = str(DEFAULT_HOME / "registry")
+    model: str = "cnn-digits"
+    stage: Literal["production", "staging"] = "production"
+    model_version: str | None = None
+    device: str = "auto"
+    seed_demo: bool = Field(default=True, description="seed the demo models into an empty registry")
+    follow_stage: bool = False
+    follow_interval_s: float = Field(default=5.0, gt=0)
+    load_retries: int = Field(default=3, ge=1)
+    warmup: bool = True
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(default=5.0, ge=0)
+    max_queue_items: int = Field(default=2048, ge=1)
+    request_timeout_ms: float = Field(default=10_000, gt=0)
+    max_concurrency: int = Field(default=1024, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    # Request limits
+    max_body_mb: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_json_depth: int = Field(default=32, ge=2)
+    max_json_elements: int = Field(default=4_000_000, ge=1)
+
+    # Auth and rate limits
+    auth_enabled: bool = True
+    api_key_store: KeyStoreKind = "file"
+    api_keys_file: Path = DEFAULT_HOME / "api-keys.json"
+    api_key_pepper: SecretStr | None = None
+    bootstrap_api_key: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    rate_limit: str = "100/minute"
+    rate_limit_storage: str = "memory://"
+    rate_limit_fail_open: bool = True
+    auth_failure_limit: str = "20/minute"
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics_token: SecretStr | None = None
+
+    # Observability
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_enabled: bool = True
+    otlp_endpoint: str | None = None
+    otlp_protocol: Literal["grpc", "http"] = "grpc"
+    trace_sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    sentry_dsn: SecretStr | None = None
+    enable_docs: bool = False
+
+    # Lifecycle
+    drain_delay_s: float = Field(default=5.0, ge=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, values: Any) -> Any:
+        return _read_secret_files(values) if isinstance(values, dict) else values
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _ips(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)  # raises ValueError when malformed
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        if not self.auth_enabled:
+            problems.append("auth is off (FRAMEWORM_AUTH_ENABLED=false)")
+        if self.api_key_pepper is None:
+            problems.append("no API key pepper (set FRAMEWORM_API_KEY_PEPPER_FILE from a secret)")
+        elif len(self.api_key_pepper.get_secret_value()) < 32:
+            problems.append("the API key pepper is shorter than 32 characters")
+        if self.enable_docs:
+            problems.append("the OpenAPI docs are on (FRAMEWORM_ENABLE_DOCS=true)")
+        if problems:
+            raise ValueError("unsafe settings for FRAMEWORM_ENV=production: " + "; ".join(problems))
+        return self
+
+    @property
+    def home(self) -> Path:
+        return self.api_keys_file.parent

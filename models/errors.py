@@ -1,0 +1,56 @@
+"""Errors of the model side. Each carries what a caller needs to say what went wrong."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class: a registry operation could not be done as asked."""
+
+
+class InvalidNameError(RegistryError, ValueError):
+    """A model name, version or storage key that is not allowed (it could escape the root)."""
+
+
+class ModelNotFoundError(RegistryError, LookupError):
+    def __init__(self, name: str, version: str | None = None, stage: str | None = None) -> None:
+        self.name, self.version, self.stage = name, version, stage
+        if version is not None:
+            what = f"version {version} of model {name!r}"
+        elif stage is not None:
+            what = f"a {stage} version of model {name!r}"
+        else:
+            what = f"model {name!r}"
+        super().__init__(f"{what} is not registered")
+
+
+class VersionExistsError(RegistryError):
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
+        super().__init__(f"model {name!r} already has version {version}; versions are immutable")
+
+
+class StageError(RegistryError):
+    """A stage move the stage model does not allow (e.g. rollback with no earlier version)."""
+
+
+class ConflictError(RegistryError):
+    """Someone else changed the model's index first (compare-and-swap lost); nothing was written."""
+
+
+class IntegrityError(RegistryError):
+    """An artefact's bytes no longer match the sha256 recorded when it was registered."""
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        self.key, self.expected, self.actual = key, expected, actual
+        super().__init__(
+            f"artefact {key} is corrupted or tampered with: sha256 {actual[:12]}... "
+            f"does not match the registered {expected[:12]}..."
+        )
+
+
+class ArtefactError(RegistryError):
+    """An artefact that cannot be loaded safely or does not fit its signature."""
+
+
+class GoldenCheckError(RegistryError):
+    """The model's output for a golden input is not the expected one."""

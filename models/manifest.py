@@ -1,0 +1,183 @@
+"""ModelManifest: what a registered model version is, and the signature it serves.
+
+A manifest is written once, when the version is registered, and never changed afterwards;
+what moves (stage aliases, a version's archived status, the history) lives in the model's
+index (`models.registry.ModelIndex`), so an immutable manifest can be cached and copied freely.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+# Names become directory names in the store: a conservative allow-list keeps them from ever
+# escaping the root ("../x", "/abs", "a/b") or colliding on case-insensitive filesystems.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Semantic Versioning 2.0.0, without build metadata ("+...") which would not order.
+SEMVER_PATTERN = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
+
+Dtype = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
+ArtefactFormat = Literal["safetensors", "torch_export", "torchscript"]
+Stage = Literal["staging", "production"]
+STAGES: tuple[Stage, ...] = ("staging", "production")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not SEMVER_PATTERN.fullmatch(version):
+        raise ValueError(f"invalid version {version!r}: expected semantic version MAJOR.MINOR.PATCH")
+    return version
+
+
+def version_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key giving semver precedence (a pre-release sorts before its release)."""
+    match = SEMVER_PATTERN.fullmatch(version)
+    if match is None:
+        raise ValueError(f"invalid version {version!r}")
+    major, minor, patch, pre = match.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Strict):
+    """How an encoded image becomes this tensor: decoded, converted, resized, scaled."""
+
+    mode: Literal["L", "RGB"] = "L"
+    height: int = Field(gt=0, le=8192)
+    width: int = Field(gt=0, le=8192)
+    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+    max_size_mb: float = Field(default=10.0, gt=0)
+    # Decompression bombs: refuse images whose header declares more pixels than this.
+    max_pixels: int = Field(default=4096 * 4096, gt=0)
+    scale: float = 1.0 / 255.0
+    invert: bool = False
+
+
+class TensorSpec(_Strict):
+    """One named input or output. `shape[0] == -1` is the batch dimension."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    dtype: Dtype = "float32"
+    shape: tuple[int, ...]
+    allow_non_finite: bool = False
+    image: ImageSpec | None = None
+    # For generative models: when the request omits this input, the server draws it from
+    # N(0, 1) with the request's `batch_size` and `seed` parameters.
+    generate: Literal["standard_normal"] | None = None
+    description: str = ""
+
+    @field_validator("shape")
+    @classmethod
+    def _batch_first(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[0] != -1:
+            raise ValueError("shape must start with -1, the batch dimension")
+        if any(d < 1 for d in shape[1:]):
+            raise ValueError("only the batch dimension may be -1; other dimensions must be >= 1")
+        return shape
+
+
+class ParameterSpec(_Strict):
+    """A request parameter the model understands, with its bounds."""
+
+    type: Literal["int", "float", "bool", "str"]
+    minimum: float | None = None
+    maximum: float | None = None
+    default: int | float | bool | str | None = None
+    description: str = ""
+
+
+class Signature(_Strict):
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
+    # The largest number of items one request may carry along the batch dimension.
+    max_items_per_request: int = Field(default=128, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Signature:
+        for group in (self.inputs, self.outputs):
+            names = [spec.name for spec in group]
+            if len(names) != len(set(names)):
+                raise ValueError(f"duplicate tensor names in {names}")
+        if any(spec.generate for spec in self.inputs) and "batch_size" not in self.parameters:
+            raise ValueError("a generated input needs a 'batch_size' parameter")
+        return self
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+class GoldenCheck(_Strict):
+    """An input with the output the model must give for it, within a tolerance."""
+
+    name: str = "golden"
+    inputs: dict[str, Any]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    expected: dict[str, Any]
+    atol: float = Field(default=1e-4, ge=0)
+    rtol: float = Field(default=1e-4, ge=0)
+
+
+class ModelManifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: Annotated[str, Field(min_length=1)]
+    version: str
+    format: ArtefactFormat
+    artefact: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="file name inside the version")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    # For safetensors artefacts: the architecture in models/families and its arguments.
+    family: str | None = None
+    family_config: dict[str, Any] = Field(default_factory=dict)
+    signature: Signature
+    golden: tuple[GoldenCheck, ...] = ()
+    deterministic: bool = False
+    # TorchScript carries code and has no safe loader: it loads only when marked trusted.
+    trusted: bool = False
+    created: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    description: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return check_version(value)
+
+    @model_validator(mode="after")
+    def _format_rules(self) -> ModelManifest:
+        if self.format == "safetensors" and not self.family:
+            raise ValueError("a safetensors artefact needs a model family")
+        if self.format == "torchscript" and not self.trusted:
+            raise ValueError("TorchScript artefacts carry code: register them with trusted=True")
+        return self

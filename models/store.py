@@ -1,0 +1,144 @@
+"""Where registry objects live, behind one small interface.
+
+Keys are relative POSIX paths ("cnn-digits/1.0.0/manifest.json"). Every store offers
+compare-and-swap on a key, which is what makes concurrent stage moves safe: two writers that
+read the same state cannot both replace it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
+
+from filelock import FileLock
+
+from models.errors import InvalidNameError
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CHUNK = 1 << 20
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.fullmatch(p) or p in {".", ".."} for p in parts):
+        raise InvalidNameError(f"invalid storage key {key!r}")
+    return key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Store(Protocol):
+    """Storage for registry objects. Implementations: LocalStore, and S3Store (models.s3)."""
+
+    url: str
+
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+
+    def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
+        """Write `data` only if the object still holds `expected` (None: does not exist)."""
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Copy a local file in (atomically: readers never see a partial object)."""
+
+    def local_path(self, key: str) -> Path:
+        """A local file with the object's bytes (remote stores download to a cache)."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Names directly under a key prefix ("" for the root)."""
+
+
+class LocalStore:
+    """A directory. Compare-and-swap is a file lock around read-compare-rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = self.root.joinpath(*check_key(key).split("/"))
+        # check_key already refuses "..", this guards against symlinks planted in the root.
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidNameError(f"storage key {key!r} leaves the registry root")
+        return path
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=30):
+            try:
+                current: bytes | None = path.read_bytes()
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                return False
+            self._atomic_write(path, data)
+            return True
+
+    def put_file(self, key: str, source: Path) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as src:
+            self._atomic_write(path, src)
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if _KEY_PART.fullmatch(p.name))
+
+    @staticmethod
+    def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
+        # Write beside the target, fsync, rename: a crash leaves the old object or the new one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data, bytes):
+                    out.write(data)
+                else:
+                    while chunk := data.read(CHUNK):
+                        out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+StoreKind = Literal["local", "s3"]
+
+
+def open_store(location: str) -> Store:
+    """A store from a location: a directory path, or s3://bucket/prefix."""
+    if location.startswith("s3://"):
+        from models.s3 import S3Store  # optional dependency, imported only when chosen
+
+        return S3Store.from_url(location)
+    return LocalStore(Path(location))
