@@ -40,12 +40,16 @@ class ConflictError(RegistryError):
 class IntegrityError(RegistryError):
     """An artefact's bytes no longer match the sha256 recorded when it was registered."""
 
-    def __init__(self, key: str, expected: str, actual: str) -> None:
+    def __init__(self, key: str, expected: str, actual: str | None) -> None:
         self.key, self.expected, self.actual = key, expected, actual
-        super().__init__(
-            f"artefact {key} is corrupted or tampered with: sha256 {actual[:12]}... "
-            f"does not match the registered {expected[:12]}..."
-        )
+        if actual is None:
+            message = f"artefact {key} is missing from the registry"
+        else:
+            message = (
+                f"artefact {key} is corrupted or tampered with: its sha256 {actual[:12]}... "
+                f"does not match the registered {expected[:12]}..."
+            )
+        super().__init__(message)
 
 
 class ArtefactError(RegistryError):

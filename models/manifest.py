@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # Names become directory names in the store: a conservative allow-list keeps them from ever
 # escaping the root ("../x", "/abs", "a/b") or colliding on case-insensitive filesystems.
@@ -44,7 +44,9 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     if not SEMVER_PATTERN.fullmatch(version):
-        raise ValueError(f"invalid version {version!r}: expected semantic version MAJOR.MINOR.PATCH")
+        raise ValueError(
+            f"invalid version {version!r}: expected semantic version MAJOR.MINOR.PATCH"
+        )
     return version
 
 

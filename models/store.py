@@ -55,6 +55,9 @@ class Store(Protocol):
     def put_file(self, key: str, source: Path) -> None:
         """Copy a local file in (atomically: readers never see a partial object)."""
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write an object (atomically)."""
+
     def local_path(self, key: str) -> Path:
         """A local file with the object's bytes (remote stores download to a cache)."""
 
@@ -101,6 +104,11 @@ class LocalStore:
         with source.open("rb") as src:
             self._atomic_write(path, src)
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._atomic_write(path, data)
+
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
@@ -138,7 +146,5 @@ StoreKind = Literal["local", "s3"]
 def open_store(location: str) -> Store:
     """A store from a location: a directory path, or s3://bucket/prefix."""
     if location.startswith("s3://"):
-        from models.s3 import S3Store  # optional dependency, imported only when chosen
-
-        return S3Store.from_url(location)
+        raise InvalidNameError("s3:// registries are not supported yet; use a directory")
     return LocalStore(Path(location))

@@ -1,0 +1,379 @@
+"""ModelRegistry: versions, stage aliases with an append-only history, verified artefacts.
+
+Layout in the store:
+    <name>/index.json                 ModelIndex: versions, aliases, archived, history, revision
+    <name>/<version>/manifest.json    ModelManifest, written once
+    <name>/<version>/<artefact>       the artefact's bytes
+
+The stage model: `staging` and `production` each point at one version or none. Promoting V to
+production archives the version production leaves and clears staging if it pointed at V.
+Rollback moves production back to the version it pointed at before the last promotion still
+in force. Every change to an index is a compare-and-swap, so of two concurrent writers that
+read the same index, exactly one wins and the other gets ConflictError with nothing written.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.errors import (
+    ArtefactError,
+    ConflictError,
+    IntegrityError,
+    InvalidNameError,
+    ModelNotFoundError,
+    StageError,
+    VersionExistsError,
+)
+from models.formats import LoadedModel, check_signature, load_model
+from models.golden import run_golden_checks
+from models.manifest import (
+    STAGES,
+    ArtefactFormat,
+    GoldenCheck,
+    ModelManifest,
+    Signature,
+    Stage,
+    check_name,
+    check_version,
+    utcnow,
+    version_key,
+)
+from models.store import Store, open_store, sha256_bytes, sha256_file
+
+Action = Literal["register", "promote", "rollback", "archive"]
+
+
+class StageEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: datetime = Field(default_factory=utcnow)
+    actor: str
+    action: Action
+    version: str
+    stage: Stage | None = None
+    from_version: str | None = None
+    reason: str = ""
+
+
+class ModelIndex(BaseModel):
+    """The mutable state of one model name; replaced whole by compare-and-swap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    revision: int = 0
+    versions: list[str] = Field(default_factory=list)
+    aliases: dict[Stage, str | None] = Field(default_factory=lambda: dict.fromkeys(STAGES))
+    archived: list[str] = Field(default_factory=list)
+    history: list[StageEvent] = Field(default_factory=list)
+
+    def status(self, version: str) -> str:
+        stages = [stage for stage, v in self.aliases.items() if v == version]
+        if stages:
+            return ",".join(stages)
+        return "archived" if version in self.archived else "registered"
+
+
+class VerifyResult(BaseModel):
+    name: str
+    version: str
+    ok: bool
+    detail: str
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary container UID
+        return "unknown"
+
+
+class ModelRegistry:
+    def __init__(self, store: Store | str | Path) -> None:
+        self.store: Store = store if not isinstance(store, str | Path) else open_store(str(store))
+
+    # ------------------------------------------------------------------ reading
+    def list_models(self) -> list[str]:
+        return [name for name in self.store.list("") if self.store.read(f"{name}/index.json")]
+
+    def index(self, name: str) -> ModelIndex:
+        raw = self.store.read(f"{check_name_safe(name)}/index.json")
+        if raw is None:
+            raise ModelNotFoundError(name)
+        return ModelIndex.model_validate_json(raw)
+
+    def manifest(self, name: str, version: str) -> ModelManifest:
+        check_version_safe(version)
+        raw = self.store.read(f"{check_name_safe(name)}/{version}/manifest.json")
+        if raw is None:
+            raise ModelNotFoundError(name, version=version)
+        return ModelManifest.model_validate_json(raw)
+
+    def resolve(
+        self, name: str, stage: Stage = "production", version: str | None = None
+    ) -> ModelManifest:
+        """The manifest of a pinned version, or of the version a stage alias points at."""
+        if version is not None:
+            return self.manifest(name, version)
+        target = self.index(name).aliases.get(stage)
+        if target is None:
+            raise ModelNotFoundError(name, stage=stage)
+        return self.manifest(name, target)
+
+    def history(self, name: str) -> list[StageEvent]:
+        return list(self.index(name).history)
+
+    # ------------------------------------------------------------------ artefacts
+    def artefact_bytes(self, manifest: ModelManifest) -> bytes:
+        """The artefact's bytes, refused unless their sha256 is the registered one."""
+        key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
+        try:
+            data = self.store.local_path(key).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(key, manifest.sha256, None) from None
+        actual = sha256_bytes(data)
+        if actual != manifest.sha256:
+            raise IntegrityError(key, manifest.sha256, actual)
+        return data
+
+    def load(self, manifest: ModelManifest, device: torch.device | str = "cpu") -> LoadedModel:
+        return load_model(manifest, self.artefact_bytes(manifest), torch.device(device))
+
+    def verify(self, name: str, version: str | None = None) -> list[VerifyResult]:
+        versions = [version] if version else self.index(name).versions
+        results = []
+        for v in versions:
+            try:
+                self.artefact_bytes(self.manifest(name, v))
+                results.append(VerifyResult(name=name, version=v, ok=True, detail="sha256 ok"))
+            except IntegrityError as exc:
+                results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
+        return results
+
+    # ------------------------------------------------------------------ writing
+    def register(
+        self,
+        name: str,
+        version: str,
+        artefact: Path,
+        *,
+        format: ArtefactFormat,
+        signature: Signature,
+        family: str | None = None,
+        family_config: dict[str, Any] | None = None,
+        golden: tuple[GoldenCheck, ...] = (),
+        deterministic: bool = False,
+        trusted: bool = False,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> ModelManifest:
+        """Check the artefact loads, fits its signature and passes its golden checks; store it."""
+        check_name_safe(name)
+        check_version_safe(version)
+        if not artefact.is_file():
+            raise ArtefactError(f"artefact {artefact} is not a file")
+        index = self._index_or_new(name)
+        if version in index.versions:
+            raise VersionExistsError(name, version)
+        suffix = {"safetensors": ".safetensors", "torch_export": ".pt2", "torchscript": ".pt"}
+        try:
+            manifest = ModelManifest(
+                name=name,
+                version=version,
+                format=format,
+                artefact="model" + suffix[format],
+                sha256=sha256_file(artefact),
+                size_bytes=artefact.stat().st_size,
+                family=family,
+                family_config=family_config or {},
+                signature=signature,
+                golden=golden,
+                deterministic=deterministic,
+                trusted=trusted,
+                created_by=actor or default_actor(),
+                description=description,
+                metadata=metadata or {},
+            )
+        except ValueError as exc:
+            raise ArtefactError(str(exc)) from None
+        model = load_model(manifest, artefact.read_bytes(), torch.device("cpu"))
+        check_signature(model)
+        run_golden_checks(model)
+
+        # Claim the version with a create-only write of its manifest, so two registrations of
+        # one version cannot overwrite each other's files; the index is written last.
+        base = f"{name}/{version}"
+        if not self.store.swap(
+            f"{base}/manifest.json", manifest.model_dump_json(indent=2).encode(), None
+        ):
+            raise VersionExistsError(name, version)
+        self.store.put_file(f"{base}/{manifest.artefact}", artefact)
+
+        def add(ix: ModelIndex) -> None:
+            if version in ix.versions:
+                raise VersionExistsError(name, version)
+            ix.versions.append(version)
+            ix.versions.sort(key=version_key)
+            ix.history.append(
+                StageEvent(actor=manifest.created_by, action="register", version=version)
+            )
+
+        self._update(name, add, create=True)
+        return manifest
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        stage: Stage,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        expected_revision: int | None = None,
+    ) -> ModelIndex:
+        check_version_safe(version)
+        if stage not in STAGES:
+            raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+        def move(ix: ModelIndex) -> None:
+            if version not in ix.versions:
+                raise ModelNotFoundError(name, version=version)
+            self._move_alias(ix, stage, version, "promote", actor, reason)
+
+        return self._update(name, move, expected_revision=expected_revision)
+
+    def rollback(
+        self,
+        name: str,
+        stage: Stage = "production",
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        expected_revision: int | None = None,
+    ) -> ModelIndex:
+        def back(ix: ModelIndex) -> None:
+            previous = rollback_target(ix, stage)
+            if previous is None:
+                raise StageError(f"{name} has no earlier {stage} version to roll back to")
+            self._move_alias(ix, stage, previous, "rollback", actor, reason)
+
+        return self._update(name, back, expected_revision=expected_revision)
+
+    def archive(
+        self, name: str, version: str, *, actor: str | None = None, reason: str = ""
+    ) -> ModelIndex:
+        check_version_safe(version)
+
+        def retire(ix: ModelIndex) -> None:
+            if version not in ix.versions:
+                raise ModelNotFoundError(name, version=version)
+            if ix.aliases.get("production") == version:
+                raise StageError(
+                    f"{name} {version} is in production: promote or roll back another version first"
+                )
+            if ix.aliases.get("staging") == version:
+                ix.aliases["staging"] = None
+            if version not in ix.archived:
+                ix.archived.append(version)
+            ix.history.append(
+                StageEvent(
+                    actor=actor or default_actor(), action="archive", version=version, reason=reason
+                )
+            )
+
+        return self._update(name, retire)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _move_alias(
+        ix: ModelIndex, stage: Stage, version: str, action: Action, actor: str | None, reason: str
+    ) -> None:
+        previous = ix.aliases.get(stage)
+        ix.aliases[stage] = version
+        if version in ix.archived:
+            ix.archived.remove(version)  # an archived version may be promoted again
+        if stage == "production":
+            if ix.aliases.get("staging") == version:
+                ix.aliases["staging"] = None
+            if previous is not None and previous != version and previous not in ix.archived:
+                ix.archived.append(previous)
+        ix.history.append(
+            StageEvent(
+                actor=actor or default_actor(),
+                action=action,
+                version=version,
+                stage=stage,
+                from_version=previous,
+                reason=reason,
+            )
+        )
+
+    def _index_or_new(self, name: str) -> ModelIndex:
+        try:
+            return self.index(name)
+        except ModelNotFoundError:
+            return ModelIndex(name=name)
+
+    def _update(
+        self,
+        name: str,
+        change: Callable[[ModelIndex], None],
+        *,
+        create: bool = False,
+        expected_revision: int | None = None,
+    ) -> ModelIndex:
+        key = f"{check_name_safe(name)}/index.json"
+        raw = self.store.read(key)
+        if raw is None and not create:
+            raise ModelNotFoundError(name)
+        index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=name)
+        if expected_revision is not None and index.revision != expected_revision:
+            raise ConflictError(
+                f"{name} is at revision {index.revision}, not {expected_revision}; "
+                "re-read and retry"
+            )
+        change(index)
+        index.revision += 1
+        if not self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
+            raise ConflictError(
+                f"{name} was changed by someone else meanwhile; nothing was written"
+            )
+        return index
+
+
+def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
+    """The version `stage` pointed at before the last move still in force (moves form a stack)."""
+    stack: list[str] = []
+    for event in ix.history:
+        if event.stage != stage:
+            continue
+        if event.action == "promote":
+            stack.append(event.version)
+        elif event.action == "rollback" and stack:
+            stack.pop()
+    if len(stack) < 2:
+        return None
+    return stack[-2]
+
+
+def check_name_safe(name: str) -> str:
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise InvalidNameError(str(exc)) from None
+
+
+def check_version_safe(version: str) -> str:
+    try:
+        return check_version(version)
+    except ValueError as exc:
+        raise InvalidNameError(str(exc)) from None
