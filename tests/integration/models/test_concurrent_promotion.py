@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +50,6 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 
 def race(registry: ModelRegistry, versions: list[str], revision: str, rounds: int) -> list[int]:
-    import time
-
     start = str(time.time() + 1.5)  # all processes start their promotions at the same moment
     procs = [
         subprocess.Popen(
@@ -87,7 +87,7 @@ def test_many_racing_promotions_keep_revision_and_history_consistent(
     assert len(promotions) == sum(wins) > 0
     assert index.revision == before.revision + sum(wins)
     # Each recorded move starts where the previous one ended: no lost update.
-    for earlier, later in zip(promotions, promotions[1:], strict=False):
+    for earlier, later in itertools.pairwise(promotions):
         assert later.from_version == earlier.version
     assert index.aliases["production"] == promotions[-1].version
     assert len(set(index.archived)) == len(index.archived)

@@ -101,7 +101,8 @@ def test_torchscript_is_refused_unless_registered_as_trusted(
 ) -> None:
     path = tmp_path / "m.pt"
     with pytest.warns(DeprecationWarning):
-        torch.jit.save(torch.jit.trace(tiny_mlp(seed=4), torch.zeros(1, 4)), str(path))
+        traced = torch.jit.trace(tiny_mlp(seed=4), torch.zeros(1, 4))  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(path))
     with pytest.raises(ArtefactError, match="trusted"):
         registry.register("scripted", "1.0.0", path, format="torchscript", signature=TINY_SIGNATURE)
     with pytest.warns(DeprecationWarning):

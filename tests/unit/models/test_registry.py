@@ -152,7 +152,7 @@ def test_unknown_models_versions_and_stages_are_reported(
     with pytest.raises(ModelNotFoundError):
         registry.index("nope")
     register("tiny", "1.0.0")
-    with pytest.raises(ModelNotFoundError, match="version 9.0.0"):
+    with pytest.raises(ModelNotFoundError, match=r"version 9\.0\.0"):
         registry.promote("tiny", "9.0.0", "production")
     with pytest.raises(ModelNotFoundError, match="production version"):
         registry.resolve("tiny")
