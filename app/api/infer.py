@@ -1,0 +1,136 @@
+"""POST /infer: JSON or multipart/form-data in, the model's outputs (and version) out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from app.deps import BatcherDep, RunnerDep, SettingsDep
+from app.errors import Problem, request_id_of
+from app.inference.codec import (
+    Decoded,
+    array_from_json,
+    assemble,
+    check_array,
+    check_parameters,
+    decode_infer_json,
+    encode_infer_json,
+)
+from app.inference.images import decode_image
+from models.manifest import Signature
+
+router = APIRouter(tags=["inference"])
+
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "inputs": {
+            "type": "object",
+            "description": "name -> nested list (batch first), or {b64, content_type} image(s)",
+            "additionalProperties": True,
+        },
+        "parameters": {"type": "object", "additionalProperties": True},
+    },
+}
+INFER_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "version", "outputs", "request_id"],
+    "properties": {
+        "model": {"type": "string"},
+        "version": {"type": "string"},
+        "outputs": {"type": "object", "additionalProperties": True},
+        "request_id": {"type": ["string", "null"]},
+    },
+}
+
+
+@router.post(
+    "/infer",
+    summary="Run the served model on one request (one or more items)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": INFER_REQUEST_SCHEMA},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "description": "one part per input, named after it",
+                    }
+                },
+            },
+        }
+    },
+    responses={200: {"content": {"application/json": {"schema": INFER_RESPONSE_SCHEMA}}}},
+)
+async def infer(
+    request: Request, runner: RunnerDep, batcher: BatcherDep, settings: SettingsDep
+) -> Response:
+    signature = runner.manifest.signature
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json":
+        decoded = decode_infer_json(signature, await request.body())
+    elif media_type == "multipart/form-data":
+        decoded = await decode_multipart(request, signature)
+    else:
+        raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
+    deadline = time.monotonic() + settings.request_timeout_ms / 1000
+    served = await batcher.submit(decoded.arrays, decoded.items, deadline)
+    body = encode_infer_json(
+        runner.manifest.name,
+        served.version,
+        signature,
+        served.outputs,
+        request_id_of(request.scope),
+    )
+    return Response(
+        body, media_type="application/json", headers={"x-model-version": served.version}
+    )
+
+
+async def decode_multipart(request: Request, signature: Signature) -> Decoded:
+    """One part per input, named after it: image files, or JSON arrays; `parameters` as JSON."""
+    limit = len(signature.inputs) + 1
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except Exception:  # python-multipart raises several types for malformed bodies
+        raise Problem("malformed-request", "the multipart body cannot be parsed") from None
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        parameters: dict[str, Any] = {}
+        for name, part in form.multi_items():
+            if name == "parameters":
+                parameters = _json_part(name, part)
+                if not isinstance(parameters, dict):
+                    raise Problem("invalid-input", "the 'parameters' part must be a JSON object")
+                continue
+            spec = next((s for s in signature.inputs if s.name == name), None)
+            if spec is None:
+                arrays[name] = np.zeros(0)  # reported by assemble, with the expected inputs
+            elif isinstance(part, UploadFile):
+                if spec.image is None:
+                    raise Problem("invalid-input", f"input {name!r} does not take a file")
+                raw = await part.read()
+                image = decode_image(name, raw, spec.image, part.content_type)
+                arrays[name] = check_array(name, image[None], spec)
+            else:
+                arrays[name] = array_from_json(name, _json_part(name, part), spec)
+        return assemble(signature, arrays, check_parameters(signature, parameters))
+    finally:
+        await form.close()
+
+
+def _json_part(name: str, part: str | UploadFile) -> Any:
+    if not isinstance(part, str):
+        raise Problem("invalid-input", f"part {name!r} must be a form field, not a file")
+    try:
+        return orjson.loads(part)
+    except orjson.JSONDecodeError:
+        raise Problem("malformed-request", f"part {name!r} is not valid JSON") from None

@@ -1,0 +1,114 @@
+"""The Open Inference Protocol v2 routes (KServe / Triton REST), so stock clients work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.api.health import readiness
+from app.deps import BatcherDep, HostDep, RunnerDep, SettingsDep
+from app.errors import Problem
+from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
+from app.inference.runner import ModelRunner
+from models.manifest import TensorSpec
+
+router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
+
+SERVER_METADATA = {
+    "name": "frameworm",
+    "version": "0.1.0",
+    "extensions": ["binary_tensor_data"],
+}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _served(runner: ModelRunner, name: str, version: str | None) -> None:
+    manifest = runner.manifest
+    if name != manifest.name:
+        raise Problem("model-not-found", "this server does not serve that model")
+    if version is not None and version != manifest.version:
+        raise Problem("model-not-found", "this server does not serve that model version")
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": list(spec.shape)}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json(SERVER_METADATA)
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def ready(request: Request) -> Response:
+    ok, _ = readiness(request)
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+async def model_metadata(runner: RunnerDep, name: str, version: str | None = None) -> Response:
+    _served(runner, name, version)
+    manifest = runner.manifest
+    return _json(
+        {
+            "name": manifest.name,
+            "versions": [manifest.version],
+            "platform": f"pytorch_{manifest.format}",
+            "inputs": [_tensor_metadata(s) for s in manifest.signature.inputs],
+            "outputs": [_tensor_metadata(s) for s in manifest.signature.outputs],
+        }
+    )
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+async def model_ready(host: HostDep, name: str, version: str | None = None) -> Response:
+    runner = host.runner
+    if runner is None:
+        if name != host.settings.model:
+            raise Problem("model-not-found", "this server does not serve that model")
+        return _json({"name": name, "ready": False}, 503)
+    _served(runner, name, version)
+    return _json({"name": name, "ready": True})
+
+
+@router.post("/models/{name}/infer", summary="Inference")
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
+async def model_infer(
+    request: Request,
+    runner: RunnerDep,
+    batcher: BatcherDep,
+    settings: SettingsDep,
+    name: str,
+    version: str | None = None,
+) -> Response:
+    _served(runner, name, version)
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    # Stock clients send JSON, octet-stream (binary extension) or no content type at all.
+    if media_type not in ("", "application/json", "application/octet-stream"):
+        raise Problem("unsupported-media-type", "send application/json or application/octet-stream")
+    signature = runner.manifest.signature
+    v2 = decode_request(
+        signature, await request.body(), request.headers.get("inference-header-content-length")
+    )
+    timeout_s = settings.request_timeout_ms / 1000
+    if v2.timeout_s is not None:
+        timeout_s = min(timeout_s, v2.timeout_s)
+    served = await batcher.submit(v2.decoded.arrays, v2.decoded.items, time.monotonic() + timeout_s)
+    body, headers = encode_response(
+        runner.manifest.name, served.version, signature, served.outputs, v2
+    )
+    return Response(body, headers=headers)

@@ -1,0 +1,22 @@
+"""`frameworm`: the command line. One sub-command group per module."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli.registry import registry_app
+from app.cli.serve import serve
+
+cli = typer.Typer(
+    name="frameworm",
+    help="Serve a registered PyTorch model behind a hardened HTTP API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cli.add_typer(registry_app, name="registry")
+cli.command()(serve)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,238 @@
+"""`frameworm registry ...`: register, list, show, promote, rollback, archive, verify, history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.output import JsonOption, emit, errors_as_one_line, fail
+from app.config import Settings
+from models.manifest import ArtefactFormat, GoldenCheck, Signature, Stage
+from models.registry import ModelRegistry
+
+registry_app = typer.Typer(
+    help="Model versions, stage aliases (staging, production) and their history.",
+    no_args_is_help=True,
+)
+
+RegistryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--registry", envvar="FRAMEWORM_REGISTRY", help="Registry directory or s3:// URL."
+    ),
+]
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who does this (default: user).")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
+
+
+def open_registry(location: str | None) -> ModelRegistry:
+    return ModelRegistry(location or Settings().registry)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {what} {path}: {exc}")
+
+
+@registry_app.command()
+def register(
+    name: str,
+    version: str,
+    path: Annotated[Path, typer.Argument(help="The artefact file.")],
+    signature: Annotated[Path, typer.Option(help="JSON file: inputs, outputs, parameters.")],
+    format: Annotated[str, typer.Option(help="safetensors | torch_export | torchscript")] = "",
+    family: Annotated[str | None, typer.Option(help="Architecture for safetensors.")] = None,
+    family_config: Annotated[str, typer.Option(help="JSON object of family arguments.")] = "{}",
+    golden: Annotated[Path | None, typer.Option(help="JSON list of golden checks.")] = None,
+    deterministic: Annotated[bool, typer.Option(help="Same input, same output.")] = False,
+    trusted: Annotated[bool, typer.Option(help="Allow TorchScript (it carries code).")] = False,
+    description: str = "",
+    metadata: Annotated[str, typer.Option(help="JSON object of free-form metadata.")] = "{}",
+    actor: ActorOption = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Register an artefact as NAME VERSION after checking it loads and fits its signature."""
+    with errors_as_one_line():
+        fmt = _format(format) if format else _format_from_suffix(path)
+        manifest = open_registry(registry).register(
+            name,
+            version,
+            path,
+            format=fmt,
+            signature=Signature.model_validate(_read_json(signature, "signature")),
+            family=family,
+            family_config=json.loads(family_config),
+            golden=tuple(
+                GoldenCheck.model_validate(g)
+                for g in (_read_json(golden, "golden") if golden else [])
+            ),
+            deterministic=deterministic,
+            trusted=trusted,
+            description=description,
+            metadata=json.loads(metadata),
+            actor=actor,
+        )
+        emit(
+            manifest.model_dump(mode="json"),
+            as_json,
+            lambda: f"registered {name} {version} ({fmt}, sha256 {manifest.sha256[:12]})",
+        )
+
+
+def _format(value: str) -> ArtefactFormat:
+    if value not in ("safetensors", "torch_export", "torchscript"):
+        fail(f"unknown format {value!r}; formats are safetensors, torch_export, torchscript")
+    return value  # type: ignore[return-value]
+
+
+def _format_from_suffix(path: Path) -> ArtefactFormat:
+    formats: dict[str, ArtefactFormat] = {".safetensors": "safetensors", ".pt2": "torch_export"}
+    if path.suffix not in formats:
+        fail(f"cannot tell the format of {path.name}; pass --format")
+    return formats[path.suffix]
+
+
+@registry_app.command("list")
+def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
+    """Every model with its versions and stages."""
+    with errors_as_one_line():
+        reg = open_registry(registry)
+        rows = []
+        for name in reg.list_models():
+            index = reg.index(name)
+            for version in index.versions:
+                rows.append({"name": name, "version": version, "status": index.status(version)})
+        emit(rows, as_json, lambda: _table(rows, ("name", "version", "status")))
+
+
+@registry_app.command()
+def show(
+    name: str,
+    version: Annotated[str | None, typer.Argument()] = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """A version's manifest (the production version's when VERSION is left out)."""
+    with errors_as_one_line():
+        reg = open_registry(registry)
+        manifest = reg.resolve(name, version=version)
+        data = manifest.model_dump(mode="json")
+        data["status"] = reg.index(name).status(manifest.version)
+        emit(data, as_json, lambda: json.dumps(data, indent=2))
+
+
+@registry_app.command()
+def promote(
+    name: str,
+    version: str,
+    stage: Annotated[str, typer.Argument(help="staging | production")],
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    if_revision: Annotated[
+        int | None, typer.Option(help="Only if the model's index is still at this revision.")
+    ] = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Point STAGE at VERSION (production archives the version it leaves)."""
+    with errors_as_one_line():
+        index = open_registry(registry).promote(
+            name, version, _stage(stage), actor=actor, reason=reason, expected_revision=if_revision
+        )
+        emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {version}")
+
+
+@registry_app.command()
+def rollback(
+    name: str,
+    stage: Annotated[str, typer.Argument(help="staging | production")] = "production",
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Move STAGE back to the version it pointed at before."""
+    with errors_as_one_line():
+        index = open_registry(registry).rollback(name, _stage(stage), actor=actor, reason=reason)
+        target = index.aliases[_stage(stage)]
+        emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {target}")
+
+
+@registry_app.command()
+def archive(
+    name: str,
+    version: str,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Mark VERSION archived (refused while it is in production)."""
+    with errors_as_one_line():
+        index = open_registry(registry).archive(name, version, actor=actor, reason=reason)
+        emit(index.model_dump(mode="json"), as_json, lambda: f"{name} {version}: archived")
+
+
+@registry_app.command()
+def verify(
+    name: Annotated[str | None, typer.Argument()] = None,
+    version: Annotated[str | None, typer.Argument()] = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Recompute artefact sha256s; exit 1 when any does not match."""
+    with errors_as_one_line():
+        reg = open_registry(registry)
+        names = [name] if name else reg.list_models()
+        results = [r for n in names for r in reg.verify(n, version)]
+        rows = [r.model_dump() for r in results]
+        emit(rows, as_json, lambda: _table(rows, ("name", "version", "ok", "detail")))
+        if not all(r.ok for r in results):
+            raise typer.Exit(1)
+
+
+@registry_app.command()
+def history(name: str, registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
+    """Every registration and stage move of NAME, oldest first."""
+    with errors_as_one_line():
+        rows = [e.model_dump(mode="json") for e in open_registry(registry).history(name)]
+        columns = ("at", "action", "stage", "from_version", "version", "actor", "reason")
+        emit(rows, as_json, lambda: _table(rows, columns))
+
+
+@registry_app.command("seed-demo")
+def seed_demo(registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
+    """Register the bundled demo models and promote their 1.0.0 to production."""
+    from models.demo import seed_demo as seed
+
+    with errors_as_one_line():
+        reg = open_registry(registry)
+        added = seed(reg)
+        rows = [{"name": m.name, "version": m.version} for m in added]
+        emit(
+            rows,
+            as_json,
+            lambda: f"registered {len(rows)} demo model version(s) in {reg.store.url}",
+        )
+
+
+def _stage(value: str) -> Stage:
+    if value not in ("staging", "production"):
+        fail(f"unknown stage {value!r}; stages are staging, production")
+    return value  # type: ignore[return-value]
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,42 @@
+"""Named dependencies: what routes get from lifespan state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.errors import Problem, retry_after
+from app.inference.batcher import DynamicBatcher
+from app.inference.host import ModelHost
+from app.inference.runner import ModelRunner
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def get_host(request: Request) -> ModelHost:
+    host: ModelHost = request.state.host
+    return host
+
+
+def get_batcher(request: Request) -> DynamicBatcher:
+    batcher: DynamicBatcher = request.state.batcher
+    return batcher
+
+
+def get_ready_runner(request: Request) -> ModelRunner:
+    """The runner serving now, or 503 while the model is loading (or failed to)."""
+    runner = get_host(request).runner
+    if runner is None:
+        raise Problem("not-ready", "the model is not loaded yet", headers=retry_after(2))
+    return runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+HostDep = Annotated[ModelHost, Depends(get_host)]
+BatcherDep = Annotated[DynamicBatcher, Depends(get_batcher)]
+RunnerDep = Annotated[ModelRunner, Depends(get_ready_runner)]

@@ -1,0 +1,191 @@
+"""Errors and the one table that maps them to RFC 9457 problem responses.
+
+Every error a client sees is `application/problem+json` with `type`, `title`, `status`,
+`detail`, `code` and `request_id` (and, on the v2 routes, the protocol's `error` string).
+Bodies are redacted: they never carry exception text from inside the server, an echo of the
+input or a stack trace. Unexpected exceptions are logged with their traceback and answered 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Send
+
+log = logging.getLogger("frameworm.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    status: int
+    title: str
+
+
+# code -> (status, title): the one table. `type` is urn:frameworm:problem:<code>.
+PROBLEMS: dict[str, ProblemType] = {
+    "malformed-request": ProblemType(400, "Malformed request"),
+    "unauthorized": ProblemType(401, "Unauthorized"),
+    "forbidden": ProblemType(403, "Forbidden"),
+    "not-found": ProblemType(404, "Not found"),
+    "model-not-found": ProblemType(404, "Model not found"),
+    "method-not-allowed": ProblemType(405, "Method not allowed"),
+    "payload-too-large": ProblemType(413, "Payload too large"),
+    "unsupported-media-type": ProblemType(415, "Unsupported media type"),
+    "invalid-input": ProblemType(422, "Invalid input"),
+    "rate-limited": ProblemType(429, "Too many requests"),
+    "internal-error": ProblemType(500, "Internal server error"),
+    "not-ready": ProblemType(503, "Not ready"),
+    "overloaded": ProblemType(503, "Overloaded"),
+    "shutting-down": ProblemType(503, "Shutting down"),
+    "request-timeout": ProblemType(408, "Request timeout"),
+    "deadline-exceeded": ProblemType(504, "Deadline exceeded"),
+}
+
+
+class Problem(Exception):
+    """An error with a stable code from PROBLEMS and a client-safe detail."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if code not in PROBLEMS:
+            raise ValueError(f"unknown problem code {code!r}")
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    @property
+    def status(self) -> int:
+        return PROBLEMS[self.code].status
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"retry-after": str(max(1, round(seconds + 0.499)))}
+
+
+def problem_body(
+    code: str,
+    detail: str,
+    request_id: str | None,
+    *,
+    v2: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    kind = PROBLEMS[code]
+    body: dict[str, Any] = {
+        "type": f"urn:frameworm:problem:{code}",
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if extra:
+        body.update(extra)
+    if v2:
+        body["error"] = detail  # the Open Inference Protocol's error member
+    return orjson.dumps(body)
+
+
+def is_v2_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def request_id_of(scope: Mapping[str, Any]) -> str | None:
+    state = scope.get("state") or {}
+    rid = state.get("request_id")
+    return rid if isinstance(rid, str) else None
+
+
+def problem_response(problem: Problem, scope: Mapping[str, Any]) -> Response:
+    body = problem_body(
+        problem.code,
+        problem.detail,
+        request_id_of(scope),
+        v2=is_v2_path(scope.get("path", "")),
+        extra=problem.extra,
+    )
+    return Response(body, problem.status, problem.headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+async def send_problem(
+    send: Send,
+    scope: Mapping[str, Any],
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Answer from pure ASGI middleware, before any route runs."""
+    body = problem_body(code, detail, request_id_of(scope), v2=is_v2_path(scope.get("path", "")))
+    raw_headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {"type": "http.response.start", "status": PROBLEMS[code].status, "headers": raw_headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+_HTTP_CODES = {
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)  # noqa: S101  # registered for Problem only
+        return problem_response(exc, request.scope)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+        code = _HTTP_CODES.get(exc.status_code, "malformed-request")
+        detail = {
+            "not-found": "no such route",
+            "method-not-allowed": f"{request.method} is not allowed here",
+        }.get(code, "the request cannot be served")
+        headers = dict(exc.headers or {})
+        return problem_response(Problem(code, detail, headers=headers), request.scope)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        problem = Problem(
+            "invalid-input", "the request does not match the schema", extra={"errors": errors}
+        )
+        return problem_response(problem, request.scope)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"request_id": request_id_of(request.scope)})
+        return problem_response(
+            Problem("internal-error", "the server failed to handle the request"), request.scope
+        )
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_unexpected)

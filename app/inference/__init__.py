@@ -1,0 +1,1 @@
+"""Turning requests into tensors and back (codec), scheduling them (batcher), running them."""

@@ -1,0 +1,269 @@
+"""DynamicBatcher: packs the items of concurrent requests into batches for the model.
+
+Rules, in the order they apply:
+- a request carries one or more items along the batch dimension; batches hold at most
+  `max_batch_size` items (a larger request runs alone);
+- the queue is bounded in items: past it, requests are shed with 503 and Retry-After;
+- admission control: when the expected wait (queued items / batch size x recent batch time)
+  would outlast the request's deadline, it is answered 503 at once instead of aging in line;
+- an idle model gets the next batch at once; only while the server is busy (the last batch
+  held several items and ended moments ago) does the batcher wait, at most `max_delay_s`,
+  for a batch to fill;
+- a request whose deadline passes in the queue is answered 504 before the model sees it;
+- a batch that raises fails only its own requests (500); the loop keeps serving.
+Waiting is event-driven: no polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from app.errors import Problem, retry_after
+from app.inference.runner import ModelRunner
+
+log = logging.getLogger("frameworm.batcher")
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (metrics, traces); `telemetry.metrics` implements it."""
+
+    def queued(self, depth_items: int) -> None: ...
+    def shed(self, reason: str) -> None: ...
+    def batch_done(
+        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+    ) -> None: ...
+
+
+class _NoObserver:
+    def queued(self, depth_items: int) -> None:
+        pass
+
+    def shed(self, reason: str) -> None:
+        pass
+
+    def batch_done(
+        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+    ) -> None:
+        pass
+
+
+@dataclass
+class Served:
+    outputs: list[np.ndarray]
+    version: str
+
+
+@dataclass
+class _Pending:
+    arrays: list[np.ndarray]
+    items: int
+    deadline: float
+    future: asyncio.Future[Served]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        runner: Callable[[], ModelRunner | None],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_items: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue_items < 1 or max_delay_s < 0:
+            raise ValueError("batch size and queue bound must be >= 1, the delay >= 0")
+        self._runner = runner
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_items = max_queue_items
+        self._observer: BatchObserver = observer or _NoObserver()
+        self._queue: deque[_Pending] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._busy_until = 0.0  # monotonic time until which the server counts as busy
+        self.batch_seconds = 0.0  # moving average of one batch's forward time
+        self.in_flight_items = 0
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="frameworm-batcher")
+
+    async def close(self, timeout_s: float) -> int:
+        """Stop taking work, let the queue drain within the bound; returns items abandoned."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is None:
+            return 0
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        abandoned = 0
+        while self._queue:
+            pending = self._queue.popleft()
+            abandoned += pending.items
+            _fail(
+                pending,
+                Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
+            )
+        self._queued_items = 0
+        return abandoned
+
+    def expected_wait_s(self) -> float:
+        batches_ahead = self._queued_items / self.max_batch_size + (
+            1 if self.in_flight_items else 0
+        )
+        return batches_ahead * self.batch_seconds
+
+    async def submit(self, arrays: list[np.ndarray], items: int, deadline: float) -> Served:
+        """Queue one request's items; its outputs come back split along the batch dimension."""
+        now = time.monotonic()
+        if self._closing:
+            raise Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
+        if deadline <= now:
+            self._observer.shed("deadline")
+            raise Problem("deadline-exceeded", "the request's deadline passed before it could run")
+        if self._queued_items + items > self.max_queue_items:
+            self._observer.shed("queue_full")
+            raise Problem(
+                "overloaded", "the queue is full", headers=retry_after(self.expected_wait_s())
+            )
+        wait = self.expected_wait_s()
+        if now + wait > deadline:
+            self._observer.shed("admission")
+            raise Problem(
+                "overloaded",
+                "the expected wait exceeds the request's deadline",
+                headers=retry_after(wait),
+            )
+        future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(arrays, items, deadline, future, now))
+        self._queued_items += items
+        self._observer.queued(self._queued_items)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(future, deadline - now)
+        except TimeoutError:
+            self._observer.shed("deadline")
+            raise Problem(
+                "deadline-exceeded", "the request's deadline passed while it was queued"
+            ) from None
+
+    # ------------------------------------------------------------------ the loop
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._maybe_wait_to_fill()
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    async def _maybe_wait_to_fill(self) -> None:
+        if self._closing or self._queued_items >= self.max_batch_size or self.max_delay_s == 0:
+            return
+        now = time.monotonic()
+        if now >= self._busy_until:
+            return  # idle: dispatch at once
+        fill_deadline = self._queue[0].enqueued + self.max_delay_s
+        while (
+            self._queued_items < self.max_batch_size
+            and (left := fill_deadline - time.monotonic()) > 0
+        ):
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        items = 0
+        while self._queue:
+            head = self._queue[0]
+            if batch and items + head.items > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_items -= head.items
+            if head.future.done():  # the client gave up (deadline, disconnect)
+                continue
+            if head.deadline <= now:
+                self._observer.shed("deadline")
+                _fail(
+                    head,
+                    Problem(
+                        "deadline-exceeded", "the request's deadline passed while it was queued"
+                    ),
+                )
+                continue
+            batch.append(head)
+            items += head.items
+        self._observer.queued(self._queued_items)
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        runner = self._runner()
+        if runner is None:
+            for pending in batch:
+                _fail(pending, Problem("not-ready", "no model is loaded", headers=retry_after(1)))
+            return
+        items = sum(p.items for p in batch)
+        arrays = (
+            batch[0].arrays
+            if len(batch) == 1
+            else [np.concatenate(parts) for parts in zip(*(p.arrays for p in batch), strict=True)]
+        )
+        start = time.monotonic()
+        self.in_flight_items = items
+        try:
+            outputs = await runner.run(arrays)
+        except Exception:
+            log.exception("batch of %d items failed", items)
+            for pending in batch:
+                _fail(pending, Problem("internal-error", "the model failed on this batch"))
+            return
+        finally:
+            self.in_flight_items = 0
+        end = time.monotonic()
+        seconds = end - start
+        self.batch_seconds = (
+            seconds if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * seconds
+        )
+        self._busy_until = end + self.max_delay_s if items > 1 else 0.0
+        self._observer.batch_done(runner, items, seconds, [start - p.enqueued for p in batch])
+        version = runner.manifest.version
+        offset = 0
+        for pending in batch:
+            part = [out[offset : offset + pending.items] for out in outputs]
+            offset += pending.items
+            if not pending.future.done():
+                pending.future.set_result(Served(part, version))
+
+
+def _fail(pending: _Pending, problem: Problem) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(problem)

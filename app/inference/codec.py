@@ -1,0 +1,216 @@
+"""Requests <-> arrays, checked against the model's signature.
+
+Every check failure is a Problem naming the field and what the signature expects, so a client
+can fix its request; nothing here echoes the client's values back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import Problem
+from app.inference.images import decode_b64, decode_image
+from models.manifest import ParameterSpec, Signature, TensorSpec
+from models.tensors import FLOAT_DTYPES, NUMPY_DTYPES, generate
+
+# Which array kinds a spec dtype accepts from JSON: ints are valid floats, not vice versa.
+_ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+@dataclass
+class Decoded:
+    """A request's inputs in signature order, all with the same batch dimension."""
+
+    arrays: list[np.ndarray]
+    items: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(spec: TensorSpec) -> str:
+    return f"{spec.name}: {spec.dtype}{list(spec.shape)}"
+
+
+def check_array(name: str, value: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Shape and dtype must fit the spec exactly (batch first); returns the spec's dtype."""
+    target = NUMPY_DTYPES[spec.dtype]
+    expected = f"expected {describe(spec)}"
+    if value.dtype.kind not in _ACCEPTED_KINDS.get(target.kind, target.kind):
+        raise Problem("invalid-input", f"input {name!r} has the wrong type; {expected}")
+    if value.ndim != len(spec.shape) or tuple(value.shape[1:]) != spec.shape[1:]:
+        raise Problem("invalid-input", f"input {name!r} has shape {list(value.shape)}; {expected}")
+    if value.shape[0] < 1:
+        raise Problem("invalid-input", f"input {name!r} is empty; {expected}")
+    array = value.astype(target, copy=False)
+    if spec.dtype in FLOAT_DTYPES and not spec.allow_non_finite and not np.isfinite(array).all():
+        raise Problem("invalid-input", f"input {name!r} contains NaN or infinity, not allowed")
+    return array
+
+
+def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    if isinstance(value, dict):
+        return images_from_json(name, [value], spec)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return images_from_json(name, value, spec)
+    if not isinstance(value, list):
+        raise Problem(
+            "invalid-input", f"input {name!r} must be a nested list; expected {describe(spec)}"
+        )
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is None or array.dtype == object or array.dtype.kind in "USO":
+        raise Problem(
+            "invalid-input", f"input {name!r} is ragged or not numeric; expected {describe(spec)}"
+        )
+    return check_array(name, array, spec)
+
+
+def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> np.ndarray:
+    if spec.image is None:
+        raise Problem(
+            "invalid-input", f"input {name!r} does not take images; expected {describe(spec)}"
+        )
+    decoded = []
+    for i, value in enumerate(values):
+        where = f"{name}[{i}]" if len(values) > 1 else name
+        if (
+            not isinstance(value, dict)
+            or set(value) - {"b64", "content_type"}
+            or "b64" not in value
+        ):
+            raise Problem(
+                "invalid-input", f"input {where!r} must be {{'b64': ..., 'content_type': ...}}"
+            )
+        content_type = value.get("content_type")
+        if content_type is not None and not isinstance(content_type, str):
+            raise Problem("invalid-input", f"input {where!r}: content_type must be a string")
+        raw = decode_b64(where, value["b64"])
+        decoded.append(decode_image(where, raw, spec.image, content_type))
+    return check_array(name, np.stack(decoded), spec)
+
+
+def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Known parameters only, of the declared type, within bounds; defaults filled in."""
+    unknown = set(given) - set(signature.parameters)
+    if unknown:
+        raise Problem(
+            "invalid-input",
+            f"unknown parameter(s) {sorted(unknown)}; accepted: {sorted(signature.parameters)}",
+        )
+    values: dict[str, Any] = {}
+    for name, spec in signature.parameters.items():
+        if name in given:
+            values[name] = check_parameter(name, given[name], spec)
+        elif spec.default is not None:
+            values[name] = spec.default
+    return values
+
+
+def check_parameter(name: str, value: Any, spec: ParameterSpec) -> Any:
+    allowed = _PARAMETER_TYPES[spec.type]
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, allowed) or (is_bool and spec.type != "bool"):
+        raise Problem("invalid-input", f"parameter {name!r} must be of type {spec.type}")
+    if isinstance(value, int | float) and not is_bool:
+        number = float(value)
+        if not math.isfinite(number):
+            raise Problem("invalid-input", f"parameter {name!r} must be finite")
+        if spec.minimum is not None and number < spec.minimum:
+            raise Problem("invalid-input", f"parameter {name!r} must be >= {spec.minimum:g}")
+        if spec.maximum is not None and number > spec.maximum:
+            raise Problem("invalid-input", f"parameter {name!r} must be <= {spec.maximum:g}")
+    return value
+
+
+def assemble(
+    signature: Signature, arrays: dict[str, np.ndarray], parameters: dict[str, Any]
+) -> Decoded:
+    """Order inputs by the signature, generate what may be generated, check the batch size."""
+    unknown = set(arrays) - {s.name for s in signature.inputs}
+    if unknown:
+        raise Problem(
+            "invalid-input",
+            f"unknown input(s) {sorted(unknown)}; the model takes "
+            + ", ".join(describe(s) for s in signature.inputs),
+        )
+    ordered: list[np.ndarray] = []
+    for spec in signature.inputs:
+        if spec.name in arrays:
+            ordered.append(arrays[spec.name])
+        elif spec.generate is not None and "batch_size" in parameters:
+            seed = parameters.get("seed")
+            ordered.append(generate(spec, int(parameters["batch_size"]), seed).numpy())
+        else:
+            raise Problem("invalid-input", f"missing input; expected {describe(spec)}")
+    items = ordered[0].shape[0]
+    if any(a.shape[0] != items for a in ordered):
+        raise Problem(
+            "invalid-input", "all inputs must have the same size along the batch dimension"
+        )
+    if items > signature.max_items_per_request:
+        raise Problem(
+            "invalid-input",
+            f"{items} items in one request; at most {signature.max_items_per_request} are allowed",
+        )
+    return Decoded(ordered, items, parameters)
+
+
+def decode_infer_json(signature: Signature, body: bytes) -> Decoded:
+    """POST /infer JSON: {"inputs": {NAME: nested list | image}, "parameters": {...}}."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Problem("malformed-request", "the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise Problem("invalid-input", "the body must be a JSON object with 'inputs'")
+    unknown = set(document) - {"inputs", "parameters"}
+    if unknown:
+        raise Problem(
+            "invalid-input", f"unknown field(s) {sorted(unknown)}; expected inputs, parameters"
+        )
+    inputs = document.get("inputs", {})
+    parameters = document.get("parameters", {})
+    if not isinstance(inputs, dict) or not isinstance(parameters, dict):
+        raise Problem("invalid-input", "'inputs' and 'parameters' must be JSON objects")
+    params = check_parameters(signature, parameters)
+    arrays = {}
+    for name, value in inputs.items():
+        try:
+            spec = signature.input(name)
+        except KeyError:
+            continue  # reported by assemble, with the full list
+        arrays[name] = array_from_json(name, value, spec)
+    return assemble(signature, arrays, params)
+
+
+def encode_infer_json(
+    model: str,
+    version: str,
+    signature: Signature,
+    outputs: list[np.ndarray],
+    request_id: str | None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "model": model,
+            "version": version,
+            "outputs": {
+                spec.name: out for spec, out in zip(signature.outputs, outputs, strict=True)
+            },
+            "request_id": request_id,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )

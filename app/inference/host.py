@@ -1,0 +1,121 @@
+"""ModelHost: which model version this server serves, and getting it ready.
+
+Startup, in a background task so the server listens (and /healthz answers) meanwhile:
+resolve the name at the stage (or the pinned version) -> verify the artefact's sha256 ->
+load onto the device -> warm up at the batch sizes batches will take -> run the golden checks
+-> ready. A failure is retried a bounded number of times with backoff; then the host reports
+it failed and the server exits non-zero, so Kubernetes shows the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from app.config import Settings
+from app.inference.runner import ModelRunner, pick_device, warmup_batch_sizes
+from models.errors import RegistryError
+from models.golden import run_golden_checks
+from models.manifest import ModelManifest
+from models.registry import ModelRegistry
+
+log = logging.getLogger("frameworm.model")
+
+State = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    state: State
+    reason: str
+    model: str
+    version: str | None
+
+
+class ModelHost:
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or ModelRegistry(settings.registry)
+        self.device = pick_device(settings.device)
+        self._runner: ModelRunner | None = None
+        self.state: State = "loading"
+        self.reason = "the model is loading"
+        self.failed = asyncio.Event()
+
+    @property
+    def runner(self) -> ModelRunner | None:
+        return self._runner
+
+    @property
+    def manifest(self) -> ModelManifest | None:
+        return self._runner.manifest if self._runner else None
+
+    def status(self) -> HostStatus:
+        version = self._runner.manifest.version if self._runner else None
+        return HostStatus(self.state, self.reason, self.settings.model, version)
+
+    async def start(self) -> None:
+        """Load the configured version with bounded retries; never raises."""
+        attempts = self.settings.load_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                runner = await asyncio.to_thread(self.prepare)
+            except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+                self.reason = f"loading failed (attempt {attempt} of {attempts}): {exc}"
+                log.error(self.reason)
+                if attempt < attempts:
+                    await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
+                continue
+            self._runner = runner
+            self.state, self.reason = "ready", "the model is loaded, warm and checked"
+            return
+        self.state = "failed"
+        self.failed.set()
+
+    def prepare(self, manifest: ModelManifest | None = None) -> ModelRunner:
+        """Resolve, verify, load, warm up and check a version (blocking: run it in a thread)."""
+        started = time.perf_counter()
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        self._seed_demo_if_empty()
+        if manifest is None:
+            manifest = self.registry.resolve(
+                self.settings.model, self.settings.stage, self.settings.model_version
+            )
+        runner = ModelRunner(self.registry.load(manifest, self.device))  # sha256 verified
+        try:
+            if self.settings.warmup:
+                runner.warm_up(warmup_batch_sizes(self.settings.max_batch_size))
+            run_golden_checks(runner.model)
+        except BaseException:
+            runner.close()
+            raise
+        log.info(
+            "model ready",
+            extra={
+                "model": manifest.name,
+                "version": manifest.version,
+                "device": str(self.device),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return runner
+
+    def _seed_demo_if_empty(self) -> None:
+        if self.settings.seed_demo and not self.registry.list_models():
+            from models.demo import seed_demo
+
+            seed_demo(self.registry, actor="frameworm-serve")
+            log.warning(
+                "the registry was empty: registered the demo models in %s", self.registry.store.url
+            )
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None

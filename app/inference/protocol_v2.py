@@ -1,0 +1,218 @@
+"""The Open Inference Protocol v2 wire format (KServe / Triton REST), binary extension included.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; the header's length
+is in `Inference-Header-Content-Length` when bytes follow. An input carries its bytes there
+when its `parameters.binary_data_size` says so. Outputs go back as binary when the request asks
+(`binary_data_output`, or an output's `binary_data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import Problem
+from app.inference.codec import Decoded, assemble, check_array, check_parameters
+from models.manifest import Dtype, Signature
+
+DATATYPES: dict[Dtype, str] = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "bfloat16": "FP32",  # travels as FP32 (numpy has no bfloat16)
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+}
+NUMPY_OF: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP16": np.dtype("<f2"),
+    "FP64": np.dtype("<f8"),
+    "INT64": np.dtype("<i8"),
+    "INT32": np.dtype("<i4"),
+    "INT16": np.dtype("<i2"),
+    "INT8": np.dtype("i1"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "BOOL": np.dtype("?"),
+}
+# Parameters the protocol itself defines; everything else must be a model parameter.
+PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", "sequence_id", "priority", "headers"}
+
+
+@dataclass
+class V2Request:
+    decoded: Decoded
+    id: str | None
+    timeout_s: float | None
+    outputs: list[str]
+    binary: set[str] = field(default_factory=set)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise Problem(
+            "malformed-request", "Inference-Header-Content-Length is not an integer"
+        ) from None
+    if not 0 < size <= len(body):
+        raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
+    return body[:size], body[size:]
+
+
+def decode_request(signature: Signature, body: bytes, header_length: str | None) -> V2Request:
+    header_bytes, binary = split_body(body, header_length)
+    try:
+        header = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError:
+        raise Problem("malformed-request", "the inference header is not valid JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs", []), list):
+        raise Problem("invalid-input", "the body must be an object with an 'inputs' list")
+    unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
+    if unknown:
+        raise Problem("invalid-input", f"unknown field(s) {sorted(unknown)}")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise Problem("invalid-input", "'parameters' must be an object")
+    model_params = check_parameters(
+        signature, {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS}
+    )
+
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(header.get("inputs", [])):
+        name, array, used = _decode_input(signature, i, item, binary, offset)
+        offset += used
+        if name in arrays:
+            raise Problem("invalid-input", f"input {name!r} is given twice")
+        arrays[name] = array
+    if offset != len(binary):
+        raise Problem("invalid-input", "binary data left over after the declared inputs")
+
+    wanted, binary_out = _requested_outputs(signature, header.get("outputs"), params)
+    request_id = header.get("id")
+    return V2Request(
+        decoded=assemble(signature, arrays, model_params),
+        id=request_id if isinstance(request_id, str) else None,
+        timeout_s=_timeout(params.get("timeout")),
+        outputs=wanted,
+        binary=binary_out,
+    )
+
+
+def _decode_input(
+    signature: Signature, index: int, item: Any, binary: bytes, offset: int
+) -> tuple[str, np.ndarray, int]:
+    if not isinstance(item, dict):
+        raise Problem("invalid-input", f"inputs[{index}] must be an object")
+    name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
+    if not isinstance(name, str):
+        raise Problem("invalid-input", f"inputs[{index}].name must be a string")
+    try:
+        spec = signature.input(name)
+    except KeyError:
+        return name, np.zeros(0), 0  # assemble reports unknown inputs with the expected list
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise Problem(
+            "invalid-input", f"input {name!r}: shape must be a list of non-negative integers"
+        )
+    if datatype not in NUMPY_OF:
+        raise Problem("invalid-input", f"input {name!r}: datatype must be {DATATYPES[spec.dtype]}")
+    dtype = NUMPY_OF[datatype]
+    count = int(np.prod(shape)) if shape else 1
+    size = (item.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if (
+            not isinstance(size, int)
+            or size != count * dtype.itemsize
+            or offset + size > len(binary)
+        ):
+            raise Problem(
+                "invalid-input", f"input {name!r}: binary_data_size does not fit its shape"
+            )
+        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return name, check_array(name, array, spec), size
+    data = item.get("data")
+    if not isinstance(data, list):
+        raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
+    try:
+        flat = np.asarray(data, dtype=dtype).reshape(shape)
+    except (ValueError, TypeError, OverflowError):
+        raise Problem(
+            "invalid-input", f"input {name!r}: data does not match shape and datatype"
+        ) from None
+    return name, check_array(name, flat, spec), 0
+
+
+def _requested_outputs(
+    signature: Signature, outputs: Any, params: dict[str, Any]
+) -> tuple[list[str], set[str]]:
+    all_binary = params.get("binary_data_output") is True
+    names = [spec.name for spec in signature.outputs]
+    if outputs is None:
+        return names, set(names) if all_binary else set()
+    if not isinstance(outputs, list):
+        raise Problem("invalid-input", "'outputs' must be a list")
+    wanted, binary = [], set()
+    for i, out in enumerate(outputs):
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in names:
+            raise Problem("invalid-input", f"outputs[{i}]: unknown output; the model has {names}")
+        wanted.append(name)
+        flag = (out.get("parameters") or {}).get("binary_data")
+        if flag is True or (flag is None and all_binary):
+            binary.add(name)
+    return wanted, binary
+
+
+def _timeout(value: Any) -> float | None:
+    """The protocol's `timeout` is in microseconds."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Problem("invalid-input", "parameter 'timeout' must be a non-negative integer (µs)")
+    return value / 1_000_000
+
+
+def encode_response(
+    model: str,
+    version: str,
+    signature: Signature,
+    outputs: list[np.ndarray],
+    request: V2Request,
+) -> tuple[bytes, dict[str, str]]:
+    entries, chunks = [], []
+    by_name = {spec.name: (spec, out) for spec, out in zip(signature.outputs, outputs, strict=True)}
+    for name in request.outputs:
+        spec, array = by_name[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": DATATYPES[spec.dtype],
+            "shape": list(array.shape),
+        }
+        if name in request.binary:
+            raw = np.ascontiguousarray(array, dtype=NUMPY_OF[entry["datatype"]]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if request.id is not None:
+        document["id"] = request.id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }

@@ -1,0 +1,95 @@
+"""The lifespan hook: resources up at startup, and the last part of the drain at shutdown.
+
+Startup makes the model host and batcher, then loads the model in a background task so the
+server listens (and /healthz answers) while it loads. Shutdown runs after uvicorn has closed
+the listener and finished the connections (the drain itself starts at SIGTERM, see
+`app.serve`): 1. the batcher answers what is left with 503 within a bound, 2. the
+GracefulShutdown hooks run, the server's and those its users started (each bounded),
+3. telemetry is flushed (a hook), 4. the model is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.inference.batcher import DynamicBatcher
+from app.inference.host import ModelHost
+from app.production import GracefulShutdown
+
+log = logging.getLogger("frameworm.lifespan")
+
+HOOK_TIMEOUT_S = 5.0
+QUEUE_CLOSE_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Lifecycle:
+    """What the server process and the app share about starting and stopping."""
+
+    shutdown: GracefulShutdown
+    joined: list[GracefulShutdown] = field(default_factory=list)  # users' start() calls
+    model_failed: asyncio.Event = field(default_factory=asyncio.Event)
+    batcher: DynamicBatcher | None = None
+
+    def join(self, other: GracefulShutdown) -> None:
+        self.joined.append(other)
+        if self.shutdown.is_shutting_down:
+            other.begin()
+
+    def begin_drain(self) -> bool:
+        """Flip every GracefulShutdown to shutting down; False if the drain had already begun."""
+        for other in self.joined:
+            other.begin()
+        return self.shutdown.begin()
+
+    async def shed_stragglers(self) -> int:
+        """The app-side shutdown deadline: answer everything still waiting with 503 now."""
+        return await self.batcher.close(timeout_s=0) if self.batcher else 0
+
+
+async def _load(host: ModelHost, lifecycle: Lifecycle) -> None:
+    await host.start()
+    if host.state == "failed":
+        lifecycle.model_failed.set()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    settings: Settings = app.state.settings
+    lifecycle: Lifecycle = app.state.lifecycle
+    host = ModelHost(settings)
+    batcher = DynamicBatcher(
+        lambda: host.runner,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_batch_delay_ms / 1000,
+        max_queue_items=settings.max_queue_items,
+        observer=getattr(app.state, "batch_observer", None),
+    )
+    lifecycle.batcher = batcher
+    batcher.start()
+    loading = asyncio.create_task(_load(host, lifecycle), name="frameworm-model-load")
+    try:
+        yield {"settings": settings, "host": host, "batcher": batcher, "lifecycle": lifecycle}
+    finally:
+        lifecycle.begin_drain()
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        # 1. Anything still queued gets a 503 body now, not a dropped connection.
+        abandoned = await batcher.close(timeout_s=QUEUE_CLOSE_TIMEOUT_S)
+        if abandoned:
+            log.warning("answered %d queued item(s) with 503 at shutdown", abandoned)
+        # 2./3. Hooks: the server's (telemetry flush among them), then its users'.
+        for shutdown in (lifecycle.shutdown, *lifecycle.joined):
+            await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
+        # 4. The model goes last: nothing can reach it any more.
+        await asyncio.to_thread(host.close)

@@ -1,0 +1,88 @@
+"""Request context: request id, security headers, timing and one access-log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("frameworm.access")
+
+# A client-supplied id is echoed only if it is short and plain (it ends up in logs).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_REPLACED = {name for name, _ in SECURITY_HEADERS} | {b"server", b"x-request-id"}
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.quiet_paths = quiet_paths  # probes and /metrics: not access-logged at info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k not in _REPLACED]
+                headers += SECURITY_HEADERS
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._log(scope, request_id, status if response_started else 500, started)
+
+    def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        path = scope.get("path", "")
+        level = logging.DEBUG if path in self.quiet_paths and status < 400 else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
+        state: dict[str, Any] = scope.get("state", {})
+        route = scope.get("route")
+        principal = state.get("principal")
+        access_log.log(
+            level,
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": scope.get("method"),
+                "route": getattr(route, "path", None) or "unmatched",
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "principal": getattr(principal, "key_id", None),
+                "owner": getattr(principal, "owner", None),
+                "model": state.get("served_model"),
+                "version": state.get("served_version"),
+            },
+        )
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.fullmatch(text) else None
+    return None

@@ -1,0 +1,230 @@
+"""Liveness, readiness and startup checks, kept apart, with a report for the probes.
+
+A check is a callable returning a `HealthStatus` or any truthy/falsy value; one that raises is
+unhealthy with the exception as its reason. The async entry points also accept coroutine
+functions and bound every check, so a hung dependency makes a probe fail instead of hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .hooks import in_daemon_thread
+
+logger = logging.getLogger(__name__)
+
+Category = Literal["liveness", "readiness", "startup"]
+CATEGORIES: tuple[Category, ...] = ("liveness", "readiness", "startup")
+Check = Callable[[], Any]
+
+
+@dataclass
+class HealthStatus:
+    """The outcome of one check."""
+
+    healthy: bool
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "message": self.message,
+            "details": dict(self.details),
+            "timestamp": self.timestamp,
+        }
+
+
+def _from_result(result: Any) -> HealthStatus:
+    if isinstance(result, HealthStatus):
+        return result
+    if inspect.isawaitable(result):
+        # A coroutine reached the sync API: close it so no "never awaited" warning fires.
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+        return HealthStatus(False, "async check: use the async API (ais_ready, areport)")
+    return HealthStatus(bool(result), "" if result else "check returned a falsy value")
+
+
+def _from_exception(name: str, exc: BaseException) -> HealthStatus:
+    logger.warning("health check %r raised %s", name, type(exc).__name__)
+    return HealthStatus(False, f"{type(exc).__name__}: {exc}")
+
+
+def _run_sync(name: str, check: Check) -> HealthStatus:
+    try:
+        return _from_result(check())
+    except Exception as exc:
+        return _from_exception(name, exc)
+
+
+async def _run_async(name: str, check: Check, timeout_s: float) -> HealthStatus:
+    async def call() -> Any:
+        if inspect.iscoroutinefunction(check):
+            return await check()
+        # Sync checks may block; keep them off the loop, in a thread that can be abandoned.
+        return await in_daemon_thread(check)
+
+    try:
+        return _from_result(await asyncio.wait_for(call(), timeout_s))
+    except TimeoutError:
+        logger.warning("health check %r timed out after %.1fs", name, timeout_s)
+        return HealthStatus(False, f"timed out after {timeout_s:g}s")
+    except Exception as exc:
+        return _from_exception(name, exc)
+
+
+class HealthChecker:
+    """Runs the three kinds of probes. Thread-safe.
+
+    `is_ready()` runs the startup checks itself until they first all pass (startup then stays
+    complete), and is False while they fail. Results of each category are stored apart, so a
+    name used in two categories never shares a result. `startup_timeout` (seconds from
+    construction) only marks the report: past it with startup incomplete, `startup_timed_out`
+    is True and the orchestrator's startup probe should give up.
+    """
+
+    def __init__(self, startup_timeout: float = 60, *, check_timeout_s: float = 5.0) -> None:
+        if startup_timeout <= 0 or check_timeout_s <= 0:
+            raise ValueError("startup_timeout and check_timeout_s must be positive")
+        self.startup_timeout = float(startup_timeout)
+        self.check_timeout_s = float(check_timeout_s)
+        self._lock = threading.Lock()
+        self._checks: dict[Category, dict[str, Check]] = {c: {} for c in CATEGORIES}
+        self._results: dict[Category, dict[str, HealthStatus]] = {c: {} for c in CATEGORIES}
+        self._created = time.monotonic()
+        self._startup_complete = False
+
+    # -- registration -------------------------------------------------------------------
+    def add_check(self, category: Category, name: str, fn: Check) -> None:
+        if category not in self._checks:
+            raise ValueError(f"unknown check category {category!r}")
+        if not callable(fn):
+            raise TypeError("a health check must be callable")
+        with self._lock:
+            self._checks[category][name] = fn
+            self._results[category].pop(name, None)
+
+    def add_liveness_check(self, name: str, fn: Check) -> None:
+        self.add_check("liveness", name, fn)
+
+    def add_readiness_check(self, name: str, fn: Check) -> None:
+        self.add_check("readiness", name, fn)
+
+    def add_startup_check(self, name: str, fn: Check) -> None:
+        self.add_check("startup", name, fn)
+
+    # -- sync API -----------------------------------------------------------------------
+    def is_alive(self) -> bool:
+        return self._run_category("liveness")
+
+    def check_startup(self) -> bool:
+        """Run the startup checks (once they have all passed, they are not run again)."""
+        if self.startup_complete:
+            return True
+        return self._record_startup(self._run_category("startup"))
+
+    def is_ready(self) -> bool:
+        if not self.check_startup():
+            return False
+        return self._run_category("readiness")
+
+    def get_health_report(self) -> dict[str, Any]:
+        alive = self.is_alive()
+        ready = self.is_ready()
+        return self._report(alive, ready)
+
+    # -- async API (for the server's probes) --------------------------------------------
+    async def ais_alive(self) -> bool:
+        return await self._arun_category("liveness")
+
+    async def acheck_startup(self) -> bool:
+        if self.startup_complete:
+            return True
+        return self._record_startup(await self._arun_category("startup"))
+
+    async def ais_ready(self) -> bool:
+        if not await self.acheck_startup():
+            return False
+        return await self._arun_category("readiness")
+
+    async def areport(self) -> dict[str, Any]:
+        """Like `get_health_report`, with every check bounded by `check_timeout_s`."""
+        alive = await self.ais_alive()
+        ready = await self.ais_ready()
+        return self._report(alive, ready)
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def startup_complete(self) -> bool:
+        with self._lock:
+            return self._startup_complete
+
+    @property
+    def startup_timed_out(self) -> bool:
+        elapsed = time.monotonic() - self._created
+        return not self.startup_complete and elapsed > self.startup_timeout
+
+    def results(self, category: Category) -> dict[str, HealthStatus]:
+        """The latest result of each check of one category."""
+        with self._lock:
+            return dict(self._results[category])
+
+    # -- internals ----------------------------------------------------------------------
+    def _snapshot(self, category: Category) -> list[tuple[str, Check]]:
+        # Copy under the lock, run outside it: checks may be slow or re-enter the checker.
+        with self._lock:
+            return list(self._checks[category].items())
+
+    def _store(self, category: Category, results: Mapping[str, HealthStatus]) -> bool:
+        with self._lock:
+            self._results[category].update(results)
+        return all(status.healthy for status in results.values())
+
+    def _run_category(self, category: Category) -> bool:
+        results = {name: _run_sync(name, fn) for name, fn in self._snapshot(category)}
+        return self._store(category, results)
+
+    async def _arun_category(self, category: Category) -> bool:
+        checks = self._snapshot(category)
+        statuses = await asyncio.gather(
+            *(_run_async(name, fn, self.check_timeout_s) for name, fn in checks)
+        )
+        return self._store(
+            category, {name: s for (name, _), s in zip(checks, statuses, strict=True)}
+        )
+
+    def _record_startup(self, passed: bool) -> bool:
+        if passed:
+            with self._lock:
+                if not self._startup_complete:
+                    logger.info("startup checks passed")
+                self._startup_complete = True
+        return passed
+
+    def _report(self, alive: bool, ready: bool) -> dict[str, Any]:
+        with self._lock:
+            per_category: dict[str, Any] = {
+                category: {name: status.to_dict() for name, status in results.items()}
+                for category, results in self._results.items()
+            }
+            startup_complete = self._startup_complete
+        timed_out = not startup_complete and time.monotonic() - self._created > self.startup_timeout
+        report: dict[str, Any] = {
+            "alive": alive,
+            "ready": ready,
+            "startup_complete": startup_complete,
+            "startup_timed_out": timed_out,
+            "timestamp": time.time(),
+        }
+        report.update(per_category)
+        return report

@@ -1,0 +1,303 @@
+"""Where API key records live: a JSON file, a read-only mounted file, or Redis.
+
+Records hold only the HMAC of each secret. All stores share one JSON shape,
+`{"version": 1, "keys": [record, ...]}`, so the output of `frameworm keys list --json` can be
+mounted as a Kubernetes Secret and read by `HashedFileKeyStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from filelock import FileLock
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+logger = logging.getLogger(__name__)
+
+Scope = Literal["infer", "admin"]
+SCOPES: tuple[Scope, ...] = ("infer", "admin")
+FORMAT_VERSION = 1
+
+
+class ReadOnlyKeyStoreError(RuntimeError):
+    """The store is a mounted file; change the Secret it comes from instead."""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One API key, without its secret. Times are Unix seconds."""
+
+    id: str
+    owner: str
+    scopes: tuple[str, ...]
+    created: float
+    hash: str
+    expires: float | None = None
+    revoked: float | None = None
+    rate_limit: str | None = None
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and (time.time() if now is None else now) >= self.expires
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scopes"] = list(self.scopes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyRecord:
+        return cls(
+            id=str(data["id"]),
+            owner=str(data["owner"]),
+            scopes=tuple(str(s) for s in data.get("scopes", ("infer",))),
+            created=float(data["created"]),
+            hash=str(data["hash"]),
+            expires=None if data.get("expires") is None else float(data["expires"]),
+            revoked=None if data.get("revoked") is None else float(data["revoked"]),
+            rate_limit=data.get("rate_limit"),
+        )
+
+
+def dump_records(records: Iterable[KeyRecord]) -> str:
+    """The shared JSON document for a set of records."""
+    keys = [r.to_dict() for r in sorted(records, key=lambda r: r.created)]
+    return json.dumps({"version": FORMAT_VERSION, "keys": keys}, indent=2, sort_keys=True)
+
+
+def load_records(text: str) -> dict[str, KeyRecord]:
+    document = json.loads(text) if text.strip() else {"keys": []}
+    if not isinstance(document, dict) or document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError("not a Frameworm key file (version 1)")
+    return {r.id: r for r in (KeyRecord.from_dict(item) for item in document["keys"])}
+
+
+class KeyStore(Protocol):
+    """What `APIKeyAuth` needs from a store. `get`/`aget` are lookups by id, never scans."""
+
+    def add(self, record: KeyRecord) -> None: ...
+    def get(self, key_id: str) -> KeyRecord | None: ...
+    async def aget(self, key_id: str) -> KeyRecord | None: ...
+    def revoke(self, key_id: str, when: float) -> bool: ...
+    def records(self) -> list[KeyRecord]: ...
+
+
+class HashedFileKeyStore:
+    """Read-only records from a JSON file (e.g. mounted from a Kubernetes Secret).
+
+    The file is re-read when its identity changes, checked at most every `refresh_s`, so a
+    Secret update or another process's write is seen within that time. A missing file is empty.
+    """
+
+    def __init__(self, path: str | Path, *, refresh_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.refresh_s = refresh_s
+        self._lock = threading.RLock()
+        self._records: dict[str, KeyRecord] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)  # follows the Secret volume's symlink swap
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _refresh(self, *, force: bool = False) -> dict[str, KeyRecord]:
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked < self.refresh_s:
+                return self._records
+            self._checked = now
+            signature = self._file_signature()
+            if signature == self._signature and not force:
+                return self._records
+            try:
+                text = self.path.read_text(encoding="utf-8") if signature else ""
+                self._records = load_records(text)
+                self._signature = signature
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # Keep serving the last good set rather than locking everybody out.
+                logger.error("cannot read key file %s (%s)", self.path, type(exc).__name__)
+            return self._records
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        return self._refresh().get(key_id)
+
+    async def aget(self, key_id: str) -> KeyRecord | None:
+        # A stat at most every refresh_s and a small read on change: cheap enough inline.
+        return self.get(key_id)
+
+    def records(self) -> list[KeyRecord]:
+        return sorted(self._refresh().values(), key=lambda r: r.created)
+
+    def add(self, record: KeyRecord) -> None:
+        raise ReadOnlyKeyStoreError(f"{self.path} is read-only; update the Secret it mounts")
+
+    def revoke(self, key_id: str, when: float) -> bool:
+        raise ReadOnlyKeyStoreError(f"{self.path} is read-only; update the Secret it mounts")
+
+
+class FileKeyStore(HashedFileKeyStore):
+    """A writable JSON key file: mode 0600, written atomically, safe across processes."""
+
+    def __init__(self, path: str | Path, *, refresh_s: float = 1.0) -> None:
+        super().__init__(path, refresh_s=refresh_s)
+        # Serialises read-modify-write between processes (the CLI and the server).
+        self._file_lock = FileLock(str(self.path) + ".lock", timeout=10)
+
+    def add(self, record: KeyRecord) -> None:
+        with self._file_lock, self._lock:
+            records = dict(self._refresh(force=True))
+            if record.id in records:
+                raise ValueError(f"key id {record.id} already exists")
+            records[record.id] = record
+            self._write(records)
+
+    def revoke(self, key_id: str, when: float) -> bool:
+        with self._file_lock, self._lock:
+            records = dict(self._refresh(force=True))
+            record = records.get(key_id)
+            if record is None:
+                return False
+            if record.revoked is None:
+                records[key_id] = replace(record, revoked=when)
+                self._write(records)
+            return True
+
+    def _write(self, records: dict[str, KeyRecord]) -> None:
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkstemp creates the file 0600, so no reader ever sees it with wider permissions.
+        fd, tmp = tempfile.mkstemp(prefix=".api-keys-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(dump_records(records.values()))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(directory)
+        self._records = records
+        self._signature = self._file_signature()
+        self._checked = time.monotonic()
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RedisKeyStore:
+    """Records in Redis, one JSON string per key id; changes are visible to all at once.
+
+    Admin operations use a blocking client; `aget` (the request path) uses redis.asyncio.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "frameworm:apikey:", timeout_s: float = 1.0):
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._lock = threading.Lock()
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+
+    def _key(self, key_id: str) -> str:
+        return self.prefix + key_id
+
+    @staticmethod
+    def _decode(raw: bytes | str | None) -> KeyRecord | None:
+        if raw is None:
+            return None
+        return KeyRecord.from_dict(json.loads(raw))
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            # A redis.asyncio connection belongs to the loop that opened it.
+            if self._async is None or self._async[0] is not loop:
+                client = redis.asyncio.Redis.from_url(
+                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+                )
+                self._async = (loop, client)
+            return self._async[1]
+
+    def add(self, record: KeyRecord) -> None:
+        payload = json.dumps(record.to_dict())
+        if not self._client.set(self._key(record.id), payload, nx=True):
+            raise ValueError(f"key id {record.id} already exists")
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        return self._decode(self._client.get(self._key(key_id)))
+
+    async def aget(self, key_id: str) -> KeyRecord | None:
+        raw = await self._async_client().get(self._key(key_id))
+        return self._decode(raw)
+
+    def revoke(self, key_id: str, when: float) -> bool:
+        import redis
+
+        name = self._key(key_id)
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    # Optimistic lock: retry if another writer touched the record meanwhile.
+                    pipe.watch(name)  # type: ignore[no-untyped-call]
+                    record = self._decode(pipe.get(name))
+                    if record is None:
+                        return False
+                    if record.revoked is not None:
+                        return True
+                    pipe.multi()
+                    pipe.set(name, json.dumps(replace(record, revoked=when).to_dict()))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def records(self) -> list[KeyRecord]:
+        records = []
+        for name in self._client.scan_iter(match=self.prefix + "*", count=500):
+            record = self._decode(self._client.get(name))
+            if record is not None:
+                records.append(record)
+        return sorted(records, key=lambda r: r.created)
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def aclose(self) -> None:
+        """Close both clients; call it on the loop that used `aget`."""
+        with self._lock:
+            current, self._async = self._async, None
+        if current is not None:
+            await current[1].aclose()
+        self.close()

@@ -1,0 +1,324 @@
+"""Rate limits: a moving window (the `limits` library) and a token bucket.
+
+`RateLimiter` keeps its counters in the storage named by `storage_uri`:
+
+* `memory://` (default): this process only. Sync and async calls share one storage; it does
+  no I/O, so the async path uses it directly without blocking the loop.
+* `redis://`, `rediss://`, `redis+unix://`: shared by every process and replica. The sync API
+  uses a blocking client; `hit()` uses the `limits` async storage on redis.asyncio, bounded by
+  `timeout_s`. The Lua scripts of `limits` keep the count exact under concurrency.
+
+When the storage fails or is slow, calls fail open (allow) or closed (deny) per `fail_open`,
+log the state change once, and never raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+logger = logging.getLogger(__name__)
+
+StorageKind = Literal["memory", "redis"]
+# Each scheme the limiter accepts, by the kind of storage behind it.
+STORAGE_SCHEMES: dict[str, StorageKind] = {
+    "memory": "memory",
+    "redis": "redis",
+    "rediss": "redis",
+    "redis+unix": "redis",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def parse_limit(text: str) -> RateLimitItem:
+    """Parse one limit such as `"100/minute"` or `"10 per second"`; ValueError when invalid."""
+    return parse(text)
+
+
+@dataclass(frozen=True)
+class RateLimitDecision:
+    """One hit's outcome, with what the RateLimit-* and Retry-After headers need."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_s: float
+    degraded: bool = False  # the storage failed; `allowed` is the fail-open/closed policy
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds for a Retry-After header (at least 1)."""
+        return max(1, math.ceil(self.reset_after_s))
+
+
+def _storage_kind(uri: str) -> tuple[StorageKind, str]:
+    plain = uri.removeprefix("async+")
+    scheme = urlsplit(plain).scheme
+    kind = STORAGE_SCHEMES.get(scheme)
+    if kind is None:
+        choices = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+        raise ValueError(f"unsupported rate-limit storage {scheme or uri!r}; use one of {choices}")
+    return kind, plain
+
+
+class RateLimiter:
+    """`max_requests` per moving window of `window_seconds`, per key."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        window_seconds: int | float,
+        storage_uri: str = "memory://",
+        fail_open: bool = True,
+        timeout_s: float = 0.25,
+        *,
+        key_prefix: str = "frameworm",
+    ) -> None:
+        if max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
+        if window_seconds < 1 or float(window_seconds) != int(window_seconds):
+            raise ValueError("window_seconds must be a whole number of seconds, at least 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.max_requests = int(max_requests)
+        self.window_seconds = int(window_seconds)
+        self.fail_open = fail_open
+        self.timeout_s = float(timeout_s)
+        self._item: RateLimitItem = RateLimitItemPerSecond(self.max_requests, self.window_seconds)
+        self._kind, self._uri = _storage_kind(storage_uri)
+        self._key_prefix = key_prefix
+        self._lock = threading.Lock()
+        self._sync: MovingWindowRateLimiter | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, AsyncMovingWindow] | None = None
+        self._sync_pool: redis.ConnectionPool | None = None
+        self._async_pool: redis.asyncio.ConnectionPool | None = None
+        self._healthy = True
+
+    @classmethod
+    def from_string(cls, limit: str, **options: Any) -> RateLimiter:
+        """Build from a limit string such as `"100/minute"`."""
+        item = parse_limit(limit)
+        return cls(item.amount, item.get_expiry(), **options)
+
+    # -- storages (made on first use: the async one belongs to the running loop) ----------
+    def _redis_url(self) -> str:
+        return self._uri.replace("redis+unix://", "unix://", 1)
+
+    def _sync_strategy(self) -> MovingWindowRateLimiter:
+        with self._lock:
+            if self._sync is None:
+                options: dict[str, Any] = {}
+                if self._kind == "redis":
+                    import redis
+
+                    # Our own pool, so close() can release its sockets.
+                    self._sync_pool = redis.ConnectionPool.from_url(
+                        self._redis_url(),
+                        socket_timeout=self.timeout_s,
+                        socket_connect_timeout=self.timeout_s,
+                    )
+                    options = {"connection_pool": self._sync_pool, "key_prefix": self._key_prefix}
+                self._sync = MovingWindowRateLimiter(storage_from_string(self._uri, **options))
+            return self._sync
+
+    def _async_strategy(self) -> AsyncMovingWindow:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._async is None or self._async[0] is not loop:
+                pool = redis.asyncio.ConnectionPool.from_url(
+                    self._redis_url(),
+                    socket_timeout=self.timeout_s,
+                    socket_connect_timeout=self.timeout_s,
+                )
+                options: dict[str, Any] = {
+                    "implementation": "redispy",  # redis-py, not the default coredis
+                    "connection_pool": pool,
+                    "key_prefix": self._key_prefix,
+                }
+                storage = storage_from_string("async+" + self._uri, **options)
+                self._async = (loop, AsyncMovingWindow(storage))
+                self._async_pool = pool
+            return self._async[1]
+
+    def close(self) -> None:
+        """Release the blocking client's connections (a no-op for memory storage)."""
+        with self._lock:
+            pool, self._sync_pool, self._sync = self._sync_pool, None, None
+        if pool is not None:
+            pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Release every connection; call it on the loop that used `hit()`."""
+        with self._lock:
+            pool, self._async_pool, self._async = self._async_pool, None, None
+        if pool is not None:
+            await pool.disconnect()
+        self.close()
+
+    # -- sync API (the checklist's) -------------------------------------------------------
+    def allow(self, key: str) -> bool:
+        return self._decide_sync(self._item, key).allowed
+
+    def get_remaining(self, key: str) -> int:
+        try:
+            stats = self._sync_strategy().get_window_stats(self._item, key)
+        except Exception as exc:
+            self._storage_failed(exc)
+            return self.max_requests if self.fail_open else 0
+        self._storage_ok()
+        return max(0, stats.remaining)
+
+    def reset(self, key: str, *, limit: str | None = None) -> None:
+        item = self._item if limit is None else parse_limit(limit)
+        try:
+            self._sync_strategy().clear(item, key)
+        except Exception as exc:
+            self._storage_failed(exc)
+
+    # -- async API (the middleware's) -----------------------------------------------------
+    async def hit(self, key: str, *, limit: str | None = None) -> RateLimitDecision:
+        """Count one request for `key` against `limit` (default: this limiter's own)."""
+        item = self._item if limit is None else parse_limit(limit)
+        if self._kind == "memory":
+            return self._decide_sync(item, key)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                strategy = self._async_strategy()
+                allowed = await strategy.hit(item, key)
+                stats = await strategy.get_window_stats(item, key)
+        except Exception as exc:  # includes TimeoutError: a slow storage is a failed one
+            self._storage_failed(exc)
+            return self._degraded(item)
+        self._storage_ok()
+        return self._decision(item, allowed, stats.remaining, stats.reset_time)
+
+    # -- internals ------------------------------------------------------------------------
+    def _decide_sync(self, item: RateLimitItem, key: str) -> RateLimitDecision:
+        try:
+            strategy = self._sync_strategy()
+            allowed = strategy.hit(item, key)
+            stats = strategy.get_window_stats(item, key)
+        except Exception as exc:
+            self._storage_failed(exc)
+            return self._degraded(item)
+        self._storage_ok()
+        return self._decision(item, allowed, stats.remaining, stats.reset_time)
+
+    @staticmethod
+    def _decision(
+        item: RateLimitItem, allowed: bool, remaining: int, reset_time: float
+    ) -> RateLimitDecision:
+        return RateLimitDecision(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, remaining),
+            reset_after_s=max(0.0, reset_time - time.time()),
+        )
+
+    def _degraded(self, item: RateLimitItem) -> RateLimitDecision:
+        return RateLimitDecision(
+            allowed=self.fail_open,
+            limit=item.amount,
+            remaining=item.amount if self.fail_open else 0,
+            reset_after_s=float(item.get_expiry()),
+            degraded=True,
+        )
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        # Log the transition, not every request: a down Redis must not flood the logs.
+        with self._lock:
+            was_healthy, self._healthy = self._healthy, False
+        policy = "open (allowing)" if self.fail_open else "closed (denying)"
+        if was_healthy:
+            logger.warning("rate-limit storage failed (%s); failing %s", type(exc).__name__, policy)
+        else:
+            logger.debug("rate-limit storage still failing (%s)", type(exc).__name__)
+
+    def _storage_ok(self) -> None:
+        with self._lock:
+            was_healthy, self._healthy = self._healthy, True
+        if not was_healthy:
+            logger.info("rate-limit storage recovered")
+
+
+class TokenBucketLimiter:
+    """A bucket of `capacity` tokens per key, refilled at `refill_rate` tokens per second.
+
+    Memory stays bounded: a key idle long enough to refill completely is indistinguishable from
+    a new one, so it is dropped; past `max_keys` the least recently used key is dropped too.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        capacity: float,
+        refill_rate: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity <= 0 or refill_rate <= 0 or max_keys < 1:
+            raise ValueError("capacity, refill_rate and max_keys must be positive")
+        self.capacity = float(capacity)
+        self.refill_rate = float(refill_rate)
+        self.max_keys = max_keys
+        self._clock = clock
+        self._full_after_s = self.capacity / self.refill_rate
+        self._lock = threading.Lock()
+        # key -> (tokens, last update); ordered by last use, oldest first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, tokens: float = 1.0) -> bool:
+        if tokens < 0:
+            raise ValueError("tokens must not be negative")
+        now = self._clock()
+        with self._lock:
+            self._evict_idle(now)
+            available = self._available(key, now)
+            allowed = tokens <= available
+            if allowed:
+                available -= tokens
+            self._buckets[key] = (available, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+            return allowed
+
+    def available(self, key: str) -> float:
+        with self._lock:
+            return self._available(key, self._clock())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
+
+    def _available(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.refill_rate)
+
+    def _evict_idle(self, now: float) -> None:
+        while self._buckets:
+            key, (_, last) = next(iter(self._buckets.items()))
+            if now - last < self._full_after_s:
+                return
+            del self._buckets[key]

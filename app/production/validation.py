@@ -1,0 +1,198 @@
+"""Declarative per-field rules for a request's fields.
+
+`validate` checks every rule and reports every failing field at once. Messages describe the
+rule, never the value: request content does not reach error bodies or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping, Sized
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024  # max_size_mb counts mebibytes
+_NUMBERS = (int, float)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class ValidationError(ValueError):
+    """Raised by `RequestValidator.validate`; `errors` lists each failing field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in self.errors))
+
+    def to_list(self) -> list[dict[str, str]]:
+        return [{"field": e.field, "message": e.message} for e in self.errors]
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
+
+
+def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
+    options = expected if isinstance(expected, tuple) else (expected,)
+    for option in options:
+        # bool is an int subclass, but True is not a batch size.
+        if isinstance(value, bool) and option is not bool:
+            continue
+        if isinstance(value, option):
+            return True
+        # An int is a valid float (the numeric tower), as in type hints.
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return True
+    return False
+
+
+def _size_bytes(value: Any) -> int | None:
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if isinstance(value, str):
+        # Counting characters is enough for ASCII; otherwise count the UTF-8 bytes.
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str
+    required: bool = True
+    type: type | tuple[type, ...] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    max_length: int | None = None
+    max_size_mb: float | None = None
+    allowed_values: Collection[Any] | None = None
+    custom_validator: Callable[[Any], bool] | None = None
+
+    def check(self, value: Any) -> str | None:
+        """The first failing constraint's message, or None when the value passes."""
+        if self.type is not None and not _is_instance(value, self.type):
+            return f"must be of type {_type_name(self.type)}"
+        for message in (self._check_range(value), self._check_size(value)):
+            if message:
+                return message
+        if self.allowed_values is not None and not self._is_allowed(value):
+            return "is not one of the allowed values"
+        if self.custom_validator is not None:
+            try:
+                accepted = bool(self.custom_validator(value))
+            except Exception as exc:  # a validator that raises rejects the value
+                logger.debug("custom validator for %r raised %s", self.field, type(exc).__name__)
+                accepted = False
+            if not accepted:
+                return "failed validation"
+        return None
+
+    def _check_range(self, value: Any) -> str | None:
+        if self.min_value is None and self.max_value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
+            return "must be a number"
+        if self.min_value is not None and value < self.min_value:
+            return f"must be at least {self.min_value}"
+        if self.max_value is not None and value > self.max_value:
+            return f"must be at most {self.max_value}"
+        return None
+
+    def _check_size(self, value: Any) -> str | None:
+        if self.max_length is not None:
+            if not isinstance(value, Sized):
+                return "must have a length"
+            if len(value) > self.max_length:
+                return f"must have at most {self.max_length} elements"
+        if self.max_size_mb is not None:
+            size = _size_bytes(value)
+            if size is None:
+                return "must be bytes or a string"
+            if size > self.max_size_mb * MB:
+                return f"must be at most {self.max_size_mb:g} MB"
+        return None
+
+    def _is_allowed(self, value: Any) -> bool:
+        try:
+            return value in self.allowed_values  # type: ignore[operator]
+        except TypeError:  # an unhashable value checked against a set
+            return False
+
+
+class RequestValidator:
+    """A set of field rules; `validate(data)` returns True or raises `ValidationError`.
+
+    Fields without a rule are ignored. A field whose value is None counts as missing.
+    """
+
+    def __init__(self) -> None:
+        self._rules: dict[str, Rule] = {}
+
+    def add_rule(
+        self,
+        field_name: str,
+        required: bool = True,
+        type: type | tuple[type, ...] | None = None,  # the checklist's keyword
+        min_value: float | None = None,
+        max_value: float | None = None,
+        max_length: int | None = None,
+        max_size_mb: float | None = None,
+        allowed_values: Collection[Any] | None = None,
+        custom_validator: Callable[[Any], bool] | None = None,
+    ) -> RequestValidator:
+        """Add (or replace) the rule for one field; returns self so calls can chain."""
+        if min_value is not None and max_value is not None and min_value > max_value:
+            raise ValueError(f"rule for {field_name!r}: min_value is above max_value")
+        for name, bound in (("max_length", max_length), ("max_size_mb", max_size_mb)):
+            if bound is not None and bound < 0:
+                raise ValueError(f"rule for {field_name!r}: {name} must not be negative")
+        if custom_validator is not None and not callable(custom_validator):
+            raise TypeError(f"rule for {field_name!r}: custom_validator must be callable")
+        self._rules[field_name] = Rule(
+            field=field_name,
+            required=required,
+            type=type,
+            min_value=min_value,
+            max_value=max_value,
+            max_length=max_length,
+            max_size_mb=max_size_mb,
+            allowed_values=allowed_values,
+            custom_validator=custom_validator,
+        )
+        return self
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(self._rules.values())
+
+    def errors(self, data: Any) -> list[FieldError]:
+        """Every failing field of `data` (empty when it is valid)."""
+        if not isinstance(data, Mapping):
+            return [FieldError("", "the request must be an object")]
+        found: list[FieldError] = []
+        for rule in self._rules.values():
+            value = data.get(rule.field)
+            if value is None:
+                if rule.required:
+                    found.append(FieldError(rule.field, "is required"))
+                continue
+            message = rule.check(value)
+            if message is not None:
+                found.append(FieldError(rule.field, message))
+        return found
+
+    def validate(self, data: Any) -> bool:
+        found = self.errors(data)
+        if found:
+            logger.debug("request rejected: %d field(s) invalid", len(found))
+            raise ValidationError(found)
+        return True

@@ -1,0 +1,131 @@
+"""Runs uvicorn with drain-aware signal handling.
+
+SIGTERM (or the first SIGINT) starts the drain, in this order, every wait bounded:
+  a. /readyz answers 503 at once;
+  b. requests are still accepted and served for FRAMEWORM_DRAIN_DELAY_S, because Kubernetes
+     keeps routing to a terminating pod until its endpoints update;
+  c. the listener closes; uvicorn closes keep-alive connections after their response;
+  d. in-flight requests finish within FRAMEWORM_SHUTDOWN_TIMEOUT_S; at that deadline the app
+     answers what is still waiting with a 503 problem body (uvicorn's own, longer, timeout
+     would drop the connections instead);
+  e. the lifespan hook runs the GracefulShutdown hooks, flushes spans, releases the model;
+  f. the process exits 0 (plain uvicorn re-raises the signal and exits 143).
+A second SIGTERM or SIGINT exits at once. A model that cannot be loaded exits with code 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Generator
+from types import FrameType
+
+import uvicorn
+
+from app.config import Settings
+from app.lifespan import Lifecycle
+from app.main import create_app
+from app.production.shutdown import attach_server, detach_server
+from app.telemetry.logs import configure_logging
+
+log = logging.getLogger("frameworm.serve")
+
+UVICORN_GRACE_MARGIN_S = 5.0  # uvicorn's own deadline is later than the app's
+EXIT_MODEL_FAILED = 3
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # As uvicorn's, except that the captured signal is not re-raised: a clean drain exits 0.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is None or self.lifecycle.shutdown.is_shutting_down:
+            self.should_exit = self.force_exit = True  # second signal, or before startup
+            return
+        self._loop.call_soon_threadsafe(self.begin_drain)
+
+    def begin_drain(self) -> None:
+        if not self.lifecycle.begin_drain():
+            return
+        delay, timeout = self.settings.drain_delay_s, self.settings.shutdown_timeout_s
+        log.info("drain started: not ready; the listener closes in %.1fs", delay)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._close_listener)
+        loop.call_later(delay + timeout, lambda: loop.create_task(self._shed_stragglers()))
+
+    def _close_listener(self) -> None:
+        log.info("drain: closing the listener")
+        self.should_exit = True
+
+    async def _shed_stragglers(self) -> None:
+        shed = await self.lifecycle.shed_stragglers()
+        if shed:
+            log.warning("shutdown deadline: answered %d waiting item(s) with 503", shed)
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        watcher = asyncio.create_task(self._exit_if_model_fails())
+        try:
+            await super().serve(sockets)  # type: ignore[arg-type]
+        finally:
+            watcher.cancel()
+
+    async def _exit_if_model_fails(self) -> None:
+        await self.lifecycle.model_failed.wait()
+        log.error("the model could not be loaded; exiting with code %d", EXIT_MODEL_FAILED)
+        self.exit_code = EXIT_MODEL_FAILED
+        self.should_exit = True
+
+
+def run(settings: Settings) -> int:
+    """Serve until drained; the process exit code."""
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    lifecycle: Lifecycle = app.state.lifecycle
+    attach_server(lifecycle.join)  # GracefulShutdown.start() inside the app joins this drain
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s + UVICORN_GRACE_MARGIN_S),
+        limit_concurrency=None,
+        timeout_keep_alive=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
+    server = DrainingServer(config, settings, lifecycle)
+    try:
+        server.run()
+    finally:
+        detach_server()
+    if server.exit_code == 0 and not server.started:
+        return 1  # e.g. the port was taken; uvicorn has logged why
+    return server.exit_code

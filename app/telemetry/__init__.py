@@ -1,0 +1,1 @@
+"""Metrics, GPU gauges, logs and tracing."""
