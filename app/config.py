@@ -24,6 +24,7 @@ SECRET_FIELDS = (
     "api_key_pepper",
     "bootstrap_api_key",
     "redis_url",
+    "rate_limit_storage",  # a redis:// URL may carry a password
     "metrics_token",
     "sentry_dsn",
 )

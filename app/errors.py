@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fastapi import FastAPI, Request
@@ -155,11 +155,10 @@ _HTTP_CODES = {
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, Problem)  # noqa: S101  # registered for Problem only
-        return problem_response(exc, request.scope)
+        return problem_response(cast(Problem, exc), request.scope)
 
     async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+        exc = cast(StarletteHTTPException, exc)
         code = _HTTP_CODES.get(exc.status_code, "malformed-request")
         detail = {
             "not-found": "no such route",
@@ -169,10 +168,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(Problem(code, detail, headers=headers), request.scope)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)  # noqa: S101
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-            for e in exc.errors()
+            for e in cast(RequestValidationError, exc).errors()
         ]
         problem = Problem(
             "invalid-input", "the request does not match the schema", extra={"errors": errors}

@@ -24,6 +24,7 @@ from app.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.host import ModelHost
 from app.production import GracefulShutdown
+from app.telemetry.metrics import Metrics
 
 log = logging.getLogger("frameworm.lifespan")
 
@@ -56,10 +57,12 @@ class Lifecycle:
         return await self.batcher.close(timeout_s=0) if self.batcher else 0
 
 
-async def _load(host: ModelHost, lifecycle: Lifecycle) -> None:
+async def _load(host: ModelHost, lifecycle: Lifecycle, metrics: Metrics | None) -> None:
     await host.start()
     if host.state == "failed":
         lifecycle.model_failed.set()
+    elif metrics is not None:
+        metrics.model_serving(host.manifest, host.settings.stage, str(host.device))
 
 
 @asynccontextmanager
@@ -72,11 +75,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         max_batch_size=settings.max_batch_size,
         max_delay_s=settings.max_batch_delay_ms / 1000,
         max_queue_items=settings.max_queue_items,
-        observer=getattr(app.state, "batch_observer", None),
+        observer=app.state.metrics,
     )
     lifecycle.batcher = batcher
     batcher.start()
-    loading = asyncio.create_task(_load(host, lifecycle), name="frameworm-model-load")
+    metrics: Metrics | None = app.state.metrics
+    if metrics is not None:
+        metrics.model_serving(None, settings.stage, str(host.device))
+        metrics.queue_capacity.labels(settings.model).set(settings.max_queue_items)
+    loading = asyncio.create_task(_load(host, lifecycle, metrics), name="frameworm-model-load")
     try:
         yield {"settings": settings, "host": host, "batcher": batcher, "lifecycle": lifecycle}
     finally:

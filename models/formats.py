@@ -68,7 +68,8 @@ def load_model(manifest: ModelManifest, data: bytes, device: torch.device) -> Lo
 
 
 def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
-    assert manifest.family is not None  # noqa: S101  # the manifest validator guarantees it
+    if manifest.family is None:
+        raise ArtefactError("a safetensors artefact needs a model family")
     module = build_model(manifest.family, manifest.family_config)
     try:
         state = load_safetensors(data)

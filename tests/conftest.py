@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).parent
-FOLDER_MARKS = {"unit", "integration", "e2e", "gates"}
+FOLDER_MARKS = {"unit", "integration", "e2e", "gates", "deploy"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -37,6 +37,7 @@ class BatchObserver(Protocol):
     """What the batcher reports (metrics, traces); `telemetry.metrics` implements it."""
 
     def queued(self, depth_items: int) -> None: ...
+    def admitted(self, delta: int) -> None: ...
     def shed(self, reason: str) -> None: ...
     def batch_done(
         self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
@@ -45,6 +46,9 @@ class BatchObserver(Protocol):
 
 class _NoObserver:
     def queued(self, depth_items: int) -> None:
+        pass
+
+    def admitted(self, delta: int) -> None:
         pass
 
     def shed(self, reason: str) -> None:

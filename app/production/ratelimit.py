@@ -91,6 +91,7 @@ class RateLimiter:
         timeout_s: float = 0.25,
         *,
         key_prefix: str = "frameworm",
+        max_connections: int = 32,
     ) -> None:
         if max_requests < 1:
             raise ValueError("max_requests must be at least 1")
@@ -102,6 +103,7 @@ class RateLimiter:
         self.window_seconds = int(window_seconds)
         self.fail_open = fail_open
         self.timeout_s = float(timeout_s)
+        self.max_connections = max_connections
         self._item: RateLimitItem = RateLimitItemPerSecond(self.max_requests, self.window_seconds)
         self._kind, self._uri = _storage_kind(storage_uri)
         self._key_prefix = key_prefix
@@ -145,8 +147,12 @@ class RateLimiter:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._async is None or self._async[0] is not loop:
-                pool = redis.asyncio.ConnectionPool.from_url(
+                # Blocking pool: a burst waits (within timeout_s) for a connection instead of
+                # failing with "too many connections".
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
                     self._redis_url(),
+                    max_connections=self.max_connections,
+                    timeout=self.timeout_s,
                     socket_timeout=self.timeout_s,
                     socket_connect_timeout=self.timeout_s,
                 )

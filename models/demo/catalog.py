@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib.resources import as_file, files
 from importlib.resources.abc import Traversable
@@ -29,7 +30,7 @@ from models.registry import ModelRegistry
 
 _PACKAGE = "models.demo"
 DEMO_VERSION = "1.0.0"
-DATASET = "scikit-learn load_digits (UCI optical digits, 1797 8x8 images, 16 grey levels)"
+DATASET = "scikit-learn load_digits (UCI optical digits, 1797 8x8 images, grey levels 0-16)"
 
 _IMAGE = ImageSpec(
     mode="L",
@@ -192,13 +193,13 @@ def seed_demo(registry: ModelRegistry, *, actor: str = "seed-demo") -> list[Mode
     registered = []
     for demo in DEMO_MODELS:
         if demo.version not in _versions(registry, demo.name):
-            try:
+            # A concurrent seeder may get there first; its artefact is the same.
+            with suppress(VersionExistsError):
                 registered.append(_register(registry, demo, metrics, actor))
-            except VersionExistsError:
-                pass  # a concurrent seeder got there first; its artefact is the same
         index = registry.index(demo.name)
         if index.aliases.get("production") is None:
-            try:
+            # Losing the compare-and-swap means someone moved the stages meanwhile: theirs stands.
+            with suppress(ConflictError):
                 registry.promote(
                     demo.name,
                     demo.version,
@@ -207,8 +208,6 @@ def seed_demo(registry: ModelRegistry, *, actor: str = "seed-demo") -> list[Mode
                     reason="bundled demo model",
                     expected_revision=index.revision,
                 )
-            except ConflictError:
-                pass  # someone moved this model's stages meanwhile; their choice stands
     return registered
 
 

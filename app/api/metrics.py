@@ -1,0 +1,27 @@
+"""GET /metrics: Prometheus text format, or OpenMetrics (with exemplars) when asked for."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.deps import SettingsDep
+from app.errors import Problem
+from app.telemetry.metrics import Metrics
+
+router = APIRouter(tags=["observability"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request, settings: SettingsDep) -> Response:
+    token = settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Problem("unauthorized", "a valid metrics bearer token is required")
+    registry: Metrics = request.app.state.metrics
+    body, content_type = registry.render(request.headers.get("accept", ""))
+    return Response(body, headers={"content-type": content_type})

@@ -1,0 +1,153 @@
+"""Prometheus metrics: the HTTP layer (instrumentator), inference, guards and model state.
+
+Each app gets its own CollectorRegistry (tests build many apps; nothing global). With several
+worker processes (`PROMETHEUS_MULTIPROC_DIR` set), values live in shared files and `/metrics`
+aggregates them; gauges declare how (`multiprocess_mode`), and there are no Info metrics or
+custom collectors, which that mode cannot carry. No label ever holds a user id, a key or any
+other unbounded value.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+if TYPE_CHECKING:
+    from app.inference.runner import ModelRunner
+    from models.manifest import ModelManifest
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds; 0.5 is a bucket so "p99 > 500 ms" is exact.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+        self.model = model
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inference_duration = Histogram(
+            "frameworm_inference_duration_seconds",
+            "Forward pass time of one batch on the device.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "frameworm_queue_wait_seconds",
+            "Time a request waited in the batcher before its batch ran.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "frameworm_batch_size", "Items per batch.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "frameworm_queue_depth",
+            "Items waiting in the batcher.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.queue_capacity = Gauge(
+            "frameworm_queue_capacity",
+            "Items the batcher queue holds before shedding.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "frameworm_inflight_requests",
+            "Inference requests admitted and not yet answered.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "frameworm_model_info",
+            "The model version being served (always 1).",
+            ["model", "version", "stage", "device"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "frameworm_model_ready",
+            "1 when the model is loaded, warm and checked.",
+            ["model"],
+            multiprocess_mode="min",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "frameworm_auth_failures", "Failed authentications by reason.", ["reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "frameworm_rate_limited", "Requests refused by the rate limit.", registry=r
+        )
+        self.shed_requests = Counter(
+            "frameworm_requests_shed",
+            "Requests answered without running the model, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_switches = Counter(
+            "frameworm_model_switches", "Model version switches.", ["model"], registry=r
+        )
+        self.model_rollbacks = Counter(
+            "frameworm_model_rollbacks",
+            "Automatic rollbacks to the previous version.",
+            ["model"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "frameworm_model_load_failures",
+            "Versions that failed to load or check.",
+            ["model"],
+            registry=r,
+        )
+
+    # ------------------------------------------------------------------ BatchObserver
+    def queued(self, depth_items: int) -> None:
+        self.queue_depth.labels(self.model).set(depth_items)
+
+    def shed(self, reason: str) -> None:
+        self.shed_requests.labels(reason).inc()
+
+    def batch_done(
+        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+    ) -> None:
+        self.inference_duration.labels(self.model, runner.manifest.version).observe(seconds)
+        self.batch_size.labels(self.model).observe(items)
+        wait = self.queue_wait.labels(self.model)
+        for value in waits:
+            wait.observe(value)
+
+    def admitted(self, delta: int) -> None:
+        self.inflight.inc(delta)
+
+    # ------------------------------------------------------------------ model state
+    def model_serving(self, manifest: ModelManifest | None, stage: str, device: str) -> None:
+        self.model_info.clear()
+        if manifest is not None:
+            self.model_info.labels(manifest.name, manifest.version, stage, device).set(1)
+        self.model_ready.labels(self.model).set(1 if manifest is not None else 0)
+
+    # ------------------------------------------------------------------ exposition
+    def render(self, accept: str) -> tuple[bytes, str]:
+        directory = multiprocess_dir()
+        registry = self.registry
+        if directory is not None:
+            registry = CollectorRegistry()
+            prometheus_multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        if "application/openmetrics-text" in accept:
+            return generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
+        return generate_latest(registry), TEXT_TYPE

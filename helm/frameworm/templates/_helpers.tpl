@@ -1,0 +1,342 @@
+{{/* Names and labels. */}}
+{{- define "frameworm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "frameworm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "frameworm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "frameworm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "frameworm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "frameworm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "frameworm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "frameworm.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "frameworm.secretName" -}}
+{{- default (include "frameworm.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "frameworm.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Drain timing: the one place the numbers are combined. */}}
+{{- define "frameworm.drain.mode" -}}
+{{- if not (has .Values.drain.mode (list "app" "preStop")) }}
+{{- fail (printf "drain.mode must be app or preStop, not %q" .Values.drain.mode) }}
+{{- end }}
+{{- .Values.drain.mode }}
+{{- end }}
+
+{{/* FRAMEWORM_DRAIN_DELAY_S: the app drains only when no preStop sleep does it. */}}
+{{- define "frameworm.drain.appDelaySeconds" -}}
+{{- if eq (include "frameworm.drain.mode" .) "app" }}{{ .Values.drain.delaySeconds | int }}{{ else }}0{{ end }}
+{{- end }}
+
+{{- define "frameworm.drain.preStopSeconds" -}}
+{{- if eq (include "frameworm.drain.mode" .) "preStop" }}{{ .Values.drain.delaySeconds | int }}{{ else }}0{{ end }}
+{{- end }}
+
+{{/* SIGKILL comes after: drain delay (app or preStop) + in-flight deadline + flush + margin. */}}
+{{- define "frameworm.terminationGracePeriodSeconds" -}}
+{{- $d := .Values.drain }}
+{{- add ($d.delaySeconds | int) ($d.shutdownTimeoutSeconds | int) ($d.flushSeconds | int) ($d.marginSeconds | int) }}
+{{- end }}
+
+{{/* The registry path the server reads. */}}
+{{- define "frameworm.registryLocation" -}}
+{{- $source := .Values.registry.source }}
+{{- if not (has $source (list "image" "pvc" "s3Pull" "s3")) }}
+{{- fail (printf "registry.source must be image, pvc, s3Pull or s3, not %q" $source) }}
+{{- end }}
+{{- if eq $source "s3" }}
+{{- required "registry.s3Uri is required with registry.source=s3" .Values.registry.s3Uri }}
+{{- else }}
+{{- .Values.registry.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the Secret carries an optional key: a chart-made value, or listed in
+     secrets.existingSecretKeys. Called with (list $ "key"). */}}
+{{- define "frameworm.hasSecretKey" -}}
+{{- $root := index . 0 }}
+{{- $key := index . 1 }}
+{{- $s := $root.Values.secrets }}
+{{- if $s.existingSecret }}
+{{- if has $key $s.existingSecretKeys }}true{{ end }}
+{{- else }}
+{{- $fields := dict "metrics-token" $s.metricsToken "sentry-dsn" $s.sentryDsn "aws-credentials" $s.awsAccessKeyId "api-keys.json" $s.apiKeysFile "redis-url" $s.redisUrl }}
+{{- if get $fields $key }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "frameworm.secretsDir" -}}/var/run/secrets/frameworm{{- end }}
+
+{{/* Settings for the ConfigMap: values.settings in FRAMEWORM_* form, then what the chart derives. */}}
+{{- define "frameworm.environment" -}}
+{{- $env := dict }}
+{{- range $key, $value := .Values.settings }}
+{{- if not (or (eq (toString $value) "") (eq (toString $value) "<nil>")) }}
+{{- $_ := set $env (printf "FRAMEWORM_%s" (snakecase $key | upper)) (toString $value) }}
+{{- end }}
+{{- end }}
+{{- $secrets := include "frameworm.secretsDir" . }}
+{{- $_ := set $env "FRAMEWORM_HOST" "0.0.0.0" }}
+{{- $_ := set $env "FRAMEWORM_PORT" (toString .Values.port) }}
+{{- $_ := set $env "FRAMEWORM_REGISTRY" (include "frameworm.registryLocation" .) }}
+{{- $_ := set $env "FRAMEWORM_DEVICE" (ternary "cuda" .Values.device .Values.gpu.enabled) }}
+{{- $_ := set $env "FRAMEWORM_DRAIN_DELAY_S" (include "frameworm.drain.appDelaySeconds" .) }}
+{{- $_ := set $env "FRAMEWORM_SHUTDOWN_TIMEOUT_S" (toString .Values.drain.shutdownTimeoutSeconds) }}
+{{- $_ := set $env "FRAMEWORM_FORWARDED_ALLOW_IPS" (ternary .Values.ingress.controllerCIDR "127.0.0.1" .Values.ingress.enabled) }}
+{{- if not (has .Values.auth.keyStore (list "hashed-file" "redis")) }}
+{{- fail (printf "auth.keyStore must be hashed-file or redis, not %q" .Values.auth.keyStore) }}
+{{- end }}
+{{- if and (eq .Values.auth.keyStore "redis") (not .Values.redis.enabled) }}
+{{- fail "auth.keyStore=redis needs redis.enabled=true" }}
+{{- end }}
+{{- $_ := set $env "FRAMEWORM_API_KEY_STORE" .Values.auth.keyStore }}
+{{- $_ := set $env "FRAMEWORM_API_KEYS_FILE" (printf "%s/api-keys.json" $secrets) }}
+{{- $_ := set $env "FRAMEWORM_API_KEY_PEPPER_FILE" (printf "%s/api-key-pepper" $secrets) }}
+{{- $_ := set $env "FRAMEWORM_BOOTSTRAP_API_KEY_FILE" (printf "%s/bootstrap-api-key" $secrets) }}
+{{- if .Values.redis.enabled }}
+{{- $_ := set $env "FRAMEWORM_REDIS_URL_FILE" (printf "%s/redis-url" $secrets) }}
+{{- end }}
+{{- if include "frameworm.hasSecretKey" (list . "metrics-token") }}
+{{- $_ := set $env "FRAMEWORM_METRICS_TOKEN_FILE" (printf "%s/metrics-token" $secrets) }}
+{{- end }}
+{{- if include "frameworm.hasSecretKey" (list . "sentry-dsn") }}
+{{- $_ := set $env "FRAMEWORM_SENTRY_DSN_FILE" (printf "%s/sentry-dsn" $secrets) }}
+{{- end }}
+{{- if include "frameworm.hasSecretKey" (list . "aws-credentials") }}
+{{- $_ := set $env "AWS_SHARED_CREDENTIALS_FILE" (printf "%s/aws-credentials" $secrets) }}
+{{- end }}
+{{- if .Values.registry.s3EndpointUrl }}
+{{- $_ := set $env "AWS_ENDPOINT_URL" .Values.registry.s3EndpointUrl }}
+{{- end }}
+{{- if .Values.registry.s3Region }}
+{{- $_ := set $env "AWS_DEFAULT_REGION" .Values.registry.s3Region }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/* Restricted Pod Security, shared by every pod the chart makes. */}}
+{{- define "frameworm.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "frameworm.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "frameworm.secretVolume" -}}
+- name: secrets
+  secret:
+    secretName: {{ include "frameworm.secretName" . }}
+    defaultMode: 0440
+{{- end }}
+
+{{- define "frameworm.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    {{- with .Values.tmp.medium }}
+    medium: {{ . }}
+    {{- end }}
+    sizeLimit: {{ .Values.tmp.sizeLimit }}
+{{- end }}
+
+{{- define "frameworm.registryVolume" -}}
+{{- if eq .Values.registry.source "pvc" }}
+- name: registry
+  persistentVolumeClaim:
+    claimName: {{ default (printf "%s-registry" (include "frameworm.fullname" .)) .Values.registry.pvc.existingClaim }}
+{{- else if has .Values.registry.source (list "image" "s3Pull") }}
+- name: registry
+  emptyDir:
+    sizeLimit: {{ .Values.registry.emptyDirSizeLimit }}
+{{- end }}
+{{- end }}
+
+{{/* The pod template of the Deployment and of the Rollout. */}}
+{{- define "frameworm.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "frameworm.selectorLabels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ include "frameworm.environment" . | sha256sum }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "frameworm.serviceAccountName" . }}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: {{ include "frameworm.terminationGracePeriodSeconds" . }}
+  securityContext:
+    {{- include "frameworm.podSecurityContext" . | nindent 4 }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- $source := .Values.registry.source }}
+  {{- if has $source (list "image" "s3Pull") }}
+  initContainers:
+    - name: registry-{{ ternary "seed" "pull" (eq $source "image") }}
+      image: {{ include "frameworm.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      {{- if eq $source "image" }}
+      # The image's registry (seeded at build time) is copied into the writable volume.
+      command: ["cp", "-a", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
+      {{- else }}
+      command: ["frameworm"]
+      args: ["registry", "pull", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
+      envFrom:
+        - configMapRef:
+            name: {{ include "frameworm.fullname" . }}
+      env:
+        - name: FRAMEWORM_REGISTRY
+          value: /mnt/registry
+      {{- end }}
+      securityContext:
+        {{- include "frameworm.containerSecurityContext" . | nindent 8 }}
+      resources:
+        requests: {cpu: 100m, memory: 128Mi}
+        limits: {cpu: "1", memory: 512Mi}
+      volumeMounts:
+        - {name: registry, mountPath: /mnt/registry}
+        - {name: tmp, mountPath: /tmp}
+        - {name: secrets, mountPath: {{ include "frameworm.secretsDir" . }}, readOnly: true}
+  {{- end }}
+  containers:
+    - name: frameworm
+      image: {{ include "frameworm.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: ["serve"]
+      ports:
+        - name: http
+          containerPort: {{ .Values.port }}
+          protocol: TCP
+      envFrom:
+        - configMapRef:
+            name: {{ include "frameworm.fullname" . }}
+      {{- if and .Values.redis.enabled .Values.redis.rateLimits }}
+      env:
+        - name: FRAMEWORM_RATE_LIMIT_STORAGE
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "frameworm.secretName" . }}
+              key: redis-url
+      {{- end }}
+      {{- if eq (include "frameworm.drain.mode" .) "preStop" }}
+      lifecycle:
+        preStop:
+          exec:
+            # Keeps serving while the endpoints controller removes the pod; SIGTERM comes after.
+            command: ["sleep", "{{ include "frameworm.drain.preStopSeconds" . }}"]
+      {{- end }}
+      startupProbe:
+        httpGet: {path: /healthz, port: http}
+        {{- toYaml .Values.probes.startup | nindent 8 }}
+      livenessProbe:
+        httpGet: {path: /healthz, port: http}
+        {{- toYaml .Values.probes.liveness | nindent 8 }}
+      readinessProbe:
+        httpGet: {path: /readyz, port: http}
+        {{- toYaml .Values.probes.readiness | nindent 8 }}
+      securityContext:
+        {{- include "frameworm.containerSecurityContext" . | nindent 8 }}
+      resources:
+        {{- $resources := deepCopy .Values.resources }}
+        {{- if .Values.gpu.enabled }}
+        {{- $limits := default dict $resources.limits }}
+        {{- $_ := set $limits "nvidia.com/gpu" (.Values.gpu.count | int) }}
+        {{- $_ := set $resources "limits" $limits }}
+        {{- end }}
+        {{- toYaml $resources | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        - {name: secrets, mountPath: {{ include "frameworm.secretsDir" . }}, readOnly: true}
+        {{- if ne $source "s3" }}
+        - {name: registry, mountPath: {{ .Values.registry.mountPath }}}
+        {{- end }}
+  volumes:
+    {{- include "frameworm.tmpVolume" . | nindent 4 }}
+    {{- include "frameworm.secretVolume" . | nindent 4 }}
+    {{- include "frameworm.registryVolume" . | nindent 4 }}
+  {{- $nodeSelector := merge (deepCopy .Values.nodeSelector) (ternary .Values.gpu.nodeSelector dict .Values.gpu.enabled) }}
+  {{- with $nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- $tolerations := concat .Values.tolerations (ternary .Values.gpu.tolerations list .Values.gpu.enabled) }}
+  {{- with $tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* What the HPA and the PDB point at. */}}
+{{- define "frameworm.workloadRef" -}}
+{{- if .Values.rollout.enabled }}
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+{{- else }}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+name: {{ include "frameworm.fullname" . }}
+{{- end }}

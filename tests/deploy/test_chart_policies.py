@@ -1,0 +1,341 @@
+"""What the chart promises, checked on every values set: the drain timing budget, restricted pod
+security, and the wiring between values, settings and the objects that depend on them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from tests.deploy.chart import (
+    CHART,
+    VALUES_SETS,
+    Manifest,
+    merged_values,
+    of_kind,
+    one,
+    pod_specs,
+    render,
+    render_values,
+    server_container,
+    server_pod_spec,
+    settings,
+)
+
+SECRETS_DIR = "/var/run/secrets/frameworm"
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_grace_period_covers_drain_shutdown_flush_and_margin(values_set: str) -> None:
+    drain = merged_values(values_set)["drain"]
+    manifests = render(values_set)
+    budget = sum(
+        drain[key]
+        for key in ("delaySeconds", "shutdownTimeoutSeconds", "flushSeconds", "marginSeconds")
+    )
+    assert server_pod_spec(manifests)["terminationGracePeriodSeconds"] >= budget
+    assert (
+        float(settings(manifests)["FRAMEWORM_SHUTDOWN_TIMEOUT_S"])
+        == drain["shutdownTimeoutSeconds"]
+    )
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_exactly_one_of_app_drain_delay_and_prestop_sleep_is_active(values_set: str) -> None:
+    drain = merged_values(values_set)["drain"]
+    manifests = render(values_set)
+    app_delay = float(settings(manifests)["FRAMEWORM_DRAIN_DELAY_S"])
+    pre_stop = server_container(manifests).get("lifecycle", {}).get("preStop")
+    if drain["mode"] == "preStop":
+        assert app_delay == 0
+        assert pre_stop == {"exec": {"command": ["sleep", str(drain["delaySeconds"])]}}
+    else:
+        assert app_delay == drain["delaySeconds"] > 0
+        assert pre_stop is None
+
+
+def test_an_unknown_drain_mode_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match=r"drain\.mode"):
+        render_values({"drain": {"mode": "both"}})
+
+
+def _check_container_security(where: str, container: dict[str, Any]) -> None:
+    context = container.get("securityContext", {})
+    assert context.get("allowPrivilegeEscalation") is False, where
+    assert context.get("readOnlyRootFilesystem") is True, where
+    assert context.get("runAsNonRoot") is True, where
+    assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+    assert not context.get("capabilities", {}).get("add"), where
+    assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_every_pod_meets_the_restricted_pod_security_standard(values_set: str) -> None:
+    specs = list(pod_specs(render(values_set)))
+    assert specs
+    for where, spec in specs:
+        assert spec["automountServiceAccountToken"] is False, where
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["runAsUser"] > 0, where
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for container in spec["containers"] + spec.get("initContainers", []):
+            _check_container_security(f"{where}/{container['name']}", container)
+            assert "resources" in container, where
+        writable = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert "/tmp" in writable, f"{where}: /tmp must be a volume on a read-only root"
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_the_service_account_token_is_never_mounted(values_set: str) -> None:
+    for account in of_kind(render(values_set), "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_probes_use_healthz_for_startup_and_liveness_and_readyz_for_readiness(
+    values_set: str,
+) -> None:
+    container = server_container(render(values_set))
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_settings_come_from_the_configmap_and_secrets_from_mounted_files(values_set: str) -> None:
+    manifests = render(values_set)
+    env = settings(manifests)
+    container = server_container(manifests)
+    assert {"configMapRef": {"name": "fw-frameworm"}} in container["envFrom"]
+    assert env["FRAMEWORM_HOST"] == "0.0.0.0"
+    for name in ("API_KEY_PEPPER", "BOOTSTRAP_API_KEY"):
+        assert env[f"FRAMEWORM_{name}_FILE"].startswith(SECRETS_DIR + "/")
+        assert f"FRAMEWORM_{name}" not in env
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[SECRETS_DIR]["readOnly"] is True
+    secret_names = {
+        e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for e in container.get("env", [])
+    }
+    assert secret_names <= {None, "redis-url"}, "only the rate-limit URL is an env secret"
+    assert not any(word in key for key in env for word in ("PASSWORD", "SECRET_ACCESS")), (
+        "no secret value in the ConfigMap"
+    )
+
+
+def test_redis_mode_points_keys_and_rate_limits_at_the_secret() -> None:
+    manifests = render("redis-s3-ingress")
+    env = settings(manifests)
+    assert env["FRAMEWORM_API_KEY_STORE"] == "redis"
+    assert env["FRAMEWORM_REDIS_URL_FILE"] == f"{SECRETS_DIR}/redis-url"
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{SECRETS_DIR}/aws-credentials"
+    assert not of_kind(manifests, "Secret"), "an existingSecret means no chart-made Secret"
+    volumes = {v["name"]: v for v in server_pod_spec(manifests)["volumes"]}
+    assert volumes["secrets"]["secret"]["secretName"] == "frameworm-secrets"
+
+
+def test_the_default_keeps_hashed_api_keys_in_the_secret() -> None:
+    env = settings(render("default"))
+    assert env["FRAMEWORM_API_KEY_STORE"] == "hashed-file"
+    assert env["FRAMEWORM_API_KEYS_FILE"] == f"{SECRETS_DIR}/api-keys.json"
+
+
+def test_the_chart_made_secret_keeps_a_given_pepper_and_never_loses_it() -> None:
+    pepper = "p" * 40
+    secret = one(render_values({"secrets": {"apiKeyPepper": pepper}}), "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert base64.b64decode(secret["data"]["api-key-pepper"]).decode() == pepper
+
+
+@pytest.mark.parametrize(
+    ("values_set", "source"),
+    [("default", "image"), ("redis-s3-ingress", "s3Pull"), ("prestop", "pvc")],
+)
+def test_the_registry_comes_from_the_chosen_source(values_set: str, source: str) -> None:
+    manifests = render(values_set)
+    spec = server_pod_spec(manifests)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    init = {c["name"]: c for c in spec.get("initContainers", [])}
+    assert settings(manifests)["FRAMEWORM_REGISTRY"] == "/var/lib/frameworm/registry"
+    if source == "pvc":
+        assert "persistentVolumeClaim" in volumes["registry"]
+        assert not init
+    else:
+        assert "emptyDir" in volumes["registry"]
+    if source == "image":
+        assert init["registry-seed"]["command"][0] == "cp"
+    if source == "s3Pull":
+        assert init["registry-pull"]["args"] == ["registry", "pull", "s3://models/frameworm"]
+
+
+def test_reading_the_registry_straight_from_s3_needs_no_volume() -> None:
+    manifests = render_values({"registry": {"source": "s3", "s3Uri": "s3://b/p"}})
+    assert settings(manifests)["FRAMEWORM_REGISTRY"] == "s3://b/p"
+    assert "registry" not in {v["name"] for v in server_pod_spec(manifests)["volumes"]}
+
+
+def test_gpu_values_request_a_gpu_and_select_cuda() -> None:
+    manifests = render("gpu")
+    container = server_container(manifests)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert settings(manifests)["FRAMEWORM_DEVICE"] == "cuda"
+    spec = server_pod_spec(manifests)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    default = server_container(render("default"))
+    assert "nvidia.com/gpu" not in default["resources"]["limits"]
+
+
+def test_the_ingress_matches_the_body_cap_and_trusts_only_the_controller() -> None:
+    manifests = render("redis-s3-ingress")
+    annotations = one(manifests, "Ingress")["metadata"]["annotations"]
+    env = settings(manifests)
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "25m"
+    assert float(env["FRAMEWORM_MAX_BODY_MB"]) == 25
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 30
+    assert "client_body_timeout 30s;" in annotations["nginx.ingress.kubernetes.io/server-snippet"]
+    assert env["FRAMEWORM_FORWARDED_ALLOW_IPS"] == "10.42.0.0/16"
+    assert one(manifests, "Ingress")["spec"]["tls"][0]["secretName"] == "infer-example-tls"
+    assert settings(render("default"))["FRAMEWORM_FORWARDED_ALLOW_IPS"] == "127.0.0.1"
+
+
+def test_the_rollout_replaces_the_deployment_and_is_what_hpa_and_pdb_target() -> None:
+    manifests = render("rollout")
+    assert not of_kind(manifests, "Deployment")
+    rollout = one(manifests, "Rollout")
+    target = one(manifests, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert target == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "name": "fw-frameworm",
+    }
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == rollout["spec"]["selector"]["matchLabels"]
+    canary = rollout["spec"]["strategy"]["canary"]
+    weights = [s["setWeight"] for s in canary["steps"] if "setWeight" in s]
+    assert weights == [5, 25, 50, 100]
+    assert canary["steps"][0] == {"setCanaryScale": {"replicas": 1}}
+    assert canary["steps"][2] == {"pause": {"duration": "30m"}}
+    assert canary["trafficRouting"] == {"nginx": {"stableIngress": "fw-frameworm"}}
+    services = {s["metadata"]["name"] for s in of_kind(manifests, "Service")}
+    assert {canary["stableService"], canary["canaryService"]} <= services
+    assert "replicas" not in rollout["spec"], "the HPA owns the replica count"
+
+
+def test_the_analysis_aborts_on_one_percent_errors_or_half_a_second_p99() -> None:
+    manifests = render("rollout")
+    template = one(manifests, "AnalysisTemplate")
+    metrics = {m["name"]: m for m in template["spec"]["metrics"]}
+    assert metrics["error-ratio"]["failureCondition"] == "result[0] > 0.01"
+    assert metrics["latency-p99"]["failureCondition"] == "result[0] > 0.5"
+    for metric in metrics.values():
+        prometheus = metric["provider"]["prometheus"]
+        assert prometheus["address"] == "http://prometheus.monitoring.svc:9090"
+        assert 'rollouts_pod_template_hash="{{args.canary-hash}}"' in prometheus["query"]
+    analysis = one(manifests, "Rollout")["spec"]["strategy"]["canary"]["analysis"]
+    assert analysis["templates"] == [{"templateName": template["metadata"]["name"]}]
+    monitor = one(manifests, "ServiceMonitor")
+    assert monitor["spec"]["podTargetLabels"] == ["rollouts-pod-template-hash"]
+
+
+def test_set_canary_scale_without_traffic_routing_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match="setCanaryScale"):
+        render_values({"rollout": {"enabled": True, "setCanaryScale": {"replicas": 1}}})
+
+
+def test_the_prometheus_rule_embeds_the_checked_rules_file() -> None:
+    rule = one(render("default"), "PrometheusRule")
+    source = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    assert rule["spec"] == source
+    custom = render_values(
+        {"monitoring": {"prometheusRule": {"runbookBaseUrl": "https://runbooks.example/fw"}}}
+    )
+    urls = [
+        r["annotations"]["runbook_url"]
+        for g in one(custom, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+    ]
+    assert urls and all(u.startswith("https://runbooks.example/fw#frameworm") for u in urls)
+
+
+def test_the_dashboard_configmap_carries_the_sidecar_label_and_valid_json() -> None:
+    manifests = render("default")
+    dashboard = next(
+        c for c in of_kind(manifests, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    model = json.loads(dashboard["data"]["frameworm.json"])
+    assert model["templating"]["list"][0]["type"] == "datasource"
+    exprs = " ".join(t["expr"] for p in model["panels"] for t in p["targets"])
+    for metric in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "frameworm_batch_size",
+        "frameworm_queue_depth",
+        "frameworm_gpu_utilization_ratio",
+        "frameworm_gpu_memory_used_bytes",
+        "frameworm_model_info",
+    ):
+        assert metric in exprs, metric
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}," in exprs
+
+
+def test_pagerduty_routing_reads_its_key_from_a_secret() -> None:
+    config = one(render("rollout"), "AlertmanagerConfig")
+    receiver = config["spec"]["receivers"][0]["pagerdutyConfigs"][0]
+    assert receiver["routingKey"] == {"name": "pagerduty", "key": "routing-key"}
+    assert config["spec"]["route"]["matchers"] == [
+        {"name": "severity", "value": "critical", "matchType": "="}
+    ]
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_helm_test_runs_frameworm_smoke_with_the_bootstrap_key(values_set: str) -> None:
+    jobs = [
+        j
+        for j in of_kind(render(values_set), "Job")
+        if j["metadata"]["annotations"].get("helm.sh/hook") == "test"
+    ]
+    assert len(jobs) == 1
+    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "smoke"
+    assert container["args"][1:] == [
+        "http://fw-frameworm.ml.svc:80",
+        "--api-key",
+        "$(SMOKE_API_KEY)",
+    ]
+    key = container["env"][1]["valueFrom"]["secretKeyRef"]
+    assert key["key"] == "bootstrap-api-key"
+
+
+def test_the_backup_cronjob_pushes_the_pvc_registry_to_s3() -> None:
+    cronjob = one(render("prestop"), "CronJob")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["registry", "push", "s3://backups/frameworm-registry"]
+    with pytest.raises(helm.HelmError, match=r"registry\.source=pvc"):
+        render_values({"backup": {"enabled": True, "s3Uri": "s3://b/p"}})
+
+
+def test_the_network_policy_admits_the_test_pods_and_restricts_egress_when_asked() -> None:
+    default = one(render("default"), "NetworkPolicy")
+    assert default["spec"]["policyTypes"] == ["Ingress"]
+    peers = default["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"fw-frameworm-client": "true"}}} in peers
+    restricted = one(render("redis-s3-ingress"), "NetworkPolicy")
+    assert restricted["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def _manifest_names(manifests: list[Manifest]) -> list[str]:
+    return [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_no_two_objects_share_a_kind_and_name(values_set: str) -> None:
+    names = _manifest_names(render(values_set))
+    assert len(names) == len(set(names))

@@ -1,0 +1,137 @@
+"""RateLimiter and RedisKeyStore against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from app.production import (
+    APIKeyAuth,
+    AuthFailure,
+    KeyRecord,
+    Principal,
+    RateLimitDecision,
+    RateLimiter,
+    RedisKeyStore,
+)
+from tests.support.redis import RedisServer
+
+PEPPER = "p" * 32
+
+
+def test_redis_limits_are_exact_under_concurrent_async_hits(redis_server: RedisServer) -> None:
+    limiter = RateLimiter(100, 60, storage_uri=redis_server.url, timeout_s=2)
+
+    async def main() -> list[bool]:
+        decisions = await asyncio.gather(*(limiter.hit("hot") for _ in range(130)))
+        await limiter.aclose()
+        assert not any(d.degraded for d in decisions)
+        return [d.allowed for d in decisions]
+
+    assert sum(asyncio.run(main())) == 100
+
+
+def test_redis_limits_are_shared_between_limiters_and_between_sync_and_async(
+    redis_server: RedisServer,
+) -> None:
+    first = RateLimiter(3, 60, storage_uri=redis_server.url, timeout_s=2)
+    second = RateLimiter(3, 60, storage_uri=redis_server.url, timeout_s=2)
+
+    async def hit(limiter: RateLimiter) -> RateLimitDecision:
+        try:
+            return await limiter.hit("u")
+        finally:
+            await limiter.aclose()
+
+    try:
+        assert first.allow("u")
+        assert asyncio.run(hit(second)).allowed
+        assert second.get_remaining("u") == 1
+        decision = asyncio.run(hit(first))
+        assert decision.allowed and decision.remaining == 0
+        assert not second.allow("u")
+        refused = asyncio.run(hit(second))
+        assert not refused.allowed and not refused.degraded
+        assert 0 < refused.reset_after_s <= 60
+        first.reset("u")
+        assert second.get_remaining("u") == 3
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_per_key_limit_string_applies_on_redis(redis_server: RedisServer) -> None:
+    limiter = RateLimiter(1, 60, storage_uri=redis_server.url, timeout_s=2)
+
+    async def main() -> list[bool]:
+        try:
+            return [(await limiter.hit("k", limit="2/minute")).allowed for _ in range(3)]
+        finally:
+            await limiter.aclose()
+
+    assert asyncio.run(main()) == [True, True, False]
+
+
+def test_hits_do_not_block_the_event_loop(redis_server: RedisServer) -> None:
+    limiter = RateLimiter(1000, 60, storage_uri=redis_server.url, timeout_s=2)
+
+    async def main() -> int:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        for _ in range(20):
+            await limiter.hit("loop")
+        stop.set()
+        await task
+        await limiter.aclose()
+        return ticks
+
+    assert asyncio.run(main()) >= 20  # the loop ran other work during every round trip
+
+
+def test_redis_key_store_changes_are_visible_to_every_instance_at_once(
+    redis_server: RedisServer,
+) -> None:
+    writer = APIKeyAuth(store=RedisKeyStore(redis_server.url), pepper=PEPPER)
+    reader_store = RedisKeyStore(redis_server.url)
+    reader = APIKeyAuth(store=reader_store, pepper=PEPPER)
+    key = writer.create_key("alice", scopes=("infer",), rate_limit="10/second")
+    key_id = key.split("_")[1]
+
+    async def authenticate() -> Principal | AuthFailure:
+        try:
+            return await reader.authenticate(key)
+        finally:
+            await reader_store.aclose()
+
+    assert asyncio.run(authenticate()) == Principal(key_id, "alice", ("infer",), "10/second")
+    assert reader.verify_key(key, user_id="alice")
+    assert [r.id for r in reader.list_keys()] == [key_id]
+    assert writer.revoke_key(key, "alice")
+    assert writer.revoke_id(key_id)  # revoking twice is still a success
+    reader_store = RedisKeyStore(redis_server.url)
+    reader = APIKeyAuth(store=reader_store, pepper=PEPPER)
+    assert asyncio.run(authenticate()) == AuthFailure("revoked")
+    assert not writer.revoke_id("0" * 16)
+    reader_store.close()
+    assert isinstance(writer.store, RedisKeyStore)
+    writer.store.close()
+
+
+def test_redis_key_store_refuses_a_duplicate_id(redis_server: RedisServer) -> None:
+    store = RedisKeyStore(redis_server.url)
+    record = KeyRecord("0123456789abcdef", "alice", ("infer",), time.time(), "00")
+    store.add(record)
+    with pytest.raises(ValueError, match="exists"):
+        store.add(record)
+    assert store.get("0123456789abcdef") == record
+    store.close()

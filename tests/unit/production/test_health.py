@@ -1,0 +1,196 @@
+"""HealthChecker and HealthStatus."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.production import HealthChecker, HealthStatus
+
+
+def test_status_details_are_not_shared_between_instances() -> None:
+    first, second = HealthStatus(True), HealthStatus(True)
+    first.details["x"] = 1
+    assert second.details == {}
+
+
+def test_status_to_dict_carries_every_field_and_copies_details() -> None:
+    status = HealthStatus(False, "down", {"host": "db"}, timestamp=12.5)
+    data = status.to_dict()
+    assert data == {
+        "healthy": False,
+        "message": "down",
+        "details": {"host": "db"},
+        "timestamp": 12.5,
+    }
+    data["details"]["host"] = "changed"
+    assert status.details == {"host": "db"}
+
+
+def test_is_ready_runs_the_startup_checks_without_an_explicit_check_startup_call() -> None:
+    health = HealthChecker()
+    calls: list[str] = []
+
+    def startup() -> bool:
+        calls.append("startup")
+        return True
+
+    health.add_startup_check("model", startup)
+    health.add_readiness_check("model", lambda: True)
+    assert health.is_ready() is True
+    assert calls == ["startup"]
+    assert health.startup_complete
+
+
+def test_is_ready_is_false_while_a_startup_check_fails_and_true_once_it_passes() -> None:
+    loaded = threading.Event()
+    health = HealthChecker()
+    health.add_startup_check("model", loaded.is_set)
+    assert health.is_ready() is False
+    assert not health.startup_complete
+    loaded.set()
+    assert health.is_ready() is True
+
+
+def test_startup_checks_are_not_run_again_once_startup_completed() -> None:
+    calls: list[int] = []
+
+    def warmup() -> bool:
+        calls.append(1)
+        return True
+
+    health = HealthChecker()
+    health.add_startup_check("warmup", warmup)
+    assert health.check_startup() and health.check_startup() and health.is_ready()
+    assert calls == [1]
+
+
+def test_a_name_used_in_two_categories_keeps_separate_results() -> None:
+    health = HealthChecker()
+    health.add_liveness_check("model", lambda: HealthStatus(True, "process up"))
+    health.add_readiness_check("model", lambda: HealthStatus(False, "not loaded"))
+    health.add_startup_check("model", lambda: HealthStatus(True, "started"))
+    assert health.is_alive() is True
+    assert health.is_ready() is False
+    report = health.get_health_report()
+    assert report["liveness"]["model"]["message"] == "process up"
+    assert report["readiness"]["model"]["message"] == "not loaded"
+    assert report["startup"]["model"]["message"] == "started"
+
+
+def test_a_check_that_raises_is_unhealthy_with_the_exception_as_its_reason() -> None:
+    def broken() -> bool:
+        raise ConnectionError("db refused")
+
+    health = HealthChecker()
+    health.add_readiness_check("database", broken)
+    assert health.is_ready() is False
+    status = health.results("readiness")["database"]
+    assert not status.healthy
+    assert status.message == "ConnectionError: db refused"
+
+
+@pytest.mark.parametrize(
+    ("value", "healthy"), [(True, True), (1, True), (False, False), (None, False)]
+)
+def test_truthy_and_falsy_results_become_statuses(value: object, healthy: bool) -> None:
+    health = HealthChecker()
+    health.add_liveness_check("x", lambda: value)
+    assert health.is_alive() is healthy
+
+
+def test_report_lists_every_category_and_the_overall_state() -> None:
+    health = HealthChecker()
+    health.add_liveness_check("basic", lambda: HealthStatus(True))
+    health.add_readiness_check("model", lambda: True)
+    report = health.get_health_report()
+    assert report["alive"] is True and report["ready"] is True
+    assert report["startup_complete"] is True and report["startup_timed_out"] is False
+    assert set(report["liveness"]) == {"basic"} and set(report["readiness"]) == {"model"}
+    assert report["startup"] == {}
+    assert report["timestamp"] == pytest.approx(time.time(), abs=5)
+
+
+def test_report_says_when_startup_is_still_incomplete_past_the_startup_timeout() -> None:
+    health = HealthChecker(startup_timeout=1e-9)
+    health.add_startup_check("model", lambda: False)
+    report = health.get_health_report()
+    assert report["startup_complete"] is False
+    assert report["startup_timed_out"] is True
+    assert health.startup_timed_out
+
+
+def test_an_async_check_given_to_the_sync_api_is_unhealthy_and_never_left_unawaited() -> None:
+    async def check() -> bool:
+        return True
+
+    health = HealthChecker()
+    health.add_readiness_check("async", check)
+    assert health.is_ready() is False
+    assert "async" in health.results("readiness")["async"].message
+
+
+def test_async_report_runs_async_and_sync_checks_and_bounds_a_hung_one() -> None:
+    release = threading.Event()
+
+    async def ok() -> HealthStatus:
+        return HealthStatus(True, "async ok")
+
+    def hung() -> bool:
+        return release.wait(10)
+
+    health = HealthChecker(check_timeout_s=0.05)
+    health.add_liveness_check("loop", ok)
+    health.add_readiness_check("hung", hung)
+    health.add_readiness_check("sync", lambda: True)
+    try:
+        report = asyncio.run(health.areport())
+    finally:
+        release.set()
+    assert report["alive"] is True and report["ready"] is False
+    assert report["readiness"]["hung"]["message"] == "timed out after 0.05s"
+    assert report["readiness"]["sync"]["healthy"] is True
+    assert report["liveness"]["loop"]["message"] == "async ok"
+
+
+def test_async_readiness_runs_startup_checks_first() -> None:
+    async def failing() -> bool:
+        raise RuntimeError("still loading")
+
+    health = HealthChecker()
+    health.add_startup_check("model", failing)
+    assert asyncio.run(health.ais_ready()) is False
+    assert health.results("startup")["model"].message == "RuntimeError: still loading"
+
+
+def test_checks_can_be_added_and_run_from_many_threads_at_once() -> None:
+    health = HealthChecker()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(50):
+                health.add_readiness_check(f"c{n}-{i}", lambda: True)
+                assert health.is_ready()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(health.results("readiness")) == 400
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError):
+        HealthChecker(startup_timeout=0)
+    with pytest.raises(TypeError):
+        HealthChecker().add_liveness_check("x", "not callable")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        HealthChecker().add_check("other", "x", lambda: True)  # type: ignore[arg-type]

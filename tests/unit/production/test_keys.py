@@ -1,0 +1,320 @@
+"""APIKeyAuth with the file stores: format, hashing, verification, revocation, pepper."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.production import APIKeyAuth, AuthFailure, Principal
+from app.production.keys import KeyStoreUnavailableError, resolve_pepper
+from app.production.keystore import (
+    FileKeyStore,
+    HashedFileKeyStore,
+    KeyRecord,
+    ReadOnlyKeyStoreError,
+    dump_records,
+)
+
+PEPPER = "p" * 32
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileKeyStore:
+    return FileKeyStore(tmp_path / "keys" / "api-keys.json", refresh_s=0)
+
+
+@pytest.fixture
+def auth(store: FileKeyStore) -> APIKeyAuth:
+    return APIKeyAuth(store=store, pepper=PEPPER)
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"api_keys_file": tmp_path / "home" / "api-keys.json"}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def test_a_key_is_prefix_public_id_and_a_256_bit_secret(auth: APIKeyAuth) -> None:
+    key = auth.create_key("alice")
+    prefix, key_id, secret = key.split("_", 2)
+    assert prefix == "fw"
+    assert len(key_id) == 16 and all(c in "0123456789abcdef" for c in key_id)
+    assert len(secret) >= 43  # token_urlsafe(32)
+
+
+def test_only_the_peppered_hmac_of_the_secret_is_stored(
+    auth: APIKeyAuth, store: FileKeyStore
+) -> None:
+    key = auth.create_key("alice", prefix="acme")
+    _, key_id, secret = key.split("_", 2)
+    text = store.path.read_text()
+    assert secret not in text
+    record = store.get(key_id)
+    assert record is not None
+    assert record.hash == hmac.new(PEPPER.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def test_the_key_file_is_private_to_its_owner_and_written_without_leftovers(
+    auth: APIKeyAuth, store: FileKeyStore
+) -> None:
+    auth.create_key("alice")
+    auth.create_key("bob")
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in store.path.parent.iterdir()) == [
+        "api-keys.json",
+        "api-keys.json.lock",
+    ]
+
+
+@pytest.mark.parametrize("token", [None, "", "   ", "garbage", "fw_nothex_abc", 42, "x" * 5000])
+def test_missing_or_garbage_keys_are_refused_without_raising(
+    auth: APIKeyAuth, token: object
+) -> None:
+    assert auth.verify_key(token) is False  # type: ignore[arg-type]
+
+
+def test_a_created_key_verifies_and_belongs_to_its_owner(auth: APIKeyAuth) -> None:
+    key = auth.create_key("alice")
+    assert auth.verify_key(key)
+    assert auth.verify_key(key, user_id="alice")
+    assert not auth.verify_key(key, user_id="bob")
+
+
+def test_verifying_without_a_user_looks_up_one_id_and_never_scans(store: FileKeyStore) -> None:
+    class NoScanStore(FileKeyStore):
+        def records(self) -> list[KeyRecord]:
+            raise AssertionError("scanned every key")
+
+    scanning = NoScanStore(store.path, refresh_s=0)
+    auth = APIKeyAuth(store=scanning, pepper=PEPPER)
+    key = auth.create_key("alice")
+    assert auth.verify_key(key, user_id="")
+    assert auth.verify_key(key, user_id=None)
+
+
+def test_secrets_are_compared_in_constant_time(
+    auth: APIKeyAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = auth.create_key("alice")
+    calls: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert auth.verify_key(key)
+    assert not auth.verify_key(key[:-1] + ("A" if key[-1] != "A" else "B"))
+    assert len(calls) == 2
+
+
+def test_authenticate_names_the_reason_for_each_refusal(
+    auth: APIKeyAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = auth.create_key("alice", scopes=("infer", "admin"), rate_limit="1000/minute")
+    revoked = auth.create_key("alice")
+    auth.revoke_key(revoked, "alice")
+    expiring = auth.create_key("alice", expires_in=60)
+    _, key_id, secret = good.split("_", 2)
+    unknown = f"fw_{'0' * 16}_{secret}"
+    bad_secret = f"fw_{key_id}_{'A' * 43}"
+
+    async def reasons() -> list[object]:
+        tokens = [None, "", "fw_x", unknown, bad_secret, revoked]
+        return [await auth.authenticate(t) for t in tokens]
+
+    assert asyncio.run(reasons()) == [
+        AuthFailure("missing"),
+        AuthFailure("missing"),
+        AuthFailure("malformed"),
+        AuthFailure("unknown"),
+        AuthFailure("bad_secret"),
+        AuthFailure("revoked"),
+    ]
+    principal = asyncio.run(auth.authenticate(good))
+    assert principal == Principal(key_id, "alice", ("infer", "admin"), "1000/minute")
+    assert isinstance(principal, Principal) and principal.has_scope("admin")
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert asyncio.run(auth.authenticate(expiring)) == AuthFailure("expired")
+
+
+def test_revoke_key_needs_the_owner_and_revoke_id_needs_only_the_id(auth: APIKeyAuth) -> None:
+    key = auth.create_key("alice")
+    assert not auth.revoke_key(key, "mallory")
+    assert not auth.revoke_key("garbage", "alice")
+    assert auth.verify_key(key)
+    assert auth.revoke_key(key, "alice")
+    assert not auth.verify_key(key)
+    other = auth.create_key("bob")
+    assert auth.revoke_id(other.split("_")[1])
+    assert not auth.verify_key(other)
+    assert not auth.revoke_id("0" * 16)
+
+
+def test_list_keys_shows_records_without_secrets(auth: APIKeyAuth) -> None:
+    keys = [auth.create_key(owner) for owner in ("alice", "bob")]
+    listed = auth.list_keys()
+    assert [r.owner for r in listed] == ["alice", "bob"]
+    assert all(
+        key.split("_", 2)[2] not in json.dumps(r.to_dict())
+        for r, key in zip(listed, keys, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user_id": ""},
+        {"user_id": "a", "prefix": "Bad_Prefix"},
+        {"user_id": "a", "scopes": ("root",)},
+        {"user_id": "a", "scopes": ()},
+        {"user_id": "a", "expires_in": 0},
+        {"user_id": "a", "rate_limit": "lots"},
+    ],
+)
+def test_create_key_refuses_bad_arguments(auth: APIKeyAuth, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        auth.create_key(**kwargs)  # type: ignore[arg-type]
+
+
+def test_keys_created_from_many_threads_are_all_kept(auth: APIKeyAuth) -> None:
+    created: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(5):
+            key = auth.create_key(f"user-{n}-{i}")
+            with lock:
+                created.append(key)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(auth.list_keys()) == 40
+    assert all(auth.verify_key(key) for key in created)
+
+
+def test_the_bootstrap_key_is_an_admin_principal(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, bootstrap_api_key=SecretStr("boot-" + "b" * 40))
+    auth = APIKeyAuth(settings=settings, pepper=PEPPER)
+    principal = asyncio.run(auth.authenticate("boot-" + "b" * 40))
+    assert principal == Principal("bootstrap", "bootstrap", ("infer", "admin"))
+    assert auth.verify_key("boot-" + "b" * 40, user_id="bootstrap")
+    assert not auth.verify_key("boot-" + "b" * 39)
+
+
+def test_the_zero_argument_form_uses_the_configured_store_not_a_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRAMEWORM_API_KEYS_FILE", str(tmp_path / "shared.json"))
+    monkeypatch.setenv("FRAMEWORM_API_KEY_PEPPER", PEPPER)
+    key = APIKeyAuth().create_key("alice")
+    assert APIKeyAuth().verify_key(key)
+    assert (tmp_path / "shared.json").exists()
+
+
+def test_development_generates_a_private_pepper_beside_the_keys_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path)
+    caplog.set_level(logging.WARNING, logger="app.production.keys")
+    first = APIKeyAuth(settings=settings)
+    key = first.create_key("alice")
+    pepper = tmp_path / "home" / "pepper"
+    assert stat.S_IMODE(pepper.stat().st_mode) == 0o600
+    assert len([r for r in caplog.records if "generated" in r.getMessage()]) == 1
+    assert APIKeyAuth(settings=settings).verify_key(key)
+    assert resolve_pepper(settings) == pepper.read_bytes()
+
+
+def test_production_refuses_to_run_without_a_configured_pepper(tmp_path: Path) -> None:
+    unsafe = Settings.model_construct(env="production", api_key_pepper=None)
+    with pytest.raises(ValueError, match="pepper"):
+        resolve_pepper(unsafe)
+    with pytest.raises(ValueError, match="pepper"):
+        APIKeyAuth(store=FileKeyStore(tmp_path / "k.json"), settings=unsafe)
+    with pytest.raises(ValueError):
+        APIKeyAuth(store=FileKeyStore(tmp_path / "k.json"), pepper=b"")
+
+
+def test_a_configured_pepper_is_used_as_given(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, api_key_pepper=SecretStr(PEPPER))
+    key = APIKeyAuth(settings=settings).create_key("alice")
+    assert APIKeyAuth(store=FileKeyStore(settings.api_keys_file), pepper=PEPPER).verify_key(key)
+    assert not (tmp_path / "home" / "pepper").exists()
+
+
+def test_the_store_is_chosen_by_settings(tmp_path: Path) -> None:
+    hashed = APIKeyAuth(settings=settings_for(tmp_path, api_key_store="hashed-file"), pepper=PEPPER)
+    assert isinstance(hashed.store, HashedFileKeyStore)
+    with pytest.raises(ReadOnlyKeyStoreError):
+        hashed.create_key("alice")
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        APIKeyAuth(settings=settings_for(tmp_path, api_key_store="redis"), pepper=PEPPER)
+
+
+def test_the_mounted_read_only_store_reads_the_same_format_the_file_store_writes(
+    auth: APIKeyAuth, store: FileKeyStore, tmp_path: Path
+) -> None:
+    key = auth.create_key("alice")
+    mounted = tmp_path / "secret" / "keys.json"
+    mounted.parent.mkdir()
+    mounted.write_text(dump_records(store.records()))
+    reader = APIKeyAuth(store=HashedFileKeyStore(mounted), pepper=PEPPER)
+    assert reader.verify_key(key, user_id="alice")
+    with pytest.raises(ReadOnlyKeyStoreError):
+        reader.revoke_id(key.split("_")[1])
+
+
+def test_a_reader_sees_another_writers_changes_after_its_refresh_interval(
+    auth: APIKeyAuth, store: FileKeyStore
+) -> None:
+    reader_store = FileKeyStore(store.path, refresh_s=3600)
+    reader = APIKeyAuth(store=reader_store, pepper=PEPPER)
+    assert reader.verify_key("fw_0000000000000000_" + "A" * 43) is False  # primes the cache
+    key = auth.create_key("alice")
+    assert reader.verify_key(key) is False  # within the interval: the file is not re-read
+    reader_store.refresh_s = 0
+    assert reader.verify_key(key) is True
+
+
+def test_a_corrupt_key_file_keeps_the_last_good_keys(
+    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = auth.create_key("alice")
+    store.path.write_text("{not json")
+    assert auth.verify_key(key)
+    assert any("cannot read key file" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_store_is_a_503_for_authenticate_and_false_for_verify(
+    tmp_path: Path,
+) -> None:
+    class BrokenStore(HashedFileKeyStore):
+        def get(self, key_id: str) -> KeyRecord | None:
+            raise ConnectionError("down")
+
+        async def aget(self, key_id: str) -> KeyRecord | None:
+            raise ConnectionError("down")
+
+    auth = APIKeyAuth(store=BrokenStore(tmp_path / "x.json"), pepper=PEPPER)
+    token = "fw_0123456789abcdef_" + "A" * 43
+    assert auth.verify_key(token) is False
+    with pytest.raises(KeyStoreUnavailableError):
+        asyncio.run(auth.authenticate(token))

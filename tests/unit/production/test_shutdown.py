@@ -1,0 +1,283 @@
+"""GracefulShutdown: in-flight tracking, bounded hooks, server attachment, chained signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from app.production import GracefulShutdown, attach_server, detach_server
+
+
+@pytest.fixture(autouse=True)
+def no_attached_server() -> Iterator[None]:
+    detach_server()
+    yield
+    detach_server()
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_on_shutdown_registers_the_function_and_returns_it_unchanged() -> None:
+    shutdown = GracefulShutdown(timeout=1)
+    calls: list[str] = []
+
+    @shutdown.on_shutdown
+    def cleanup() -> None:
+        calls.append("cleanup")
+
+    assert cleanup.__name__ == "cleanup"
+    shutdown.run_handlers_blocking()
+    assert calls == ["cleanup"]
+
+
+def test_track_request_counts_work_in_with_and_async_with_blocks() -> None:
+    shutdown = GracefulShutdown()
+
+    async def main() -> list[int]:
+        seen = []
+        with shutdown.track_request():
+            seen.append(shutdown.inflight)
+            async with shutdown.track_request():
+                seen.append(shutdown.inflight)
+        seen.append(shutdown.inflight)
+        return seen
+
+    assert asyncio.run(main()) == [1, 2, 0]
+
+
+def test_track_request_releases_its_count_when_the_block_raises() -> None:
+    shutdown = GracefulShutdown()
+    with pytest.raises(KeyError), shutdown.track_request():
+        raise KeyError("boom")
+    assert shutdown.inflight == 0
+
+
+def test_begin_flips_to_shutting_down_once() -> None:
+    shutdown = GracefulShutdown()
+    assert not shutdown.is_shutting_down
+    assert shutdown.begin() is True
+    assert shutdown.begin() is False
+    assert shutdown.is_shutting_down
+
+
+def test_wait_for_inflight_returns_at_once_when_nothing_is_in_flight() -> None:
+    assert asyncio.run(GracefulShutdown().wait_for_inflight(5)) == 0
+
+
+def test_wait_for_inflight_wakes_when_the_last_request_finishes_in_another_thread() -> None:
+    shutdown = GracefulShutdown()
+    entered, release = threading.Event(), threading.Event()
+
+    def request() -> None:
+        with shutdown.track_request():
+            entered.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    entered.wait(5)
+
+    async def main() -> tuple[int, float]:
+        started = time.monotonic()
+        waiter = asyncio.create_task(shutdown.wait_for_inflight(30))
+        await asyncio.sleep(0)  # let the waiter register before the release
+        release.set()
+        return await waiter, time.monotonic() - started
+
+    left, elapsed = asyncio.run(main())
+    worker.join()
+    assert left == 0
+    assert elapsed < 5
+
+
+def test_wait_for_inflight_gives_up_after_its_timeout_and_reports_what_is_left() -> None:
+    shutdown = GracefulShutdown()
+    with shutdown.track_request(), shutdown.track_request():
+        assert asyncio.run(shutdown.wait_for_inflight(0.05)) == 2
+        assert shutdown.wait_for_inflight_blocking(0.01) == 2
+    assert shutdown.wait_for_inflight_blocking(0.01) == 0
+
+
+def test_a_failing_or_hanging_handler_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shutdown = GracefulShutdown(timeout=1)
+    release = threading.Event()
+    calls: list[str] = []
+
+    @shutdown.on_shutdown
+    def fails() -> None:
+        raise OSError("disk gone")
+
+    @shutdown.on_shutdown
+    def hangs() -> None:
+        release.wait(10)
+
+    @shutdown.on_shutdown
+    async def hangs_async() -> None:
+        await asyncio.Event().wait()
+
+    @shutdown.on_shutdown
+    async def closes_pool() -> None:
+        calls.append("async")
+
+    @shutdown.on_shutdown
+    def saves() -> None:
+        calls.append("sync")
+
+    caplog.set_level(logging.ERROR, logger="app.production.shutdown")
+    started = time.monotonic()
+    try:
+        asyncio.run(shutdown.run_handlers(timeout_per_handler=0.05))
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+    assert calls == ["async", "sync"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("fails failed" in m for m in messages)
+    assert any("hangs did not finish" in m for m in messages)
+    assert any("hangs_async did not finish" in m for m in messages)
+
+
+def test_blocking_handler_run_bounds_each_hook_and_runs_async_hooks_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shutdown = GracefulShutdown(timeout=1, handler_timeout=0.05)
+    release = threading.Event()
+    calls: list[str] = []
+    shutdown.register_handler(lambda: release.wait(10))
+
+    def broken() -> None:
+        raise RuntimeError("x")
+
+    shutdown.register_handler(broken)
+
+    async def flush() -> None:
+        calls.append("flushed")
+
+    shutdown.register_handler(flush)
+    caplog.set_level(logging.ERROR, logger="app.production.shutdown")
+    try:
+        shutdown.run_handlers_blocking()
+    finally:
+        release.set()
+    assert calls == ["flushed"]
+    assert any("broken failed" in r.getMessage() for r in caplog.records)
+
+
+def test_handlers_run_only_once_whoever_calls_them() -> None:
+    shutdown = GracefulShutdown()
+    calls: list[int] = []
+    shutdown.register_handler(lambda: calls.append(1))
+    shutdown.run_handlers_blocking()
+    asyncio.run(shutdown.run_handlers())
+    assert calls == [1]
+
+
+def test_start_with_an_attached_server_hands_over_and_leaves_signal_handlers_alone(
+    restore_signals: None,
+) -> None:
+    def servers_handler(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("not expected to run")
+
+    signal.signal(signal.SIGTERM, servers_handler)
+    joined: list[GracefulShutdown] = []
+    attach_server(joined.append)
+    shutdown = GracefulShutdown()
+    shutdown.start()
+    shutdown.start()
+    assert joined == [shutdown]
+    assert signal.getsignal(signal.SIGTERM) is servers_handler
+
+
+def test_standalone_signal_handler_returns_at_once_drains_in_a_thread_then_chains(
+    restore_signals: None,
+) -> None:
+    chained = threading.Event()
+    order: list[str] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        order.append("previous")
+        chained.set()
+
+    signal.signal(signal.SIGTERM, previous)
+    shutdown = GracefulShutdown(timeout=5)
+    shutdown.register_handler(lambda: order.append("cleanup"))
+    shutdown.start()
+    request = shutdown.track_request()
+    request.__enter__()
+    signal.raise_signal(signal.SIGTERM)
+    # The handler returned with work still in flight: nothing waited on the main thread.
+    assert shutdown.is_shutting_down
+    assert order == []
+    request.__exit__(None, None, None)
+    assert chained.wait(5)
+    assert shutdown.join(5)
+    assert order == ["cleanup", "previous"]
+    shutdown.stop()
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_second_signal_during_the_drain_chains_at_once(restore_signals: None) -> None:
+    chained: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: chained.append(signum))
+    shutdown = GracefulShutdown(timeout=5)
+    shutdown.start()
+    with shutdown.track_request():
+        signal.raise_signal(signal.SIGINT)
+        assert chained == []
+        signal.raise_signal(signal.SIGINT)
+        assert chained == [signal.SIGINT]
+    # The drain's own re-delivery must land before the fixture restores the real handler.
+    assert shutdown.join(5)
+    assert chained == [signal.SIGINT, signal.SIGINT]
+    shutdown.stop()
+
+
+def test_an_ignored_signal_stays_ignored_after_the_drain(restore_signals: None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ran = threading.Event()
+    shutdown = GracefulShutdown(timeout=1)
+    shutdown.register_handler(ran.set)
+    shutdown.start()
+    signal.raise_signal(signal.SIGTERM)
+    assert shutdown.join(5)
+    assert ran.is_set()
+    shutdown.stop()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_start_without_a_server_off_the_main_thread_is_refused() -> None:
+    shutdown = GracefulShutdown()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            shutdown.start()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError):
+        GracefulShutdown(timeout=0)
+    with pytest.raises(TypeError):
+        GracefulShutdown().register_handler("nope")  # type: ignore[arg-type]

@@ -1,0 +1,118 @@
+"""setup_tracing: off without an endpoint, protocol by port, bounded and non-blocking export."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+
+from app.production import setup_tracing, shutdown_tracing
+from app.production.tracing import _exporter, current_provider, resolve_protocol
+from tests.support import free_port
+
+
+def dead_collector() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
+def flush_providers() -> Iterator[None]:
+    yield
+    shutdown_tracing(2.0)
+
+
+@pytest.mark.parametrize("endpoint", [None, ""])
+def test_no_endpoint_means_tracing_off_with_a_no_op_tracer(endpoint: str | None) -> None:
+    tracer = setup_tracing("svc", endpoint)
+    assert isinstance(tracer, trace.NoOpTracer)
+    assert current_provider() is None
+    with tracer.start_as_current_span("nothing") as span:
+        assert not span.is_recording()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "protocol", "expected"),
+    [
+        ("http://jaeger:4317", None, "grpc"),
+        ("http://collector:4318", None, "http"),
+        ("http://collector:9999", "http", "http"),
+        ("http://collector:4318", "grpc", "grpc"),
+        ("http://collector", None, "grpc"),
+    ],
+)
+def test_the_protocol_follows_the_port_unless_named(
+    endpoint: str, protocol: str | None, expected: str
+) -> None:
+    assert resolve_protocol(endpoint, protocol) == expected  # type: ignore[arg-type]
+
+
+def test_an_unknown_protocol_is_refused() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        resolve_protocol("http://x:4317", "udp")  # type: ignore[arg-type]
+
+
+def test_the_http_exporter_posts_to_the_v1_traces_path() -> None:
+    exporter = _exporter("http://collector:4318/", "http", 1.0)
+    assert exporter._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    exporter.shutdown()
+    already = _exporter("http://collector:4318/v1/traces", "http", 1.0)
+    assert already._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    already.shutdown()
+
+
+def test_a_down_collector_adds_no_latency_to_spans_and_shutdown_is_bounded() -> None:
+    tracer = setup_tracing("svc", dead_collector(), export_timeout_s=0.2)
+    started = time.monotonic()
+    for i in range(200):
+        with tracer.start_as_current_span(f"request-{i}"):
+            pass
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    shutdown_tracing(1.0)
+    assert time.monotonic() - started < 2.0
+
+
+def test_the_export_queue_is_bounded() -> None:
+    setup_tracing("svc", dead_collector(), export_timeout_s=0.2, max_queue_size=16)
+    provider = current_provider()
+    assert provider is not None
+    processor = provider._active_span_processor._span_processors[0]
+    assert processor._batch_processor._max_queue_size == 16  # type: ignore[attr-defined]
+
+
+def test_a_zero_sample_ratio_records_nothing_new_but_follows_a_sampled_parent() -> None:
+    tracer = setup_tracing("svc", dead_collector(), export_timeout_s=0.2, sample_ratio=0.0)
+    with tracer.start_as_current_span("root") as root:
+        assert not root.is_recording()
+    parent = trace.SpanContext(
+        trace_id=1,
+        span_id=2,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    with tracer.start_as_current_span("child", context=context) as child:
+        assert child.is_recording()
+
+
+def test_setting_up_twice_neither_warns_nor_replaces_the_global_provider() -> None:
+    setup_tracing("one", dead_collector(), export_timeout_s=0.2)
+    first_global = trace.get_tracer_provider()
+    tracer = setup_tracing("two", dead_collector(), export_timeout_s=0.2)
+    assert trace.get_tracer_provider() is first_global
+    with tracer.start_as_current_span("span") as span:
+        assert span.is_recording()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"sample_ratio": 1.5}, {"export_timeout_s": 0}, {"max_queue_size": 0}]
+)
+def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        setup_tracing("svc", "http://x:4317", **kwargs)  # type: ignore[arg-type]
+
+
+def test_shutdown_without_tracing_is_a_no_op() -> None:
+    assert shutdown_tracing(0.1) is True

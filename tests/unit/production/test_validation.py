@@ -1,0 +1,147 @@
+"""RequestValidator and ValidationError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.production import RequestValidator, ValidationError
+from app.production.validation import FieldError
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def checklist_validator() -> RequestValidator:
+    validator = RequestValidator()
+    validator.add_rule("image", type=bytes, max_size_mb=10)
+    validator.add_rule("batch_size", type=int, min_value=1, max_value=128)
+    return validator
+
+
+def errors_of(validator: RequestValidator, data: Any) -> list[FieldError]:
+    with pytest.raises(ValidationError) as caught:
+        validator.validate(data)
+    return caught.value.errors
+
+
+def test_add_rule_takes_the_checklists_type_keyword() -> None:
+    assert checklist_validator().validate({"image": b"\x89PNG", "batch_size": 4}) is True
+
+
+def test_validation_error_is_a_value_error_listing_every_failing_field() -> None:
+    errors = errors_of(checklist_validator(), {"image": "not bytes", "batch_size": 0})
+    assert errors == [
+        FieldError("image", "must be of type bytes"),
+        FieldError("batch_size", "must be at least 1"),
+    ]
+    assert issubclass(ValidationError, ValueError)
+
+
+def test_error_messages_never_echo_the_input_value() -> None:
+    validator = RequestValidator()
+    validator.add_rule("token", type=int)
+    validator.add_rule("mode", allowed_values={"fast", "exact"})
+    validator.add_rule("name", max_length=3)
+    validator.add_rule("note", custom_validator=lambda v: False)
+    with pytest.raises(ValidationError) as caught:
+        validator.validate({"token": SECRET, "mode": SECRET, "name": SECRET, "note": SECRET})
+    assert len(caught.value.errors) == 4
+    assert SECRET not in str(caught.value)
+    assert SECRET not in repr(caught.value.to_list())
+
+
+def test_a_bool_is_not_an_int_but_an_int_is_a_float() -> None:
+    validator = RequestValidator().add_rule("n", type=int)
+    assert errors_of(validator, {"n": True}) == [FieldError("n", "must be of type int")]
+    assert RequestValidator().add_rule("x", type=float).validate({"x": 3})
+    assert errors_of(RequestValidator().add_rule("x", type=float), {"x": False})
+
+
+def test_a_tuple_of_types_accepts_any_of_them() -> None:
+    validator = RequestValidator().add_rule("v", type=(str, bytes))
+    assert validator.validate({"v": b"x"}) and validator.validate({"v": "x"})
+    assert errors_of(validator, {"v": 1}) == [FieldError("v", "must be of type str or bytes")]
+
+
+def test_range_rules_need_a_number() -> None:
+    validator = RequestValidator().add_rule("n", max_value=10)
+    assert errors_of(validator, {"n": "5"}) == [FieldError("n", "must be a number")]
+    assert errors_of(validator, {"n": True}) == [FieldError("n", "must be a number")]
+    assert errors_of(validator, {"n": 11}) == [FieldError("n", "must be at most 10")]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (b"x" * (1024 * 1024), True),
+        (b"x" * (1024 * 1024 + 1), False),
+        (bytearray(1024 * 1024 + 1), False),
+        (memoryview(b"x" * (1024 * 1024 + 1)), False),
+        ("x" * (1024 * 1024), True),
+        ("é" * (512 * 1024 + 1), False),  # two UTF-8 bytes each
+    ],
+)
+def test_max_size_mb_counts_the_bytes_of_bytes_and_strings(value: Any, ok: bool) -> None:
+    validator = RequestValidator().add_rule("blob", max_size_mb=1)
+    if ok:
+        assert validator.validate({"blob": value})
+    else:
+        assert errors_of(validator, {"blob": value}) == [FieldError("blob", "must be at most 1 MB")]
+
+
+def test_max_size_mb_refuses_values_that_have_no_byte_size() -> None:
+    validator = RequestValidator().add_rule("blob", max_size_mb=1)
+    assert errors_of(validator, {"blob": 5}) == [FieldError("blob", "must be bytes or a string")]
+
+
+def test_max_length_applies_to_anything_with_a_length() -> None:
+    validator = RequestValidator().add_rule("items", max_length=2)
+    assert validator.validate({"items": [1, 2]})
+    assert errors_of(validator, {"items": [1, 2, 3]})
+    assert errors_of(validator, {"items": 3}) == [FieldError("items", "must have a length")]
+
+
+def test_allowed_values_tolerates_unhashable_input() -> None:
+    validator = RequestValidator().add_rule("mode", allowed_values=frozenset({"a", "b"}))
+    assert validator.validate({"mode": "a"})
+    assert errors_of(validator, {"mode": ["a"]})
+
+
+def test_a_custom_validator_that_raises_rejects_the_value() -> None:
+    def positive(value: Any) -> bool:
+        if value <= 0:
+            raise ValueError(f"bad {value}")
+        return True
+
+    validator = RequestValidator().add_rule("n", custom_validator=positive)
+    assert validator.validate({"n": 1})
+    assert errors_of(validator, {"n": -1}) == [FieldError("n", "failed validation")]
+    assert errors_of(validator, {"n": "text"}) == [FieldError("n", "failed validation")]
+
+
+def test_missing_and_none_fields_fail_only_when_required() -> None:
+    validator = RequestValidator()
+    validator.add_rule("needed")
+    validator.add_rule("optional", required=False, type=int)
+    assert errors_of(validator, {"needed": None}) == [FieldError("needed", "is required")]
+    assert validator.validate({"needed": 1, "optional": None, "unknown": object()})
+
+
+def test_a_request_that_is_not_an_object_is_refused() -> None:
+    assert errors_of(checklist_validator(), [1, 2]) == [
+        FieldError("", "the request must be an object")
+    ]
+
+
+def test_contradictory_rules_are_refused() -> None:
+    with pytest.raises(ValueError):
+        RequestValidator().add_rule("n", min_value=5, max_value=1)
+    with pytest.raises(ValueError):
+        RequestValidator().add_rule("n", max_length=-1)
+    with pytest.raises(TypeError):
+        RequestValidator().add_rule("n", custom_validator="x")  # type: ignore[arg-type]
+
+
+def test_rules_are_listed_in_the_order_they_were_added() -> None:
+    assert [r.field for r in checklist_validator().rules] == ["image", "batch_size"]
