@@ -5,40 +5,98 @@ Served as `frameworm serve` or `uvicorn --factory app.main:create_app`.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from app.api import health, infer, metrics, v2
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.lifespan import Lifecycle, lifespan
+from app.middleware.auth import APIKeyMiddleware
 from app.middleware.context import RequestContextMiddleware
-from app.production import GracefulShutdown
+from app.middleware.limits import RequestLimitsMiddleware
+from app.middleware.ratelimit import RateLimitMiddleware
+from app.production import APIKeyAuth, GracefulShutdown, RateLimiter, TokenBucketLimiter
+from app.production.ratelimit import parse_limit
 from app.telemetry.metrics import LATENCY_BUCKETS, Metrics
 
-QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+log = logging.getLogger("frameworm.app")
+
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+# Reachable without an API key: probes, the protocol's server metadata, and /metrics (which
+# has its own optional bearer token).
+PUBLIC_PATHS = PROBE_PATHS | {"/v2", "/metrics"}
+QUIET_PATHS = PROBE_PATHS | {"/metrics"}
 
 
 class FramewormApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        """The middleware, written in request order: the first here sees a request first.
-
-        They wrap Starlette's own error layer, so even a 500 carries the request id and the
-        security headers.
-        """
-        metrics: Metrics | None = self.state.metrics
+        # Wrap Starlette's own error layer, so that even a 500 carries the request id and the
+        # security headers, and is counted.
         app = super().build_middleware_stack()
-        if metrics is not None:
-            app = PrometheusInstrumentatorMiddleware(
-                app,
+        for middleware in reversed(self.state.middleware):
+            app = middleware.cls(app, *middleware.args, **middleware.kwargs)
+        return app
+
+
+def build_middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+    """The middleware, in request order: the first here sees a request first."""
+    public = PUBLIC_PATHS | ({"/docs", "/openapi.json"} if settings.enable_docs else set())
+    stack = [Middleware(RequestContextMiddleware, quiet_paths=QUIET_PATHS)]
+    if metrics is not None:
+        stack.append(
+            Middleware(
+                PrometheusInstrumentatorMiddleware,
                 registry=metrics.registry,
                 excluded_handlers=sorted(QUIET_PATHS),
                 should_group_status_codes=True,
                 should_ignore_untemplated=True,
                 latency_lowr_buckets=LATENCY_BUCKETS,
             )
-        return RequestContextMiddleware(app, quiet_paths=QUIET_PATHS)
+        )
+    stack.append(
+        Middleware(
+            RequestLimitsMiddleware,
+            max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+            body_timeout_s=settings.body_timeout_s,
+            max_concurrency=settings.max_concurrency,
+            exempt_paths=QUIET_PATHS,
+        )
+    )
+    if settings.auth_enabled:
+        failures = parse_limit(settings.auth_failure_limit)
+        stack.append(
+            Middleware(
+                APIKeyMiddleware,
+                auth=APIKeyAuth(settings=settings),
+                public_paths=frozenset(public),
+                failures=TokenBucketLimiter(
+                    capacity=failures.amount, refill_rate=failures.amount / failures.get_expiry()
+                ),
+                metrics=metrics,
+            )
+        )
+    else:
+        log.warning("authentication is OFF (FRAMEWORM_AUTH_ENABLED=false): anyone can call /infer")
+    stack.append(
+        Middleware(
+            RateLimitMiddleware,
+            limiter=RateLimiter.from_string(
+                settings.rate_limit,
+                storage_uri=settings.rate_limit_storage,
+                fail_open=settings.rate_limit_fail_open,
+            ),
+            default_limit=settings.rate_limit,
+            exempt_paths=frozenset(public),
+            metrics=metrics,
+        )
+    )
+    return stack
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = Lifecycle(GracefulShutdown(timeout=settings.shutdown_timeout_s))
     app.state.metrics = Metrics(settings.model) if settings.metrics_enabled else None
+    app.state.middleware = build_middleware(settings, app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(infer.router)
@@ -63,3 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     return app
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI document, also when the docs routes are off (for tooling and tests)."""
+    return create_app(settings).openapi()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Generator
 from types import FrameType
@@ -28,6 +29,7 @@ import uvicorn
 from app.config import Settings
 from app.lifespan import Lifecycle
 from app.main import create_app
+from app.production import APIKeyAuth
 from app.production.shutdown import attach_server, detach_server
 from app.telemetry.logs import configure_logging
 
@@ -98,9 +100,33 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def ensure_a_key(settings: Settings) -> None:
+    """README's first command must end in a working call: in development, with no key at all,
+    create one and print it once; in production, refuse to start instead."""
+    if not settings.auth_enabled or settings.bootstrap_api_key is not None:
+        return
+    auth = APIKeyAuth(settings=settings)
+    if any(r.revoked is None and not r.is_expired() for r in auth.list_keys()):
+        return
+    if settings.env == "production":
+        raise ValueError(
+            "no API key exists: set FRAMEWORM_BOOTSTRAP_API_KEY_FILE or create one "
+            "with `frameworm keys create OWNER`"
+        )
+    key = auth.create_key("bootstrap", scopes=("infer", "admin"))
+    log.warning("no API key existed: created a bootstrap key (development only)")
+    print(  # noqa: T201  # shown once, on the console, never logged
+        f"\n  Bootstrap API key (shown once, store it now):\n  {key}\n"
+        f"  curl -H 'X-API-Key: {key}' ...\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def run(settings: Settings) -> int:
     """Serve until drained; the process exit code."""
     configure_logging(settings.log_format, settings.log_level)
+    ensure_a_key(settings)
     app = create_app(settings)
     lifecycle: Lifecycle = app.state.lifecycle
     attach_server(lifecycle.join)  # GracefulShutdown.start() inside the app joins this drain

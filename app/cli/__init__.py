@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from app.cli.keys import keys_app
 from app.cli.registry import registry_app
 from app.cli.serve import serve
 
@@ -15,6 +16,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 cli.add_typer(registry_app, name="registry")
+cli.add_typer(keys_app, name="keys")
 cli.command()(serve)
 
 

@@ -44,4 +44,5 @@ def serve(
     }
     with errors_as_one_line():
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    raise typer.Exit(run(settings))
+        code = run(settings)
+    raise typer.Exit(code)

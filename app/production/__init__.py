@@ -8,9 +8,10 @@ from __future__ import annotations
 from .health import HealthChecker, HealthStatus
 from .keys import APIKeyAuth, AuthFailure, KeyStoreUnavailableError, Principal
 from .keystore import FileKeyStore, HashedFileKeyStore, KeyRecord, KeyStore, RedisKeyStore
-from .ratelimit import RateLimitDecision, RateLimiter, TokenBucketLimiter, parse_limit
+from .ratelimit import RateLimitDecision, RateLimiter, parse_limit
 from .shutdown import GracefulShutdown, attach_server, detach_server
 from .signing import RequestSigner
+from .tokenbucket import TokenBucketLimiter
 from .tracing import setup_tracing, shutdown_tracing
 from .validation import FieldError, RequestValidator, ValidationError
 

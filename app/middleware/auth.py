@@ -1,0 +1,104 @@
+"""API-key authentication: X-API-Key or Authorization: Bearer -> a principal, or 401/403.
+
+Deny by default: every path needs a key except an explicit set of exact public paths (probes,
+`/v2` and `/v2/health/*`); so `//infer`, `/infer/` and other spellings are never a way around it.
+A key in the query string or a cookie is not looked at. Every authentication failure gets the
+same 401 body (apart from the request id); the reason goes to the metrics and the log, with
+the key id only. Repeated failures from one client address are refused with 429 for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import retry_after, send_problem
+from app.production import APIKeyAuth, TokenBucketLimiter
+from app.production.keys import AuthFailure, KeyStoreUnavailableError
+from app.telemetry.metrics import Metrics
+
+log = logging.getLogger("frameworm.auth")
+
+_KEY_ID = re.compile(r"^[a-z]+_([0-9a-f]{8,32})_")
+_WWW_AUTHENTICATE = {"www-authenticate": 'Bearer realm="frameworm"'}
+
+
+class APIKeyMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        auth: APIKeyAuth,
+        public_paths: frozenset[str],
+        failures: TokenBucketLimiter,
+        required_scope: str = "infer",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.public_paths = public_paths
+        self.failures = failures
+        self.required_scope = required_scope
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        client = _client_address(scope)
+        if self.failures.available(client) < 1:
+            await send_problem(
+                send, scope, "rate-limited", "too many failed authentications", retry_after(10)
+            )
+            return
+        token = _token(scope)
+        try:
+            result = await self.auth.authenticate(token)
+        except KeyStoreUnavailableError:
+            await send_problem(
+                send, scope, "not-ready", "authentication is unavailable", retry_after(2)
+            )
+            return
+        if isinstance(result, AuthFailure):
+            self._failed(client, token, result.reason)
+            await send_problem(
+                send, scope, "unauthorized", "a valid API key is required", _WWW_AUTHENTICATE
+            )
+            return
+        if not result.has_scope(self.required_scope):
+            log.info("forbidden", extra={"key_id": result.key_id, "scope": self.required_scope})
+            await send_problem(send, scope, "forbidden", "this key may not use this route")
+            return
+        scope.setdefault("state", {})["principal"] = result
+        await self.app(scope, receive, send)
+
+    def _failed(self, client: str, token: str | None, reason: str) -> None:
+        self.failures.allow(client)
+        if self.metrics is not None:
+            self.metrics.auth_failures.labels(reason).inc()
+        match = _KEY_ID.match(token or "")
+        log.info(
+            "authentication failed",
+            extra={"reason": reason, "key_id": match.group(1) if match else None, "client": client},
+        )
+
+
+def _token(scope: Scope) -> str | None:
+    api_key = bearer = None
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            api_key = value.decode("latin-1")
+        elif name == b"authorization":
+            text = value.decode("latin-1")
+            scheme, _, credentials = text.partition(" ")
+            if scheme.lower() == "bearer":
+                bearer = credentials.strip()
+    return api_key if api_key is not None else bearer
+
+
+def _client_address(scope: Scope) -> str:
+    # uvicorn has already applied X-Forwarded-For when the peer is a trusted proxy.
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

@@ -1,0 +1,63 @@
+"""Rate limits per principal (the API key id; the client address when auth is off).
+
+A moving window in the `limits` engine (memory, or Redis shared by replicas, reached through
+its async client so the event loop never blocks on it). Responses of limited routes carry the
+IETF draft's RateLimit-Limit / RateLimit-Remaining / RateLimit-Reset (delta seconds); a refused
+request gets 429 with Retry-After and never reaches the model.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import send_problem
+from app.production import RateLimiter
+from app.telemetry.metrics import Metrics
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        default_limit: str,
+        exempt_paths: frozenset[str],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.default_limit = default_limit
+        self.exempt_paths = exempt_paths
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        principal = scope.get("state", {}).get("principal")
+        if principal is not None:
+            key, limit = f"key:{principal.key_id}", principal.rate_limit or self.default_limit
+        else:
+            client = scope.get("client")
+            key, limit = f"addr:{client[0] if client else 'unknown'}", self.default_limit
+        decision = await self.limiter.hit(key, limit=limit)
+        headers = [
+            (b"ratelimit-limit", str(decision.limit).encode()),
+            (b"ratelimit-remaining", str(decision.remaining).encode()),
+            (b"ratelimit-reset", str(decision.retry_after_s).encode()),
+        ]
+        if not decision.allowed:
+            if self.metrics is not None:
+                self.metrics.rate_limited.inc()
+            extra = {k.decode(): v.decode() for k, v in headers}
+            extra["retry-after"] = str(decision.retry_after_s)
+            await send_problem(send, scope, "rate-limited", "the rate limit is exhausted", extra)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,71 @@
+"""A token bucket per key, in process memory, with bounded memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class TokenBucketLimiter:
+    """A bucket of `capacity` tokens per key, refilled at `refill_rate` tokens per second.
+
+    Memory stays bounded: a key idle long enough to refill completely is indistinguishable from
+    a new one, so it is dropped; past `max_keys` the least recently used key is dropped too.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        capacity: float,
+        refill_rate: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity <= 0 or refill_rate <= 0 or max_keys < 1:
+            raise ValueError("capacity, refill_rate and max_keys must be positive")
+        self.capacity = float(capacity)
+        self.refill_rate = float(refill_rate)
+        self.max_keys = max_keys
+        self._clock = clock
+        self._full_after_s = self.capacity / self.refill_rate
+        self._lock = threading.Lock()
+        # key -> (tokens, last update); ordered by last use, oldest first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, tokens: float = 1.0) -> bool:
+        if tokens < 0:
+            raise ValueError("tokens must not be negative")
+        now = self._clock()
+        with self._lock:
+            self._evict_idle(now)
+            available = self._available(key, now)
+            allowed = tokens <= available
+            if allowed:
+                available -= tokens
+            self._buckets[key] = (available, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+            return allowed
+
+    def available(self, key: str) -> float:
+        with self._lock:
+            return self._available(key, self._clock())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
+
+    def _available(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.refill_rate)
+
+    def _evict_idle(self, now: float) -> None:
+        while self._buckets:
+            key, (_, last) = next(iter(self._buckets.items()))
+            if now - last < self._full_after_s:
+                return
+            del self._buckets[key]

@@ -1,0 +1,76 @@
+"""TokenBucketLimiter."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app.production import TokenBucketLimiter
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_spends_tokens_and_refills_over_time() -> None:
+    clock = FakeClock()
+    bucket = TokenBucketLimiter(capacity=10, refill_rate=2, clock=clock)
+    assert bucket.allow("u", tokens=8)
+    assert not bucket.allow("u", tokens=3)
+    clock.now += 0.5  # one token back
+    assert bucket.allow("u", tokens=3)
+    assert bucket.available("u") == pytest.approx(0)
+    clock.now += 100
+    assert bucket.available("u") == 10  # never above capacity
+    assert not bucket.allow("u", tokens=11)
+
+
+def test_token_bucket_drops_keys_that_have_been_idle_long_enough_to_refill() -> None:
+    clock = FakeClock()
+    bucket = TokenBucketLimiter(capacity=4, refill_rate=1, clock=clock)
+    for i in range(1000):
+        bucket.allow(f"client-{i}")
+    assert len(bucket) == 1000
+    clock.now += 4  # every bucket is full again
+    bucket.allow("late")
+    assert len(bucket) == 1
+
+
+def test_token_bucket_never_holds_more_than_max_keys() -> None:
+    bucket = TokenBucketLimiter(capacity=4, refill_rate=0.001, max_keys=100, clock=FakeClock())
+    for i in range(1000):
+        bucket.allow(f"client-{i}")
+    assert len(bucket) == 100
+
+
+def test_token_bucket_is_exact_under_concurrent_threads() -> None:
+    bucket = TokenBucketLimiter(capacity=50, refill_rate=1e-9)
+    barrier = threading.Barrier(8)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(20):
+            result = bucket.allow("shared")
+            with lock:
+                allowed.append(result)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(allowed) == 50
+
+
+def test_token_bucket_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        TokenBucketLimiter(capacity=0, refill_rate=1)
+    with pytest.raises(ValueError):
+        TokenBucketLimiter(capacity=1, refill_rate=1).allow("u", tokens=-1)
