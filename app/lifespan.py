@@ -76,6 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         max_delay_s=settings.max_batch_delay_ms / 1000,
         max_queue_items=settings.max_queue_items,
         observer=app.state.metrics,
+        tracer=app.state.tracer,
     )
     lifecycle.batcher = batcher
     batcher.start()

@@ -23,7 +23,9 @@ from app.middleware.limits import RequestLimitsMiddleware
 from app.middleware.ratelimit import RateLimitMiddleware
 from app.production import APIKeyAuth, GracefulShutdown, RateLimiter, TokenBucketLimiter
 from app.production.ratelimit import parse_limit
+from app.production.tracing import shutdown_tracing
 from app.telemetry.metrics import LATENCY_BUCKETS, Metrics
+from app.telemetry.tracing import tracing_middleware
 
 log = logging.getLogger("frameworm.app")
 
@@ -32,6 +34,7 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/r
 # has its own optional bearer token).
 PUBLIC_PATHS = PROBE_PATHS | {"/v2", "/metrics"}
 QUIET_PATHS = PROBE_PATHS | {"/metrics"}
+TRACE_FLUSH_S = 3.0
 
 
 class FramewormApp(FastAPI):
@@ -44,10 +47,14 @@ class FramewormApp(FastAPI):
         return app
 
 
-def build_middleware(settings: Settings, metrics: Metrics | None) -> list[Middleware]:
+def build_middleware(
+    settings: Settings, metrics: Metrics | None, tracing: Middleware | None
+) -> list[Middleware]:
     """The middleware, in request order: the first here sees a request first."""
     public = PUBLIC_PATHS | ({"/docs", "/openapi.json"} if settings.enable_docs else set())
-    stack = [Middleware(RequestContextMiddleware, quiet_paths=QUIET_PATHS)]
+    # Tracing first, so the access-log line (context) is written inside the request's span.
+    stack = [tracing] if tracing is not None else []
+    stack.append(Middleware(RequestContextMiddleware, quiet_paths=QUIET_PATHS))
     if metrics is not None:
         stack.append(
             Middleware(
@@ -114,7 +121,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = Lifecycle(GracefulShutdown(timeout=settings.shutdown_timeout_s))
     app.state.metrics = Metrics(settings.model) if settings.metrics_enabled else None
-    app.state.middleware = build_middleware(settings, app.state.metrics)
+    app.state.tracer, tracing = tracing_middleware(settings)
+    if tracing is not None:
+        # Spans are flushed in the drain, within a bound that fits the shutdown budget.
+        app.state.lifecycle.shutdown.register_handler(lambda: shutdown_tracing(TRACE_FLUSH_S))
+    app.state.middleware = build_middleware(settings, app.state.metrics, tracing)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(infer.router)

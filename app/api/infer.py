@@ -83,6 +83,7 @@ async def infer(
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
     deadline = time.monotonic() + settings.request_timeout_ms / 1000
     served = await batcher.submit(decoded.arrays, decoded.items, deadline)
+    request.state.served_model, request.state.served_version = runner.manifest.name, served.version
     body = encode_infer_json(
         runner.manifest.name,
         served.version,

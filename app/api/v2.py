@@ -108,6 +108,7 @@ async def model_infer(
     if v2.timeout_s is not None:
         timeout_s = min(timeout_s, v2.timeout_s)
     served = await batcher.submit(v2.decoded.arrays, v2.decoded.items, time.monotonic() + timeout_s)
+    request.state.served_model, request.state.served_version = runner.manifest.name, served.version
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )

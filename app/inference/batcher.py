@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from opentelemetry import trace
 
 from app.errors import Problem, retry_after
 from app.inference.runner import ModelRunner
@@ -73,6 +74,10 @@ class _Pending:
     deadline: float
     future: asyncio.Future[Served]
     enqueued: float = field(default_factory=time.monotonic)
+    # Only when tracing is on: the request's span, and wall-clock times for the queue span.
+    span: trace.SpanContext | None = None
+    enqueued_ns: int = 0
+    dispatched_ns: int = 0
 
 
 class DynamicBatcher:
@@ -84,6 +89,7 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue_items: int,
         observer: BatchObserver | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_items < 1 or max_delay_s < 0:
             raise ValueError("batch size and queue bound must be >= 1, the delay >= 0")
@@ -92,6 +98,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue_items = max_queue_items
         self._observer: BatchObserver = observer or _NoObserver()
+        self._tracer = tracer
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
         self._wakeup = asyncio.Event()
@@ -160,12 +167,20 @@ class DynamicBatcher:
                 headers=retry_after(wait),
             )
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(arrays, items, deadline, future, now))
+        pending = _Pending(arrays, items, deadline, future, now)
+        if self._tracer is not None:
+            pending.span = trace.get_current_span().get_span_context()
+            pending.enqueued_ns = time.time_ns()
+        self._queue.append(pending)
         self._queued_items += items
         self._observer.queued(self._queued_items)
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(future, deadline - now)
+            served = await asyncio.wait_for(future, deadline - now)
+            if self._tracer is not None and pending.dispatched_ns:
+                queued = self._tracer.start_span("inference.queue", start_time=pending.enqueued_ns)
+                queued.end(end_time=pending.dispatched_ns)
+            return served
         except TimeoutError:
             self._observer.shed("deadline")
             raise Problem(
@@ -244,7 +259,10 @@ class DynamicBatcher:
         start = time.monotonic()
         self.in_flight_items = items
         try:
-            outputs = await runner.run(arrays)
+            if self._tracer is None:
+                outputs = await runner.run(arrays)
+            else:
+                outputs = await _traced_run(self._tracer, runner, arrays, batch, items)
         except Exception:
             log.exception("batch of %d items failed", items)
             for pending in batch:
@@ -266,6 +284,34 @@ class DynamicBatcher:
             offset += pending.items
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
+
+
+async def _traced_run(
+    tracer: trace.Tracer,
+    runner: ModelRunner,
+    arrays: list[np.ndarray],
+    batch: list[_Pending],
+    items: int,
+) -> list[np.ndarray]:
+    """The forward pass as a span: a child of the first sampled request, linked to all."""
+    now = time.time_ns()
+    contexts = [p.span for p in batch if p.span is not None and p.span.is_valid]
+    for pending in batch:
+        pending.dispatched_ns = now
+    parent = next((c for c in contexts if c.trace_flags.sampled), None)
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+    with tracer.start_as_current_span(
+        "inference.forward",
+        context=context,
+        links=[trace.Link(c) for c in contexts],
+        attributes={
+            "frameworm.batch_size": items,
+            "frameworm.requests": len(batch),
+            "frameworm.model": runner.manifest.name,
+            "frameworm.version": runner.manifest.version,
+        },
+    ):
+        return await runner.run(arrays)
 
 
 def _fail(pending: _Pending, problem: Problem) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.telemetry.tracing import current_trace_ids, name_span_by_route
+
 access_log = logging.getLogger("frameworm.access")
 
 # A client-supplied id is echoed only if it is short and plain (it ends up in logs).
@@ -53,6 +55,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            name_span_by_route(scope)
             self._log(scope, request_id, status if response_started else 500, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
@@ -63,6 +66,7 @@ class RequestContextMiddleware:
         state: dict[str, Any] = scope.get("state", {})
         route = scope.get("route")
         principal = state.get("principal")
+        trace_id, span_id = current_trace_ids()
         access_log.log(
             level,
             "request",
@@ -76,6 +80,8 @@ class RequestContextMiddleware:
                 "owner": getattr(principal, "owner", None),
                 "model": state.get("served_model"),
                 "version": state.get("served_version"),
+                "trace_id": trace_id,
+                "span_id": span_id,
             },
         )
 

@@ -7,6 +7,8 @@ weights are the VAE's `decoder.*` tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -65,13 +67,18 @@ class DecoderOnly(nn.Module):
         return out
 
 
+def _shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    channels, height, width = image_shape  # JSON configs give a list
+    return int(channels), int(height), int(width)
+
+
 def build_vae(
-    image_shape: tuple[int, int, int] = (1, 28, 28), hidden: int = 256, latent: int = 16
+    image_shape: Sequence[int] = (1, 28, 28), hidden: int = 256, latent: int = 16
 ) -> nn.Module:
-    return VAE(tuple(image_shape), hidden, latent)  # type: ignore[arg-type]
+    return VAE(_shape(image_shape), hidden, latent)
 
 
 def build_decoder(
-    image_shape: tuple[int, int, int] = (1, 28, 28), hidden: int = 256, latent: int = 16
+    image_shape: Sequence[int] = (1, 28, 28), hidden: int = 256, latent: int = 16
 ) -> nn.Module:
-    return DecoderOnly(tuple(image_shape), hidden, latent)  # type: ignore[arg-type]
+    return DecoderOnly(_shape(image_shape), hidden, latent)

@@ -262,6 +262,18 @@ def test_the_held_out_split_is_fixed_stratified_and_covers_every_digit_once() ->
     assert held_out.labels.bincount().min() >= 35  # every class is held out in proportion
 
 
+def test_each_sample_png_decodes_to_exactly_a_held_out_digit_of_its_label() -> None:
+    pytest.importorskip("sklearn")
+    from models.demo.train import prepare_digits, split_digits
+
+    _, held_out = split_digits(prepare_digits())
+    rows = held_out.images.flatten(1)
+    for label in range(10):
+        matches = (rows == decode_png(sample_png(label)).flatten()).all(dim=1).nonzero()
+        assert len(matches) >= 1
+        assert all(int(held_out.labels[i]) == label for i in matches.flatten())
+
+
 def register_as(registry: ModelRegistry, demo: DemoModel, version: str) -> ModelManifest:
     return registry.register(
         demo.name,
