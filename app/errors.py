@@ -153,9 +153,29 @@ _HTTP_CODES = {
 }
 
 
+def _report(request: Request, error: BaseException) -> None:
+    """Hand a server fault to error tracking (Sentry), when it is configured."""
+    report = getattr(request.app.state, "report_error", None)
+    if report is None:
+        return
+    host = getattr(request.state, "host", None)
+    manifest = getattr(host, "manifest", None)
+    report(
+        error,
+        {
+            "request_id": request_id_of(request.scope),
+            "model": getattr(manifest, "name", None),
+            "model_version": getattr(manifest, "version", None),
+        },
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
-        return problem_response(cast(Problem, exc), request.scope)
+        problem = cast(Problem, exc)
+        if problem.status >= 500 and problem.code == "internal-error":
+            _report(request, problem.__cause__ or problem)
+        return problem_response(problem, request.scope)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         exc = cast(StarletteHTTPException, exc)
@@ -179,6 +199,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"request_id": request_id_of(request.scope)})
+        _report(request, exc)
         return problem_response(
             Problem("internal-error", "the server failed to handle the request"), request.scope
         )

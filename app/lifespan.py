@@ -24,6 +24,7 @@ from app.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.host import ModelHost
 from app.production import GracefulShutdown
+from app.telemetry.gpu import GpuSampler, load_nvml
 from app.telemetry.metrics import Metrics
 
 log = logging.getLogger("frameworm.lifespan")
@@ -81,9 +82,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     lifecycle.batcher = batcher
     batcher.start()
     metrics: Metrics | None = app.state.metrics
+    gpu: GpuSampler | None = None
     if metrics is not None:
         metrics.model_serving(None, settings.stage, str(host.device))
         metrics.queue_capacity.labels(settings.model).set(settings.max_queue_items)
+        nvml = load_nvml()
+        if nvml is not None:
+            gpu = GpuSampler(metrics.registry, nvml)
+            gpu.start()
     loading = asyncio.create_task(_load(host, lifecycle, metrics), name="frameworm-model-load")
     try:
         yield {"settings": settings, "host": host, "batcher": batcher, "lifecycle": lifecycle}
@@ -101,3 +107,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
         # 4. The model goes last: nothing can reach it any more.
         await asyncio.to_thread(host.close)
+        if gpu is not None:
+            await asyncio.to_thread(gpu.stop)

@@ -24,6 +24,7 @@ from app.middleware.ratelimit import RateLimitMiddleware
 from app.production import APIKeyAuth, GracefulShutdown, RateLimiter, TokenBucketLimiter
 from app.production.ratelimit import parse_limit
 from app.production.tracing import shutdown_tracing
+from app.telemetry.error_tracking import init_error_tracking
 from app.telemetry.metrics import LATENCY_BUCKETS, Metrics
 from app.telemetry.tracing import tracing_middleware
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = Lifecycle(GracefulShutdown(timeout=settings.shutdown_timeout_s))
     app.state.metrics = Metrics(settings.model) if settings.metrics_enabled else None
+    app.state.report_error = init_error_tracking(settings)
     app.state.tracer, tracing = tracing_middleware(settings)
     if tracing is not None:
         # Spans are flushed in the drain, within a bound that fits the shutdown budget.

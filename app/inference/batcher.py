@@ -263,10 +263,12 @@ class DynamicBatcher:
                 outputs = await runner.run(arrays)
             else:
                 outputs = await _traced_run(self._tracer, runner, arrays, batch, items)
-        except Exception:
+        except Exception as exc:
             log.exception("batch of %d items failed", items)
             for pending in batch:
-                _fail(pending, Problem("internal-error", "the model failed on this batch"))
+                problem = Problem("internal-error", "the model failed on this batch")
+                problem.__cause__ = exc  # for error tracking; never shown to the client
+                _fail(pending, problem)
             return
         finally:
             self.in_flight_items = 0
