@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     follow_stage: bool = False
     follow_interval_s: float = Field(default=5.0, gt=0)
     load_retries: int = Field(default=3, ge=1)
+    # Automatic rollback after a followed promotion (opt-in; never writes to the registry).
+    auto_rollback: bool = False
+    rollback_window_s: float = Field(default=120.0, gt=0)
+    rollback_min_requests: int = Field(default=20, ge=1)
+    rollback_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    rollback_max_p99_ms: float | None = Field(default=None, gt=0)
     warmup: bool = True
 
     # Serving

@@ -1,7 +1,8 @@
 """The lifespan hook: resources up at startup, and the last part of the drain at shutdown.
 
 Startup makes the model host and batcher, then loads the model in a background task so the
-server listens (and /healthz answers) while it loads. Shutdown runs after uvicorn has closed
+server listens (and /healthz answers) while it loads; that task then follows the stage alias
+when FRAMEWORM_FOLLOW_STAGE is on. Shutdown runs after uvicorn has closed
 the listener and finished the connections (the drain itself starts at SIGTERM, see
 `app.serve`): 1. the batcher answers what is left with 503 within a bound, 2. the
 GracefulShutdown hooks run, the server's and those its users started (each bounded),
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.host import ModelHost
+from app.inference.rollout import StageFollower
 from app.production import GracefulShutdown
 from app.telemetry.gpu import GpuSampler, load_nvml
 from app.telemetry.metrics import Metrics
@@ -58,12 +60,17 @@ class Lifecycle:
         return await self.batcher.close(timeout_s=0) if self.batcher else 0
 
 
-async def _load(host: ModelHost, lifecycle: Lifecycle, metrics: Metrics | None) -> None:
+async def _load(
+    host: ModelHost, lifecycle: Lifecycle, metrics: Metrics | None, follower: StageFollower | None
+) -> None:
     await host.start()
     if host.state == "failed":
         lifecycle.model_failed.set()
-    elif metrics is not None:
+        return
+    if metrics is not None:
         metrics.model_serving(host.manifest, host.settings.stage, str(host.device))
+    if follower is not None:
+        await follower.run()
 
 
 @asynccontextmanager
@@ -90,9 +97,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if nvml is not None:
             gpu = GpuSampler(metrics.registry, nvml)
             gpu.start()
-    loading = asyncio.create_task(_load(host, lifecycle, metrics), name="frameworm-model-load")
+    follower = None
+    if settings.follow_stage and settings.model_version is None:
+        follower = StageFollower(host, settings, metrics)
+        batcher.outcome_listener = follower.record
+    loading = asyncio.create_task(
+        _load(host, lifecycle, metrics, follower), name="frameworm-model-load"
+    )
     try:
-        yield {"settings": settings, "host": host, "batcher": batcher, "lifecycle": lifecycle}
+        yield {
+            "settings": settings,
+            "host": host,
+            "batcher": batcher,
+            "lifecycle": lifecycle,
+            "follower": follower,
+        }
     finally:
         lifecycle.begin_drain()
         loading.cancel()
@@ -106,6 +125,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         for shutdown in (lifecycle.shutdown, *lifecycle.joined):
             await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
         # 4. The model goes last: nothing can reach it any more.
+        if follower is not None:
+            await asyncio.to_thread(follower.close)
         await asyncio.to_thread(host.close)
         if gpu is not None:
             await asyncio.to_thread(gpu.stop)

@@ -147,6 +147,17 @@ class ModelRegistry:
     def load(self, manifest: ModelManifest, device: torch.device | str = "cpu") -> LoadedModel:
         return load_model(manifest, self.artefact_bytes(manifest), torch.device(device))
 
+    def check(self, name: str, version: str) -> ModelManifest:
+        """Verify, load (CPU), run two batch sizes and the golden checks; raise on failure."""
+        manifest = self.manifest(name, version)
+        model = self.load(manifest)
+        try:
+            check_signature(model)
+            run_golden_checks(model)
+        finally:
+            model.release()
+        return manifest
+
     def verify(self, name: str, version: str | None = None) -> list[VerifyResult]:
         versions = [version] if version else self.index(name).versions
         results = []

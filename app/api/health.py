@@ -27,6 +27,14 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
             "version": status.version,
         },
     }
+    follower = getattr(request.state, "follower", None)
+    if follower is not None:
+        checks["rollout"] = {
+            "ok": True,  # informational: a refused or rolled-back version leaves the old serving
+            "reason": follower.last_event,
+            "refused": follower.refused,
+            "pinned_against": follower.pinned_against,
+        }
     draining = request.state.lifecycle.shutdown.is_shutting_down
     checks["draining"] = {
         "ok": not draining,

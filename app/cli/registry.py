@@ -137,12 +137,22 @@ def promote(
     if_revision: Annotated[
         int | None, typer.Option(help="Only if the model's index is still at this revision.")
     ] = None,
+    skip_checks: Annotated[
+        bool,
+        typer.Option(help="Move the alias without loading the version and running its checks."),
+    ] = False,
     registry: RegistryOption = None,
     as_json: bool = JsonOption,
 ) -> None:
-    """Point STAGE at VERSION (production archives the version it leaves)."""
+    """Point STAGE at VERSION (production archives the version it leaves).
+
+    The version is first verified, loaded and run through its golden checks.
+    """
     with errors_as_one_line():
-        index = open_registry(registry).promote(
+        reg = open_registry(registry)
+        if not skip_checks:
+            reg.check(name, version)
+        index = reg.promote(
             name, version, _stage(stage), actor=actor, reason=reason, expected_revision=if_revision
         )
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {version}")

@@ -99,6 +99,8 @@ class DynamicBatcher:
         self.max_queue_items = max_queue_items
         self._observer: BatchObserver = observer or _NoObserver()
         self._tracer = tracer
+        # Per request: (version, succeeded, seconds since it was queued); for rollout health.
+        self.outcome_listener: Callable[[str, bool, float], None] | None = None
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
         self._wakeup = asyncio.Event()
@@ -269,6 +271,7 @@ class DynamicBatcher:
                 problem = Problem("internal-error", "the model failed on this batch")
                 problem.__cause__ = exc  # for error tracking; never shown to the client
                 _fail(pending, problem)
+            self._report_outcomes(runner, batch, ok=False)
             return
         finally:
             self.in_flight_items = 0
@@ -286,6 +289,15 @@ class DynamicBatcher:
             offset += pending.items
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
+        self._report_outcomes(runner, batch, ok=True)
+
+    def _report_outcomes(self, runner: ModelRunner, batch: list[_Pending], *, ok: bool) -> None:
+        listener = self.outcome_listener
+        if listener is None:
+            return
+        now = time.monotonic()
+        for pending in batch:
+            listener(runner.manifest.version, ok, now - pending.enqueued)
 
 
 async def _traced_run(

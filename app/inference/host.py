@@ -115,6 +115,15 @@ class ModelHost:
                 "the registry was empty: registered the demo models in %s", self.registry.store.url
             )
 
+    def swap(self, runner: ModelRunner) -> ModelRunner | None:
+        """Serve `runner` from the next batch on; the previous runner is returned, still loaded.
+
+        The batcher reads `runner` once per batch, so a switch always falls between batches.
+        """
+        previous, self._runner = self._runner, runner
+        self.state, self.reason = "ready", "the model is loaded, warm and checked"
+        return previous
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()

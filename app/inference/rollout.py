@@ -1,0 +1,202 @@
+"""Following a stage alias: zero-downtime switches between versions, and automatic rollback.
+
+With FRAMEWORM_FOLLOW_STAGE=true the server polls its model's index (one small read) and, when
+the alias moves: loads and warms the new version beside the serving one, runs its golden
+checks, and switches between two batches; the old version is released after its last batch.
+A version that fails to load or check is never switched to: the old one keeps serving, and the
+failure is logged, counted and shown in /readyz?verbose until the alias moves again.
+
+Automatic rollback (FRAMEWORM_AUTO_ROLLBACK=true): after a switch the old version stays loaded
+for a window; if the new version's error rate or p99 breaches its bound there, the server
+switches back and pins the old version locally until the alias moves again. It never writes to
+the registry (which may be read-only, and replicas would race), so it cannot flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.inference.host import ModelHost
+from app.inference.runner import ModelRunner
+from app.telemetry.metrics import Metrics
+from models.errors import RegistryError
+
+log = logging.getLogger("frameworm.rollout")
+
+LATENCY_SAMPLES = 10_000
+
+
+@dataclass
+class VersionHealth:
+    """Outcomes of the requests one version served since it was switched to."""
+
+    version: str
+    ok: int = 0
+    failed: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    @property
+    def requests(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.requests if self.requests else 0.0
+
+    def p99(self) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+@dataclass
+class _Observation:
+    previous: ModelRunner
+    target: str  # the alias value that was followed
+    health: VersionHealth
+    until: float
+
+
+class StageFollower:
+    def __init__(self, host: ModelHost, settings: Settings, metrics: Metrics | None) -> None:
+        self.host = host
+        self.settings = settings
+        self.metrics = metrics
+        self.refused: dict[str, str] = {}  # alias target -> why it was not switched to
+        self.pinned_against: str | None = None  # an alias target rolled back from
+        self.last_event = "following the stage alias"
+        self._observing: _Observation | None = None
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.follow_interval_s)
+            try:
+                await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a registry hiccup must not end the loop
+                log.exception("following the stage alias failed; will retry")
+
+    async def check_once(self) -> None:
+        await self._finish_observation_if_due()
+        serving = self.host.manifest
+        if serving is None:
+            return
+        index = await asyncio.to_thread(self.host.registry.index, self.settings.model)
+        target = index.aliases.get(self.settings.stage)
+        if target is None or target == serving.version or target in self.refused:
+            return
+        if target == self.pinned_against:
+            return  # rolled back from it; wait for the alias to move again
+        self.pinned_against = None
+        await self.switch_to(target)
+
+    # ------------------------------------------------------------------ switching
+    async def switch_to(self, version: str) -> bool:
+        serving = self.host.manifest
+        try:
+            manifest = await asyncio.to_thread(
+                self.host.registry.manifest, self.settings.model, version
+            )
+            if serving is not None and manifest.signature != serving.signature:
+                raise RegistryError(
+                    "its signature differs from the serving version's; roll out a new deployment"
+                )
+            runner = await asyncio.to_thread(self.host.prepare, manifest)
+        except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+            self.refused[version] = str(exc)
+            self.last_event = f"refused {version}: {exc}"
+            log.error("not switching to %s %s: %s", self.settings.model, version, exc)
+            if self.metrics is not None:
+                self.metrics.model_load_failures.labels(self.settings.model).inc()
+            return False
+        previous = self.host.swap(runner)
+        self.last_event = f"switched to {version}" + (
+            f" from {previous.manifest.version}" if previous else ""
+        )
+        log.info(self.last_event)
+        self._serving_changed()
+        if previous is None:
+            return True
+        if self.settings.auto_rollback:
+            self._observing = _Observation(
+                previous,
+                version,
+                VersionHealth(version),
+                time.monotonic() + self.settings.rollback_window_s,
+            )
+        else:
+            await asyncio.to_thread(previous.close)  # waits for its last in-flight batch
+        return True
+
+    # ------------------------------------------------------------------ health after a switch
+    def record(self, version: str, ok: bool, seconds: float) -> None:
+        """Called by the batcher per request (outcome_listener)."""
+        observing = self._observing
+        if observing is None or version != observing.health.version:
+            return
+        health = observing.health
+        if ok:
+            health.ok += 1
+            health.latencies.append(seconds)
+        else:
+            health.failed += 1
+        if health.requests >= self.settings.rollback_min_requests and self._breached(health):
+            asyncio.get_running_loop().create_task(self.roll_back())
+
+    def _breached(self, health: VersionHealth) -> str | None:
+        if health.error_rate > self.settings.rollback_max_error_rate:
+            return (
+                f"error rate {health.error_rate:.1%} > {self.settings.rollback_max_error_rate:.1%}"
+            )
+        bound = self.settings.rollback_max_p99_ms
+        if bound is not None and health.p99() * 1000 > bound:
+            return f"p99 {health.p99() * 1000:.0f} ms > {bound:g} ms"
+        return None
+
+    async def roll_back(self) -> None:
+        observing, self._observing = self._observing, None
+        if observing is None:
+            return
+        why = self._breached(observing.health) or "unhealthy"
+        bad = self.host.swap(observing.previous)
+        self.pinned_against = observing.target
+        self.last_event = (
+            f"rolled back from {observing.health.version} to "
+            f"{observing.previous.manifest.version}: {why}; pinned until the alias moves again"
+        )
+        log.error(self.last_event)
+        if self.metrics is not None:
+            self.metrics.model_rollbacks.labels(self.settings.model).inc()
+        self._serving_changed()
+        if bad is not None:
+            await asyncio.to_thread(bad.close)
+
+    async def _finish_observation_if_due(self) -> None:
+        observing = self._observing
+        if observing is None or time.monotonic() < observing.until:
+            return
+        self._observing = None
+        self.last_event = f"{observing.health.version} passed its rollback window"
+        await asyncio.to_thread(observing.previous.close)
+
+    def _serving_changed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.model_serving(
+                self.host.manifest, self.settings.stage, str(self.host.device)
+            )
+            self.metrics.model_switches.labels(self.settings.model).inc()
+
+    def close(self) -> None:
+        """Release a version kept for rollback (at shutdown)."""
+        if self._observing is not None:
+            self._observing.previous.close()
+            self._observing = None
