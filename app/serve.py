@@ -18,13 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
 
 from app.config import Settings
 from app.lifespan import Lifecycle
@@ -127,11 +133,29 @@ def run(settings: Settings) -> int:
     """Serve until drained; the process exit code."""
     configure_logging(settings.log_format, settings.log_level)
     ensure_a_key(settings)
+    if settings.workers > 1:
+        return supervise(settings)
+    return serve_one(settings)
+
+
+def serve_one(settings: Settings, sock: socket.socket | None = None) -> int:
+    """One server process (the only one, or a worker on an inherited socket)."""
     app = create_app(settings)
     lifecycle: Lifecycle = app.state.lifecycle
     attach_server(lifecycle.join)  # GracefulShutdown.start() inside the app joins this drain
-    config = uvicorn.Config(
-        app,
+    server = DrainingServer(uvicorn_config(settings, app), settings, lifecycle)
+    try:
+        server.run(sockets=[sock] if sock is not None else None)
+    finally:
+        detach_server()
+    if server.exit_code == 0 and not server.started:
+        return 1  # e.g. the port was taken; uvicorn has logged why
+    return server.exit_code
+
+
+def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]  # None only to bind the supervisor's socket
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -147,11 +171,60 @@ def run(settings: Settings) -> int:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    server = DrainingServer(config, settings, lifecycle)
+
+
+# ---------------------------------------------------------------------- several workers
+def _worker(settings: Settings, sock: socket.socket) -> None:
+    configure_logging(settings.log_format, settings.log_level)
+    sys.exit(serve_one(settings, sock))
+
+
+def supervise(settings: Settings) -> int:
+    """N worker processes accepting on one socket, each draining on its own.
+
+    Metrics use prometheus_client's multiprocess mode in a fresh directory (set before the
+    workers start: the mode is chosen when prometheus_client is imported). When one worker
+    exits, the others are drained too and the supervisor exits with the worst code, so that
+    Kubernetes restarts the pod rather than serve on with fewer workers than asked for.
+    """
+    metrics_dir = tempfile.mkdtemp(prefix="frameworm-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    sock = uvicorn_config(settings).bind_socket()
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(settings, sock), name=f"frameworm-worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    log.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
+    stopping = threading.Event()
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        # First signal: every worker drains; a second one is forwarded too, and forces them.
+        stopping.set()
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        while any(w.is_alive() for w in workers):
+            for worker in workers:
+                worker.join(0.2)
+                if not worker.is_alive() and not stopping.is_set():
+                    log.error(
+                        "worker %s exited with %s; stopping the others",
+                        worker.name,
+                        worker.exitcode,
+                    )
+                    forward(signal.SIGTERM, None)
     finally:
-        detach_server()
-    if server.exit_code == 0 and not server.started:
-        return 1  # e.g. the port was taken; uvicorn has logged why
-    return server.exit_code
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+        for worker in workers:
+            if worker.pid is not None:
+                prometheus_multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max(abs(w.exitcode or 0) for w in workers)

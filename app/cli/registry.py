@@ -246,3 +246,116 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+# ---------------------------------------------------------------- copies between registries
+StagesOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--stages/--no-stages",
+        help="Also move stage aliases to the source's (default: on with --all, off otherwise).",
+    ),
+]
+AllOption = Annotated[
+    bool, typer.Option("--all", help="Every model: a whole-registry backup or restore.")
+]
+NameArgument = Annotated[str | None, typer.Argument(help="The model (leave out with --all).")]
+VersionArgument = Annotated[
+    str | None, typer.Argument(help="One version (default: every version).")
+]
+
+
+@registry_app.command()
+def push(
+    to: Annotated[str, typer.Option("--to", help="Target registry: s3://bucket/prefix or a dir.")],
+    name: NameArgument = None,
+    version: VersionArgument = None,
+    all_models: AllOption = False,
+    stages: StagesOption = None,
+    actor: ActorOption = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Copy versions of NAME (or --all models) from --registry to --to, sha256-verified."""
+    with errors_as_one_line():
+        _copy(
+            open_registry(registry),
+            ModelRegistry(to),
+            name,
+            version,
+            all_models,
+            stages,
+            actor,
+            as_json,
+        )
+
+
+@registry_app.command()
+def pull(
+    source: Annotated[
+        str, typer.Option("--from", help="Source registry: s3://bucket/prefix or a dir.")
+    ],
+    name: NameArgument = None,
+    version: VersionArgument = None,
+    all_models: AllOption = False,
+    stages: StagesOption = None,
+    actor: ActorOption = None,
+    registry: RegistryOption = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Copy versions of NAME (or --all models) from --from into --registry, sha256-verified."""
+    with errors_as_one_line():
+        _copy(
+            ModelRegistry(source),
+            open_registry(registry),
+            name,
+            version,
+            all_models,
+            stages,
+            actor,
+            as_json,
+        )
+
+
+def _copy(
+    source: ModelRegistry,
+    target: ModelRegistry,
+    name: str | None,
+    version: str | None,
+    all_models: bool,
+    stages: bool | None,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    from models.sync import copy_all, copy_model
+
+    if all_models == (name is not None):
+        fail("name a model, or pass --all (not both)")
+    if source.store.url == target.store.url:
+        fail(f"source and target are the same registry ({source.store.url})")
+    follow = all_models if stages is None else stages
+    if name is None:
+        reports = copy_all(source, target, stages=follow, actor=actor)
+    else:
+        reports = [copy_model(source, target, name, version, stages=follow, actor=actor)]
+    payload = [
+        {
+            "name": r.name,
+            "source": r.source,
+            "target": r.target,
+            "versions": [{"version": c.version, "action": c.action} for c in r.versions],
+            "stage_moves": [e.model_dump(mode="json") for e in r.stage_moves],
+        }
+        for r in reports
+    ]
+
+    def human() -> str:
+        lines = [
+            f"{r.name} {c.version}: {c.action} ({r.source} -> {r.target})"
+            for r in reports
+            for c in r.versions
+        ]
+        lines += [f"{r.name}: {e.stage} -> {e.version}" for r in reports for e in r.stage_moves]
+        return "\n".join(lines) or "(no models)"
+
+    emit(payload, as_json, human)

@@ -13,6 +13,10 @@ from app.config import Settings
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [FRAMEWORM_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [FRAMEWORM_PORT].")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes on one port, CPU serving [FRAMEWORM_WORKERS]."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name [FRAMEWORM_MODEL].")] = None,
     stage: Annotated[str | None, typer.Option(help="Stage alias [FRAMEWORM_STAGE].")] = None,
     version: Annotated[
@@ -34,6 +38,7 @@ def serve(
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
+        "workers": workers,
         "model": model,
         "stage": stage,
         "model_version": version,
