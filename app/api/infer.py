@@ -76,7 +76,9 @@ async def infer(
     signature = runner.manifest.signature
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
-        decoded = decode_infer_json(signature, await request.body())
+        decoded = decode_infer_json(
+            signature, await request.body(), settings.max_json_depth, settings.max_json_elements
+        )
     elif media_type == "multipart/form-data":
         decoded = await decode_multipart(request, signature)
     else:

@@ -102,7 +102,11 @@ async def model_infer(
         raise Problem("unsupported-media-type", "send application/json or application/octet-stream")
     signature = runner.manifest.signature
     v2 = decode_request(
-        signature, await request.body(), request.headers.get("inference-header-content-length")
+        signature,
+        await request.body(),
+        request.headers.get("inference-header-content-length"),
+        settings.max_json_depth,
+        settings.max_json_elements,
     )
     timeout_s = settings.request_timeout_ms / 1000
     if v2.timeout_s is not None:

@@ -7,6 +7,7 @@ import typer
 from app.cli.keys import keys_app
 from app.cli.registry import registry_app
 from app.cli.serve import serve
+from app.cli.smoke import smoke
 
 cli = typer.Typer(
     name="frameworm",
@@ -18,6 +19,7 @@ cli = typer.Typer(
 cli.add_typer(registry_app, name="registry")
 cli.add_typer(keys_app, name="keys")
 cli.command()(serve)
+cli.command()(smoke)
 
 
 def main() -> None:

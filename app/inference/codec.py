@@ -6,7 +6,6 @@ can fix its request; nothing here echoes the client's values back.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,8 @@ import orjson
 
 from app.errors import Problem
 from app.inference.images import decode_b64, decode_image
-from models.manifest import ParameterSpec, Signature, TensorSpec
+from app.production import RequestValidator, ValidationError
+from models.manifest import Signature, TensorSpec
 from models.tensors import FLOAT_DTYPES, NUMPY_DTYPES, generate
 
 # Which array kinds a spec dtype accepts from JSON: ints are valid floats, not vice versa.
@@ -102,6 +102,35 @@ def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> np.ndarr
     return check_array(name, np.stack(decoded), spec)
 
 
+class SignatureRules:
+    """The signature's parameter rules as a RequestValidator (the checklist's building block)."""
+
+    def __init__(self, signature: Signature) -> None:
+        self.signature = signature
+        self.parameters = RequestValidator()
+        for name, spec in signature.parameters.items():
+            self.parameters.add_rule(
+                name,
+                required=False,
+                type=_PARAMETER_TYPES[spec.type],
+                min_value=spec.minimum,
+                max_value=spec.maximum,
+            )
+
+
+# Built once per signature; the signature is kept in the value so its id is never reused.
+_RULES: dict[int, SignatureRules] = {}
+
+
+def rules_for(signature: Signature) -> SignatureRules:
+    rules = _RULES.get(id(signature))
+    if rules is None or rules.signature is not signature:
+        if len(_RULES) > 32:
+            _RULES.clear()
+        rules = _RULES[id(signature)] = SignatureRules(signature)
+    return rules
+
+
 def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str, Any]:
     """Known parameters only, of the declared type, within bounds; defaults filled in."""
     unknown = set(given) - set(signature.parameters)
@@ -110,29 +139,41 @@ def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str
             "invalid-input",
             f"unknown parameter(s) {sorted(unknown)}; accepted: {sorted(signature.parameters)}",
         )
-    values: dict[str, Any] = {}
-    for name, spec in signature.parameters.items():
-        if name in given:
-            values[name] = check_parameter(name, given[name], spec)
-        elif spec.default is not None:
-            values[name] = spec.default
+    try:
+        rules_for(signature).parameters.validate(dict(given))
+    except ValidationError as exc:
+        raise Problem(
+            "invalid-input", f"invalid parameter(s): {exc}", extra={"errors": exc.to_list()}
+        ) from None
+    values: dict[str, Any] = {
+        name: spec.default
+        for name, spec in signature.parameters.items()
+        if spec.default is not None
+    }
+    values.update(given)
     return values
 
 
-def check_parameter(name: str, value: Any, spec: ParameterSpec) -> Any:
-    allowed = _PARAMETER_TYPES[spec.type]
-    is_bool = isinstance(value, bool)
-    if not isinstance(value, allowed) or (is_bool and spec.type != "bool"):
-        raise Problem("invalid-input", f"parameter {name!r} must be of type {spec.type}")
-    if isinstance(value, int | float) and not is_bool:
-        number = float(value)
-        if not math.isfinite(number):
-            raise Problem("invalid-input", f"parameter {name!r} must be finite")
-        if spec.minimum is not None and number < spec.minimum:
-            raise Problem("invalid-input", f"parameter {name!r} must be >= {spec.minimum:g}")
-        if spec.maximum is not None and number > spec.maximum:
-            raise Problem("invalid-input", f"parameter {name!r} must be <= {spec.maximum:g}")
-    return value
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1  # open a level
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1  # close one
+
+
+def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> None:
+    """Refuse absurd nesting and element counts before parsing, at C speed.
+
+    Brackets inside strings are counted too, which can only over-estimate: the worst case is
+    a 4xx for a pathological string, never a deep structure let through.
+    """
+    if body.count(b",") + 1 > max_elements:
+        raise Problem("payload-too-large", f"the JSON has more than {max_elements} elements")
+    brackets = body.translate(None, _NOT_BRACKETS)
+    if len(brackets) <= max_depth:
+        return  # cannot be deeper than the number of brackets: the common case
+    depth = np.cumsum(_DEPTH_STEP[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int32)
+    if int(depth.max()) > max_depth:
+        raise Problem("malformed-request", f"the JSON is nested deeper than {max_depth} levels")
 
 
 def assemble(
@@ -168,8 +209,11 @@ def assemble(
     return Decoded(ordered, items, parameters)
 
 
-def decode_infer_json(signature: Signature, body: bytes) -> Decoded:
+def decode_infer_json(
+    signature: Signature, body: bytes, max_depth: int = 32, max_elements: int = 4_000_000
+) -> Decoded:
     """POST /infer JSON: {"inputs": {NAME: nested list | image}, "parameters": {...}}."""
+    check_json_shape(body, max_depth, max_elements)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:

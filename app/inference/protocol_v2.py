@@ -15,7 +15,13 @@ import numpy as np
 import orjson
 
 from app.errors import Problem
-from app.inference.codec import Decoded, assemble, check_array, check_parameters
+from app.inference.codec import (
+    Decoded,
+    assemble,
+    check_array,
+    check_json_shape,
+    check_parameters,
+)
 from models.manifest import Dtype, Signature
 
 DATATYPES: dict[Dtype, str] = {
@@ -69,8 +75,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:size], body[size:]
 
 
-def decode_request(signature: Signature, body: bytes, header_length: str | None) -> V2Request:
+def decode_request(
+    signature: Signature,
+    body: bytes,
+    header_length: str | None,
+    max_depth: int = 32,
+    max_elements: int = 4_000_000,
+) -> V2Request:
     header_bytes, binary = split_body(body, header_length)
+    check_json_shape(header_bytes, max_depth, max_elements)
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError:
