@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(default=10_000, gt=0)
     max_concurrency: int = Field(default=1024, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
+    result_cache: Literal["off", "memory", "redis"] = "off"
+    result_cache_entries: int = Field(default=10_000, ge=1)
+    result_cache_ttl_s: int = Field(default=3600, ge=1)
 
     # Request limits
     max_body_mb: float = Field(default=10.0, gt=0)

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.host import ModelHost
 from app.inference.rollout import StageFollower
+from app.inference.service import build_cache
 from app.production import GracefulShutdown
 from app.telemetry.gpu import GpuSampler, load_nvml
 from app.telemetry.metrics import Metrics
@@ -111,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             "batcher": batcher,
             "lifecycle": lifecycle,
             "follower": follower,
+            "cache": build_cache(settings, metrics),
         }
     finally:
         lifecycle.begin_drain()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from app.inference.codec import (
     encode_infer_json,
 )
 from app.inference.images import decode_image
+from app.inference.service import run_inference
 from models.manifest import Signature
 
 router = APIRouter(tags=["inference"])
@@ -83,9 +83,9 @@ async def infer(
         decoded = await decode_multipart(request, signature)
     else:
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
-    deadline = time.monotonic() + settings.request_timeout_ms / 1000
-    served = await batcher.submit(decoded.arrays, decoded.items, deadline)
-    request.state.served_model, request.state.served_version = runner.manifest.name, served.version
+    served = await run_inference(
+        request, runner, batcher, decoded, settings.request_timeout_ms / 1000
+    )
     body = encode_infer_json(
         runner.manifest.name,
         served.version,

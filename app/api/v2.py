@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -14,6 +13,7 @@ from app.deps import BatcherDep, HostDep, RunnerDep, SettingsDep
 from app.errors import Problem
 from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
 from app.inference.runner import ModelRunner
+from app.inference.service import run_inference
 from models.manifest import TensorSpec
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
@@ -111,8 +111,7 @@ async def model_infer(
     timeout_s = settings.request_timeout_ms / 1000
     if v2.timeout_s is not None:
         timeout_s = min(timeout_s, v2.timeout_s)
-    served = await batcher.submit(v2.decoded.arrays, v2.decoded.items, time.monotonic() + timeout_s)
-    request.state.served_model, request.state.served_version = runner.manifest.name, served.version
+    served = await run_inference(request, runner, batcher, v2.decoded, timeout_s)
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )

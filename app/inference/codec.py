@@ -36,6 +36,8 @@ class Decoded:
     arrays: list[np.ndarray]
     items: int
     parameters: dict[str, Any] = field(default_factory=dict)
+    # An input drawn at random without a seed: the result is not reproducible, never cached.
+    random: bool = False
 
 
 def describe(spec: TensorSpec) -> str:
@@ -188,11 +190,13 @@ def assemble(
             + ", ".join(describe(s) for s in signature.inputs),
         )
     ordered: list[np.ndarray] = []
+    random = False
     for spec in signature.inputs:
         if spec.name in arrays:
             ordered.append(arrays[spec.name])
         elif spec.generate is not None and "batch_size" in parameters:
             seed = parameters.get("seed")
+            random = random or seed is None
             ordered.append(generate(spec, int(parameters["batch_size"]), seed).numpy())
         else:
             raise Problem("invalid-input", f"missing input; expected {describe(spec)}")
@@ -206,7 +210,7 @@ def assemble(
             "invalid-input",
             f"{items} items in one request; at most {signature.max_items_per_request} are allowed",
         )
-    return Decoded(ordered, items, parameters)
+    return Decoded(ordered, items, parameters, random)
 
 
 def decode_infer_json(

@@ -99,6 +99,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.cache_requests = Counter(
+            "frameworm_result_cache_requests",
+            "Result cache lookups by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
         self.model_switches = Counter(
             "frameworm_model_switches", "Model version switches.", ["model"], registry=r
         )

@@ -1,0 +1,114 @@
+"""An opt-in result cache for deterministic models (FRAMEWORM_RESULT_CACHE=memory|redis).
+
+Keyed by model name, version, parameters and a hash of the decoded input arrays (dtype and
+shape included), so results are never shared across versions. Only manifests marked
+`deterministic` are cached: a generative model drawing from a seedless RNG is not. In memory it
+is an LRU bounded in entries; with Redis it is shared by replicas, with a TTL, and a slow or
+down Redis is a miss (bounded by a short timeout), never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from app.telemetry.metrics import Metrics
+from models.manifest import ModelManifest
+
+log = logging.getLogger("frameworm.cache")
+
+
+def cache_key(manifest: ModelManifest, arrays: list[np.ndarray], parameters: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{manifest.name}\0{manifest.version}\0".encode())
+    digest.update(orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS))
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _pack(outputs: list[np.ndarray]) -> bytes:
+    header = orjson.dumps([[o.dtype.str, list(o.shape)] for o in outputs])
+    return len(header).to_bytes(4, "big") + header + b"".join(o.tobytes() for o in outputs)
+
+
+def _unpack(blob: bytes) -> list[np.ndarray]:
+    size = int.from_bytes(blob[:4], "big")
+    offset, outputs = 4 + size, []
+    for dtype, shape in orjson.loads(blob[4 : 4 + size]):
+        array = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset)
+        outputs.append(array.reshape(shape))
+        offset += array.nbytes
+    return outputs
+
+
+class ResultCache(Protocol):
+    async def get(self, key: str) -> list[np.ndarray] | None: ...
+    async def put(self, key: str, outputs: list[np.ndarray]) -> None: ...
+
+
+class MemoryCache:
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+
+    async def get(self, key: str) -> list[np.ndarray] | None:
+        outputs = self._entries.get(key)
+        if outputs is not None:
+            self._entries.move_to_end(key)
+        return outputs
+
+    async def put(self, key: str, outputs: list[np.ndarray]) -> None:
+        self._entries[key] = outputs
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+class RedisCache:
+    def __init__(self, url: str, ttl_s: int, timeout_s: float = 0.05) -> None:
+        import redis.asyncio
+
+        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s)
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+
+    async def get(self, key: str) -> list[np.ndarray] | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                blob = await self._client.get(f"frameworm:result:{key}")
+        except Exception as exc:  # down or slow: a miss
+            log.debug("result cache read failed: %s", type(exc).__name__)
+            return None
+        return _unpack(blob) if isinstance(blob, bytes) and blob else None
+
+    async def put(self, key: str, outputs: list[np.ndarray]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.set(f"frameworm:result:{key}", _pack(outputs), ex=self.ttl_s)
+        except Exception as exc:
+            log.debug("result cache write failed: %s", type(exc).__name__)
+
+
+class CountingCache:
+    """Counts hits and misses into the metrics."""
+
+    def __init__(self, inner: ResultCache, metrics: Metrics | None) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def get(self, key: str) -> list[np.ndarray] | None:
+        outputs = await self.inner.get(key)
+        if self.metrics is not None:
+            self.metrics.cache_requests.labels("hit" if outputs is not None else "miss").inc()
+        return outputs
+
+    async def put(self, key: str, outputs: list[np.ndarray]) -> None:
+        await self.inner.put(key, outputs)

@@ -1,0 +1,52 @@
+"""One inference, as the routes run it: the result cache, then the batcher."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+
+from app.config import Settings
+from app.inference.batcher import DynamicBatcher, Served
+from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
+from app.inference.codec import Decoded
+from app.inference.runner import ModelRunner
+from app.telemetry.metrics import Metrics
+
+
+def build_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | None:
+    if settings.result_cache == "off":
+        return None
+    if settings.result_cache == "redis":
+        if settings.redis_url is None:
+            raise ValueError("FRAMEWORM_RESULT_CACHE=redis needs FRAMEWORM_REDIS_URL")
+        inner: ResultCache = RedisCache(
+            settings.redis_url.get_secret_value(), settings.result_cache_ttl_s
+        )
+    else:
+        inner = MemoryCache(settings.result_cache_entries)
+    return CountingCache(inner, metrics)
+
+
+async def run_inference(
+    request: Request,
+    runner: ModelRunner,
+    batcher: DynamicBatcher,
+    decoded: Decoded,
+    timeout_s: float,
+) -> Served:
+    manifest = runner.manifest
+    cache: ResultCache | None = request.state.cache
+    key = None
+    if cache is not None and manifest.deterministic and not decoded.random:
+        key = cache_key(manifest, decoded.arrays, decoded.parameters)
+        outputs = await cache.get(key)
+        if outputs is not None:
+            served = Served(outputs, manifest.version)
+            request.state.served_model, request.state.served_version = manifest.name, served.version
+            return served
+    served = await batcher.submit(decoded.arrays, decoded.items, time.monotonic() + timeout_s)
+    if cache is not None and key is not None and served.version == manifest.version:
+        await cache.put(key, served.outputs)
+    request.state.served_model, request.state.served_version = manifest.name, served.version
+    return served
