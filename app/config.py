@@ -45,7 +45,12 @@ class Settings(BaseSettings):
     """Every setting of the server, with its default. README's table lists them all."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FRAMEWORM_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="FRAMEWORM_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # Validation errors must never print the input: it holds the secrets.
+        hide_input_in_errors=True,
     )
 
     env: Environment = "development"

@@ -265,6 +265,14 @@ class DynamicBatcher:
                 outputs = await runner.run(arrays)
             else:
                 outputs = await _traced_run(self._tracer, runner, arrays, batch, items)
+        except asyncio.CancelledError:
+            # close() ran out of time mid-batch: these requests still get an answer.
+            for pending in batch:
+                _fail(
+                    pending,
+                    Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
+                )
+            raise
         except Exception as exc:
             log.exception("batch of %d items failed", items)
             for pending in batch:

@@ -6,6 +6,7 @@ can fix its request; nothing here echoes the client's values back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,10 +55,31 @@ def check_array(name: str, value: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise Problem("invalid-input", f"input {name!r} has shape {list(value.shape)}; {expected}")
     if value.shape[0] < 1:
         raise Problem("invalid-input", f"input {name!r} is empty; {expected}")
+    _check_range(name, value, target, expected)
     array = value.astype(target, copy=False)
     if spec.dtype in FLOAT_DTYPES and not spec.allow_non_finite and not np.isfinite(array).all():
         raise Problem("invalid-input", f"input {name!r} contains NaN or infinity, not allowed")
     return array
+
+
+def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: str) -> None:
+    """Values must fit the target dtype: a cast would wrap integers or overflow floats."""
+    if value.dtype == target or value.dtype.kind == "b" or value.size == 0:
+        return
+    low: float
+    high: float
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = info.min, info.max
+    elif (
+        target.kind == "f" and value.dtype.itemsize > target.itemsize
+    ) or value.dtype.kind in "iu":
+        low, high = -float(np.finfo(target).max), float(np.finfo(target).max)
+    else:
+        return
+    finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
+    if finite.size and (finite.min() < low or finite.max() > high):
+        raise Problem("invalid-input", f"input {name!r} has values out of range; {expected}")
 
 
 def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
@@ -141,6 +163,13 @@ def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str
             "invalid-input",
             f"unknown parameter(s) {sorted(unknown)}; accepted: {sorted(signature.parameters)}",
         )
+    for name, value in given.items():
+        # The validator treats None as "not given" and has no notion of NaN; neither is a value.
+        if value is None:
+            kind = signature.parameters[name].type
+            raise Problem("invalid-input", f"parameter {name!r} must be of type {kind}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Problem("invalid-input", f"parameter {name!r} must be finite")
     try:
         rules_for(signature).parameters.validate(dict(given))
     except ValidationError as exc:
@@ -234,13 +263,17 @@ def decode_infer_json(
     if not isinstance(inputs, dict) or not isinstance(parameters, dict):
         raise Problem("invalid-input", "'inputs' and 'parameters' must be JSON objects")
     params = check_parameters(signature, parameters)
-    arrays = {}
-    for name, value in inputs.items():
-        try:
-            spec = signature.input(name)
-        except KeyError:
-            continue  # reported by assemble, with the full list
-        arrays[name] = array_from_json(name, value, spec)
+    known = {spec.name for spec in signature.inputs}
+    unknown = set(inputs) - known
+    if unknown:
+        raise Problem(
+            "invalid-input",
+            f"unknown input(s) {sorted(unknown)}; the model takes "
+            + ", ".join(describe(s) for s in signature.inputs),
+        )
+    arrays = {
+        name: array_from_json(name, value, signature.input(name)) for name, value in inputs.items()
+    }
     return assemble(signature, arrays, params)
 
 

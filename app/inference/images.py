@@ -36,7 +36,9 @@ def decode_image(field: str, raw: bytes, spec: ImageSpec, content_type: str | No
             # Our own pixel limit below is stricter; Pillow's bomb warning must not escalate.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw), formats=list(spec.formats))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise Problem("invalid-input", f"{field} has more than {spec.max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError):
         raise Problem(
             "invalid-input",
             f"{field} is not an image in an accepted format ({', '.join(spec.formats)})",

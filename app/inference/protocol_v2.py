@@ -142,7 +142,7 @@ def _decode_input(
         raise Problem("invalid-input", f"input {name!r}: datatype must be {DATATYPES[spec.dtype]}")
     dtype = NUMPY_OF[datatype]
     count = int(np.prod(shape)) if shape else 1
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = _parameters_of(item, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if (
             not isinstance(size, int)
@@ -152,18 +152,33 @@ def _decode_input(
             raise Problem(
                 "invalid-input", f"input {name!r}: binary_data_size does not fit its shape"
             )
-        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+        # A copy: torch needs writable memory, and the request body must not be kept alive.
+        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
         return name, check_array(name, array, spec), size
     data = item.get("data")
     if not isinstance(data, list):
         raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
+    mismatch = Problem("invalid-input", f"input {name!r}: data does not match shape and datatype")
     try:
-        flat = np.asarray(data, dtype=dtype).reshape(shape)
+        given = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise Problem(
-            "invalid-input", f"input {name!r}: data does not match shape and datatype"
-        ) from None
-    return name, check_array(name, flat, spec), 0
+        raise mismatch from None
+    # Data must be of its declared datatype's kind: 1.5 declared INT64 is refused, not cut.
+    if given.dtype.kind not in _KINDS_OF[dtype.kind] or given.size != count:
+        raise mismatch
+    return name, check_array(name, given.reshape(shape), spec), 0
+
+
+_KINDS_OF = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+
+
+def _parameters_of(item: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = item.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise Problem("invalid-input", f"{where}: parameters must be an object")
+    return parameters
 
 
 def _requested_outputs(
@@ -181,7 +196,7 @@ def _requested_outputs(
         if name not in names:
             raise Problem("invalid-input", f"outputs[{i}]: unknown output; the model has {names}")
         wanted.append(name)
-        flag = (out.get("parameters") or {}).get("binary_data")
+        flag = _parameters_of(out, f"outputs[{i}]").get("binary_data")
         if flag is True or (flag is None and all_binary):
             binary.add(name)
     return wanted, binary

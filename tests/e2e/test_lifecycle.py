@@ -1,0 +1,114 @@
+"""Startup, drain and a model that cannot load, each on its own `frameworm serve` process."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from models.demo import seed_demo
+from models.registry import ModelRegistry
+from tests.support.server import ServerProcess, start_server
+
+READY_WITHIN_S = 20.0
+
+
+@dataclass
+class Polls:
+    """What /healthz and /readyz answered, poll by poll, from the moment the process started."""
+
+    healthz: list[int] = field(default_factory=list)
+    readyz: list[int] = field(default_factory=list)
+    ready_after_s: float | None = None
+    last_readyz_verbose: dict[str, object] = field(default_factory=dict)
+
+
+def poll(server: ServerProcess, until: float, *, stop_when_ready: bool = True) -> Polls:
+    """Poll both probes until the deadline, the process exits or (optionally) it is ready."""
+    polls = Polls()
+    started = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=1.0) as client:
+        while time.monotonic() < until and server.process.poll() is None:
+            try:
+                health = client.get("/healthz").status_code
+                ready = client.get("/readyz?verbose")
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            polls.healthz.append(health)
+            polls.readyz.append(ready.status_code)
+            polls.last_readyz_verbose = ready.json()
+            if ready.status_code == 200 and polls.ready_after_s is None:
+                polls.ready_after_s = time.monotonic() - started
+                if stop_when_ready:
+                    break
+            time.sleep(0.05)
+    return polls
+
+
+def test_a_fresh_server_is_ready_within_20s_and_live_throughout(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        polls = poll(server, time.monotonic() + READY_WITHIN_S)
+        during_load = [h for h, r in zip(polls.healthz, polls.readyz, strict=True) if r != 200]
+    finally:
+        server.terminate()
+    assert polls.ready_after_s is not None, server.logs()
+    assert polls.healthz and set(polls.healthz) == {200}
+    assert during_load, "the probes never saw the model loading"
+    assert set(polls.readyz[:-1]) == {503}
+    assert (tmp_path / "registry" / "cnn-digits").is_dir()  # it seeded the demo models
+
+
+def test_sigterm_turns_readyz_503_keeps_serving_through_the_drain_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path, env={"FRAMEWORM_DRAIN_DELAY_S": "1.5"})
+    try:
+        server.wait_ready()
+        server.process.send_signal(signal.SIGTERM)
+        with httpx.Client(base_url=server.url, timeout=1.0) as client:
+            ready = client.get("/readyz?verbose")
+            live = client.get("/healthz")
+        code = server.process.wait(15)
+    finally:
+        server.terminate()
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["draining"]["ok"] is False
+    assert live.status_code == 200
+    assert code == 0, server.logs()
+
+
+def test_a_plain_sigterm_exits_0(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        server.wait_ready()
+    finally:
+        code = server.terminate()
+    assert code == 0, server.logs()
+
+
+def test_a_tampered_artefact_keeps_the_server_unready_then_exits_3(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    seed_demo(registry)
+    manifest = registry.resolve("cnn-digits", "production")
+    artefact = tmp_path / "registry" / "cnn-digits" / manifest.version / manifest.artefact
+    data = bytearray(artefact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artefact.write_bytes(bytes(data))
+
+    server = start_server(tmp_path, env={"FRAMEWORM_LOAD_RETRIES": "2"})
+    try:
+        polls = poll(server, time.monotonic() + 30, stop_when_ready=False)
+        code = server.process.wait(15)
+    finally:
+        server.terminate()
+    assert polls.healthz and set(polls.healthz) == {200}, (code, server.logs())
+    assert set(polls.readyz) == {503}
+    checks = polls.last_readyz_verbose["checks"]
+    assert isinstance(checks, dict)
+    assert "sha256" in checks["model"]["reason"].lower()
+    assert code == 3

@@ -1,0 +1,189 @@
+"""POST /infer: JSON and multipart in, outputs and the serving version out."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from models.demo import sample_png
+from tests.integration.app.apps import AppClient
+
+DIGITS = range(10)
+
+
+def multipart(fields: dict[str, str]) -> dict[str, Any]:
+    """Form fields as multipart/form-data (httpx would send them url-encoded)."""
+    boundary = "frameworm-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    return {
+        "content": ("".join(parts) + f"--{boundary}--\r\n").encode(),
+        "headers": {"content-type": f"multipart/form-data; boundary={boundary}"},
+    }
+
+
+def image_input(label: int) -> dict[str, str]:
+    return {"b64": base64.b64encode(sample_png(label)).decode(), "content_type": "image/png"}
+
+
+def pixels(label: int) -> list[Any]:
+    """The sample as the nested list the model takes: (1, 1, 28, 28), values in [0, 1]."""
+    image = Image.open(io.BytesIO(sample_png(label))).convert("L")
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None, None].tolist()  # type: ignore[no-any-return]
+
+
+def predicted(response_json: dict[str, Any]) -> list[int]:
+    return [int(np.argmax(row)) for row in response_json["outputs"]["probabilities"]]
+
+
+@pytest.mark.parametrize("label", DIGITS)
+def test_a_json_image_is_classified_as_its_digit(cnn: AppClient, label: int) -> None:
+    response = cnn.post("/infer", json={"inputs": {"image": image_input(label)}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert predicted(body) == [label]
+    assert body["model"] == "cnn-digits"
+    assert body["version"] == "1.0.0"
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert response.headers["x-model-version"] == "1.0.0"
+
+
+def test_a_batch_of_json_images_keeps_the_batch_dimension(cnn: AppClient) -> None:
+    images = [image_input(label) for label in (7, 1, 4)]
+    response = cnn.post("/infer", json={"inputs": {"image": images}})
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [7, 1, 4]
+
+
+def test_a_nested_list_is_classified_like_the_image(cnn: AppClient) -> None:
+    response = cnn.post("/infer", json={"inputs": {"image": pixels(5)}})
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [5]
+
+
+def test_a_multipart_file_is_classified(cnn: AppClient) -> None:
+    files = {"image": ("digit.png", sample_png(8), "image/png")}
+    response = cnn.post("/infer", files=files)
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [8]
+
+
+def test_a_multipart_json_field_is_taken_as_a_nested_list(cnn: AppClient) -> None:
+    response = cnn.post("/infer", **multipart({"image": orjson.dumps(pixels(2)).decode()}))
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [2]
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "code"),
+    [
+        pytest.param(
+            {}, {"other": ("x.png", b"x", "image/png")}, "invalid-input", id="unknown-part"
+        ),
+        pytest.param(
+            {"parameters": "{}"},
+            {"image": ("x.png", b"junk", "image/png")},
+            "invalid-input",
+            id="parameters-for-cnn-and-junk",
+        ),
+        pytest.param(
+            {}, {"image": ("x.gif", b"GIF89a", "image/gif")}, "unsupported-media-type", id="gif"
+        ),
+    ],
+)
+def test_bad_multipart_parts_are_refused(
+    cnn: AppClient, data: dict[str, str], files: dict[str, Any] | None, code: str
+) -> None:
+    response = cnn.post("/infer", data=data, files=files)
+    assert response.json()["code"] == code
+
+
+def test_a_multipart_json_field_that_is_not_json_is_400(cnn: AppClient) -> None:
+    response = cnn.post("/infer", **multipart({"image": "[1,"}))
+    assert response.status_code == 400
+    assert "'image' is not valid JSON" in response.json()["detail"]
+
+
+def test_a_multipart_parameters_field_must_be_an_object(decoder: AppClient) -> None:
+    response = decoder.post("/infer", **multipart({"parameters": "[1]"}))
+    assert response.status_code == 422
+
+
+def test_multipart_parameters_drive_generation(decoder: AppClient) -> None:
+    response = decoder.post("/infer", **multipart({"parameters": '{"batch_size": 3, "seed": 2}'}))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["outputs"]["image"]) == 3
+
+
+def test_a_multipart_body_that_cannot_be_parsed_is_400(cnn: AppClient) -> None:
+    headers = {"content-type": "multipart/form-data"}  # no boundary
+    response = cnn.post("/infer", content=b"--zzz\r\nbroken", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed-request"
+
+
+def test_generation_returns_batch_size_images(decoder: AppClient) -> None:
+    response = decoder.post("/infer", json={"parameters": {"batch_size": 4, "seed": 1}})
+    assert response.status_code == 200, response.text
+    images = np.asarray(response.json()["outputs"]["image"])
+    assert images.shape == (4, 1, 28, 28)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+
+
+def test_the_same_seed_generates_the_same_images(decoder: AppClient) -> None:
+    def generate(seed: int) -> Any:
+        body = {"parameters": {"batch_size": 2, "seed": seed}}
+        return decoder.post("/infer", json=body).json()["outputs"]["image"]
+
+    assert generate(1) == generate(1)
+    assert generate(1) != generate(2)
+
+
+@pytest.mark.parametrize("batch_size", [0, 129])
+def test_a_batch_size_out_of_bounds_is_422(decoder: AppClient, batch_size: int) -> None:
+    response = decoder.post("/infer", json={"parameters": {"batch_size": batch_size}})
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid-input"
+    assert "batch_size" in response.json()["detail"]
+
+
+def test_malformed_json_is_400(cnn: AppClient) -> None:
+    response = cnn.post(
+        "/infer", content=b'{"inputs": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed-request"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_another_content_type_is_415(cnn: AppClient, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = cnn.post("/infer", content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported-media-type"
+
+
+def test_nan_cannot_be_sent_as_json_and_is_400(cnn: AppClient) -> None:
+    body = b'{"inputs": {"image": [[[[NaN]]]]}}'
+    response = cnn.post("/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+
+
+def test_a_wrong_shape_is_422_naming_the_expected_shape(cnn: AppClient) -> None:
+    response = cnn.post("/infer", json={"inputs": {"image": [[1.0, 2.0]]}})
+    assert response.status_code == 422
+    assert "image: float32[-1, 1, 28, 28]" in response.json()["detail"]
+
+
+def test_an_unknown_json_input_is_422(cnn: AppClient) -> None:
+    body = {"inputs": {"image": image_input(1), "extra": [[1]]}}
+    assert cnn.post("/infer", json=body).status_code == 422

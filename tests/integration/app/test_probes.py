@@ -1,0 +1,85 @@
+"""Probes: /healthz always answers; /readyz follows the model's state and the drain."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from models.demo import seed_demo
+from models.registry import ModelRegistry
+from tests.integration.app.apps import AppClient, app_settings, running_app, wait_ready
+
+
+def test_readyz_is_503_while_loading_then_200_with_verbose_checks(tmp_path: Path) -> None:
+    # An empty registry fails the first load attempt; seeding it lets a retry succeed.
+    registry = tmp_path / "registry"
+    settings = app_settings(registry, load_retries=4)
+    with running_app(settings, ready=False) as client:
+        early = client.get("/readyz?verbose")
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.get("/v2/models/cnn-digits/ready").status_code == 503
+        seed_demo(ModelRegistry(registry))
+        wait_ready(client)
+        ready = client.get("/readyz?verbose")
+        terse = client.get("/readyz")
+
+    assert early.status_code == 503
+    assert early.json()["status"] == "unavailable"
+    assert early.json()["checks"]["model"]["ok"] is False
+    assert early.json()["checks"]["model"]["reason"]
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert checks["model"] == {
+        "ok": True,
+        "reason": "the model is loaded, warm and checked",
+        "model": "cnn-digits",
+        "version": "1.0.0",
+    }
+    assert checks["draining"]["ok"] is True
+    assert terse.json() == {"status": "ready"}
+
+
+def test_readyz_names_why_a_model_that_cannot_load_keeps_the_app_unready(
+    tmp_path: Path,
+) -> None:
+    settings = app_settings(tmp_path / "empty", load_retries=1)
+    with running_app(settings, ready=False) as client:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            model = client.get("/readyz?verbose").json()["checks"]["model"]
+            if "failed" in model["reason"]:
+                break
+            time.sleep(0.05)
+        assert client.get("/healthz").status_code == 200
+        infer = client.post("/infer", json={"inputs": {}})
+    assert model["ok"] is False
+    assert "attempt 1 of 1" in model["reason"]
+    assert infer.status_code == 503
+    assert infer.json()["code"] == "not-ready"
+    assert "retry-after" in infer.headers
+
+
+def test_healthz_is_200_with_no_store(cnn: AppClient) -> None:
+    response = cnn.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_v2_liveness_and_readiness_answer_once_ready(cnn: AppClient) -> None:
+    assert cnn.get("/v2/health/live").json() == {"live": True}
+    assert cnn.get("/v2/health/ready").json() == {"ready": True}
+    assert cnn.get("/v2/models/cnn-digits/ready").json() == {"name": "cnn-digits", "ready": True}
+    assert cnn.get("/v2/models/cnn-digits/versions/1.0.0/ready").status_code == 200
+
+
+def test_readyz_turns_503_once_the_drain_begins(seeded_registry: Path) -> None:
+    with running_app(app_settings(seeded_registry)) as client:
+        app = client.app
+        app.state.lifecycle.begin_drain()
+        response = client.get("/readyz?verbose")
+        live = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["draining"] == {"ok": False, "reason": "shutting down"}
+    assert live.status_code == 200

@@ -1,0 +1,159 @@
+"""The Open Inference Protocol v2 routes, in-process."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from models.demo import sample_png
+from tests.integration.app.apps import AppClient
+
+INFER = "/v2/models/cnn-digits/infer"
+
+
+def digit(label: int) -> np.ndarray:
+    image = Image.open(io.BytesIO(sample_png(label))).convert("L")
+    return (np.asarray(image, dtype=np.float32) / 255.0)[None, None]
+
+
+def json_request(label: int, **fields: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1, 1, 28, 28],
+                "datatype": "FP32",
+                "data": digit(label).ravel().tolist(),
+            }
+        ]
+    }
+    document.update(fields)
+    return document
+
+
+def test_server_metadata_names_the_binary_extension(cnn: AppClient) -> None:
+    body = cnn.get("/v2").json()
+    assert body["name"] == "frameworm"
+    assert "binary_tensor_data" in body["extensions"]
+
+
+def test_model_metadata_describes_the_signature(cnn: AppClient) -> None:
+    for url in ("/v2/models/cnn-digits", "/v2/models/cnn-digits/versions/1.0.0"):
+        body = cnn.get(url).json()
+        assert body["name"] == "cnn-digits"
+        assert body["versions"] == ["1.0.0"]
+        assert body["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+        assert body["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v2/models/nope",
+        "/v2/models/cnn-digits/versions/9.9.9",
+        "/v2/models/nope/ready",
+        "/v2/models/cnn-digits/versions/9.9.9/ready",
+    ],
+)
+def test_an_unknown_model_or_version_is_404_with_the_error_member(cnn: AppClient, url: str) -> None:
+    response = cnn.get(url)
+    assert response.status_code == 404
+    body = response.json()
+    assert body["code"] == "model-not-found"
+    assert body["error"] == body["detail"]
+
+
+def test_inference_on_an_unknown_model_is_404(cnn: AppClient) -> None:
+    assert cnn.post("/v2/models/nope/infer", json=json_request(1)).status_code == 404
+    url = "/v2/models/cnn-digits/versions/2.0.0/infer"
+    assert cnn.post(url, json=json_request(1)).status_code == 404
+
+
+@pytest.mark.parametrize("label", [0, 6, 9])
+def test_json_inference_classifies_the_digit(cnn: AppClient, label: int) -> None:
+    response = cnn.post(INFER, json=json_request(label, id="req-1"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "cnn-digits"
+    assert body["model_version"] == "1.0.0"
+    assert body["id"] == "req-1"
+    (output,) = body["outputs"]
+    assert output["shape"] == [1, 10]
+    assert int(np.argmax(output["data"])) == label
+
+
+def test_a_request_without_content_type_is_accepted(cnn: AppClient) -> None:
+    response = cnn.post(
+        "/v2/models/cnn-digits/versions/1.0.0/infer", content=orjson.dumps(json_request(4))
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_binary_output_comes_after_the_header(cnn: AppClient) -> None:
+    document = json_request(3, parameters={"binary_data_output": True})
+    response = cnn.post(INFER, json=document)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    header = orjson.loads(response.content[:length])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    probabilities = np.frombuffer(response.content[length:], dtype="<f4")
+    assert int(np.argmax(probabilities)) == 3
+
+
+def test_binary_input_is_served(cnn: AppClient) -> None:
+    raw = digit(2).tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    )
+    response = cnn.post(
+        INFER,
+        content=header + raw,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert int(np.argmax(response.json()["outputs"][0]["data"])) == 2
+
+
+def test_a_timeout_of_one_microsecond_is_504(cnn: AppClient) -> None:
+    response = cnn.post(INFER, json=json_request(1, parameters={"timeout": 1}))
+    assert response.status_code == 504
+    body = response.json()
+    assert body["code"] == "deadline-exceeded"
+    assert body["error"] == body["detail"]
+
+
+def test_an_unknown_datatype_is_422_with_the_error_member(cnn: AppClient) -> None:
+    document = json_request(1)
+    document["inputs"][0]["datatype"] = "FP8"
+    response = cnn.post(INFER, json=document)
+    assert response.status_code == 422
+    assert "FP32" in response.json()["error"]
+
+
+def test_a_text_content_type_is_415(cnn: AppClient) -> None:
+    response = cnn.post(INFER, content=b"{}", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_input_parameters_that_are_not_an_object_are_422(cnn: AppClient) -> None:
+    document = json_request(1)
+    document["inputs"][0]["parameters"] = ["binary_data_size"]
+    assert cnn.post(INFER, json=document).status_code == 422

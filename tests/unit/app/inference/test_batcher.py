@@ -1,0 +1,356 @@
+"""DynamicBatcher: packing, splitting, bounds, deadlines, failures and closing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import pytest
+
+from app.errors import Problem
+from app.inference.batcher import DynamicBatcher, Served
+from app.inference.runner import ModelRunner
+
+T = TypeVar("T")
+
+
+@dataclass
+class FakeManifest:
+    version: str = "9.9.9"
+
+
+@dataclass
+class FakeRunner:
+    """Doubles every value; records each batch; can be held on a gate or made to fail."""
+
+    manifest: FakeManifest = field(default_factory=FakeManifest)
+    batches: list[list[np.ndarray]] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    failures: int = 0
+
+    async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(arrays)
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the model broke")
+        return [a * 2 for a in arrays]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [len(b[0]) for b in self.batches]
+
+
+def make_batcher(runner: FakeRunner | None, **options: Any) -> DynamicBatcher:
+    settings: dict[str, Any] = {"max_batch_size": 4, "max_delay_s": 0.0, "max_queue_items": 64}
+    settings.update(options)
+    batcher = DynamicBatcher(lambda: cast(ModelRunner | None, runner), **settings)
+    batcher.start()
+    return batcher
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(main(), 10)
+
+    return asyncio.run(bounded())
+
+
+def items(*values: float) -> list[np.ndarray]:
+    return [np.array([[v] for v in values], dtype=np.float32)]
+
+
+def later(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+def is_problem(code: str) -> Callable[[BaseException], bool]:
+    return lambda e: isinstance(e, Problem) and e.code == code
+
+
+def test_an_idle_batcher_dispatches_a_lone_request_at_once() -> None:
+    runner = FakeRunner()
+
+    async def main() -> tuple[Served, float]:
+        batcher = make_batcher(runner, max_delay_s=5.0)
+        start = time.monotonic()
+        served = await batcher.submit(items(1.0), 1, later())
+        elapsed = time.monotonic() - start
+        await batcher.close(1)
+        return served, elapsed
+
+    served, elapsed = run(main)
+    assert elapsed < 1.0  # far below the 5 s max delay
+    assert served.version == "9.9.9"
+    assert served.outputs[0].tolist() == [[2.0]]
+
+
+def test_concurrent_requests_are_packed_into_one_batch_and_split_back() -> None:
+    runner = FakeRunner()
+
+    async def main() -> list[Served]:
+        batcher = make_batcher(runner, max_batch_size=8)
+        served = await asyncio.gather(
+            batcher.submit(items(1.0), 1, later()),
+            batcher.submit(items(2.0, 3.0), 2, later()),
+            batcher.submit(items(4.0), 1, later()),
+        )
+        await batcher.close(1)
+        return list(served)
+
+    first, second, third = run(main)
+    assert runner.batch_sizes == [4]
+    assert first.outputs[0].tolist() == [[2.0]]
+    assert second.outputs[0].tolist() == [[4.0], [6.0]]
+    assert third.outputs[0].tolist() == [[8.0]]
+
+
+def test_batches_hold_at_most_max_batch_size_items() -> None:
+    runner = FakeRunner()
+
+    async def main() -> list[Served]:
+        batcher = make_batcher(runner, max_batch_size=3)
+        served = await asyncio.gather(
+            *(batcher.submit(items(float(i), float(i)), 2, later()) for i in range(4))
+        )
+        await batcher.close(1)
+        return served
+
+    served = run(main)
+    assert max(runner.batch_sizes) <= 3
+    assert sum(runner.batch_sizes) == 8
+    assert [s.outputs[0].ravel().tolist() for s in served] == [[2 * i] * 2 for i in range(4)]
+
+
+def test_a_request_larger_than_max_batch_size_runs_alone() -> None:
+    runner = FakeRunner()
+
+    async def main() -> Served:
+        batcher = make_batcher(runner, max_batch_size=2)
+        served = await batcher.submit(items(1, 2, 3, 4, 5), 5, later())
+        await batcher.close(1)
+        return served
+
+    assert run(main).outputs[0].ravel().tolist() == [2, 4, 6, 8, 10]
+    assert runner.batch_sizes == [5]
+
+
+def test_a_busy_batcher_waits_at_most_max_delay_for_a_batch_to_fill() -> None:
+    runner = FakeRunner()
+
+    async def main() -> float:
+        batcher = make_batcher(runner, max_batch_size=8, max_delay_s=0.2)
+        await asyncio.gather(*(batcher.submit(items(1.0), 1, later()) for _ in range(2)))
+        start = time.monotonic()  # the last batch held 2 items: the server counts as busy
+        await batcher.submit(items(1.0), 1, later())
+        waited = time.monotonic() - start
+        await batcher.close(1)
+        return waited
+
+    waited = run(main)
+    assert 0.1 <= waited < 2.0
+    assert runner.batch_sizes == [2, 1]
+
+
+def test_a_full_queue_sheds_with_503_overloaded_and_retry_after() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> Problem:
+        batcher = make_batcher(runner, max_queue_items=2)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        queued = asyncio.create_task(batcher.submit(items(1.0, 2.0), 2, later()))
+        await asyncio.sleep(0)
+        try:
+            with pytest.raises(Problem) as caught:
+                await batcher.submit(items(3.0), 1, later())
+        finally:
+            assert runner.gate is not None
+            runner.gate.set()
+            await asyncio.gather(in_flight, queued)
+            await batcher.close(1)
+        return caught.value
+
+    problem = run(main)
+    assert (problem.code, problem.status) == ("overloaded", 503)
+    assert int(problem.headers["retry-after"]) >= 1
+
+
+def test_a_request_whose_deadline_has_passed_is_504_and_never_reaches_the_model() -> None:
+    runner = FakeRunner()
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        with pytest.raises(Problem, check=is_problem("deadline-exceeded")) as caught:
+            await batcher.submit(items(1.0), 1, time.monotonic() - 0.001)
+        assert caught.value.status == 504
+        await batcher.close(1)
+
+    run(main)
+    assert runner.batches == []
+
+
+def test_a_request_that_expires_in_the_queue_is_504_before_the_model_runs() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        with pytest.raises(Problem, check=is_problem("deadline-exceeded")):
+            await batcher.submit(items(7.0), 1, later(0.05))
+        assert runner.gate is not None
+        runner.gate.set()
+        await in_flight
+        await batcher.submit(items(5.0), 1, later())
+        await batcher.close(1)
+
+    run(main)
+    seen = [float(v) for batch in runner.batches for v in batch[0].ravel()]
+    assert 7.0 not in seen
+    assert seen == [1.0, 5.0]
+
+
+def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> Problem:
+        batcher = make_batcher(runner)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        batcher.batch_seconds = 2.0  # one batch ahead (in flight) takes ~2 s
+        try:
+            with pytest.raises(Problem) as caught:
+                await batcher.submit(items(2.0), 1, later(0.5))
+            served = asyncio.create_task(batcher.submit(items(3.0), 1, later(5.0)))
+            await asyncio.sleep(0)
+        finally:
+            assert runner.gate is not None
+            runner.gate.set()
+        await asyncio.gather(in_flight, served)  # a request with time to wait is admitted
+        await batcher.close(1)
+        return caught.value
+
+    problem = run(main)
+    assert (problem.code, problem.status) == ("overloaded", 503)
+    assert "expected wait" in problem.detail
+    assert problem.headers["retry-after"] == "2"
+
+
+def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_succeeds() -> None:
+    runner = FakeRunner(failures=1)
+
+    async def main() -> tuple[list[BaseException | Served], Served]:
+        batcher = make_batcher(runner)
+        failed: list[BaseException | Served] = await asyncio.gather(  # type: ignore[assignment]
+            batcher.submit(items(1.0), 1, later()),
+            batcher.submit(items(2.0), 1, later()),
+            return_exceptions=True,
+        )
+        served = await batcher.submit(items(3.0), 1, later())
+        await batcher.close(1)
+        return failed, served
+
+    failed, served = run(main)
+    assert runner.batch_sizes == [2, 1]
+    for outcome in failed:
+        assert isinstance(outcome, Problem)
+        assert (outcome.code, outcome.status) == ("internal-error", 500)
+        assert "broke" not in outcome.detail
+    assert served.outputs[0].tolist() == [[6.0]]
+
+
+def test_without_a_loaded_model_requests_are_503_not_ready() -> None:
+    async def main() -> None:
+        batcher = make_batcher(None)
+        with pytest.raises(Problem, check=is_problem("not-ready")) as caught:
+            await batcher.submit(items(1.0), 1, later())
+        assert "retry-after" in caught.value.headers
+        await batcher.close(1)
+
+    run(main)
+
+
+def test_close_answers_queued_items_with_503_and_reports_them_abandoned() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> tuple[int, BaseException | Served]:
+        batcher = make_batcher(runner, max_batch_size=1)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        queued = asyncio.create_task(batcher.submit(items(2.0, 3.0), 2, later()))
+        await asyncio.sleep(0)
+        abandoned = await batcher.close(0.05)
+        outcome = (await asyncio.gather(queued, return_exceptions=True))[0]
+        in_flight.cancel()
+        return abandoned, outcome
+
+    abandoned, outcome = run(main)
+    assert abandoned == 2
+    assert isinstance(outcome, Problem)
+    assert (outcome.code, outcome.status) == ("shutting-down", 503)
+    assert "retry-after" in outcome.headers
+
+
+def test_close_lets_the_queue_drain_within_its_bound() -> None:
+    runner = FakeRunner()
+
+    async def main() -> tuple[int, list[Served]]:
+        batcher = make_batcher(runner, max_batch_size=1)
+        pending = [
+            asyncio.create_task(batcher.submit(items(float(i)), 1, later())) for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        abandoned = await batcher.close(2)
+        return abandoned, await asyncio.gather(*pending)
+
+    abandoned, served = run(main)
+    assert abandoned == 0
+    assert [s.outputs[0].item() for s in served] == [0.0, 2.0, 4.0]
+
+
+def test_a_closed_batcher_refuses_new_work_with_503() -> None:
+    async def main() -> None:
+        batcher = make_batcher(FakeRunner())
+        await batcher.close(1)
+        with pytest.raises(Problem, check=is_problem("shutting-down")):
+            await batcher.submit(items(1.0), 1, later())
+
+    run(main)
+
+
+def test_close_answers_the_in_flight_batch_with_503_when_its_bound_passes() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> BaseException | Served:
+        batcher = make_batcher(runner)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later(3.0)))
+        await runner.started.wait()
+        await batcher.close(0.05)
+        done, _ = await asyncio.wait({in_flight}, timeout=1.0)
+        if not done:
+            in_flight.cancel()
+            return TimeoutError("the in-flight request was left waiting")
+        return in_flight.exception() or in_flight.result()
+
+    outcome = run(main)
+    assert isinstance(outcome, Problem)
+    assert outcome.code == "shutting-down"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_batch_size": 0}, {"max_queue_items": 0}, {"max_delay_s": -1.0}],
+)
+def test_bad_bounds_are_refused(options: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {"max_batch_size": 4, "max_delay_s": 0.0, "max_queue_items": 8}
+    settings.update(options)
+    with pytest.raises(ValueError, match="must be"):
+        DynamicBatcher(lambda: None, **settings)

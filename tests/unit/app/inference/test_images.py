@@ -1,0 +1,153 @@
+"""Images -> arrays, under limits checked before any pixel is decoded."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import Problem
+from app.inference.images import decode_b64, decode_image
+from models.demo import sample_png
+from models.manifest import ImageSpec
+
+SPEC = ImageSpec(mode="L", height=28, width=28, formats=("PNG", "JPEG"), max_pixels=64 * 64)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height, with one tiny (wrong) data chunk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def refused(code: str) -> pytest.RaisesExc[Problem]:
+    return pytest.raises(Problem, check=lambda p: p.code == code)
+
+
+def test_a_png_becomes_a_scaled_channel_first_float_array() -> None:
+    array = decode_image("image", sample_png(3), SPEC, "image/png")
+    assert array.shape == (1, 28, 28)
+    assert array.dtype == np.float32
+    assert float(array.min()) >= 0.0 and float(array.max()) <= 1.0
+    assert float(array.max()) > 0.5  # the digit is there, white on black
+
+
+def test_an_image_of_another_size_and_mode_is_converted_and_resized() -> None:
+    raw = encoded(Image.new("RGB", (40, 50), (255, 255, 255)))
+    array = decode_image("image", raw, SPEC, None)
+    assert array.shape == (1, 28, 28)
+    assert np.allclose(array, 1.0)
+
+
+def test_an_rgb_spec_gives_three_channels() -> None:
+    spec = SPEC.model_copy(update={"mode": "RGB"})
+    array = decode_image("image", encoded(Image.new("L", (28, 28), 0)), spec, "image/png")
+    assert array.shape == (3, 28, 28)
+
+
+def test_invert_flips_the_scale() -> None:
+    spec = SPEC.model_copy(update={"invert": True})
+    array = decode_image("image", encoded(Image.new("L", (28, 28), 0)), spec, "image/png")
+    assert np.allclose(array, 1.0)
+
+
+def test_a_jpeg_is_accepted_when_allow_listed() -> None:
+    raw = encoded(Image.new("L", (28, 28), 128), "JPEG")
+    assert decode_image("image", raw, SPEC, "image/jpeg").shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("content_type", ["image/gif", "image/webp", "text/plain"])
+def test_a_content_type_outside_the_allow_list_is_415(content_type: str) -> None:
+    with refused("unsupported-media-type") as caught:
+        decode_image("image", sample_png(1), SPEC, content_type)
+    assert caught.value.status == 415
+
+
+def test_a_format_outside_the_allow_list_is_refused_even_without_a_content_type() -> None:
+    raw = encoded(Image.new("L", (28, 28), 0), "GIF")
+    with refused("invalid-input") as caught:
+        decode_image("image", raw, SPEC, None)
+    assert "PNG, JPEG" in caught.value.detail
+
+
+def test_a_header_declaring_too_many_pixels_is_refused_before_decoding() -> None:
+    # 1-bit pixels compress to almost nothing: a 5000 x 5000 bomb in a few kB.
+    raw = encoded(Image.new("1", (5000, 5000)))
+    assert len(raw) < 10_000
+    with refused("invalid-input") as caught:
+        decode_image("image", raw, SPEC, "image/png")
+    assert f"more than {SPEC.max_pixels} pixels" in caught.value.detail
+
+
+def test_a_bomb_whose_data_is_absent_is_refused_from_its_header_alone() -> None:
+    # The IHDR says 20000 x 20000 but only 16 bytes of data follow: decoding would fail,
+    # so a 422 naming the pixel limit proves the header was checked first.
+    spec = SPEC.model_copy(update={"max_pixels": 4096 * 4096})
+    with refused("invalid-input") as caught:
+        decode_image("image", png_header_only(5000, 5000), spec, "image/png")
+    assert "more than" in caught.value.detail
+
+
+def test_a_20000_by_20000_bomb_is_refused_with_422() -> None:
+    with refused("invalid-input") as caught:
+        decode_image("image", png_header_only(20000, 20000), SPEC, "image/png")
+    assert caught.value.status == 422
+
+
+def test_a_20000_by_20000_bomb_is_refused_naming_the_pixel_limit() -> None:
+    with refused("invalid-input") as caught:
+        decode_image("image", png_header_only(20000, 20000), SPEC, "image/png")
+    assert "pixels" in caught.value.detail
+
+
+def test_garbage_bytes_are_refused_as_not_an_image() -> None:
+    with refused("invalid-input") as caught:
+        decode_image("image", b"\x00garbage" * 50, SPEC, "image/png")
+    assert "not an image" in caught.value.detail
+
+
+def test_a_truncated_png_is_refused_as_undecodable() -> None:
+    raw = encoded(Image.effect_noise((28, 28), 64).convert("L"))
+    with refused("invalid-input"):
+        decode_image("image", raw[: len(raw) // 2], SPEC, "image/png")
+
+
+def test_an_image_larger_than_max_size_mb_is_413_before_anything_else() -> None:
+    spec = SPEC.model_copy(update={"max_size_mb": 0.001})
+    with refused("payload-too-large") as caught:
+        decode_image("image", b"\x00" * 2000, spec, "image/gif")
+    assert caught.value.status == 413
+
+
+def test_base64_decodes_to_the_bytes() -> None:
+    assert decode_b64("image", base64.b64encode(b"abc").decode()) == b"abc"
+
+
+@pytest.mark.parametrize("data", ["not base64!", "QUJD\nRA==", "QUJDRA="])
+def test_invalid_base64_is_refused(data: str) -> None:
+    with refused("invalid-input") as caught:
+        decode_b64("image", data)
+    assert "not valid base64" in caught.value.detail
+
+
+@pytest.mark.parametrize("data", [None, 3, ["QUJD"]])
+def test_base64_must_be_a_string(data: object) -> None:
+    with refused("invalid-input"):
+        decode_b64("image", data)

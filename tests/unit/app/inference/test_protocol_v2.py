@@ -1,0 +1,329 @@
+"""The Open Inference Protocol v2 wire format, binary tensor extension included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from app.errors import Problem
+from app.inference.codec import Decoded
+from app.inference.protocol_v2 import V2Request, decode_request, encode_response, split_body
+from models.demo import demo_model
+from models.manifest import Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(TensorSpec(name="x", shape=(-1, 3)),),
+    outputs=(TensorSpec(name="y", shape=(-1, 2)), TensorSpec(name="z", shape=(-1, 1))),
+)
+DECODER = demo_model("vae-digits-decoder").signature
+
+
+def x_input(**fields: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"name": "x", "shape": [2, 3], "datatype": "FP32"}
+    item.update(fields)
+    return item
+
+
+def header(*inputs: dict[str, Any], **fields: Any) -> bytes:
+    document: dict[str, Any] = {"inputs": list(inputs)}
+    document.update(fields)
+    return orjson.dumps(document)
+
+
+def with_binary(document: bytes, *chunks: bytes) -> tuple[bytes, str]:
+    return document + b"".join(chunks), str(len(document))
+
+
+def refused(code: str = "invalid-input") -> pytest.RaisesExc[Problem]:
+    return pytest.raises(Problem, check=lambda p: p.code == code)
+
+
+ROWS = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+# ------------------------------------------------------------------ JSON data
+def test_flat_json_data_is_reshaped_to_the_declared_shape() -> None:
+    request = decode_request(SIG, header(x_input(data=list(range(6)))), None)
+    np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
+    assert request.decoded.items == 2
+
+
+def test_nested_json_data_is_accepted_too() -> None:
+    request = decode_request(SIG, header(x_input(data=ROWS.tolist())), None)
+    np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
+
+
+def test_data_that_does_not_fit_the_shape_is_refused() -> None:
+    with refused():
+        decode_request(SIG, header(x_input(data=[1, 2, 3])), None)
+
+
+def test_a_shape_that_does_not_fit_the_signature_is_refused() -> None:
+    with refused():
+        decode_request(SIG, header(x_input(shape=[3, 2], data=list(range(6)))), None)
+
+
+@pytest.mark.parametrize("datatype", ["FP8", "BYTES", None, "fp32"])
+def test_an_unknown_datatype_is_refused_naming_the_expected_one(datatype: Any) -> None:
+    with refused() as caught:
+        decode_request(SIG, header(x_input(datatype=datatype, data=list(range(6)))), None)
+    assert "FP32" in caught.value.detail
+
+
+def test_an_integer_datatype_is_accepted_for_a_float_input() -> None:
+    request = decode_request(SIG, header(x_input(datatype="INT64", data=list(range(6)))), None)
+    assert request.decoded.arrays[0].dtype == np.float32
+
+
+def test_fractional_data_under_an_integer_datatype_is_refused() -> None:
+    sig = Signature(
+        inputs=(TensorSpec(name="x", dtype="int64", shape=(-1, 3)),),
+        outputs=(TensorSpec(name="y", shape=(-1, 1)),),
+    )
+    with refused():
+        decode_request(sig, header(x_input(datatype="INT64", data=[1.5] * 6)), None)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        pytest.param("x", id="not-an-object"),
+        pytest.param({"shape": [2, 3], "datatype": "FP32", "data": []}, id="no-name"),
+        pytest.param(x_input(shape=[2, -3], data=[0] * 6), id="negative-dim"),
+        pytest.param(x_input(shape="2,3", data=[0] * 6), id="shape-string"),
+        pytest.param(x_input(), id="no-data"),
+    ],
+)
+def test_a_malformed_input_entry_is_refused(item: Any) -> None:
+    with refused():
+        decode_request(SIG, header(item), None)
+
+
+def test_input_parameters_that_are_not_an_object_are_refused() -> None:
+    with refused():
+        decode_request(SIG, header(x_input(data=[0] * 6, parameters=[1])), None)
+
+
+def test_output_parameters_that_are_not_an_object_are_refused() -> None:
+    body = header(x_input(data=[0] * 6), outputs=[{"name": "y", "parameters": "x"}])
+    with refused():
+        decode_request(SIG, body, None)
+
+
+def test_an_input_given_twice_is_refused() -> None:
+    item = x_input(data=[0] * 6)
+    with refused() as caught:
+        decode_request(SIG, header(item, item), None)
+    assert "twice" in caught.value.detail
+
+
+def test_an_unknown_input_is_refused() -> None:
+    item = {"name": "w", "shape": [1], "datatype": "FP32", "data": [0]}
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), item), None)
+    assert "'w'" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[]", id="array"),
+        pytest.param(b'{"inputs": {}}', id="inputs-object"),
+        pytest.param(b'{"inputs": [], "model": "x"}', id="unknown-field"),
+        pytest.param(b'{"inputs": [], "parameters": [1]}', id="parameters-list"),
+    ],
+)
+def test_a_header_of_the_wrong_form_is_refused(body: bytes) -> None:
+    with refused():
+        decode_request(SIG, body, None)
+
+
+def test_a_header_that_is_not_json_is_a_400() -> None:
+    with refused("malformed-request"):
+        decode_request(SIG, b"{nope", None)
+
+
+# ------------------------------------------------------------------ binary data
+def test_binary_inputs_are_read_after_the_header() -> None:
+    document = header(x_input(parameters={"binary_data_size": 24}))
+    body, length = with_binary(document, ROWS.tobytes())
+    request = decode_request(SIG, body, length)
+    np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
+
+
+def test_binary_inputs_decode_to_writable_arrays() -> None:
+    document = header(x_input(parameters={"binary_data_size": 24}))
+    body, length = with_binary(document, ROWS.tobytes())
+    assert decode_request(SIG, body, length).decoded.arrays[0].flags.writeable
+
+
+def test_two_binary_inputs_are_read_in_order() -> None:
+    sig = Signature(
+        inputs=(
+            TensorSpec(name="x", shape=(-1, 3)),
+            TensorSpec(name="n", dtype="int64", shape=(-1, 1)),
+        ),
+        outputs=(TensorSpec(name="y", shape=(-1, 1)),),
+    )
+    counts = np.array([[7], [8]], dtype=np.int64)
+    document = header(
+        x_input(parameters={"binary_data_size": 24}),
+        {"name": "n", "shape": [2, 1], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
+    )
+    body, length = with_binary(document, ROWS.tobytes(), counts.tobytes())
+    arrays = decode_request(sig, body, length).decoded.arrays
+    np.testing.assert_array_equal(arrays[0], ROWS)
+    np.testing.assert_array_equal(arrays[1], counts)
+
+
+@pytest.mark.parametrize("size", [20, 28, "24", 2.4e1])
+def test_a_binary_data_size_that_does_not_fit_the_shape_is_refused(size: Any) -> None:
+    document = header(x_input(parameters={"binary_data_size": size}))
+    body, length = with_binary(document, ROWS.tobytes(), b"\x00" * 4)
+    with refused() as caught:
+        decode_request(SIG, body, length)
+    assert "binary_data_size" in caught.value.detail
+
+
+def test_binary_data_shorter_than_declared_is_refused() -> None:
+    document = header(x_input(parameters={"binary_data_size": 24}))
+    body, length = with_binary(document, ROWS.tobytes()[:12])
+    with refused():
+        decode_request(SIG, body, length)
+
+
+def test_leftover_binary_bytes_are_refused() -> None:
+    document = header(x_input(parameters={"binary_data_size": 24}))
+    body, length = with_binary(document, ROWS.tobytes(), b"\x01")
+    with refused() as caught:
+        decode_request(SIG, body, length)
+    assert "left over" in caught.value.detail
+
+
+def test_nan_in_binary_data_is_refused() -> None:
+    rows = ROWS.copy()
+    rows[1, 1] = np.nan
+    body, length = with_binary(header(x_input(parameters={"binary_data_size": 24})), rows.tobytes())
+    with refused() as caught:
+        decode_request(SIG, body, length)
+    assert "NaN" in caught.value.detail
+
+
+@pytest.mark.parametrize("length", ["abc", "0", "-1", "100000"])
+def test_a_bad_inference_header_content_length_is_a_400(length: str) -> None:
+    with refused("malformed-request"):
+        split_body(b'{"inputs": []}', length)
+
+
+def test_without_a_header_length_the_whole_body_is_the_header() -> None:
+    assert split_body(b"abc", None) == (b"abc", b"")
+
+
+# ------------------------------------------------------------------ parameters
+def test_timeout_is_read_in_microseconds() -> None:
+    request = decode_request(SIG, header(x_input(data=[0] * 6), parameters={"timeout": 2500}), None)
+    assert request.timeout_s == pytest.approx(0.0025)
+
+
+@pytest.mark.parametrize("timeout", [-1, 1.5, True, "10"])
+def test_a_timeout_that_is_not_a_non_negative_integer_is_refused(timeout: Any) -> None:
+    body = header(x_input(data=[0] * 6), parameters={"timeout": timeout})
+    with refused() as caught:
+        decode_request(SIG, body, None)
+    assert "timeout" in caught.value.detail
+
+
+def test_protocol_parameters_are_not_taken_for_model_parameters() -> None:
+    params = {"binary_data_output": False, "sequence_id": 1, "priority": 0, "headers": {}}
+    request = decode_request(SIG, header(x_input(data=[0] * 6), parameters=params), None)
+    assert request.decoded.parameters == {}
+
+
+def test_unknown_parameters_are_refused() -> None:
+    with refused():
+        decode_request(SIG, header(x_input(data=[0] * 6), parameters={"temperature": 1}), None)
+
+
+def test_model_parameters_drive_generated_inputs() -> None:
+    request = decode_request(DECODER, header(parameters={"batch_size": 3, "seed": 5}), None)
+    assert request.decoded.items == 3
+    assert request.decoded.arrays[0].shape == (3, 16)
+
+
+def test_the_request_id_is_kept_only_when_it_is_a_string() -> None:
+    assert decode_request(SIG, header(x_input(data=[0] * 6), id="r1"), None).id == "r1"
+    assert decode_request(SIG, header(x_input(data=[0] * 6), id=5), None).id is None
+
+
+# ------------------------------------------------------------------ outputs
+def test_all_outputs_are_json_by_default() -> None:
+    request = decode_request(SIG, header(x_input(data=[0] * 6)), None)
+    assert request.outputs == ["y", "z"]
+    assert request.binary == set()
+
+
+def test_binary_data_output_makes_every_output_binary() -> None:
+    body = header(x_input(data=[0] * 6), parameters={"binary_data_output": True})
+    assert decode_request(SIG, body, None).binary == {"y", "z"}
+
+
+def test_per_output_binary_data_overrides_binary_data_output() -> None:
+    outputs = [{"name": "y", "parameters": {"binary_data": False}}, {"name": "z"}]
+    body = header(x_input(data=[0] * 6), outputs=outputs, parameters={"binary_data_output": True})
+    request = decode_request(SIG, body, None)
+    assert request.outputs == ["y", "z"]
+    assert request.binary == {"z"}
+
+
+def test_only_the_requested_outputs_are_returned() -> None:
+    body = header(
+        x_input(data=[0] * 6), outputs=[{"name": "z", "parameters": {"binary_data": True}}]
+    )
+    request = decode_request(SIG, body, None)
+    assert (request.outputs, request.binary) == (["z"], {"z"})
+
+
+@pytest.mark.parametrize("outputs", [{"name": "y"}, [{"name": "nope"}], ["y"]])
+def test_unknown_or_malformed_requested_outputs_are_refused(outputs: Any) -> None:
+    with refused():
+        decode_request(SIG, header(x_input(data=[0] * 6), outputs=outputs), None)
+
+
+def v2_request(outputs: list[str], binary: set[str], request_id: str | None = None) -> V2Request:
+    decoded = Decoded([ROWS], 2)
+    return V2Request(decoded=decoded, id=request_id, timeout_s=None, outputs=outputs, binary=binary)
+
+
+Y = np.array([[0.5, 1.5], [2.5, 3.5]], dtype=np.float32)
+Z = np.array([[1.0], [2.0]], dtype=np.float32)
+
+
+def test_a_json_response_carries_flat_data_shape_datatype_and_id() -> None:
+    body, headers = encode_response("m", "1.0.0", SIG, [Y, Z], v2_request(["y", "z"], set(), "r"))
+    assert headers == {"content-type": "application/json"}
+    document = orjson.loads(body)
+    assert document["model_name"] == "m"
+    assert document["model_version"] == "1.0.0"
+    assert document["id"] == "r"
+    assert document["outputs"][0] == {
+        "name": "y",
+        "datatype": "FP32",
+        "shape": [2, 2],
+        "data": [0.5, 1.5, 2.5, 3.5],
+    }
+
+
+def test_a_binary_response_puts_the_tensor_bytes_after_the_header() -> None:
+    body, headers = encode_response("m", "1.0.0", SIG, [Y, Z], v2_request(["z", "y"], {"y"}))
+    assert headers["content-type"] == "application/octet-stream"
+    length = int(headers["inference-header-content-length"])
+    document = orjson.loads(body[:length])
+    assert "id" not in document
+    z_entry, y_entry = document["outputs"]
+    assert z_entry["data"] == [1.0, 2.0]
+    assert y_entry["parameters"] == {"binary_data_size": 16}
+    assert "data" not in y_entry
+    np.testing.assert_array_equal(np.frombuffer(body[length:], dtype="<f4").reshape(2, 2), Y)

@@ -1,0 +1,141 @@
+"""Settings: FRAMEWORM_* variables, *_FILE secrets, and the refusals of unsafe production setups."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+
+PEPPER = "p" * 32
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No FRAMEWORM_* from the machine running the tests, and no .env file in reach."""
+    for name in list(os.environ):
+        if name.startswith("FRAMEWORM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def production(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"env": "production", "auth_enabled": True, "api_key_pepper": PEPPER}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_settings_come_from_frameworm_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRAMEWORM_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("FRAMEWORM_AUTH_ENABLED", "false")
+    settings = Settings()
+    assert settings.max_batch_size == 7
+    assert settings.auth_enabled is False
+
+
+def test_development_allows_auth_off_without_a_pepper() -> None:
+    settings = Settings(auth_enabled=False)
+    assert settings.env == "development"
+    assert settings.api_key_pepper is None
+
+
+def test_production_with_auth_a_long_pepper_and_no_docs_is_accepted() -> None:
+    settings = production()
+    assert settings.api_key_pepper is not None
+    assert settings.api_key_pepper.get_secret_value() == PEPPER
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        pytest.param({"auth_enabled": False}, "auth is off", id="auth-off"),
+        pytest.param({"api_key_pepper": None}, "no API key pepper", id="no-pepper"),
+        pytest.param({"api_key_pepper": "short"}, "shorter than 32", id="short-pepper"),
+        pytest.param({"enable_docs": True}, "docs are on", id="docs-on"),
+    ],
+)
+def test_production_refuses_unsafe_settings(overrides: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        production(**overrides)
+
+
+def test_the_refusal_lists_every_unsafe_setting_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        production(auth_enabled=False, enable_docs=True, api_key_pepper=None)
+    message = str(caught.value)
+    assert "auth is off" in message
+    assert "docs are on" in message
+    assert "no API key pepper" in message
+
+
+def test_the_refusal_never_shows_the_pepper() -> None:
+    with pytest.raises(ValidationError) as caught:
+        production(api_key_pepper="sekrit-pepper", auth_enabled=False)
+    assert "sekrit-pepper" not in str(caught.value)
+
+
+def test_a_secret_is_read_from_its_file_and_stripped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "pepper"
+    secret.write_text("f" * 40 + "\n", encoding="utf-8")
+    monkeypatch.setenv("FRAMEWORM_ENV", "production")
+    monkeypatch.setenv("FRAMEWORM_API_KEY_PEPPER_FILE", str(secret))
+    settings = Settings()
+    assert settings.api_key_pepper is not None
+    assert settings.api_key_pepper.get_secret_value() == "f" * 40
+
+
+def test_the_file_wins_over_the_plain_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "metrics-token"
+    secret.write_text("from-file", encoding="utf-8")
+    monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN", "from-env")
+    monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN_FILE", str(secret))
+    token = Settings().metrics_token
+    assert token is not None
+    assert token.get_secret_value() == "from-file"
+
+
+def test_an_unreadable_secret_file_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FRAMEWORM_API_KEY_PEPPER_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="FRAMEWORM_API_KEY_PEPPER_FILE cannot be read"):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "10.0.0.0/8, 192.168.1.1", "*", "::1"])
+def test_forwarded_allow_ips_accepts_addresses_networks_and_star(value: str) -> None:
+    assert Settings(forwarded_allow_ips=value).forwarded_allow_ips == value
+
+
+@pytest.mark.parametrize("value", ["not-an-ip", "10.0.0.0/99", "127.0.0.1, 300.1.1.1"])
+def test_forwarded_allow_ips_refuses_what_is_not_an_address(value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(forwarded_allow_ips=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_batch_size", 0), ("load_retries", 0), ("request_timeout_ms", 0), ("port", 70000)],
+)
+def test_out_of_range_numbers_are_refused(field: str, value: int) -> None:
+    values: dict[str, Any] = {field: value}
+    with pytest.raises(ValidationError):
+        Settings(**values)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.max_batch_size = 3  # type: ignore[misc]
