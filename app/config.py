@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
     bootstrap_api_key: SecretStr | None = None
     redis_url: SecretStr | None = None
+    rate_limit_enabled: bool = True
     rate_limit: str = "100/minute"
     rate_limit_storage: str = "memory://"
     rate_limit_fail_open: bool = True

@@ -1,4 +1,8 @@
-"""Named dependencies: what routes get from lifespan state."""
+"""Named dependencies: what routes get from lifespan state.
+
+All `async def`: FastAPI runs a plain `def` dependency on a worker thread, a thread hop per
+request for what is a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +17,24 @@ from app.inference.host import ModelHost
 from app.inference.runner import ModelRunner
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def get_host(request: Request) -> ModelHost:
+async def get_host(request: Request) -> ModelHost:
     host: ModelHost = request.state.host
     return host
 
 
-def get_batcher(request: Request) -> DynamicBatcher:
+async def get_batcher(request: Request) -> DynamicBatcher:
     batcher: DynamicBatcher = request.state.batcher
     return batcher
 
 
-def get_ready_runner(request: Request) -> ModelRunner:
+async def get_ready_runner(request: Request) -> ModelRunner:
     """The runner serving now, or 503 while the model is loading (or failed to)."""
-    runner = get_host(request).runner
+    runner = (await get_host(request)).runner
     if runner is None:
         raise Problem("not-ready", "the model is not loaded yet", headers=retry_after(2))
     return runner

@@ -91,6 +91,9 @@ def build_middleware(
         )
     else:
         log.warning("authentication is OFF (FRAMEWORM_AUTH_ENABLED=false): anyone can call /infer")
+    if not settings.rate_limit_enabled:
+        log.warning("rate limiting is OFF (FRAMEWORM_RATE_LIMIT_ENABLED=false)")
+        return stack
     stack.append(
         Middleware(
             RateLimitMiddleware,

@@ -146,5 +146,7 @@ StoreKind = Literal["local", "s3"]
 def open_store(location: str) -> Store:
     """A store from a location: a directory path, or s3://bucket/prefix."""
     if location.startswith("s3://"):
-        raise InvalidNameError("s3:// registries are not supported yet; use a directory")
+        from models.s3 import S3Store  # boto3 is imported only when an s3:// store is chosen
+
+        return S3Store(location)
     return LocalStore(Path(location))

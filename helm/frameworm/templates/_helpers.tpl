@@ -235,7 +235,7 @@ spec:
       command: ["cp", "-a", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
       {{- else }}
       command: ["frameworm"]
-      args: ["registry", "pull", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
+      args: ["registry", "pull", "--all", "--from", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
       envFrom:
         - configMapRef:
             name: {{ include "frameworm.fullname" . }}

@@ -1,0 +1,238 @@
+"""Copy model versions between registries (local <-> S3): push, pull, and whole-registry mirrors.
+
+A version is copied as its manifest (byte for byte) and its artefact, whose sha256 is checked
+against the manifest before it leaves the source and again after it lands in the target.
+Versions are immutable: a target that holds the same version with a different sha256 is an
+error, never overwritten. The same version already in the target is skipped (a broken copy of
+it is repaired), so a copy can be repeated and resumed.
+
+The target's model index is merged with compare-and-swap: copied versions are added, with a
+`register` event naming where they came from. Stage aliases move only when asked
+(`stages=True`): each target alias is then set to the source's (when that version is in the
+target), recorded as a `promote` event, and `archived` follows the source for the versions both
+hold. An alias the source leaves unset is left as it is in the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from models.errors import ConflictError, IntegrityError, ModelNotFoundError, RegistryError
+from models.manifest import STAGES, ModelManifest, version_key
+from models.registry import ModelIndex, ModelRegistry, StageEvent, default_actor
+from models.store import sha256_file
+
+CopyAction = Literal["copied", "present", "repaired"]
+_INDEX_ATTEMPTS = 5
+
+
+class DivergedError(RegistryError):
+    """Source and target hold different artefacts under one version."""
+
+
+@dataclass(frozen=True)
+class CopiedVersion:
+    name: str
+    version: str
+    action: CopyAction
+
+
+@dataclass
+class SyncReport:
+    name: str
+    source: str
+    target: str
+    versions: list[CopiedVersion] = field(default_factory=list)
+    stage_moves: list[StageEvent] = field(default_factory=list)
+
+
+def push(
+    local: ModelRegistry,
+    remote: ModelRegistry,
+    name: str,
+    version: str | None = None,
+    *,
+    stages: bool = False,
+    actor: str | None = None,
+) -> SyncReport:
+    """Copy NAME (every version, or one) from the local registry to the remote one."""
+    return copy_model(local, remote, name, version, stages=stages, actor=actor)
+
+
+def pull(
+    remote: ModelRegistry,
+    local: ModelRegistry,
+    name: str,
+    version: str | None = None,
+    *,
+    stages: bool = False,
+    actor: str | None = None,
+) -> SyncReport:
+    """Copy NAME (every version, or one) from the remote registry to the local one."""
+    return copy_model(remote, local, name, version, stages=stages, actor=actor)
+
+
+def copy_all(
+    source: ModelRegistry,
+    target: ModelRegistry,
+    *,
+    stages: bool = False,
+    actor: str | None = None,
+) -> list[SyncReport]:
+    """Copy every model of the source (a backup, or a restore)."""
+    return [
+        copy_model(source, target, name, stages=stages, actor=actor)
+        for name in source.list_models()
+    ]
+
+
+def copy_model(
+    source: ModelRegistry,
+    target: ModelRegistry,
+    name: str,
+    version: str | None = None,
+    *,
+    stages: bool = False,
+    actor: str | None = None,
+) -> SyncReport:
+    source_index = source.index(name)
+    if version is not None and version not in source_index.versions:
+        raise ModelNotFoundError(name, version=version)
+    versions = [version] if version is not None else list(source_index.versions)
+    report = SyncReport(name=name, source=source.store.url, target=target.store.url)
+    for v in versions:
+        action = _copy_version(source, target, source.manifest(name, v))
+        report.versions.append(CopiedVersion(name, v, action))
+    report.stage_moves = _merge_index(
+        source_index,
+        target,
+        versions,
+        stages=stages,
+        actor=actor or default_actor(),
+        reason=f"copied from {source.store.url}",
+    )
+    return report
+
+
+def _copy_version(
+    source: ModelRegistry, target: ModelRegistry, manifest: ModelManifest
+) -> CopyAction:
+    name, version = manifest.name, manifest.version
+    manifest_key = f"{name}/{version}/manifest.json"
+    artefact_key = f"{name}/{version}/{manifest.artefact}"
+    existing = _manifest_or_none(target, name, version)
+    if existing is not None:
+        _check_same(existing, manifest, target)
+        try:
+            target.artefact_bytes(existing)
+            return "present"
+        except IntegrityError:
+            pass  # an interrupted or damaged copy: send the artefact again
+
+    try:
+        path = source.store.local_path(artefact_key)
+    except FileNotFoundError:
+        raise IntegrityError(f"{source.store.url}/{artefact_key}", manifest.sha256, None) from None
+    actual = sha256_file(path)
+    if actual != manifest.sha256:
+        raise IntegrityError(f"{source.store.url}/{artefact_key}", manifest.sha256, actual)
+
+    raw = source.store.read(manifest_key)
+    if raw is None:
+        raise ModelNotFoundError(name, version=version)
+    # As in register: claim the version with a create-only manifest write, artefact next,
+    # index last, so the version is resolvable only once its bytes are in place.
+    if existing is None and not target.store.swap(manifest_key, raw, None):
+        existing = target.manifest(name, version)  # created meanwhile by another copy
+        _check_same(existing, manifest, target)
+    target.store.put_file(artefact_key, path)
+    target.artefact_bytes(target.manifest(name, version))  # raises IntegrityError on mismatch
+    return "copied" if existing is None else "repaired"
+
+
+def _manifest_or_none(registry: ModelRegistry, name: str, version: str) -> ModelManifest | None:
+    try:
+        return registry.manifest(name, version)
+    except ModelNotFoundError:
+        return None
+
+
+def _check_same(existing: ModelManifest, wanted: ModelManifest, target: ModelRegistry) -> None:
+    if existing.sha256 != wanted.sha256:
+        raise DivergedError(
+            f"{wanted.name} {wanted.version} in {target.store.url} has sha256 "
+            f"{existing.sha256[:12]}..., not {wanted.sha256[:12]}...; versions are immutable, "
+            "register the change as a new version"
+        )
+
+
+def _merge_index(
+    source_index: ModelIndex,
+    target: ModelRegistry,
+    versions: list[str],
+    *,
+    stages: bool,
+    actor: str,
+    reason: str,
+) -> list[StageEvent]:
+    key = f"{source_index.name}/index.json"
+    for _ in range(_INDEX_ATTEMPTS):
+        raw = target.store.read(key)
+        index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=source_index.name)
+        before = index.model_dump_json()
+        _add_versions(index, versions, actor, reason)
+        moves = _follow_stages(index, source_index, actor, reason) if stages else []
+        if index.model_dump_json() == before:
+            return []  # already in step: nothing to write, the revision stays
+        index.revision += 1
+        if target.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
+            return moves
+    raise ConflictError(
+        f"{source_index.name}'s index in {target.store.url} kept changing; nothing was merged"
+    )
+
+
+def _add_versions(index: ModelIndex, versions: list[str], actor: str, reason: str) -> None:
+    for v in versions:
+        if v not in index.versions:
+            index.versions.append(v)
+            index.history.append(
+                StageEvent(actor=actor, action="register", version=v, reason=reason)
+            )
+    index.versions.sort(key=version_key)
+
+
+def _follow_stages(
+    index: ModelIndex, source: ModelIndex, actor: str, reason: str
+) -> list[StageEvent]:
+    moves = []
+    for stage in STAGES:
+        wanted = source.aliases.get(stage)
+        current = index.aliases.get(stage)
+        if wanted is None or wanted == current or wanted not in index.versions:
+            continue
+        index.aliases[stage] = wanted
+        event = StageEvent(
+            actor=actor,
+            action="promote",
+            version=wanted,
+            stage=stage,
+            from_version=current,
+            reason=reason,
+        )
+        index.history.append(event)
+        moves.append(event)
+    if index.aliases.get("staging") is not None and index.aliases.get(
+        "staging"
+    ) == index.aliases.get("production"):
+        index.aliases["staging"] = None
+    # Archived follows the source for the versions both hold; the target's others keep theirs.
+    archived = {v for v in index.archived if v not in source.versions}
+    archived |= {v for v in source.archived if v in index.versions}
+    archived -= {v for v in index.aliases.values() if v is not None}
+    added = sorted(archived - set(index.archived), key=version_key)
+    for v in added:
+        index.history.append(StageEvent(actor=actor, action="archive", version=v, reason=reason))
+    index.archived = [v for v in index.archived if v in archived] + added
+    return moves

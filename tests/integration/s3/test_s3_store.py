@@ -1,0 +1,148 @@
+"""S3Store against a real S3 server: reads, conditional writes, listing, the download cache."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from botocore.stub import Stubber
+
+from models.errors import InvalidNameError, RegistryError
+from models.s3 import (
+    S3AccessDeniedError,
+    S3BucketNotFoundError,
+    S3Store,
+    S3UnreachableError,
+    parse_s3_url,
+)
+from models.store import open_store
+from tests.support import free_port
+from tests.support.s3 import S3Server
+
+
+def test_open_store_chooses_s3_for_an_s3_url(s3_url: str) -> None:
+    store = open_store(s3_url)
+    assert isinstance(store, S3Store)
+    assert store.url == s3_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("s3://bucket", ("bucket", "")),
+        ("s3://bucket/", ("bucket", "")),
+        ("s3://my.bucket/a/b/", ("my.bucket", "a/b")),
+    ],
+)
+def test_s3_urls_split_into_bucket_and_prefix(url: str, expected: tuple[str, str]) -> None:
+    assert parse_s3_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3://Bad_Bucket/x", "s3://bucket/../x", "/tmp/x"])
+def test_malformed_s3_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidNameError):
+        parse_s3_url(url)
+
+
+def test_a_missing_key_reads_as_none_and_has_no_local_path(s3_url: str) -> None:
+    store = S3Store(s3_url)
+    assert store.read("m/index.json") is None
+    with pytest.raises(FileNotFoundError):
+        store.local_path("m/1.0.0/model.safetensors")
+
+
+def test_swap_creates_only_when_absent_and_replaces_only_what_was_compared(s3_url: str) -> None:
+    store = S3Store(s3_url)
+    assert store.swap("m/index.json", b"one", None)
+    assert not store.swap("m/index.json", b"two", None)
+    assert not store.swap("m/index.json", b"two", b"stale")
+    assert store.swap("m/index.json", b"two", b"one")
+    assert not store.swap("gone/index.json", b"x", b"one")
+    assert store.read("m/index.json") == b"two"
+
+
+def test_of_racing_swaps_from_one_state_exactly_one_wins(s3_url: str) -> None:
+    store = S3Store(s3_url)
+    store.put_bytes("m/index.json", b"0")
+    barrier = threading.Barrier(6)
+    wins: list[bool] = []
+
+    def writer(n: int) -> None:
+        own = S3Store(s3_url)
+        barrier.wait()
+        wins.append(own.swap("m/index.json", str(n).encode(), b"0"))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+    assert store.read("m/index.json") != b"0"
+
+
+def test_list_names_what_is_directly_under_a_prefix(s3_url: str) -> None:
+    store = S3Store(s3_url)
+    store.put_bytes("a/index.json", b"{}")
+    store.put_bytes("a/1.0.0/manifest.json", b"{}")
+    store.put_bytes("b/index.json", b"{}")
+    assert store.list("") == ["a", "b"]
+    assert store.list("a") == ["1.0.0", "index.json"]
+    assert store.list("nothing") == []
+
+
+def test_put_file_uploads_and_local_path_downloads_into_the_cache(
+    s3_url: str, tmp_path: Path
+) -> None:
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"weights" * 1000)
+    store.put_file("m/1.0.0/model.safetensors", source)
+    path = store.local_path("m/1.0.0/model.safetensors")
+    assert path.read_bytes() == source.read_bytes()
+    assert path.is_relative_to(tmp_path / "cache" / store.bucket / "team" / "registry")
+
+
+def test_the_cache_is_refreshed_when_the_remote_object_changes(
+    s3_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    store.put_bytes("m/1.0.0/model.pt2", b"first")
+    assert store.local_path("m/1.0.0/model.pt2").read_bytes() == b"first"
+    s3_server.client().put_object(
+        Bucket=store.bucket, Key="team/registry/m/1.0.0/model.pt2", Body=b"second"
+    )
+    assert store.local_path("m/1.0.0/model.pt2").read_bytes() == b"second"
+
+
+def test_a_cached_copy_altered_on_disk_is_downloaded_again(s3_url: str, tmp_path: Path) -> None:
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    store.put_bytes("m/1.0.0/model.pt2", b"genuine")
+    store.local_path("m/1.0.0/model.pt2").write_bytes(b"altered")
+    assert store.local_path("m/1.0.0/model.pt2").read_bytes() == b"genuine"
+
+
+def test_a_missing_bucket_is_one_clear_error(s3_env: dict[str, str]) -> None:
+    with pytest.raises(S3BucketNotFoundError, match="'no-such-bucket' does not exist"):
+        S3Store("s3://no-such-bucket/registry").read("m/index.json")
+
+
+def test_an_unreachable_endpoint_is_one_clear_error(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRAMEWORM_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(S3UnreachableError, match="cannot reach the S3 endpoint"):
+        S3Store("s3://bucket/registry").list("")
+
+
+def test_access_denied_is_one_clear_error(s3_url: str) -> None:
+    store = S3Store(s3_url)
+    with Stubber(store._s3) as stub:
+        stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+        with pytest.raises(S3AccessDeniedError, match="access denied to s3://"):
+            store.read("m/index.json")
+
+
+def test_s3_errors_are_registry_errors() -> None:
+    assert issubclass(S3UnreachableError, RegistryError)

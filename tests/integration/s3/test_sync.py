@@ -1,0 +1,130 @@
+"""push / pull between a local registry and S3: verified copies, merged indexes, the CLI forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from models.demo import seed_demo
+from models.errors import IntegrityError
+from models.registry import ModelRegistry
+from models.s3 import S3Store
+from models.sync import DivergedError, pull, push
+from tests.integration.s3.test_registry_on_s3 import register_tiny
+from tests.support.s3 import S3Server
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> ModelRegistry:
+    registry = ModelRegistry(tmp_path / "local")
+    register_tiny(registry, tmp_path, "1.0.0", "1.1.0")
+    registry.promote("tiny", "1.0.0", "production")
+    registry.promote("tiny", "1.1.0", "production")
+    return registry
+
+
+def test_push_then_pull_round_trips_versions_verified(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    remote = ModelRegistry(s3_url)
+    report = push(local, remote, "tiny")
+    assert [(c.version, c.action) for c in report.versions] == [
+        ("1.0.0", "copied"),
+        ("1.1.0", "copied"),
+    ]
+    elsewhere = ModelRegistry(tmp_path / "elsewhere")
+    pull(remote, elsewhere, "tiny", "1.1.0")
+    assert elsewhere.index("tiny").versions == ["1.1.0"]
+    assert elsewhere.manifest("tiny", "1.1.0") == local.manifest("tiny", "1.1.0")
+    assert all(r.ok for r in elsewhere.verify("tiny"))
+
+
+def test_a_copy_moves_no_alias_unless_asked(local: ModelRegistry, s3_url: str) -> None:
+    remote = ModelRegistry(s3_url)
+    assert push(local, remote, "tiny").stage_moves == []
+    assert remote.index("tiny").aliases["production"] is None
+    moves = push(local, remote, "tiny", stages=True).stage_moves
+    assert [(e.stage, e.version) for e in moves] == [("production", "1.1.0")]
+    index = remote.index("tiny")
+    assert index.aliases["production"] == "1.1.0"
+    assert index.archived == ["1.0.0"]
+    assert index.history[-1].reason == f"copied from {local.store.url}"
+
+
+def test_a_repeated_push_copies_nothing_and_writes_nothing(
+    local: ModelRegistry, s3_url: str
+) -> None:
+    remote = ModelRegistry(s3_url)
+    push(local, remote, "tiny", stages=True)
+    revision = remote.index("tiny").revision
+    again = push(local, remote, "tiny", stages=True)
+    assert {c.action for c in again.versions} == {"present"}
+    assert again.stage_moves == []
+    assert remote.index("tiny").revision == revision
+
+
+def test_a_damaged_remote_copy_is_repaired_by_the_next_push(
+    local: ModelRegistry, s3_url: str, s3_server: S3Server
+) -> None:
+    remote = ModelRegistry(s3_url)
+    push(local, remote, "tiny", "1.0.0")
+    store = remote.store
+    assert isinstance(store, S3Store)
+    key = f"{store.prefix}/tiny/1.0.0/model.safetensors"
+    s3_server.client().put_object(Bucket=store.bucket, Key=key, Body=b"damaged")
+    assert [c.action for c in push(local, remote, "tiny", "1.0.0").versions] == ["repaired"]
+    assert remote.verify("tiny", "1.0.0")[0].ok
+
+
+def test_a_tampered_source_artefact_is_not_copied(
+    local: ModelRegistry, s3_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    remote = ModelRegistry(s3_url)
+    push(local, remote, "tiny", "1.0.0")
+    store = remote.store
+    assert isinstance(store, S3Store)
+    key = f"{store.prefix}/tiny/1.0.0/model.safetensors"
+    s3_server.client().put_object(Bucket=store.bucket, Key=key, Body=b"tampered")
+    with pytest.raises(IntegrityError, match="tampered"):
+        pull(remote, ModelRegistry(tmp_path / "fresh"), "tiny")
+
+
+def test_the_same_version_with_other_bytes_is_refused(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    remote = ModelRegistry(s3_url)
+    push(local, remote, "tiny", "1.0.0")
+    other = ModelRegistry(tmp_path / "other")
+    register_tiny(other, tmp_path, "9.9.9", "1.0.0")  # seed 1: other weights
+    with pytest.raises(DivergedError, match="versions are immutable"):
+        push(other, remote, "tiny", "1.0.0")
+
+
+def test_the_cli_backup_and_restore_forms(s3_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "served"
+    seed_demo(ModelRegistry(source))
+    runner = CliRunner()
+
+    def run(*args: str, registry: Path) -> str:
+        result = runner.invoke(cli, ["registry", *args], env={"FRAMEWORM_REGISTRY": str(registry)})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("push", "--all", "--to", s3_url, registry=source)
+    restored = tmp_path / "restored"
+    run("pull", "--all", "--from", s3_url, registry=restored)
+    original, copy = ModelRegistry(source), ModelRegistry(restored)
+    assert copy.list_models() == original.list_models()
+    for name in original.list_models():
+        assert copy.index(name).aliases == original.index(name).aliases
+    assert copy.resolve("cnn-digits").sha256 == original.resolve("cnn-digits").sha256
+
+    single = tmp_path / "single"
+    out = run("pull", "cnn-digits", "1.0.0", "--from", s3_url, "--json", registry=single)
+    assert json.loads(out)[0]["versions"] == [{"version": "1.0.0", "action": "copied"}]
+    assert ModelRegistry(single).index("cnn-digits").aliases["production"] is None
+    assert "present" in run("push", "cnn-digits", "--to", s3_url, registry=source)

@@ -1,0 +1,41 @@
+"""`frameworm registry push/pull` accept NAME [VERSION] or --all, and refuse the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["push", "--to", "{other}"], "name a model, or pass --all"),
+        (["push", "m", "--all", "--to", "{other}"], "name a model, or pass --all"),
+        (["pull", "--from", "{other}"], "name a model, or pass --all"),
+        (["push", "--all", "--to", "{here}"], "source and target are the same registry"),
+        (["pull", "m", "--from", "{other}"], "model 'm' is not registered"),
+    ],
+    ids=["push-nothing", "push-both", "pull-nothing", "same-registry", "unknown-model"],
+)
+def test_copy_commands_refuse_ambiguous_or_empty_requests(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    here, other = tmp_path / "here", tmp_path / "other"
+    argv = [a.format(here=here, other=other) for a in args]
+    result = CliRunner().invoke(cli, ["registry", *argv], env={"FRAMEWORM_REGISTRY": str(here)})
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_copying_an_empty_registry_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["registry", "push", "--all", "--to", str(tmp_path / "backup")],
+        env={"FRAMEWORM_REGISTRY": str(tmp_path / "empty")},
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "(no models)"

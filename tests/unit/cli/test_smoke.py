@@ -1,0 +1,186 @@
+"""`frameworm smoke` against a small stand-in server whose answers each test chooses."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.cli.smoke import zeros_request
+
+KEY = "fw_test_key"
+METADATA = {
+    "name": "cnn-digits",
+    "versions": ["1.0.0"],
+    "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 2, 2]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+}
+
+
+@dataclass
+class Behaviour:
+    ready: bool = True
+    auth: bool = True
+    metrics: bytes = b"frameworm_model_ready 1\n"
+    bodies: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Fake:
+    url: str
+    behaviour: Behaviour
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """Answers like a frameworm server would, as `server.behaviour` says."""
+
+    server: BehavedServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def answer(self, status: int, body: object) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def authorised(self) -> bool:
+        if self.server.behaviour.auth and self.headers.get("x-api-key") != KEY:
+            self.answer(401, {"detail": "a valid API key is required"})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        behaviour = self.server.behaviour
+        if self.path == "/healthz":
+            self.answer(200, {"status": "ok"})
+        elif self.path == "/readyz":
+            self.answer(200 if behaviour.ready else 503, {})
+        elif self.path == "/metrics":
+            self.answer(200, behaviour.metrics)
+        elif self.path == "/v2/models/cnn-digits":
+            if self.authorised():
+                self.answer(200, METADATA)
+        else:
+            self.answer(404, {"detail": "this server does not serve that model"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/v2/models/cnn-digits/infer" and self.authorised():
+            self.server.behaviour.bodies.append(body)
+            self.answer(200, {"outputs": [{"name": "probabilities", "data": [0.1] * 10}]})
+
+
+class BehavedServer(ThreadingHTTPServer):
+    behaviour: Behaviour
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    server = BehavedServer(("127.0.0.1", 0), StandIn)
+    server.behaviour = Behaviour()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Fake(f"http://127.0.0.1:{server.server_port}", server.behaviour)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def smoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["smoke", *args], env=env)
+    return result.exit_code, result.output
+
+
+def test_every_check_passes_against_a_healthy_server(fake: Fake) -> None:
+    code, output = smoke(fake.url, "--api-key", KEY)
+    assert code == 0, output
+    assert [line.split()[:2] for line in output.splitlines()] == [
+        ["PASS", "healthz"],
+        ["PASS", "readyz"],
+        ["PASS", "model-metadata"],
+        ["PASS", "inference"],
+        ["PASS", "metrics"],
+        ["PASS", "auth-enforced"],
+    ]
+    sent = json.loads(fake.behaviour.bodies[0])
+    assert sent["inputs"][0]["shape"] == [1, 1, 2, 2]
+    assert sent["inputs"][0]["data"] == [0, 0, 0, 0]
+
+
+def test_a_wrong_key_fails_naming_the_model_checks(fake: Fake) -> None:
+    code, output = smoke(fake.url, "--api-key", "wrong")
+    assert code == 1
+    assert "error: smoke failed: model-metadata, inference" in output
+    assert "FAIL  model-metadata  HTTP 401" in output
+
+
+def test_a_server_that_is_not_ready_fails_naming_readyz(fake: Fake) -> None:
+    fake.behaviour.ready = False
+    code, output = smoke(fake.url, "--api-key", KEY)
+    assert code == 1
+    assert "error: smoke failed: readyz" in output
+
+
+def test_auth_off_fails_unless_allowed(fake: Fake) -> None:
+    fake.behaviour.auth = False
+    code, output = smoke(fake.url)
+    assert code == 1
+    assert "error: smoke failed: auth-enforced" in output
+    code, output = smoke(fake.url, "--allow-no-auth")
+    assert code == 0, output
+    assert "SKIP  auth-enforced" in output
+
+
+def test_missing_metrics_series_fail_the_metrics_check(fake: Fake) -> None:
+    fake.behaviour.metrics = b"python_info 1\n"
+    code, output = smoke(fake.url, "--api-key", KEY)
+    assert code == 1
+    assert "error: smoke failed: metrics" in output
+
+
+def test_the_key_may_come_from_a_mounted_file(fake: Fake, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n", encoding="utf-8")
+    env = {"FRAMEWORM_BOOTSTRAP_API_KEY_FILE": str(key_file), "FRAMEWORM_BOOTSTRAP_API_KEY": ""}
+    code, output = smoke(fake.url, "--json", env=env)
+    assert code == 0, output
+    assert json.loads(output.split("\nerror:")[0])["ok"] is True
+
+
+def test_an_unknown_model_fails_the_metadata_check(fake: Fake) -> None:
+    code, output = smoke(fake.url, "--api-key", KEY, "--model", "other")
+    assert code == 1
+    assert "this server does not serve that model" in output
+
+
+def test_an_unreachable_server_fails_every_check(fake: Fake) -> None:
+    code, output = smoke("http://127.0.0.1:1", "--timeout", "1")
+    assert code == 1
+    assert output.count("FAIL") == 6
+
+
+def test_only_http_urls_are_accepted() -> None:
+    code, output = smoke("file:///etc/passwd")
+    assert code == 1
+    assert "URL must be http:// or https://" in output
+
+
+def test_zeros_request_sets_batch_one_and_bool_zeros() -> None:
+    body = json.loads(
+        zeros_request({"inputs": [{"name": "m", "datatype": "BOOL", "shape": [-1, 3]}]})
+    )
+    assert body == {
+        "inputs": [{"name": "m", "datatype": "BOOL", "shape": [1, 3], "data": [False] * 3}]
+    }

@@ -1,0 +1,63 @@
+"""The benchmark's wrk-output parser and report rendering (tests/load/report.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.load.report import (
+    AloneRow,
+    ColdRow,
+    ServerRow,
+    WrkResult,
+    parse_wrk_output,
+    render_report,
+)
+
+WRK_STDOUT = """Running 5s test @ http://127.0.0.1:8000/infer
+  1 threads and 64 connections
+  Non-2xx or 3xx responses: 10
+Requests/sec:   1000.00
+FRAMEWORM_BENCH requests=5010 duration_us=5000000 bytes=123 mean_us=60000.5 max_us=90000 \
+p50_us=55000 p90_us=70000 p95_us=75000 p99_us=88000 connect=0 read=1 write=0 timeout=2 non2xx=10
+"""
+
+
+def result(requests: int, duration_s: float, p50_ms: float, non2xx: int = 0) -> WrkResult:
+    us = p50_ms * 1000
+    return WrkResult(requests, int(duration_s * 1e6), us, us, us, us, us, us, 0, 0, 0, 0, non2xx)
+
+
+def test_parse_wrk_output_reads_the_done_line() -> None:
+    r = parse_wrk_output(WRK_STDOUT)
+    assert (r.requests, r.non2xx, r.ok, r.socket_errors) == (5010, 10, 5000, 3)
+    assert r.rps == pytest.approx(1000.0)
+    assert (r.p50_us, r.p95_us, r.p99_us) == (55000, 75000, 88000)
+
+
+@pytest.mark.parametrize(
+    "text", ["Running 5s test\n", "FRAMEWORM_BENCH requests=1 duration_us=2\n"]
+)
+def test_parse_wrk_output_refuses_missing_fields(text: str) -> None:
+    with pytest.raises(ValueError, match=r"FRAMEWORM_BENCH|lacks"):
+        parse_wrk_output(text)
+
+
+def test_render_report_tables_and_checks() -> None:
+    mib = 1024 * 1024
+    rows = [
+        ServerRow(1, "cnn-batching", 1, result(500, 5, 2.6), 300 * mib, 0, 1),
+        ServerRow(1, "cnn-batching", 64, result(3000, 5, 90), 320 * mib, 0, 1),
+        ServerRow(1, "cnn-nobatch", 64, result(1000, 5, 200, non2xx=4), 310 * mib, 290 * mib, 2),
+        ServerRow(1, "cnn-nobatch", 16, None, 0, 0, 0, "wrk exited 1"),
+    ]
+    alone = [AloneRow(1, "cnn", 1, 100, 400.0, 2.4, 2.4)]
+    cold = [ColdRow(1, 1, 3.0, 4.5, 200 * mib, 0, 1)]
+    text = render_report({"started": "now"}, rows, alone, cold, {"cnn-batching": "32 / 5 ms"})
+    assert "| cnn-batching | 64 | 600 | 90.00 | 90.00 | 90.00 | 0 / 0 | 320 |  |" in text
+    assert "| cnn-nobatch | 64 | 199 | 200.00 |" in text  # 2xx only: (1000 - 4) / 5 s
+    assert "310 (PSS 290, 2 procs)" in text
+    assert "wrk exited 1" in text
+    assert "**3.01x** (target >= 2x: holds)" in text
+    assert "**+0.20 ms** (target <= +0.5 ms: holds)" in text
+    assert "| 1 | 3.00 | 4.50 | 200 |  |" in text
+    assert "## Run 1" in text and "## Run 2" not in text
