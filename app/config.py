@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     rate_limit: str = "100/minute"
     rate_limit_storage: str = "memory://"
     rate_limit_fail_open: bool = True
+    # Bounds one Redis round trip, the wait for a pooled connection included.
+    rate_limit_timeout_s: float = Field(default=1.0, gt=0)
     auth_failure_limit: str = "20/minute"
     forwarded_allow_ips: str = "127.0.0.1"
     metrics_token: SecretStr | None = None

@@ -17,6 +17,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Send
 
@@ -50,6 +51,38 @@ PROBLEMS: dict[str, ProblemType] = {
     "request-timeout": ProblemType(408, "Request timeout"),
     "deadline-exceeded": ProblemType(504, "Deadline exceeded"),
 }
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "request_id": {"type": ["string", "null"]},
+        "error": {"type": "string", "description": "the same text, on the v2 routes"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problem bodies a route can answer."""
+    titles = {p.status: p.title for p in reversed(PROBLEMS.values())}
+    return {
+        status: {
+            "description": titles.get(status, "Problem"),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
+# What any guarded route can answer before it runs (middleware), and what a route adds.
+GUARD_STATUSES = (401, 403, 408, 413, 429, 503)
 
 
 class Problem(Exception):
@@ -204,6 +237,15 @@ def install_error_handlers(app: FastAPI) -> None:
             Problem("internal-error", "the server failed to handle the request"), request.scope
         )
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The client went away (or a limit cut the body off and already answered): nobody
+        # reads this response; it is not a server fault.
+        log.debug("client disconnected", extra={"request_id": request_id_of(request.scope)})
+        return problem_response(
+            Problem("malformed-request", "the client disconnected"), request.scope
+        )
+
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)

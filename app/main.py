@@ -101,6 +101,8 @@ def build_middleware(
                 settings.rate_limit,
                 storage_uri=settings.rate_limit_storage,
                 fail_open=settings.rate_limit_fail_open,
+                timeout_s=settings.rate_limit_timeout_s,
+                max_connections=128,
             ),
             default_limit=settings.rate_limit,
             exempt_paths=frozenset(public),

@@ -48,7 +48,11 @@ async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json", headers=_NO_STORE)
 
 
-@router.get("/readyz", summary="Readiness: model loaded, warm and checked; not draining")
+@router.get(
+    "/readyz",
+    summary="Readiness: model loaded, warm and checked; not draining",
+    responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
+)
 async def readyz(request: Request, host: HostDep) -> Response:
     ready, checks = readiness(request)
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}

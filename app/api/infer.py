@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from app.deps import BatcherDep, RunnerDep, SettingsDep
-from app.errors import Problem, request_id_of
+from app.errors import GUARD_STATUSES, Problem, problem_responses, request_id_of
 from app.inference.codec import (
     Decoded,
     array_from_json,
@@ -68,7 +68,10 @@ INFER_RESPONSE_SCHEMA: dict[str, Any] = {
             },
         }
     },
-    responses={200: {"content": {"application/json": {"schema": INFER_RESPONSE_SCHEMA}}}},
+    responses={
+        200: {"content": {"application/json": {"schema": INFER_RESPONSE_SCHEMA}}},
+        **problem_responses(*GUARD_STATUSES, 400, 415, 422, 500, 504),
+    },
 )
 async def infer(
     request: Request, runner: RunnerDep, batcher: BatcherDep, settings: SettingsDep

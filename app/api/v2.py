@@ -9,8 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.health import readiness
+from app.config import Settings
 from app.deps import BatcherDep, HostDep, RunnerDep, SettingsDep
-from app.errors import Problem
+from app.errors import GUARD_STATUSES, Problem, problem_responses
+from app.inference.batcher import DynamicBatcher
+from app.inference.host import ModelHost
 from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
 from app.inference.runner import ModelRunner
 from app.inference.service import run_inference
@@ -51,15 +54,37 @@ async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness")
+@router.get(
+    "/health/ready",
+    summary="Server readiness",
+    responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
+)
 async def ready(request: Request) -> Response:
     ok, _ = readiness(request)
     return _json({"ready": ok}, 200 if ok else 503)
 
 
-@router.get("/models/{name}", summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
-async def model_metadata(runner: RunnerDep, name: str, version: str | None = None) -> Response:
+MODEL_RESPONSES = problem_responses(*GUARD_STATUSES, 404, 422)
+READY_RESPONSES = {
+    **MODEL_RESPONSES,
+    503: {"description": "Not ready", "content": {"application/json": {}}},
+}
+INFER_RESPONSES = problem_responses(*GUARD_STATUSES, 400, 404, 415, 422, 500, 504)
+
+
+@router.get("/models/{name}", summary="Model metadata", responses=MODEL_RESPONSES)
+async def model_metadata(runner: RunnerDep, name: str) -> Response:
+    return _metadata(runner, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}", summary="Model version metadata", responses=MODEL_RESPONSES
+)
+async def version_metadata(runner: RunnerDep, name: str, version: str) -> Response:
+    return _metadata(runner, name, version)
+
+
+def _metadata(runner: ModelRunner, name: str, version: str | None) -> Response:
     _served(runner, name, version)
     manifest = runner.manifest
     return _json(
@@ -73,9 +98,21 @@ async def model_metadata(runner: RunnerDep, name: str, version: str | None = Non
     )
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
-async def model_ready(host: HostDep, name: str, version: str | None = None) -> Response:
+@router.get("/models/{name}/ready", summary="Model readiness", responses=READY_RESPONSES)
+async def model_ready(host: HostDep, name: str) -> Response:
+    return _ready(host, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version readiness",
+    responses=READY_RESPONSES,
+)
+async def version_ready(host: HostDep, name: str, version: str) -> Response:
+    return _ready(host, name, version)
+
+
+def _ready(host: ModelHost, name: str, version: str | None) -> Response:
     runner = host.runner
     if runner is None:
         if name != host.settings.model:
@@ -85,15 +122,36 @@ async def model_ready(host: HostDep, name: str, version: str | None = None) -> R
     return _json({"name": name, "ready": True})
 
 
-@router.post("/models/{name}/infer", summary="Inference")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
+@router.post("/models/{name}/infer", summary="Inference", responses=INFER_RESPONSES)
 async def model_infer(
+    request: Request, runner: RunnerDep, batcher: BatcherDep, settings: SettingsDep, name: str
+) -> Response:
+    return await _infer(request, runner, batcher, settings, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on a version",
+    responses=INFER_RESPONSES,
+)
+async def version_infer(
     request: Request,
     runner: RunnerDep,
     batcher: BatcherDep,
     settings: SettingsDep,
     name: str,
-    version: str | None = None,
+    version: str,
+) -> Response:
+    return await _infer(request, runner, batcher, settings, name, version)
+
+
+async def _infer(
+    request: Request,
+    runner: ModelRunner,
+    batcher: DynamicBatcher,
+    settings: Settings,
+    name: str,
+    version: str | None,
 ) -> Response:
     _served(runner, name, version)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -4,7 +4,8 @@ Deny by default: every path needs a key except an explicit set of exact public p
 `/v2` and `/v2/health/*`); so `//infer`, `/infer/` and other spellings are never a way around it.
 A key in the query string or a cookie is not looked at. Every authentication failure gets the
 same 401 body (apart from the request id); the reason goes to the metrics and the log, with
-the key id only. Repeated failures from one client address are refused with 429 for a while.
+the key id only. Past a budget of failures, one client address gets 429 instead of 401 for a
+while; valid keys from that address keep working.
 """
 
 from __future__ import annotations
@@ -48,11 +49,6 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         client = _client_address(scope)
-        if self.failures.available(client) < 1:
-            await send_problem(
-                send, scope, "rate-limited", "too many failed authentications", retry_after(10)
-            )
-            return
         token = _token(scope)
         try:
             result = await self.auth.authenticate(token)
@@ -63,6 +59,13 @@ class APIKeyMiddleware:
             return
         if isinstance(result, AuthFailure):
             self._failed(client, token, result.reason)
+            if not self.failures.allow(client):
+                # Guessing from this address: refused for a while (a valid key still works,
+                # so clients sharing the address behind a NAT are not locked out).
+                await send_problem(
+                    send, scope, "rate-limited", "too many failed authentications", retry_after(10)
+                )
+                return
             await send_problem(
                 send, scope, "unauthorized", "a valid API key is required", _WWW_AUTHENTICATE
             )
@@ -75,7 +78,6 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _failed(self, client: str, token: str | None, reason: str) -> None:
-        self.failures.allow(client)
         if self.metrics is not None:
             self.metrics.auth_failures.labels(reason).inc()
         match = _KEY_ID.match(token or "")

@@ -15,14 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import retry_after, send_problem
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BodyTooSlow(Exception):
-    pass
-
-
 class RequestLimitsMiddleware:
     def __init__(
         self,
@@ -48,7 +40,7 @@ class RequestLimitsMiddleware:
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await self._too_large(send, scope)
+            await self.too_large(send, scope)
             return
         if self.active >= self.max_concurrency:
             await send_problem(
@@ -62,45 +54,69 @@ class RequestLimitsMiddleware:
             self.active -= 1
 
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response_started = False
-        received = 0
-        deadline = time.monotonic() + self.body_timeout_s
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            left = deadline - time.monotonic()
-            try:
-                message = await asyncio.wait_for(receive(), max(left, 0.001))
-            except TimeoutError:
-                raise _BodyTooSlow from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
+        responder = _LimitedRequest(self, scope, receive, send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._too_large(send, scope)
-        except _BodyTooSlow:
-            if not response_started:
-                await send_problem(
-                    send, scope, "request-timeout", "the request body arrived too slowly"
-                )
+            await self.app(scope, responder.receive, responder.send)
+        except Exception:
+            # Once the limit has answered, the app's reaction to the cut-off body (it sees a
+            # client disconnect) is of no interest: the client already has its 413 or 408.
+            if not responder.answered:
+                raise
 
-    async def _too_large(self, send: Send, scope: Scope) -> None:
+    async def too_large(self, send: Send, scope: Scope) -> None:
         limit_mb = self.max_body_bytes / (1024 * 1024)
         await send_problem(
             send, scope, "payload-too-large", f"the body is larger than {limit_mb:g} MB"
         )
+
+
+class _LimitedRequest:
+    """One request's body accounting. When a limit is hit it answers at once (413 or 408),
+    then tells the app the client went away and drops whatever the app still sends."""
+
+    def __init__(
+        self, limits: RequestLimitsMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.limits = limits
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.received = 0
+        self.deadline = time.monotonic() + limits.body_timeout_s
+        self.response_started = False
+        self.answered = False
+
+    async def receive(self) -> Message:
+        if self.answered:
+            return {"type": "http.disconnect"}
+        left = self.deadline - time.monotonic()
+        try:
+            message = await asyncio.wait_for(self._receive(), max(left, 0.001))
+        except TimeoutError:
+            await self._answer("request-timeout", "the request body arrived too slowly")
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_body_bytes:
+                await self._answer("payload-too-large", "")
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)
+
+    async def _answer(self, code: str, detail: str) -> None:
+        if self.response_started:
+            return  # too late for a status; the app's response stands
+        self.answered = True
+        if code == "payload-too-large":
+            await self.limits.too_large(self._send, self.scope)
+        else:
+            await send_problem(self._send, self.scope, code, detail)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -1,0 +1,248 @@
+"""Request limits of a running `frameworm serve`, sent byte by byte over raw sockets.
+
+One server (auth on with a bootstrap key, a 1 s body deadline, 2 concurrent requests at
+most) takes oversized, chunked, slow, nested and decompression-bomb requests; after each test
+it must still classify a digit.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.hardened import HardenedServer, digit_document, hardened_servers
+
+KEY = "request-limits-bootstrap-key-0123456789"
+MB = 1024 * 1024
+AUTH = b"X-API-Key: " + KEY.encode() + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardenedServer]:
+    config: dict[str, str | None] = {
+        "FRAMEWORM_BOOTSTRAP_API_KEY": KEY,
+        "FRAMEWORM_BODY_TIMEOUT_S": "1",
+        "FRAMEWORM_MAX_CONCURRENCY": "2",
+        "FRAMEWORM_RATE_LIMIT": "100000/minute",
+    }
+    with hardened_servers(tmp_path_factory.mktemp("limits"), {"limits": config}) as servers:
+        yield servers["limits"]
+
+
+@pytest.fixture
+def client(server: HardenedServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10, headers={"x-api-key": KEY}) as client:
+        yield client
+    # The server keeps serving after whatever the test sent it.
+    with httpx.Client(base_url=server.url, timeout=10, headers={"x-api-key": KEY}) as after:
+        assert after.post("/infer", json=digit_document()).status_code == 200
+
+
+def head(path: str, *lines: bytes) -> bytes:
+    return b"POST " + path.encode() + b" HTTP/1.1\r\nHost: test\r\n" + AUTH + b"".join(lines)
+
+
+def read_status(sock: socket.socket, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    sock.settimeout(timeout_s)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def answered(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_declared_11_mb_body_is_refused_with_413_before_it_is_sent(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            head("/infer", b"Content-Type: application/json\r\n")
+            + b"Content-Length: %d\r\n\r\n" % (11 * MB)
+            + b"[" * 1024
+        )
+        status, raw = read_status(sock)  # the other 11 MB are never sent
+    assert status == 413, raw
+    assert b"application/problem+json" in raw
+    assert b"x-frame-options: DENY" in raw
+
+
+def send_chunked(sock: socket.socket, total: int, chunk: int = 64 * 1024) -> int:
+    """Chunks until `total` bytes or until the server answers; the bytes sent."""
+    sent = 0
+    frame = b"%x\r\n" % chunk + b"0" * chunk + b"\r\n"
+    while sent < total and not answered(sock):
+        try:
+            sock.sendall(frame)
+        except OSError:
+            break
+        sent += chunk
+    return sent
+
+
+def test_an_11_mb_chunked_body_is_refused_with_413(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            head("/infer", b"Content-Type: application/json\r\n")
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        send_chunked(sock, 11 * MB)
+        status, raw = read_status(sock)
+    assert status == 413, raw
+
+
+def test_a_body_trickled_slower_than_the_body_deadline_gets_408(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            head("/infer", b"Content-Type: application/json\r\n", b"Content-Length: 1000\r\n\r\n")
+        )
+        started = time.monotonic()
+        while not answered(sock) and time.monotonic() - started < 10:
+            sock.sendall(b" ")
+            time.sleep(0.25)
+        status, raw = read_status(sock)
+    assert status == 408, raw
+    assert time.monotonic() - started < 5
+
+
+def test_more_requests_than_the_concurrency_cap_get_503_with_retry_after(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        for sock in slow:  # each holds a slot until its body deadline (1 s)
+            sock.sendall(
+                head("/infer", b"Content-Type: application/json\r\n", b"Content-Length: 10\r\n\r\n")
+            )
+        time.sleep(0.3)
+        response = client.post("/infer", json=digit_document())
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["code"] == "overloaded"
+        assert client.get("/healthz").status_code == 200  # probes are never refused for load
+    finally:
+        for sock in slow:
+            sock.close()
+    # Both slots are freed at the body deadline.
+    deadline = time.monotonic() + 5
+    while client.post("/infer", json=digit_document()).status_code == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 4096)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("transport", ["json", "multipart"])
+@pytest.mark.parametrize("side", [30_000, 5_000])
+def test_an_image_bomb_is_refused_before_it_is_decoded(
+    client: httpx.Client, transport: str, side: int
+) -> None:
+    bomb = png_declaring(side, side)
+    assert len(bomb) < 200
+    started = time.monotonic()
+    if transport == "json":
+        image = {"b64": base64.b64encode(bomb).decode(), "content_type": "image/png"}
+        response = client.post("/infer", json={"inputs": {"image": image}})
+    else:
+        response = client.post("/infer", files={"image": ("bomb.png", bomb, "image/png")})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("path", ["/infer", "/v2/models/cnn-digits/infer"])
+def test_json_nested_100000_levels_deep_is_refused_with_400(
+    client: httpx.Client, path: str
+) -> None:
+    depth = 100_000
+    body = b'{"inputs": {"image": ' + b"[" * depth + b"]" * depth + b"}}"
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "malformed-request"
+
+
+def nested(depth: int) -> bytes:
+    return b'{"inputs": {"image": ' + b"[" * depth + b"0" + b"]" * depth + b"}}"
+
+
+def test_json_nested_past_the_depth_limit_is_400_and_within_it_is_422(
+    client: httpx.Client,
+) -> None:
+    # FRAMEWORM_MAX_JSON_DEPTH is 32 by default: 50 levels are over it.
+    over = client.post("/infer", content=nested(50), headers={"content-type": "application/json"})
+    assert over.status_code == 400, over.text
+    within = client.post("/infer", content=nested(20), headers={"content-type": "application/json"})
+    assert within.status_code == 422, within.text
+    assert within.json()["code"] == "invalid-input"
+
+
+def test_limits_apply_before_auth(server: HardenedServer, client: httpx.Client) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (11 * MB)
+        )
+        status, raw = read_status(sock)
+    assert status == 413, raw
+
+
+def test_a_valid_request_right_at_the_size_limit_is_not_refused_for_size(
+    client: httpx.Client,
+) -> None:
+    padding = " " * (10 * MB - 1024)
+    body = orjson.dumps(digit_document())[:-1] + padding.encode() + b"}"
+    response = client.post("/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+def test_the_server_answers_probes_while_a_slow_body_holds_a_slot(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    done = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(
+                head("/infer", b"Content-Type: application/json\r\n", b"Content-Length: 99\r\n\r\n")
+            )
+            done.wait(3)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        assert client.get("/readyz").status_code == 200
+    finally:
+        done.set()
+        thread.join()
