@@ -41,7 +41,12 @@ class BatchObserver(Protocol):
     def admitted(self, delta: int) -> None: ...
     def shed(self, reason: str) -> None: ...
     def batch_done(
-        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+        self,
+        runner: ModelRunner,
+        items: int,
+        seconds: float,
+        waits: list[float],
+        trace_ids: list[str | None] | None = None,
     ) -> None: ...
 
 
@@ -56,7 +61,12 @@ class _NoObserver:
         pass
 
     def batch_done(
-        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+        self,
+        runner: ModelRunner,
+        items: int,
+        seconds: float,
+        waits: list[float],
+        trace_ids: list[str | None] | None = None,
     ) -> None:
         pass
 
@@ -176,6 +186,7 @@ class DynamicBatcher:
         self._queue.append(pending)
         self._queued_items += items
         self._observer.queued(self._queued_items)
+        self._observer.admitted(1)
         self._wakeup.set()
         try:
             served = await asyncio.wait_for(future, deadline - now)
@@ -188,6 +199,8 @@ class DynamicBatcher:
             raise Problem(
                 "deadline-exceeded", "the request's deadline passed while it was queued"
             ) from None
+        finally:
+            self._observer.admitted(-1)
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
@@ -289,7 +302,9 @@ class DynamicBatcher:
             seconds if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * seconds
         )
         self._busy_until = end + self.max_delay_s if items > 1 else 0.0
-        self._observer.batch_done(runner, items, seconds, [start - p.enqueued for p in batch])
+        trace_ids = [_sampled_trace_id(p.span) for p in batch] if self._tracer else None
+        waits = [start - p.enqueued for p in batch]
+        self._observer.batch_done(runner, items, seconds, waits, trace_ids)
         version = runner.manifest.version
         offset = 0
         for pending in batch:
@@ -334,6 +349,12 @@ async def _traced_run(
         },
     ):
         return await runner.run(arrays)
+
+
+def _sampled_trace_id(context: trace.SpanContext | None) -> str | None:
+    if context is None or not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return format(context.trace_id, "032x")
 
 
 def _fail(pending: _Pending, problem: Problem) -> None:

@@ -45,6 +45,8 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
+                # The route is known now, and the server span still open (it ends with the body).
+                name_span_by_route(scope)
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k not in _REPLACED]
                 headers += SECURITY_HEADERS
@@ -55,12 +57,12 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            name_span_by_route(scope)
             self._log(scope, request_id, status if response_started else 500, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         path = scope.get("path", "")
-        level = logging.DEBUG if path in self.quiet_paths and status < 400 else logging.INFO
+        # Probes and scrapes are frequent (and 503 while starting or draining, by design).
+        level = logging.DEBUG if path in self.quiet_paths else logging.INFO
         if not access_log.isEnabledFor(level):
             return
         state: dict[str, Any] = scope.get("state", {})
@@ -73,7 +75,9 @@ class RequestContextMiddleware:
             extra={
                 "request_id": request_id,
                 "method": scope.get("method"),
-                "route": getattr(route, "path", None) or "unmatched",
+                "route": getattr(route, "path", None),
+                # Refused before routing (auth, limits) or no such route: the path says where.
+                "path": None if route is not None else path[:256],
                 "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 "principal": getattr(principal, "key_id", None),

@@ -47,7 +47,6 @@ def init_error_tracking(settings: Settings) -> Reporter | None:
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.env,
         release="frameworm@0.1.0",
-        send_default_pii=False,
         include_local_variables=False,
         max_request_body_size="never",
         # Explicit reports only: the integrations would also turn log lines into events.

@@ -129,13 +129,24 @@ class Metrics:
         self.shed_requests.labels(reason).inc()
 
     def batch_done(
-        self, runner: ModelRunner, items: int, seconds: float, waits: list[float]
+        self,
+        runner: ModelRunner,
+        items: int,
+        seconds: float,
+        waits: list[float],
+        trace_ids: list[str | None] | None = None,
     ) -> None:
-        self.inference_duration.labels(self.model, runner.manifest.version).observe(seconds)
+        # Exemplars (trace ids of sampled requests) reach scrapers that ask for OpenMetrics;
+        # multiprocess mode cannot carry them and leaves them out.
+        ids = trace_ids or [None] * len(waits)
+        sampled = next((t for t in ids if t is not None), None)
+        self.inference_duration.labels(self.model, runner.manifest.version).observe(
+            seconds, exemplar={"trace_id": sampled} if sampled else None
+        )
         self.batch_size.labels(self.model).observe(items)
         wait = self.queue_wait.labels(self.model)
-        for value in waits:
-            wait.observe(value)
+        for value, trace_id in zip(waits, ids, strict=True):
+            wait.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
 
     def admitted(self, delta: int) -> None:
         self.inflight.inc(delta)

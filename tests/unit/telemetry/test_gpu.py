@@ -1,0 +1,150 @@
+"""GPU gauges: a fake NVML at the pynvml boundary, and silence where there is no driver."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.telemetry.gpu import GpuSampler, load_nvml
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Utilization:  # pynvml's c_nvmlUtilization_t: percentages
+    gpu: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class Memory:  # pynvml's c_nvmlMemory_t: bytes
+    total: int
+    free: int
+    used: int
+
+
+class FakeNvml:
+    """The five pynvml calls the sampler makes, over a fixed list of devices."""
+
+    def __init__(self, devices: list[tuple[Utilization, Memory]]) -> None:
+        self.devices = devices
+        self.sampled = threading.Event()
+        self.shut_down = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if not 0 <= index < len(self.devices):
+            raise ValueError(f"no GPU {index}")
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Utilization:
+        return self.devices[handle][0]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Memory:
+        self.sampled.set()
+        return self.devices[handle][1]
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+
+def two_gpus() -> FakeNvml:
+    return FakeNvml(
+        [
+            (Utilization(gpu=37, memory=10), Memory(total=80 * GIB, free=60 * GIB, used=20 * GIB)),
+            (Utilization(gpu=100, memory=90), Memory(total=80 * GIB, free=0, used=80 * GIB)),
+        ]
+    )
+
+
+def gauge(registry: CollectorRegistry, name: str, gpu: str) -> float | None:
+    return registry.get_sample_value(name, {"gpu": gpu})
+
+
+def test_a_sample_sets_utilization_and_memory_per_gpu() -> None:
+    registry = CollectorRegistry()
+    GpuSampler(registry, two_gpus()).sample()
+    assert gauge(registry, "frameworm_gpu_utilization_ratio", "0") == pytest.approx(0.37)
+    assert gauge(registry, "frameworm_gpu_utilization_ratio", "1") == 1.0
+    assert gauge(registry, "frameworm_gpu_memory_used_bytes", "0") == 20 * GIB
+    assert gauge(registry, "frameworm_gpu_memory_total_bytes", "1") == 80 * GIB
+    assert gauge(registry, "frameworm_gpu_utilization_ratio", "2") is None
+
+
+def test_the_sampler_thread_samples_until_stopped_then_shuts_nvml_down() -> None:
+    registry = CollectorRegistry()
+    nvml = two_gpus()
+    sampler = GpuSampler(registry, nvml, interval_s=0.01)
+    sampler.start()
+    try:
+        assert nvml.sampled.wait(5)
+    finally:
+        sampler.stop(timeout_s=5)
+    assert nvml.shut_down
+    assert gauge(registry, "frameworm_gpu_memory_used_bytes", "1") == 80 * GIB
+
+
+def test_a_failing_sample_is_logged_and_sampling_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    class FlakyNvml(FakeNvml):
+        calls = 0
+
+        def nvmlDeviceGetCount(self) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+            return super().nvmlDeviceGetCount()
+
+    nvml = FlakyNvml(two_gpus().devices)
+    sampler = GpuSampler(CollectorRegistry(), nvml, interval_s=0.01)
+    with caplog.at_level("WARNING", logger="frameworm.gpu"):
+        sampler.start()
+        try:
+            assert nvml.sampled.wait(5)
+        finally:
+            sampler.stop(timeout_s=5)
+    assert "GPU sampling failed" in caplog.text
+
+
+def test_stopping_survives_an_nvml_that_is_already_gone() -> None:
+    class GoneNvml(FakeNvml):
+        def nvmlShutdown(self) -> None:
+            raise RuntimeError("NVML_ERROR_UNINITIALIZED")
+
+    GpuSampler(CollectorRegistry(), GoneNvml([])).stop()
+
+
+def test_load_nvml_initialises_pynvml_when_it_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    initialised: list[bool] = []
+    module = types.ModuleType("pynvml")
+    module.nvmlInit = lambda: initialised.append(True)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    assert load_nvml() is module
+    assert initialised == [True]
+
+
+def test_load_nvml_is_none_when_the_driver_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    class LibraryNotFoundError(Exception):  # as pynvml's NVMLError_LibraryNotFound
+        pass
+
+    def no_driver() -> None:
+        raise LibraryNotFoundError("NVML Shared Library Not Found")
+
+    module = types.ModuleType("pynvml")
+    module.nvmlInit = no_driver  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    assert load_nvml() is None
+
+
+def test_load_nvml_is_none_on_this_machine_without_an_nvidia_driver() -> None:
+    if Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    assert load_nvml() is None
