@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from app.errors import Problem, retry_after
 from app.inference.runner import ModelRunner
 
 log = logging.getLogger("frameworm.batcher")
+
+ADMISSION_HEADROOM = 1.25
 
 
 class BatchObserver(Protocol):
@@ -134,12 +137,13 @@ class DynamicBatcher:
         self._wakeup.set()
         if self._task is None:
             return 0
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if not self._task.done():  # an earlier close (the shutdown deadline) may have ended it
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         abandoned = 0
         while self._queue:
             pending = self._queue.popleft()
@@ -152,10 +156,15 @@ class DynamicBatcher:
         return abandoned
 
     def expected_wait_s(self) -> float:
-        batches_ahead = self._queued_items / self.max_batch_size + (
+        """Time until a request queued now has its answer: the batches ahead, then its own."""
+        batches_ahead = math.ceil(self._queued_items / self.max_batch_size) + (
             1 if self.in_flight_items else 0
         )
-        return batches_ahead * self.batch_seconds
+        per_batch = self.batch_seconds
+        if per_batch == 0:  # no live batch timed yet: start from the warm-up's measurement
+            runner = self._runner()
+            per_batch = runner.batch_seconds if runner is not None else 0.0
+        return (batches_ahead + 1) * per_batch
 
     async def submit(self, arrays: list[np.ndarray], items: int, deadline: float) -> Served:
         """Queue one request's items; its outputs come back split along the batch dimension."""
@@ -171,7 +180,8 @@ class DynamicBatcher:
                 "overloaded", "the queue is full", headers=retry_after(self.expected_wait_s())
             )
         wait = self.expected_wait_s()
-        if now + wait > deadline:
+        # Headroom: batch times vary, and decoding and answering cost time outside the model.
+        if now + wait * ADMISSION_HEADROOM > deadline:
             self._observer.shed("admission")
             raise Problem(
                 "overloaded",

@@ -42,6 +42,7 @@ class ModelRunner:
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
+        self.batch_seconds = 0.0  # from the warm-up; 0 when there was none
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frameworm-forward")
 
     @property
@@ -61,17 +62,20 @@ class ModelRunner:
         ]
 
     def warm_up(self, batch_sizes: list[int], rounds: int = 2) -> float:
-        """Run each batch size a few times (allocators, kernels, caches); seconds per item."""
-        per_item = 0.0
+        """Run each batch size a few times (allocators, kernels, caches).
+
+        Returns, and keeps as `batch_seconds`, the time of the largest batch: the estimate
+        admission control starts from before live batches have been timed.
+        """
         for size in batch_sizes:
             inputs = [t.numpy() for t in example_inputs(self.manifest.signature, size)]
             for _ in range(rounds):
                 start = time.perf_counter()
                 self.forward(inputs)
-                per_item = (time.perf_counter() - start) / size
+                self.batch_seconds = time.perf_counter() - start
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
-        return per_item
+        return self.batch_seconds
 
     def close(self) -> None:
         """Release after the last batch: the executor finishes what it has, then the weights go."""

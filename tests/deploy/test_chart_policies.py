@@ -170,7 +170,13 @@ def test_the_registry_comes_from_the_chosen_source(values_set: str, source: str)
     if source == "image":
         assert init["registry-seed"]["command"][0] == "cp"
     if source == "s3Pull":
-        assert init["registry-pull"]["args"] == ["registry", "pull", "--all", "--from", "s3://models/frameworm"]
+        assert init["registry-pull"]["args"] == [
+            "registry",
+            "pull",
+            "--all",
+            "--from",
+            "s3://models/frameworm",
+        ]
 
 
 def test_reading_the_registry_straight_from_s3_needs_no_volume() -> None:
@@ -317,7 +323,13 @@ def test_helm_test_runs_frameworm_smoke_with_the_bootstrap_key(values_set: str) 
 def test_the_backup_cronjob_pushes_the_pvc_registry_to_s3() -> None:
     cronjob = one(render("prestop"), "CronJob")
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["registry", "push", "--all", "--to", "s3://backups/frameworm-registry"]
+    assert container["args"] == [
+        "registry",
+        "push",
+        "--all",
+        "--to",
+        "s3://backups/frameworm-registry",
+    ]
     with pytest.raises(helm.HelmError, match=r"registry\.source=pvc"):
         render_values({"backup": {"enabled": True, "s3Uri": "s3://b/p"}})
 

@@ -48,7 +48,7 @@ def test_the_fuzzed_api_never_answers_5xx_nor_contradicts_its_schema(
             "--header",
             f"X-API-Key: {KEY}",
             "--checks",
-            "not_a_server_error,response_schema_conformance",
+            "not_a_server_error,response_schema_conformance,status_code_conformance",
             "--max-examples",
             "15",
             "--seed",

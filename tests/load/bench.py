@@ -313,11 +313,11 @@ def http(
 ) -> tuple[int, bytes]:
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"traffic only to {HOST}: {url}")
-    request = urllib.request.Request(url, data=body, headers=dict(headers or {}))  # noqa: S310
+    request = urllib.request.Request(url, data=body, headers=dict(headers or {}))
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -1,0 +1,213 @@
+"""SIGTERM under load, on real `frameworm serve` processes: drain order, stragglers, a forced exit.
+
+Clients behave as they would behind a load balancer: they keep sending until readiness has
+flipped and a moment more, then stop, well within the drain delay. Order and outcome are
+asserted; timings are recorded as properties (`--junitxml` shows them), not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.registry import ModelRegistry
+from tests.support.models import MODEL, register_mlp, register_slow
+from tests.support.process import Load, launch, metric, running, stop, wait_exit
+
+CLIENTS = 64
+DRAIN_DELAY_S = 2.0
+KEEP_SENDING_S = 1.0  # after SIGTERM: the load balancer's reaction time, within the delay
+POLL_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1.0.0 of the tiny MLP, in production."""
+    work = tmp_path_factory.mktemp("drain-registry")
+    registry = ModelRegistry(work / "registry")
+    register_mlp(registry, "1.0.0", work, seed=0)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    return work / "registry"
+
+
+@pytest.fixture(scope="module")
+def slow_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version whose every batch takes a while (an 1800 x 1800 matrix product), in production."""
+    work = tmp_path_factory.mktemp("slow-registry")
+    registry = ModelRegistry(work / "registry")
+    register_slow(registry, "1.0.0", work, seed=0, size=1800)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    return work / "registry"
+
+
+@dataclass
+class Probe:
+    """/readyz polled from a client of its own until the listener stops answering."""
+
+    url: str
+    answers: list[tuple[float, int]] = field(default_factory=list)  # (when, status)
+    refused_at: float | None = None  # the first poll that got no answer
+
+    async def run(self, until: float) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
+            while time.monotonic() < until:
+                try:
+                    status = (await client.get("/readyz")).status_code
+                except httpx.ConnectError:
+                    self.refused_at = time.monotonic()
+                    return
+                except httpx.TransportError:
+                    continue  # e.g. the kept-alive connection closed at shutdown: reconnect
+                self.answers.append((time.monotonic(), status))
+                await asyncio.sleep(POLL_S)
+
+    def first(self, status: int) -> float | None:
+        return next((when for when, code in self.answers if code == status), None)
+
+
+def test_sigterm_under_64_clients_fails_no_request_and_exits_0(
+    tmp_path: Path, tiny_registry: Path, record_property: Callable[[str, object], None]
+) -> None:
+    env = {"FRAMEWORM_DRAIN_DELAY_S": str(DRAIN_DELAY_S), "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "10"}
+    server = launch(tmp_path, tiny_registry, env)
+
+    async def scenario() -> tuple[Load, Probe, float, float, int]:
+        load = Load(server.url, CLIENTS)
+        load.start()
+        await load.until(2 * CLIENTS)  # every client is busy
+        probe = Probe(server.url)
+        probing = asyncio.create_task(probe.run(until=time.monotonic() + 60))
+        while len(probe.answers) < 3:  # a few ready answers first
+            assert not probing.done(), probe
+            await asyncio.sleep(POLL_S)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(KEEP_SENDING_S)
+        await load.finish()
+        code = await wait_exit(server)
+        exited = time.monotonic()
+        await asyncio.wait_for(probing, 5)
+        return load, probe, signalled, exited, code
+
+    try:
+        server.wait_ready(90)
+        load, probe, signalled, exited, code = asyncio.run(scenario())
+    finally:
+        stop(server)
+
+    flipped = probe.first(503)
+    assert flipped is not None, f"/readyz never answered 503: {probe.answers[-5:]}"
+    before = [code for when, code in probe.answers if when < flipped]
+    after = [code for when, code in probe.answers if when >= flipped]
+    assert set(before) == {200} and set(after) == {503}, "readiness flipped once, to 503"
+    assert flipped - signalled < DRAIN_DELAY_S, "readiness flipped within the drain delay"
+    assert probe.refused_at is not None and probe.refused_at > flipped
+    # The listener stayed open through the drain delay (polls kept being answered).
+    assert probe.answers[-1][0] - signalled > 0.75 * DRAIN_DELAY_S
+    failed = [(o.sent - signalled, o.error or o.status) for o in load.outcomes if o.status != 200]
+    assert not failed, f"(sent after SIGTERM, what came back): {failed[:8]}"
+    during_drain = [o for o in load.outcomes if o.sent >= flipped]
+    assert during_drain, "no request was sent between the flip and the clients stopping"
+    assert code == 0, server.logs()
+    record_property("requests", len(load.outcomes))
+    record_property("requests_sent_while_not_ready", len(during_drain))
+    record_property("readiness_flip_latency_s", round(flipped - signalled, 3))
+    record_property("listener_closed_after_s", round(probe.refused_at - signalled, 3))
+    record_property("drain_duration_s", round(exited - signalled, 3))
+
+
+@dataclass(frozen=True)
+class PastTheDeadline:
+    """24 one-item requests queued on a slow model, then SIGTERM with a 1 s shutdown timeout."""
+
+    load: Load
+    code: int
+    logs: str
+    exit_after_s: float
+
+
+@pytest.fixture(scope="module")
+def past_the_deadline(
+    tmp_path_factory: pytest.TempPathFactory, slow_registry: Path
+) -> PastTheDeadline:
+    # One item per batch and a slow model: 16 queued requests need far more than the 1 s deadline.
+    env = {
+        "FRAMEWORM_DRAIN_DELAY_S": "0",
+        "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "1",
+        "FRAMEWORM_MAX_BATCH_SIZE": "1",
+        "FRAMEWORM_REQUEST_TIMEOUT_MS": "60000",
+        "FRAMEWORM_TORCH_THREADS": "1",
+    }
+    server = launch(tmp_path_factory.mktemp("past-the-deadline"), slow_registry, env)
+
+    async def scenario() -> PastTheDeadline:
+        load = Load(server.url, clients=24)
+        load.start()
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            deadline = time.monotonic() + 30
+            while await metric(client, "frameworm_queue_depth") < 16:
+                assert time.monotonic() < deadline, "the requests never queued up"
+                await asyncio.sleep(0.05)
+        load.stop_sending()
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await load.finish()
+        code = await wait_exit(server)
+        return PastTheDeadline(load, code, server.logs(), time.monotonic() - signalled)
+
+    try:
+        server.wait_ready(90)
+        return asyncio.run(scenario())
+    finally:
+        stop(server)
+
+
+def test_a_request_past_the_shutdown_timeout_gets_a_503_problem_and_the_process_exits_0(
+    past_the_deadline: PastTheDeadline, record_property: Callable[[str, object], None]
+) -> None:
+    load = past_the_deadline.load
+    shed = [o for o in load.outcomes if o.status == 503]
+    assert set(load.statuses()) <= {200, 503}, (load.statuses(), past_the_deadline.logs)
+    assert shed, "no request was still waiting at the shutdown deadline"
+    for outcome in shed:
+        assert outcome.content_type.startswith("application/problem+json")
+        assert outcome.code == "shutting-down"
+        assert outcome.retry_after is not None
+    assert past_the_deadline.code == 0, past_the_deadline.logs
+    record_property("shed_requests", len(shed))
+    record_property("exit_after_sigterm_s", round(past_the_deadline.exit_after_s, 3))
+
+
+def test_the_lifespan_shutdown_completes_after_stragglers_were_shed(
+    past_the_deadline: PastTheDeadline,
+) -> None:
+    assert "shutdown deadline: answered" in past_the_deadline.logs  # stragglers were shed
+    assert "Application shutdown failed" not in past_the_deadline.logs
+    assert "Application shutdown complete" in past_the_deadline.logs
+
+
+def test_a_second_sigterm_during_the_drain_exits_at_once(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    long_delay_s = 30.0
+    with running(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": str(long_delay_s)}) as server:
+        server.process.send_signal(signal.SIGTERM)
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 503:
+                assert time.monotonic() < deadline, "the drain never started"
+                time.sleep(POLL_S)
+            draining = client.post("/infer", json={"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}})
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(long_delay_s / 2)  # raises when it waits out the drain
+        assert time.monotonic() - signalled < long_delay_s / 2
+    assert draining.status_code == 200
+    assert code == 0, server.logs()

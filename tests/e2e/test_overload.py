@@ -1,0 +1,119 @@
+"""Overload at several times capacity, on a real server with a slow model and a short deadline.
+
+Admission control must answer the excess at once (503 + Retry-After) instead of letting it age
+in the queue, and every request must get an answer: 200, 503 or 504, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelRegistry
+from tests.support.models import MODEL, register_slow
+from tests.support.process import Load, Outcome, running
+
+DEADLINE_S = 0.2
+CLIENTS = 32
+LOAD_S = 3.0
+SERVER_SLACK_S = 0.5  # event-loop lag on a busy 2-core machine
+CLIENT_SLACK_S = 5.0  # 32 clients on one event loop, sharing the cores with the server
+
+
+@pytest.fixture(scope="module")
+def slow_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version whose every batch costs a 1000 x 1000 matrix product (~0.1 s), in production."""
+    work = tmp_path_factory.mktemp("overload-registry")
+    registry = ModelRegistry(work / "registry")
+    register_slow(registry, "1.0.0", work, seed=0, size=1000)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    return work / "registry"
+
+
+def server_latencies(logs: str, status: int) -> list[float]:
+    """Seconds the server took for each /infer it answered with `status` (its access log)."""
+    seconds = []
+    for line in logs.splitlines():
+        if '"route":"/infer"' not in line.replace(" ", ""):
+            continue
+        entry = json.loads(line)
+        if entry.get("status") == status:
+            seconds.append(entry["latency_ms"] / 1000)
+    return seconds
+
+
+@dataclass(frozen=True)
+class Overload:
+    """What every request got, and the server's access log, after LOAD_S of overload."""
+
+    outcomes: list[Outcome]
+    logs: str
+
+    def with_status(self, status: int) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+
+@pytest.fixture(scope="module")
+def overload(tmp_path_factory: pytest.TempPathFactory, slow_registry: Path) -> Overload:
+    env = {
+        "FRAMEWORM_REQUEST_TIMEOUT_MS": str(int(DEADLINE_S * 1000)),
+        "FRAMEWORM_MAX_BATCH_SIZE": "1",  # capacity: one item per forward pass
+        "FRAMEWORM_TORCH_THREADS": "1",
+    }
+
+    async def drive(url: str) -> list[Outcome]:
+        load = Load(url, CLIENTS, timeout_s=10)
+        load.start()
+        await asyncio.sleep(LOAD_S)
+        return await load.finish()
+
+    with running(tmp_path_factory.mktemp("overload"), slow_registry, env) as server:
+        outcomes = asyncio.run(drive(server.url))
+        return Overload(outcomes, server.logs())
+
+
+def test_overload_sheds_the_excess_at_once_and_answers_every_request(
+    overload: Overload, record_property: Callable[[str, object], None]
+) -> None:
+    served, shed, expired = (overload.with_status(s) for s in (200, 503, 504))
+    counts = {200: len(served), 503: len(shed), 504: len(expired)}
+    unanswered = [o for o in overload.outcomes if o.status not in counts]
+    assert not unanswered, unanswered[:5]
+    assert served and len(shed) > 2 * len(served), f"not several times capacity: {counts}"
+    for outcome in shed:
+        assert outcome.content_type.startswith("application/problem+json")
+        assert outcome.code == "overloaded"
+        assert outcome.retry_after is not None and int(outcome.retry_after) >= 1
+    for outcome in expired:
+        assert outcome.code == "deadline-exceeded"
+    # The server's own clock (its access log): admitted requests end by their deadline plus
+    # slack, and the shed ones are answered at once, not after aging in line until it.
+    admitted_server_s = server_latencies(overload.logs, 200) + server_latencies(overload.logs, 504)
+    shed_server_s = server_latencies(overload.logs, 503)
+    assert len(admitted_server_s) == len(served) + len(expired)
+    assert len(shed_server_s) == len(shed)
+    assert max(admitted_server_s) < DEADLINE_S + SERVER_SLACK_S
+    assert statistics.median(shed_server_s) < DEADLINE_S / 4
+    # Seen from the clients (whose own event loop is busy): bounded too, more loosely.
+    assert max(o.seconds for o in overload.outcomes) < DEADLINE_S + CLIENT_SLACK_S
+    record_property("requests", len(overload.outcomes))
+    record_property("counts", counts)
+    record_property("served_p50_client_s", round(statistics.median(o.seconds for o in served), 4))
+    record_property("served_max_client_s", round(max(o.seconds for o in served), 4))
+    record_property("admitted_max_server_s", round(max(admitted_server_s), 4))
+    record_property("shed_p50_client_s", round(statistics.median(o.seconds for o in shed), 4))
+    record_property("shed_p50_server_s", round(statistics.median(shed_server_s), 4))
+    record_property("shed_max_server_s", round(max(shed_server_s), 4))
+
+
+def test_under_overload_admitted_requests_are_served_rather_than_timed_out(
+    overload: Overload,
+) -> None:
+    admitted = len(overload.with_status(200)) + len(overload.with_status(504))
+    assert len(overload.with_status(504)) <= 0.1 * admitted

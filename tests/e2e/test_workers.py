@@ -1,0 +1,115 @@
+"""`frameworm serve --workers 2`: one port, two worker processes, one set of metrics, one drain.
+
+The supervisor keeps prometheus_client's multiprocess files in a directory named in its
+workers' environment; reading each worker's own file shows that both served, and /metrics,
+answered by either worker, must add them up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from models.registry import ModelRegistry
+from tests.support.models import MODEL, register_mlp
+from tests.support.process import INFER_BODY, READY_TIMEOUT_S, launch, stop
+
+WORKERS = 2
+REQUESTS = 60
+QUEUE_ITEMS = 2048  # FRAMEWORM_MAX_QUEUE_ITEMS' default: each live worker reports it
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's spawned worker processes (its resource tracker left out)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def metrics_dir(pid: int) -> Path:
+    for item in (Path(f"/proc/{pid}") / "environ").read_bytes().split(b"\0"):
+        if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(os.fsdecode(item.split(b"=", 1)[1]))
+    raise AssertionError(f"worker {pid} has no PROMETHEUS_MULTIPROC_DIR")
+
+
+def infer_requests_in(files: list[Path]) -> float:
+    """http_requests_total for /infer, summed over the given multiprocess files."""
+    total = 0.0
+    for family in MultiProcessCollector.merge([str(f) for f in files]):  # type: ignore[no-untyped-call]
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and sample.labels["handler"] == "/infer":
+                total += sample.value
+    return total
+
+
+def scrape(client: httpx.Client, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("workers-registry")
+    registry = ModelRegistry(work / "registry")
+    register_mlp(registry, "1.0.0", work, seed=0)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    return work / "registry"
+
+
+def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    env = {"FRAMEWORM_DRAIN_DELAY_S": "0.5"}
+    server = launch(tmp_path, tiny_registry, env, options=["--workers", str(WORKERS)])
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        with httpx.Client(base_url=server.url, timeout=10) as probe:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while scrape(probe, "frameworm_queue_capacity") < WORKERS * QUEUE_ITEMS:
+                assert time.monotonic() < deadline, "the second worker never came up"
+                time.sleep(0.1)
+        workers = worker_pids(server.pid)
+        assert len(workers) == WORKERS, workers
+        # A fresh connection per request, so the kernel spreads them over both workers.
+        no_reuse = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=server.url, timeout=10, limits=no_reuse) as client:
+            statuses = [client.post("/infer", json=INFER_BODY).status_code for _ in range(REQUESTS)]
+            # A worker counts a request just after answering it: wait (bounded) for the last.
+            deadline = time.monotonic() + 10
+            while scrape(client, "http_requests_total", handler="/infer") < REQUESTS:
+                assert time.monotonic() < deadline, "the counts never added up"
+                time.sleep(0.05)
+            scraped = [scrape(client, "http_requests_total", handler="/infer") for _ in range(4)]
+            directory = metrics_dir(workers[0])
+            per_worker = [
+                infer_requests_in(sorted(directory.glob(f"*_{pid}.db"))) for pid in workers
+            ]
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+    finally:
+        stop(server)
+    logs = server.logs()
+    assert statuses == [200] * REQUESTS
+    assert sum(per_worker) == REQUESTS and all(per_worker), per_worker  # both served
+    assert scraped == [REQUESTS] * 4, "every scrape, by either worker, adds both up"
+    assert code == 0, logs
+    assert logs.count("drain started") == WORKERS, logs
+    assert logs.count("Finished server process") == WORKERS, logs
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    return " Z " in Path(f"/proc/{pid}/stat").read_text()
