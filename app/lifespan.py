@@ -105,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     loading = asyncio.create_task(
         _load(host, lifecycle, metrics, follower), name="frameworm-model-load"
     )
+    cache = build_cache(settings, metrics)
     try:
         yield {
             "settings": settings,
@@ -112,7 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             "batcher": batcher,
             "lifecycle": lifecycle,
             "follower": follower,
-            "cache": build_cache(settings, metrics),
+            "cache": cache,
         }
     finally:
         lifecycle.begin_drain()
@@ -126,6 +127,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # 2./3. Hooks: the server's (telemetry flush among them), then its users'.
         for shutdown in (lifecycle.shutdown, *lifecycle.joined):
             await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
+        if cache is not None:
+            await cache.close()
         # 4. The model goes last: nothing can reach it any more.
         if follower is not None:
             await asyncio.to_thread(follower.close)

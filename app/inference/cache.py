@@ -52,6 +52,7 @@ def _unpack(blob: bytes) -> list[np.ndarray]:
 class ResultCache(Protocol):
     async def get(self, key: str) -> list[np.ndarray] | None: ...
     async def put(self, key: str, outputs: list[np.ndarray]) -> None: ...
+    async def close(self) -> None: ...
 
 
 class MemoryCache:
@@ -70,6 +71,9 @@ class MemoryCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    async def close(self) -> None:
+        self._entries.clear()
 
 
 class RedisCache:
@@ -96,6 +100,9 @@ class RedisCache:
         except Exception as exc:
             log.debug("result cache write failed: %s", type(exc).__name__)
 
+    async def close(self) -> None:
+        await self._client.aclose()
+
 
 class CountingCache:
     """Counts hits and misses into the metrics."""
@@ -112,3 +119,6 @@ class CountingCache:
 
     async def put(self, key: str, outputs: list[np.ndarray]) -> None:
         await self.inner.put(key, outputs)
+
+    async def close(self) -> None:
+        await self.inner.close()

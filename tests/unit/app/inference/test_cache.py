@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.inference.cache import MemoryCache, RedisCache, _pack, _unpack, cache_key
+from models.manifest import ModelManifest, Signature, TensorSpec
+from tests.support import free_port
+from tests.support.redis import RedisServer, redis_server  # noqa: F401  # fixture
+
+SIGNATURE = Signature(
+    inputs=(TensorSpec(name="x", shape=(-1, 2)),), outputs=(TensorSpec(name="y", shape=(-1, 2)),)
+)
+
+
+def manifest(version: str) -> ModelManifest:
+    return ModelManifest(
+        name="m",
+        version=version,
+        format="safetensors",
+        family="mlp",
+        artefact="model.safetensors",
+        sha256="0" * 64,
+        size_bytes=1,
+        signature=SIGNATURE,
+        deterministic=True,
+    )
+
+
+def test_the_key_changes_with_the_version_the_input_its_dtype_its_shape_and_the_parameters() -> (
+    None
+):
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    base = cache_key(manifest("1.0.0"), [x], {})
+    assert base == cache_key(manifest("1.0.0"), [x.copy()], {})
+    assert base != cache_key(manifest("1.0.1"), [x], {})
+    assert base != cache_key(manifest("1.0.0"), [x + 1], {})
+    assert base != cache_key(manifest("1.0.0"), [x.astype(np.float64)], {})
+    assert base != cache_key(manifest("1.0.0"), [x.reshape(1, 4)], {})
+    assert base != cache_key(manifest("1.0.0"), [x], {"seed": 1})
+
+
+def test_outputs_survive_packing_with_their_dtypes_and_shapes() -> None:
+    outputs: list[np.ndarray] = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([[1], [2]], dtype=np.int64),
+    ]
+    restored = _unpack(_pack(outputs))
+    for before, after in zip(outputs, restored, strict=True):
+        assert before.dtype == after.dtype
+        np.testing.assert_array_equal(before, after)
+
+
+def test_the_memory_cache_evicts_the_least_recently_used_entry() -> None:
+    async def main() -> list[bool]:
+        cache = MemoryCache(max_entries=2)
+        one = [np.zeros(1)]
+        await cache.put("a", one)
+        await cache.put("b", one)
+        await cache.get("a")  # "a" is now the most recently used
+        await cache.put("c", one)
+        return [await cache.get(k) is not None for k in ("a", "b", "c")]
+
+    assert asyncio.run(main()) == [True, False, True]
+
+
+def test_the_redis_cache_round_trips_and_expires_nothing_early(redis_server: RedisServer) -> None:  # noqa: F811
+    async def main() -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+        cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
+        try:
+            await cache.put("k", [np.array([1.5, 2.5], dtype=np.float32)])
+            return await cache.get("k"), await cache.get("missing")
+        finally:
+            await cache.close()
+
+    hit, miss = asyncio.run(main())
+    assert hit is not None and miss is None
+    np.testing.assert_array_equal(hit[0], np.array([1.5, 2.5], dtype=np.float32))
+
+
+def test_an_unreachable_redis_is_a_miss_not_an_error(tmp_path: Path) -> None:
+    async def main() -> list[np.ndarray] | None:
+        cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_s=0.2)
+        try:
+            await cache.put("k", [np.zeros(1)])  # must not raise
+            return await cache.get("k")
+        finally:
+            await cache.close()
+
+    assert asyncio.run(main()) is None
+
+
+@pytest.mark.parametrize("entries", [1, 3])
+def test_the_memory_cache_never_holds_more_than_its_bound(entries: int) -> None:
+    async def main() -> int:
+        cache = MemoryCache(max_entries=entries)
+        for i in range(10):
+            await cache.put(str(i), [np.zeros(1)])
+        return sum([await cache.get(str(i)) is not None for i in range(10)])
+
+    assert asyncio.run(main()) == entries
