@@ -76,14 +76,29 @@ FRAMEWORM_BASE = {
     # wrk repeats one body: a result cache would measure its hits, not the model.
     "FRAMEWORM_RESULT_CACHE": "off",
 }
-# "Layers off": no API keys, no metrics, no per-request info logging, and a rate limit far above
-# any offered load (the limiter cannot be switched off; its default, 100/minute, would answer
-# almost every benchmark request with 429).
+# "Layers off": no API keys, no rate limit, no metrics, no tracing, no per-request info logging.
 LAYERS_OFF = {
     "FRAMEWORM_AUTH_ENABLED": "false",
+    "FRAMEWORM_RATE_LIMIT_ENABLED": "false",
     "FRAMEWORM_METRICS_ENABLED": "false",
     "FRAMEWORM_LOG_LEVEL": "warning",
-    "FRAMEWORM_RATE_LIMIT": "1000000000/second",
+}
+# "Everything on": an API key on every request, a rate limit that is checked but does not bind,
+# request validation, metrics, JSON access logs at info, tracing at the default ratio (0.01)
+# exported over OTLP/HTTP to a sink in this process.
+BENCH_KEY = "fw-benchmark-bootstrap-key-0123456789abcdef"
+OTLP_SINK = "sink"  # replaced by the sink's URL when the server is launched
+EVERYTHING_ON = {
+    "FRAMEWORM_AUTH_ENABLED": "true",
+    "FRAMEWORM_BOOTSTRAP_API_KEY": BENCH_KEY,
+    "FRAMEWORM_API_KEY_PEPPER": "benchmark-pepper-0123456789abcdef0123456789",
+    "FRAMEWORM_RATE_LIMIT_ENABLED": "true",
+    "FRAMEWORM_RATE_LIMIT": "1000000000/minute",
+    "FRAMEWORM_METRICS_ENABLED": "true",
+    "FRAMEWORM_LOG_LEVEL": "info",
+    "FRAMEWORM_LOG_FORMAT": "json",
+    "FRAMEWORM_OTLP_ENDPOINT": OTLP_SINK,
+    "FRAMEWORM_OTLP_PROTOCOL": "http",
 }
 BATCH_32 = {"FRAMEWORM_MAX_BATCH_SIZE": "32", "FRAMEWORM_MAX_BATCH_DELAY_MS": "5"}
 NO_BATCH = {"FRAMEWORM_MAX_BATCH_SIZE": "1"}
@@ -100,11 +115,21 @@ class ServerConfig:
     description: str = ""
 
 
-# name -> configuration. Issue 3: batching vs none. "Everything on" (auth with a key header,
-# rate limits raised above the offered load, info logs, metrics) is one more entry, e.g.
-#   "cnn-everything-on": ServerConfig("cnn", {**EVERYTHING_ON, **BATCH_32},
-#                                     headers={"X-API-Key": BENCH_KEY}),
+# name -> configuration: everything on vs layers off (the hardening overhead), batching vs
+# none, and the peers.
 SERVER_CONFIGS: dict[str, ServerConfig] = {
+    "cnn-everything-on": ServerConfig(
+        "cnn",
+        {**EVERYTHING_ON, **BATCH_32},
+        headers={"X-API-Key": BENCH_KEY},
+        description="batch 32 / 5 ms, all hardening and telemetry on",
+    ),
+    "mlp-everything-on": ServerConfig(
+        "mlp",
+        {**EVERYTHING_ON, **BATCH_32},
+        headers={"X-API-Key": BENCH_KEY},
+        description="batch 32 / 5 ms, all hardening and telemetry on",
+    ),
     "cnn-batching": ServerConfig("cnn", {**LAYERS_OFF, **BATCH_32}, description="batch 32 / 5 ms"),
     "cnn-nobatch": ServerConfig("cnn", {**LAYERS_OFF, **NO_BATCH}, description="max batch 1"),
     "mlp-batching": ServerConfig("mlp", {**LAYERS_OFF, **BATCH_32}, description="batch 32 / 5 ms"),
@@ -147,6 +172,8 @@ def _frameworm(config: ServerConfig, port: int, ws: Workspace) -> Launch:
         "FRAMEWORM_API_KEYS_FILE": str(ws.root / "api-keys.json"),
         **config.env,
     }
+    if env.get("FRAMEWORM_OTLP_ENDPOINT") == OTLP_SINK:
+        env["FRAMEWORM_OTLP_ENDPOINT"] = otlp_sink_url()
     # cwd: a directory without a .env file, so only these settings apply.
     return Launch([str(BIN / "frameworm"), "serve"], env, ws.root)
 
@@ -166,6 +193,32 @@ def _plain_fastapi(config: ServerConfig, port: int, ws: Workspace) -> Launch:
         **config.env,
     }
     return Launch(argv, env, REPO)
+
+
+_SINK: list[str] = []
+
+
+def otlp_sink_url() -> str:
+    """A local OTLP/HTTP receiver that accepts and drops spans (started once, a daemon)."""
+    if not _SINK:
+        import http.server
+        import threading
+
+        class Sink(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer((HOST, 0), Sink)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _SINK.append(f"http://{HOST}:{server.server_address[1]}")
+    return _SINK[0]
 
 
 LAUNCHERS: dict[str, Callable[[ServerConfig, int, Workspace], Launch]] = {
