@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from app.production import HealthStatus, ValidationError, shutdown_tracing
-from tests.integration.production.conftest import ReceivedSpans
+from tests.support.otlp import SpanSink
 
 ROOT = Path(__file__).resolve().parents[3]
 CHECKLIST = ROOT / "tests" / "fixtures" / "production-checklist.md"
@@ -165,7 +165,7 @@ def test_security_snippet_verifies_the_created_key_and_refuses_others(
 
 
 def test_tracing_snippet_returns_a_tracer_whose_spans_reach_the_collector(
-    otlp_grpc_receiver: ReceivedSpans,
+    otlp_grpc_receiver: SpanSink,
 ) -> None:
     block = snippets()[5]
     assert JAEGER in block
@@ -174,5 +174,5 @@ def test_tracing_snippet_returns_a_tracer_whose_spans_reach_the_collector(
     with tracer.start_as_current_span("checklist-span"):
         pass
     assert shutdown_tracing(10.0)
-    assert otlp_grpc_receiver.arrived.wait(10)
-    assert ("frameworm-api", "checklist-span") in otlp_grpc_receiver.spans
+    spans = otlp_grpc_receiver.wait_for(lambda spans: bool(spans))
+    assert ("frameworm-api", "checklist-span") in [(s.service, s.name) for s in spans]
