@@ -131,6 +131,23 @@ SERVER_CONFIGS: dict[str, ServerConfig] = {
         description="batch 32 / 5 ms, all hardening and telemetry on",
     ),
     "cnn-batching": ServerConfig("cnn", {**LAYERS_OFF, **BATCH_32}, description="batch 32 / 5 ms"),
+    # Issue 5's budgets: metrics on (<= 5% below layers off), then tracing too (<= 10% more).
+    "cnn-metrics": ServerConfig(
+        "cnn",
+        {**LAYERS_OFF, **BATCH_32, "FRAMEWORM_METRICS_ENABLED": "true"},
+        description="layers off but metrics on",
+    ),
+    "cnn-metrics-tracing": ServerConfig(
+        "cnn",
+        {
+            **LAYERS_OFF,
+            **BATCH_32,
+            "FRAMEWORM_METRICS_ENABLED": "true",
+            "FRAMEWORM_OTLP_ENDPOINT": OTLP_SINK,
+            "FRAMEWORM_OTLP_PROTOCOL": "http",
+        },
+        description="layers off but metrics and tracing (ratio 0.01) on",
+    ),
     "cnn-nobatch": ServerConfig("cnn", {**LAYERS_OFF, **NO_BATCH}, description="max batch 1"),
     "mlp-batching": ServerConfig("mlp", {**LAYERS_OFF, **BATCH_32}, description="batch 32 / 5 ms"),
     "mlp-nobatch": ServerConfig("mlp", {**LAYERS_OFF, **NO_BATCH}, description="max batch 1"),
