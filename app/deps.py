@@ -40,6 +40,19 @@ async def get_ready_runner(request: Request) -> ModelRunner:
     return runner
 
 
+def inference_context(request: Request) -> tuple[ModelRunner, DynamicBatcher, Settings]:
+    """What the inference routes need, read straight from the lifespan state.
+
+    The hot routes call this instead of declaring three dependencies: FastAPI's dependency
+    solving costs about 0.15 ms a request, a tenth of what serving a small model costs.
+    """
+    state = request.state
+    runner: ModelRunner | None = state.host.runner
+    if runner is None:
+        raise Problem("not-ready", "the model is not loaded yet", headers=retry_after(2))
+    return runner, state.batcher, state.settings
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 HostDep = Annotated[ModelHost, Depends(get_host)]
 BatcherDep = Annotated[DynamicBatcher, Depends(get_batcher)]

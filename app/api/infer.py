@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from app.deps import BatcherDep, RunnerDep, SettingsDep
+from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, request_id_of
 from app.inference.codec import (
     Decoded,
@@ -73,9 +73,8 @@ INFER_RESPONSE_SCHEMA: dict[str, Any] = {
         **problem_responses(*GUARD_STATUSES, 400, 415, 422, 500, 504),
     },
 )
-async def infer(
-    request: Request, runner: RunnerDep, batcher: BatcherDep, settings: SettingsDep
-) -> Response:
+async def infer(request: Request) -> Response:
+    runner, batcher, settings = inference_context(request)
     signature = runner.manifest.signature
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from app.api.health import readiness
 from app.config import Settings
-from app.deps import BatcherDep, HostDep, RunnerDep, SettingsDep
+from app.deps import HostDep, RunnerDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
 from app.inference.batcher import DynamicBatcher
 from app.inference.host import ModelHost
@@ -123,10 +123,8 @@ def _ready(host: ModelHost, name: str, version: str | None) -> Response:
 
 
 @router.post("/models/{name}/infer", summary="Inference", responses=INFER_RESPONSES)
-async def model_infer(
-    request: Request, runner: RunnerDep, batcher: BatcherDep, settings: SettingsDep, name: str
-) -> Response:
-    return await _infer(request, runner, batcher, settings, name, None)
+async def model_infer(request: Request, name: str) -> Response:
+    return await _infer(request, *inference_context(request), name, None)
 
 
 @router.post(
@@ -134,15 +132,8 @@ async def model_infer(
     summary="Inference on a version",
     responses=INFER_RESPONSES,
 )
-async def version_infer(
-    request: Request,
-    runner: RunnerDep,
-    batcher: BatcherDep,
-    settings: SettingsDep,
-    name: str,
-    version: str,
-) -> Response:
-    return await _infer(request, runner, batcher, settings, name, version)
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, *inference_context(request), name, version)
 
 
 async def _infer(

@@ -199,7 +199,9 @@ class DynamicBatcher:
         self._observer.admitted(1)
         self._wakeup.set()
         try:
-            served = await asyncio.wait_for(future, deadline - now)
+            # asyncio.timeout, not wait_for: no extra waiter future and callback per request.
+            async with asyncio.timeout(deadline - now):
+                served = await future
             if self._tracer is not None and pending.dispatched_ns:
                 queued = self._tracer.start_span("inference.queue", start_time=pending.enqueued_ns)
                 queued.end(end_time=pending.dispatched_ns)
