@@ -123,6 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # FastAPI's own OpenTelemetry layer switches itself on once a global tracer provider
+        # exists, and would trace every request (probes too) a second time, unsampled ones
+        # included. Tracing here is the OTel ASGI middleware behind TraceSampling.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.lifecycle = Lifecycle(GracefulShutdown(timeout=settings.shutdown_timeout_s))

@@ -202,7 +202,7 @@ class DynamicBatcher:
             # asyncio.timeout, not wait_for: no extra waiter future and callback per request.
             async with asyncio.timeout(deadline - now):
                 served = await future
-            if self._tracer is not None and pending.dispatched_ns:
+            if self._tracer is not None and pending.dispatched_ns and _sampled(pending.span):
                 queued = self._tracer.start_span("inference.queue", start_time=pending.enqueued_ns)
                 queued.end(end_time=pending.dispatched_ns)
             return served
@@ -286,7 +286,7 @@ class DynamicBatcher:
         start = time.monotonic()
         self.in_flight_items = items
         try:
-            if self._tracer is None:
+            if self._tracer is None or not any(_sampled(p.span) for p in batch):
                 outputs = await runner.run(arrays)
             else:
                 outputs = await _traced_run(self._tracer, runner, arrays, batch, items)
@@ -342,7 +342,10 @@ async def _traced_run(
     batch: list[_Pending],
     items: int,
 ) -> list[np.ndarray]:
-    """The forward pass as a span: a child of the first sampled request, linked to all."""
+    """The forward pass as a span: a child of the first sampled request, linked to all.
+
+    Only batches holding a sampled request are traced (the provider samples what it gets).
+    """
     now = time.time_ns()
     contexts = [p.span for p in batch if p.span is not None and p.span.is_valid]
     for pending in batch:
@@ -363,10 +366,12 @@ async def _traced_run(
         return await runner.run(arrays)
 
 
+def _sampled(context: trace.SpanContext | None) -> bool:
+    return context is not None and context.is_valid and context.trace_flags.sampled
+
+
 def _sampled_trace_id(context: trace.SpanContext | None) -> str | None:
-    if context is None or not context.is_valid or not context.trace_flags.sampled:
-        return None
-    return format(context.trace_id, "032x")
+    return format(context.trace_id, "032x") if context is not None and _sampled(context) else None
 
 
 def _fail(pending: _Pending, problem: Problem) -> None:

@@ -4,9 +4,17 @@ Off (no endpoint) costs nothing: no middleware, no spans. On: W3C `traceparent` 
 on the way in (parent-based sampling continues a sampled caller's trace), `traceresponse` goes
 out, probes and /metrics are not traced, and the batcher adds spans for the queue wait and the
 forward pass, the latter linked to every request it served.
+
+The sampling decision is taken first, by `TraceSampling`, so an unsampled request (99% of them
+at the default ratio) skips the OpenTelemetry middleware altogether: it would otherwise build
+a non-recording span, context and wrappers for every request, which costs more than the
+hardening layers together. The provider then samples everything it is handed.
 """
 
 from __future__ import annotations
+
+import random
+import re
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -16,12 +24,15 @@ from opentelemetry.instrumentation.propagators import (
 )
 from opentelemetry.util.http import parse_excluded_urls
 from starlette.middleware import Middleware
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 from app.production.tracing import current_provider, setup_tracing
 
 EXCLUDED_URLS = "/healthz$,/readyz,/metrics$,/v2/health/"
+TRACE_EXCLUDED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 
 
 def span_details(scope: Scope) -> tuple[str, dict[str, str]]:
@@ -39,6 +50,45 @@ def name_span_by_route(scope: Scope) -> None:
         span.set_attribute("http.route", route)
 
 
+class TraceSampling:
+    """Parent-based ratio sampling in front of the OpenTelemetry middleware.
+
+    A `traceparent` from the caller decides (its sampled flag); without one, a new trace is
+    sampled with probability `ratio`. Only sampled requests go through `traced`.
+    """
+
+    def __init__(self, app: ASGIApp, *, ratio: float, excluded: frozenset[str]) -> None:
+        self.app = app
+        self.ratio = ratio
+        self.excluded = excluded
+        self.traced = OpenTelemetryMiddleware(
+            app,
+            excluded_urls=parse_excluded_urls(EXCLUDED_URLS),
+            default_span_details=span_details,
+            tracer_provider=current_provider(),
+            exclude_spans=["receive", "send"],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.excluded and self.sampled(scope):
+            await self.traced(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def sampled(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                match = _TRACEPARENT.fullmatch(value)
+                if match is not None:
+                    return bool(int(match.group(1), 16) & 0x01)
+                break  # malformed: a new trace, as the W3C spec says
+        return random.random() < self.ratio  # noqa: S311  # sampling, not security
+
+
+# version-traceid-parentid-flags; the all-zero ids are invalid.
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
+
+
 def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middleware | None]:
     """The tracer for the batcher's spans and the middleware, or (None, None) when off."""
     if not settings.otlp_endpoint:
@@ -47,15 +97,11 @@ def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middlew
         "frameworm",
         settings.otlp_endpoint,
         protocol=settings.otlp_protocol,
-        sample_ratio=settings.trace_sample_ratio,
+        sample_ratio=1.0,  # TraceSampling has decided by the time a span is started
     )
     set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
     middleware = Middleware(
-        OpenTelemetryMiddleware,
-        excluded_urls=parse_excluded_urls(EXCLUDED_URLS),
-        default_span_details=span_details,
-        tracer_provider=current_provider(),
-        exclude_spans=["receive", "send"],
+        TraceSampling, ratio=settings.trace_sample_ratio, excluded=TRACE_EXCLUDED_PATHS
     )
     return tracer, middleware
 
