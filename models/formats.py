@@ -2,7 +2,7 @@
 
 - safetensors + family (default): tensors only, no code, no pickle.
 - torch_export (.pt2): the archive is inspected before torch sees it, and refused when any
-  entry would need unpickling (torch 2.13's loader falls back to `torch.load(weights_only=False)`
+  entry would need unpickling (torch 2.13's loader falls back to full unpickling
   for those). The bytes checked are the bytes loaded: no second read of the file.
 - torchscript: carries code and has no safe loader, so it loads only when the manifest says the
   artefact is trusted.
