@@ -82,7 +82,7 @@ class TraceSampling:
                 if match is not None:
                     return bool(int(match.group(1), 16) & 0x01)
                 break  # malformed: a new trace, as the W3C spec says
-        return random.random() < self.ratio  # noqa: S311  # sampling, not security
+        return random.random() < self.ratio  # noqa: S311  # nosec B311  # sampling, not security
 
 
 # version-traceid-parentid-flags; the all-zero ids are invalid.
