@@ -6,7 +6,6 @@ Served as `frameworm serve` or `uvicorn --factory app.main:create_app`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
@@ -144,8 +143,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     return app
-
-
-def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
-    """The OpenAPI document, also when the docs routes are off (for tooling and tests)."""
-    return create_app(settings).openapi()
