@@ -35,6 +35,7 @@ from app.inference.runner import ModelRunner
 log = logging.getLogger("frameworm.batcher")
 
 ADMISSION_HEADROOM = 1.25
+RECENT_BATCHES = 16
 
 
 class BatchObserver(Protocol):
@@ -120,7 +121,9 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._busy_until = 0.0  # monotonic time until which the server counts as busy
-        self.batch_seconds = 0.0  # moving average of one batch's forward time
+        # The slowest of the last few batches: admission control plans with a bad case, not
+        # the average, so that what it admits meets its deadline.
+        self._recent_batches: deque[float] = deque(maxlen=RECENT_BATCHES)
         self.in_flight_items = 0
 
     @property
@@ -154,6 +157,11 @@ class DynamicBatcher:
             )
         self._queued_items = 0
         return abandoned
+
+    @property
+    def batch_seconds(self) -> float:
+        """A recent bad-case forward time of one batch; 0 before the first batch."""
+        return max(self._recent_batches, default=0.0)
 
     def expected_wait_s(self) -> float:
         """Time until a request queued now has its answer: the batches ahead, then its own."""
@@ -310,9 +318,7 @@ class DynamicBatcher:
             self.in_flight_items = 0
         end = time.monotonic()
         seconds = end - start
-        self.batch_seconds = (
-            seconds if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * seconds
-        )
+        self._recent_batches.append(seconds)
         self._busy_until = end + self.max_delay_s if items > 1 else 0.0
         trace_ids = [_sampled_trace_id(p.span) for p in batch] if self._tracer else None
         waits = [start - p.enqueued for p in batch]

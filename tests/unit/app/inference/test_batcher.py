@@ -226,7 +226,7 @@ def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() 
         batcher = make_batcher(runner)
         in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
         await runner.started.wait()
-        batcher.batch_seconds = 2.0  # one batch ahead (in flight) takes ~2 s
+        runner.batch_seconds = 2.0  # the warm-up says a batch takes ~2 s; none has finished yet
         try:
             with pytest.raises(Problem) as caught:
                 await batcher.submit(items(2.0), 1, later(0.5))
