@@ -96,17 +96,8 @@ def register_guarded(
     registry: ModelRegistry, version: str, work: Path, seed: int, limit: float = 10.0
 ) -> ModelManifest:
     """A version that passes its golden check but fails on items with |x| >= limit."""
-    module = _Guarded(seed, limit)
-    artefact = _export(module, work / f"guarded-{version}.pt2")
-    return registry.register(
-        MODEL,
-        version,
-        artefact,
-        format="torch_export",
-        signature=TINY_SIGNATURE,
-        golden=(_golden(module),),
-        deterministic=True,
-        actor="tests",
+    return _register_exported(
+        registry, version, _Guarded(seed, limit), work / f"guarded-{version}.pt2"
     )
 
 
@@ -114,12 +105,17 @@ def register_slow(
     registry: ModelRegistry, version: str, work: Path, seed: int, size: int
 ) -> ModelManifest:
     """A version whose every batch costs a size x size matrix product, whatever its items."""
-    module = _Slow(seed, size)
-    artefact = _export(module, work / f"slow-{version}.pt2")
+    return _register_exported(registry, version, _Slow(seed, size), work / f"slow-{version}.pt2")
+
+
+def _register_exported(
+    registry: ModelRegistry, version: str, module: nn.Module, path: Path
+) -> ModelManifest:
+    """Export `module` with a dynamic batch and register it, its own outputs as golden check."""
     return registry.register(
         MODEL,
         version,
-        artefact,
+        _export(module, path),
         format="torch_export",
         signature=TINY_SIGNATURE,
         golden=(_golden(module),),
