@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -203,50 +203,52 @@ def _report(request: Request, error: BaseException) -> None:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        problem = cast(Problem, exc)
-        if problem.status >= 500 and problem.code == "internal-error":
-            _report(request, problem.__cause__ or problem)
-        return problem_response(problem, request.scope)
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        exc = cast(StarletteHTTPException, exc)
+async def error_response(request: Request, exc: Exception) -> Response:
+    """Any exception a route raises -> its problem response. FastAPI's handlers and the direct
+    inference routes (`app.api.direct`) both answer through this one function."""
+    if isinstance(exc, Problem):
+        if exc.status >= 500 and exc.code == "internal-error":
+            _report(request, exc.__cause__ or exc)
+        return problem_response(exc, request.scope)
+    if isinstance(exc, StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "malformed-request")
         detail = {
             "not-found": "no such route",
             "method-not-allowed": f"{request.method} is not allowed here",
         }.get(code, "the request cannot be served")
-        headers = dict(exc.headers or {})
-        return problem_response(Problem(code, detail, headers=headers), request.scope)
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
+        return problem_response(
+            Problem(code, detail, headers=dict(exc.headers or {})), request.scope
+        )
+    if isinstance(exc, RequestValidationError):
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-            for e in cast(RequestValidationError, exc).errors()
+            for e in exc.errors()
         ]
         problem = Problem(
             "invalid-input", "the request does not match the schema", extra={"errors": errors}
         )
         return problem_response(problem, request.scope)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"request_id": request_id_of(request.scope)})
-        _report(request, exc)
-        return problem_response(
-            Problem("internal-error", "the server failed to handle the request"), request.scope
-        )
-
-    async def on_disconnect(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
         # The client went away (or a limit cut the body off and already answered): nobody
         # reads this response; it is not a server fault.
         log.debug("client disconnected", extra={"request_id": request_id_of(request.scope)})
         return problem_response(
             Problem("malformed-request", "the client disconnected"), request.scope
         )
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id_of(request.scope)})
+    _report(request, exc)
+    return problem_response(
+        Problem("internal-error", "the server failed to handle the request"), request.scope
+    )
 
-    app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(Exception, on_unexpected)
+
+def install_error_handlers(app: FastAPI) -> None:
+    # Exception itself goes to Starlette's outermost error layer, the others to the inner one.
+    for kind in (
+        ClientDisconnect,
+        Problem,
+        StarletteHTTPException,
+        RequestValidationError,
+        Exception,
+    ):
+        app.add_exception_handler(kind, error_response)

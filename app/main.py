@@ -8,17 +8,18 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from app.api import health, infer, metrics, v2
+from app.api.direct import DirectRoutes
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.lifespan import Lifecycle, lifespan
 from app.middleware.auth import APIKeyMiddleware
 from app.middleware.context import RequestContextMiddleware
 from app.middleware.limits import RequestLimitsMiddleware
+from app.middleware.metrics import HttpMetricsMiddleware
 from app.middleware.ratelimit import RateLimitMiddleware
 from app.production import APIKeyAuth, GracefulShutdown, RateLimiter, TokenBucketLimiter
 from app.production.ratelimit import parse_limit
@@ -42,6 +43,8 @@ class FramewormApp(FastAPI):
         # Wrap Starlette's own error layer, so that even a 500 carries the request id and the
         # security headers, and is counted.
         app = super().build_middleware_stack()
+        # Innermost: the inference routes, served without FastAPI's per-request machinery.
+        app = DirectRoutes(app, routes=self.state.direct_routes)
         for middleware in reversed(self.state.middleware):
             app = middleware.cls(app, *middleware.args, **middleware.kwargs)
         return app
@@ -58,12 +61,10 @@ def build_middleware(
     if metrics is not None:
         stack.append(
             Middleware(
-                PrometheusInstrumentatorMiddleware,
+                HttpMetricsMiddleware,
                 registry=metrics.registry,
-                excluded_handlers=sorted(QUIET_PATHS),
-                should_group_status_codes=True,
-                should_ignore_untemplated=True,
-                latency_lowr_buckets=LATENCY_BUCKETS,
+                buckets=LATENCY_BUCKETS,
+                excluded_paths=QUIET_PATHS,
             )
         )
     stack.append(
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(infer.router)
     app.include_router(v2.router)
+    app.state.direct_routes = [*infer.DIRECT_ROUTES, *v2.DIRECT_ROUTES]
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     return app

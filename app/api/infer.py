@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
@@ -98,6 +99,10 @@ async def infer(request: Request) -> Response:
     return Response(
         body, media_type="application/json", headers={"x-model-version": served.version}
     )
+
+
+# Served by app.api.direct.DirectRoutes (POST); FastAPI documents it and answers other methods.
+DIRECT_ROUTES = [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is infer]
 
 
 async def decode_multipart(request: Request, signature: Signature) -> Decoded:

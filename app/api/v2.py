@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from app.api.health import readiness
@@ -134,6 +135,14 @@ async def model_infer(request: Request, name: str) -> Response:
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, *inference_context(request), name, version)
+
+
+# Served by app.api.direct.DirectRoutes (POST); FastAPI documents them and answers other methods.
+DIRECT_ROUTES = [
+    r
+    for r in router.routes
+    if isinstance(r, APIRoute) and r.endpoint in (model_infer, version_infer)
+]
 
 
 async def _infer(
