@@ -60,6 +60,7 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self._queue_depth = self.queue_depth.labels(model)  # set on every request: looked up once
         self.queue_capacity = Gauge(
             "frameworm_queue_capacity",
             "Items the batcher queue holds before shedding.",
@@ -123,7 +124,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ BatchObserver
     def queued(self, depth_items: int) -> None:
-        self.queue_depth.labels(self.model).set(depth_items)
+        self._queue_depth.set(depth_items)
 
     def shed(self, reason: str) -> None:
         self.shed_requests.labels(reason).inc()

@@ -106,6 +106,14 @@ def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middlew
     return tracer, middleware
 
 
+def sampled_trace_id() -> str | None:
+    """The current trace id as hex when this request is sampled (for exemplars), else None."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return format(context.trace_id, "032x")
+
+
 def current_trace_ids() -> tuple[str | None, str | None]:
     """The current span's trace and span ids as hex, for log lines."""
     context = trace.get_current_span().get_span_context()
