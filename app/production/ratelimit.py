@@ -1,9 +1,10 @@
-"""Rate limits over a moving window, counted by the `limits` library.
+"""Rate limits over a moving window: in this process, or in Redis through the `limits` library.
 
 `RateLimiter` keeps its counters in the storage named by `storage_uri`:
 
-* `memory://` (default): this process only. Sync and async calls share one storage; it does
-  no I/O, so the async path uses it directly without blocking the loop.
+* `memory://` (default): this process only, counted by `MovingWindow` (same semantics as the
+  library's memory storage, without its expiry timer thread). Sync and async calls share one
+  counter; it does no I/O, so the async path uses it directly without blocking the loop.
 * `redis://`, `rediss://`, `redis+unix://`: shared by every process and replica. The sync API
   uses a blocking client; `hit()` uses the `limits` async storage on redis.asyncio, bounded by
   `timeout_s`. The Lua scripts of `limits` keep the count exact under concurrency.
@@ -28,6 +29,8 @@ from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+
+from app.production.window import MovingWindow
 
 if TYPE_CHECKING:
     import redis
@@ -111,6 +114,7 @@ class RateLimiter:
         self._sync_pool: redis.ConnectionPool | None = None
         self._async_pool: redis.asyncio.ConnectionPool | None = None
         self._healthy = True
+        self._memory = MovingWindow() if self._kind == "memory" else None
 
     @classmethod
     def from_string(cls, limit: str, **options: Any) -> RateLimiter:
@@ -184,6 +188,8 @@ class RateLimiter:
         return self._decide_sync(self._item, key).allowed
 
     def get_remaining(self, key: str) -> int:
+        if self._memory is not None:
+            return max(0, self._memory.stats(key, self.max_requests, self.window_seconds).remaining)
         try:
             stats = self._sync_strategy().get_window_stats(self._item, key)
         except Exception as exc:
@@ -194,6 +200,9 @@ class RateLimiter:
 
     def reset(self, key: str, *, limit: str | None = None) -> None:
         item = self._item if limit is None else parse_limit(limit)
+        if self._memory is not None:
+            self._memory.clear(key, item.amount, item.get_expiry())
+            return
         try:
             self._sync_strategy().clear(item, key)
         except Exception as exc:
@@ -203,8 +212,8 @@ class RateLimiter:
     async def hit(self, key: str, *, limit: str | None = None) -> RateLimitDecision:
         """Count one request for `key` against `limit` (default: this limiter's own)."""
         item = self._item if limit is None else parse_limit(limit)
-        if self._kind == "memory":
-            return self._decide_sync(item, key)
+        if self._memory is not None:
+            return self._decide_memory(self._memory, item, key)
         try:
             async with asyncio.timeout(self.timeout_s):
                 strategy = self._async_strategy()
@@ -217,7 +226,15 @@ class RateLimiter:
         return self._decision(item, allowed, stats.remaining, stats.reset_time)
 
     # -- internals ------------------------------------------------------------------------
+    def _decide_memory(
+        self, memory: MovingWindow, item: RateLimitItem, key: str
+    ) -> RateLimitDecision:
+        state = memory.hit(key, item.amount, item.get_expiry())
+        return self._decision(item, state.allowed, state.remaining, state.reset_time)
+
     def _decide_sync(self, item: RateLimitItem, key: str) -> RateLimitDecision:
+        if self._memory is not None:
+            return self._decide_memory(self._memory, item, key)
         try:
             strategy = self._sync_strategy()
             allowed = strategy.hit(item, key)
