@@ -55,11 +55,21 @@ def check_array(name: str, value: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise Problem("invalid-input", f"input {name!r} has shape {list(value.shape)}; {expected}")
     if value.shape[0] < 1:
         raise Problem("invalid-input", f"input {name!r} is empty; {expected}")
+    if target.kind == "f" and value.dtype.kind in "fiu" and _finite_within(value, target):
+        return value.astype(target, copy=False)  # the common case, in two reductions
     _check_range(name, value, target, expected)
     array = value.astype(target, copy=False)
     if spec.dtype in FLOAT_DTYPES and not spec.allow_non_finite and not np.isfinite(array).all():
         raise Problem("invalid-input", f"input {name!r} contains NaN or infinity, not allowed")
     return array
+
+
+def _finite_within(value: np.ndarray, target: np.dtype[Any]) -> bool:
+    """True when every value is finite and fits `target` (a float type): then the cast is
+    exact enough and no NaN or infinity needs reporting. NaN makes min and max NaN, and every
+    comparison with NaN is False, so a NaN anywhere sends the caller to the precise checks."""
+    high = float(np.finfo(target).max)
+    return bool(-high <= value.min() and value.max() <= high)
 
 
 def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: str) -> None:
