@@ -38,13 +38,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tests.load.repeat import WrkWorkload
+from tests.load.repeat import workload as repeat_workload
 from tests.load.report import (
     AloneRow,
     ColdRow,
+    FixedRateRow,
     ServerRow,
+    SoakRow,
     WrkResult,
     parse_wrk_output,
     render_report,
@@ -115,6 +120,9 @@ class ServerConfig:
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. {"X-API-Key": "..."}
     launcher: str = "frameworm"  # a key of LAUNCHERS
     description: str = ""
+    # "one-body": wrk_post.lua, the digit every time; "repeat": wrk_repeat.lua, repeated inputs
+    # for the result cache (tests/load/repeat.py).
+    workload: str = "one-body"
 
 
 # name -> configuration: everything on vs layers off (the hardening overhead), batching vs
@@ -153,24 +161,65 @@ SERVER_CONFIGS: dict[str, ServerConfig] = {
     "cnn-nobatch": ServerConfig("cnn", {**LAYERS_OFF, **NO_BATCH}, description="max batch 1"),
     "mlp-batching": ServerConfig("mlp", {**LAYERS_OFF, **BATCH_32}, description="batch 32 / 5 ms"),
     "mlp-nobatch": ServerConfig("mlp", {**LAYERS_OFF, **NO_BATCH}, description="max batch 1"),
-    # Peers (BENCHMARK.md's reference rows). LitServe and TorchServe come later, each in its
-    # own venv: a launcher that starts it from there, plus one entry per model here.
+    # Peers (BENCHMARK.md's reference rows), each speaking Frameworm's /infer JSON.
     "plain-fastapi-cnn": ServerConfig(
         "cnn", launcher="plain-fastapi", description="async def, model per request"
     ),
     "plain-fastapi-mlp": ServerConfig(
         "mlp", launcher="plain-fastapi", description="async def, model per request"
     ),
+    # Each in its own venv under .peers/ (`bash tests/load/peers/setup.sh`), serving the same
+    # registered weights with dynamic batching of at most 32 requests / 5 ms, one worker.
+    "litserve-cnn": ServerConfig(
+        "cnn", launcher="litserve", description="LitServe, batch 32 / 5 ms, 1 worker"
+    ),
+    "litserve-mlp": ServerConfig(
+        "mlp", launcher="litserve", description="LitServe, batch 32 / 5 ms, 1 worker"
+    ),
+    "torchserve-cnn": ServerConfig(
+        "cnn", launcher="torchserve", description="TorchServe, batch 32 / 5 ms, 1 worker"
+    ),
+    "torchserve-mlp": ServerConfig(
+        "mlp", launcher="torchserve", description="TorchServe, batch 32 / 5 ms, 1 worker"
+    ),
 }
-MEASUREMENTS = ("model-alone", "cold-start")  # not servers under load
+# The result-cache workload (wrk_repeat.lua): most requests repeat one of a few inputs. Cache
+# on vs off, everything else as cnn-batching / mlp-batching; the cache holds 10,000 entries.
+CACHE_MEMORY = {"FRAMEWORM_RESULT_CACHE": "memory"}
+SERVER_CONFIGS.update(
+    {
+        f"{model}-cache-{state}": ServerConfig(
+            model,
+            {**LAYERS_OFF, **BATCH_32, **(CACHE_MEMORY if state == "on" else {})},
+            description=f"batch 32 / 5 ms, result cache {state}, repeated inputs",
+            workload="repeat",
+        )
+        for model in ("cnn", "mlp")
+        for state in ("on", "off")
+    }
+)
+# Not one server per row under closed-loop load; fixed-rate and soak: tests/load/fixed_rate.py.
+MEASUREMENTS = ("model-alone", "cold-start", "fixed-rate", "soak")
 DEFAULT_CONFIGS = ("cnn-batching", "cnn-nobatch", "mlp-batching", "model-alone", "cold-start")
 
 
 @dataclass(frozen=True)
 class Launch:
+    """What a launcher starts: the command (pinned to SERVER_CORE), its env and directory."""
+
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    # Where the server answers Frameworm's `/infer` JSON, and where GET answers 200 once ready.
+    infer_path: str = "/infer"
+    ready_path: str = "/readyz"
+    # Run (same env and directory) before the SIGTERM by pid, for servers that stop their own
+    # way, e.g. TorchServe's Java frontend: `torchserve --stop`.
+    stop_argv: list[str] | None = None
+
+
+class LaunchError(RuntimeError):
+    """A launcher cannot start its server here, e.g. a peer's venv is missing; says why."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +263,134 @@ def _plain_fastapi(config: ServerConfig, port: int, ws: Workspace) -> Launch:
     return Launch(argv, env, REPO)
 
 
+PEERS = REPO / ".peers"  # the peers' venvs, made by PEER_SETUP
+PEER_SETUP = "bash tests/load/peers/setup.sh"
+TORCHSERVE_HANDLER = Path(__file__).with_name("peers") / "torchserve" / "bench_handler.py"
+
+
+def _peer_bin(peer: str, *tools: str) -> list[Path]:
+    """The venv's tools (e.g. python), or a LaunchError naming the command that makes them."""
+    paths = [PEERS / peer / "bin" / tool for tool in tools]
+    missing = [os.path.relpath(p, REPO) for p in paths if not p.exists()]
+    if missing:
+        raise LaunchError(
+            f"{', '.join(missing)} missing: make it with `{PEER_SETUP} {peer}` (repository root)"
+        )
+    return paths
+
+
+def _peer_model_env(config: ServerConfig, ws: Workspace) -> dict[str, str]:
+    """The model a peer loads (tests/load/peers/peer_model.py) and the repository on its path."""
+    from tests.load.models import BENCH_MODELS, weights_path
+
+    spec = BENCH_MODELS[config.model]
+    return {
+        # For models.families and tests.load.peers only; the peers never import `app`.
+        "PYTHONPATH": str(REPO),
+        "FRAMEWORM_BENCH_FAMILY": spec.family,
+        "FRAMEWORM_BENCH_CONFIG": json.dumps(spec.config),
+        "FRAMEWORM_BENCH_WEIGHTS": str(weights_path(ws.registry, config.model)),
+    }
+
+
+def _litserve(config: ServerConfig, port: int, ws: Workspace) -> Launch:
+    """peers/litserve_server.py from .peers/litserve: batch 32 / 5 ms, one CPU worker."""
+    (python,) = _peer_bin("litserve", "python")
+    argv = [str(python), "-m", "tests.load.peers.litserve_server", "--host", HOST]
+    # cwd: the work directory, so nothing LitServe writes lands in the repository.
+    return Launch(
+        [*argv, "--port", str(port)], {**_peer_model_env(config, ws), **config.env}, ws.root
+    )
+
+
+def _torchserve(config: ServerConfig, port: int, ws: Workspace) -> Launch:
+    """TorchServe from .peers/torchserve: the handler in a .mar built now, batch 32 / 5 ms.
+
+    Everything goes in a directory of the work directory: the .mar, config.properties (every
+    port on 127.0.0.1, a free one each), the logs, the pid file of `torchserve` (TMPDIR) and the
+    worker's socket (TEMP: the JVM's temp directory). The CLI runs in the foreground, so the
+    Java frontend and its Python worker stay in the launched process tree (pinned, sampled);
+    `torchserve --stop` ends them.
+    """
+    from tests.load.models import BENCH_MODELS, weights_path
+
+    torchserve, archiver = _peer_bin("torchserve", "torchserve", "torch-model-archiver")
+    if shutil.which("java") is None:
+        raise LaunchError("TorchServe needs Java 17 or newer: `java` is not on PATH")
+    spec = BENCH_MODELS[config.model]
+    home = ws.root / f"torchserve-{config.model}-{port}"
+    store = home / "model-store"
+    store.mkdir(parents=True)
+    (home / "bench-model.json").write_text(
+        json.dumps({"family": spec.family, "config": spec.config})
+    )
+    batching = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 32, "maxBatchDelay": 5}
+    (home / "model-config.yaml").write_text(
+        "".join(f"{key}: {value}\n" for key, value in batching.items())
+    )
+    archive = [
+        str(archiver),
+        *("--model-name", spec.name, "--version", "1.0", "--handler", str(TORCHSERVE_HANDLER)),
+        *("--serialized-file", str(weights_path(ws.registry, config.model))),
+        *("--extra-files", str(home / "bench-model.json")),
+        *("--config-file", str(home / "model-config.yaml"), "--export-path", str(store)),
+    ]
+    try:
+        subprocess.run(archive, capture_output=True, text=True, timeout=300, check=True, cwd=home)
+    except subprocess.CalledProcessError as exc:
+        raise LaunchError(f"torch-model-archiver failed: {exc.stderr.strip()[-400:]}") from None
+    except subprocess.TimeoutExpired:
+        raise LaunchError("torch-model-archiver took over 300 s") from None
+    models = {
+        spec.name: {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": f"{spec.name}.mar",
+                **batching,
+                "responseTimeout": 120,
+            }
+        }
+    }
+    properties = {
+        "inference_address": f"http://{HOST}:{port}",
+        "management_address": f"http://{HOST}:{free_port()}",
+        "metrics_address": f"http://{HOST}:{free_port()}",
+        "grpc_inference_address": HOST,
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_address": HOST,
+        "grpc_management_port": str(free_port()),
+        "model_store": str(store),
+        "load_models": f"{spec.name}.mar",
+        "models": json.dumps(models),
+        "default_workers_per_model": "1",
+        "disable_token_authorization": "true",
+        "enable_envvars_config": "false",
+        "install_py_dep_per_model": "false",
+        # No psutil collector process started every minute on the server's core.
+        "disable_system_metrics": "true",
+    }
+    ts_config = home / "config.properties"
+    ts_config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+    env = {
+        **_peer_model_env(config, ws),
+        "TMPDIR": str(home),  # torchserve's pid file: this server's own, not /tmp's
+        "TEMP": str(home),  # the JVM's temp directory: the worker's Unix socket
+        "LOG_LOCATION": str(home / "logs"),
+        "METRICS_LOCATION": str(home / "logs"),
+        **config.env,
+    }
+    argv = [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(ts_config)]
+    log_config = TORCHSERVE_HANDLER.with_name("log4j2.xml")  # warnings only
+    return Launch(
+        [*argv, "--model-store", str(store), "--log-config", str(log_config)],
+        env,
+        home,
+        infer_path=f"/predictions/{spec.name}",
+        ready_path="/ping",
+        stop_argv=[str(torchserve), "--stop", "--foreground"],
+    )
+
+
 _SINK: list[str] = []
 
 
@@ -243,6 +420,8 @@ def otlp_sink_url() -> str:
 LAUNCHERS: dict[str, Callable[[ServerConfig, int, Workspace], Launch]] = {
     "frameworm": _frameworm,
     "plain-fastapi": _plain_fastapi,
+    "litserve": _litserve,
+    "torchserve": _torchserve,
 }
 
 
@@ -373,7 +552,26 @@ def started(
         with sampler:
             yield proc, sampler
     finally:
-        stop_process(proc, sampler.pids_seen)
+        tree = set(process_tree(proc.pid)) | sampler.pids_seen
+        if launch.stop_argv is not None and proc.poll() is None:
+            run_stop_command(launch.stop_argv, launch)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        stop_process(proc, tree)
+
+
+def run_stop_command(argv: list[str], launch: Launch, timeout_s: float = 75.0) -> None:
+    """The server's own stop command (e.g. `torchserve --stop`); stop_process does the rest."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(
+            argv,
+            env=child_env(launch.env),
+            cwd=launch.cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
 
 # ---------------------------------------------------------------- HTTP
@@ -413,10 +611,14 @@ def wait_until(
 
 
 def check_answer(
-    base: str, body: bytes, headers: Mapping[str, str], expected: np.ndarray
+    base: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    expected: np.ndarray,
+    path: str = "/infer",
 ) -> str | None:
-    """None when the server's answer matches the in-process model; else what is wrong."""
-    status, raw = http(f"{base}/infer", body, headers, timeout=30)
+    """None when the server's answer (POST base+path) matches the in-process model; else why."""
+    status, raw = http(f"{base}{path}", body, headers, timeout=30)
     if status != 200:
         return f"first answer: HTTP {status}: {raw[:300]!r}"
     try:
@@ -437,7 +639,9 @@ def run_wrk(
     seconds: int,
     headers: Mapping[str, str],
     body_file: Path,
+    workload: WrkWorkload | None = None,
 ) -> WrkResult:
+    """wrk pinned to LOAD_CORE: wrk_post.lua with body_file, or the workload's script."""
     argv = [
         "wrk",
         "-t1",
@@ -446,12 +650,16 @@ def run_wrk(
         "--timeout",
         "10s",
         "-s",
-        str(LUA_SCRIPT),
+        str(workload.script if workload else LUA_SCRIPT),
     ]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
-    env = {**os.environ, "FRAMEWORM_BENCH_BODY": str(body_file)}
+    env = {
+        **os.environ,
+        "FRAMEWORM_BENCH_BODY": str(body_file),
+        **(workload.env if workload else {}),
+    }
     done = subprocess.run(
         pinned(LOAD_CORE, argv),
         env=env,
@@ -479,6 +687,20 @@ class Options:
     out: Path
     keep: bool
     server_env: dict[str, str] = field(default_factory=dict)
+    # fixed-rate and soak (tests/load/fixed_rate.py), and the result-cache workload
+    fixed_rate_config: str = "cnn-everything-on"
+    soak_config: str = "cnn-everything-on"
+    soak_minutes: float = 10.0
+    open_connections: int = 256
+    hot_inputs: int = 64
+    repeat_fraction: float = 0.9
+
+
+def wrk_workload(config: ServerConfig, opts: Options, body_file: Path) -> WrkWorkload | None:
+    """The configuration's wrk workload; None: wrk_post.lua with body_file."""
+    if config.workload == "repeat":
+        return repeat_workload(body_file.parent, opts.hot_inputs, opts.repeat_fraction)
+    return None
 
 
 MAX_RESTARTS = 2  # a server that exits mid-sweep (on a shared machine) is restarted this often
@@ -529,20 +751,29 @@ def _serve_levels(
     """Measure the `todo` connection counts on one server; the counts left and why."""
     port = free_port()
     base = f"http://{HOST}:{port}"
-    launch = LAUNCHERS[config.launcher](config, port, ws)
+    try:
+        launch = LAUNCHERS[config.launcher](config, port, ws)
+    except LaunchError as exc:
+        print(f"[run {run}] {name}: NOT STARTED: {exc}", flush=True)
+        rows += [ServerRow(run, name, c, None, 0, 0, 0, f"not started: {exc}") for c in todo]
+        return [], ""
     launch.env.update(opts.server_env)
     log_path = ws.root / f"{name}-run{run}-{attempt}.log"
     what = config.description or config.launcher
     print(f"[run {run}] {name}: starting ({what}), log {log_path.name}", flush=True)
     with started(launch, log_path) as (proc, sampler):
-        ready = wait_until(f"{base}/readyz", proc, opts.ready_timeout_s)
+        ready = wait_until(f"{base}{launch.ready_path}", proc, opts.ready_timeout_s)
         if ready is None and proc.poll() is not None:
             return todo, f"exited {proc.returncode} before ready: {_tail(log_path, 200)}"
         if ready is None:
             problem: str | None = f"not ready within {opts.ready_timeout_s:.0f}s: {_tail(log_path)}"
         else:
             problem = check_answer(
-                base, body_file.read_bytes(), config.headers, expected[config.model]
+                base,
+                body_file.read_bytes(),
+                config.headers,
+                expected[config.model],
+                launch.infer_path,
             )
         if problem is not None:
             print(f"[run {run}] {name}: FAILED: {problem}", flush=True)
@@ -553,15 +784,17 @@ def _serve_levels(
             sampler.take()
             failure = ""
             result: WrkResult | None = None
-            url = f"{base}/infer"
+            url = f"{base}{launch.infer_path}"
             try:
+                load = (config.headers, body_file, wrk_workload(config, opts, body_file))
                 if opts.warmup_s > 0:
-                    run_wrk(url, connections, opts.warmup_s, config.headers, body_file)
-                result = run_wrk(url, connections, opts.duration_s, config.headers, body_file)
+                    run_wrk(url, connections, opts.warmup_s, *load)
+                result = run_wrk(url, connections, opts.duration_s, *load)
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                 failure = str(exc)[:300]
             rss, pss, procs = sampler.take()
-            if failure and proc.poll() is None and http(f"{base}/readyz", timeout=5)[0] != 200:
+            ready_url = f"{base}{launch.ready_path}"
+            if failure and proc.poll() is None and http(ready_url, timeout=5)[0] != 200:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)  # e.g. draining after a SIGTERM from elsewhere
                 if proc.poll() is None:
@@ -716,6 +949,8 @@ def sweep(opts: Options) -> str:
     server_rows: list[ServerRow] = []
     alone_rows: list[AloneRow] = []
     cold_rows: list[ColdRow] = []
+    fixed_rows: list[FixedRateRow] = []
+    soak_rows: list[SoakRow] = []
     try:
         ws = prepare_workspace(root, "cold-start" in opts.configs)
         x = digit_input()
@@ -730,6 +965,16 @@ def sweep(opts: Options) -> str:
                 elif name == "cold-start":
                     print(f"[run {run}] cold-start", flush=True)
                     cold_rows += bench_cold_start(run, opts, ws)
+                elif name == "fixed-rate":
+                    from tests.load.fixed_rate import bench_fixed_rate
+
+                    capacity_rows, fixed = bench_fixed_rate(run, opts, ws, body_file, expected)
+                    server_rows, fixed_rows = server_rows + capacity_rows, fixed_rows + fixed
+                elif name == "soak":
+                    from tests.load.fixed_rate import bench_soak
+
+                    capacity_rows, soaks = bench_soak(run, opts, ws, body_file, expected)
+                    server_rows, soak_rows = server_rows + capacity_rows, soak_rows + soaks
                 else:
                     server_rows += bench_server(run, name, opts, ws, body_file, expected)
     finally:
@@ -738,12 +983,49 @@ def sweep(opts: Options) -> str:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return render_report(
-        meta=describe(opts, started_at, body_file_size=len(json.dumps(x.tolist()))),
+        meta=describe(opts, started_at, body_file_size=len(json.dumps(x.tolist())))
+        | workload_notes(opts),
         server_rows=server_rows,
         alone_rows=alone_rows,
         cold_rows=cold_rows,
-        configs={n: SERVER_CONFIGS[n].description for n in opts.configs if n in SERVER_CONFIGS},
+        configs={n: SERVER_CONFIGS[n].description for n in under_load(opts) if n in SERVER_CONFIGS},
+        fixed_rows=fixed_rows,
+        soak_rows=soak_rows,
     )
+
+
+def under_load(opts: Options) -> list[str]:
+    """The server configurations the run puts under load, measurements' servers included."""
+    names = [n for n in opts.configs if n in SERVER_CONFIGS]
+    if "fixed-rate" in opts.configs:
+        names.append(opts.fixed_rate_config)
+    if "soak" in opts.configs:
+        names.append(opts.soak_config)
+    return list(dict.fromkeys(names))
+
+
+def workload_notes(opts: Options) -> dict[str, str]:
+    """Report lines on the open-loop runs and the repeated-input workload, when they ran."""
+    from tests.load import fixed_rate
+
+    notes = {}
+    if "fixed-rate" in opts.configs or "soak" in opts.configs:
+        notes["open loop"] = (
+            f"capacity = 2xx/s of wrk at {fixed_rate.CAPACITY_CONNECTIONS} connections; then "
+            f"tests/load/openloop.py in this process (core {LOAD_CORE}), up to "
+            f"{opts.open_connections} keep-alive connections, {fixed_rate.TIMEOUT_S:g} s "
+            f"timeout per request; fixed-rate: {fixed_rate.FIXED_RATE_FRACTION:.0%} of capacity "
+            f"for {opts.duration_s} s; soak: {fixed_rate.SOAK_FRACTION:.0%} of capacity "
+            f"(measured over {min(fixed_rate.SOAK_CAPACITY_S, opts.duration_s)} s) for "
+            f"{opts.soak_minutes:g} min"
+        )
+    if any(SERVER_CONFIGS[n].workload == "repeat" for n in opts.configs if n in SERVER_CONFIGS):
+        notes["repeated inputs"] = (
+            f"the *-cache-* rows use wrk_repeat.lua: {opts.repeat_fraction:.0%} of requests "
+            f"repeat one of {opts.hot_inputs} seeded inputs (round robin), the rest are unique "
+            "inputs; the memory cache holds 10,000 entries (the default), the hot set fits"
+        )
+    return notes
 
 
 def describe(opts: Options, started_at: datetime, body_file_size: int) -> dict[str, str]:
@@ -809,7 +1091,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--alone-worker", type=float, default=None, help=argparse.SUPPRESS)
+    add_workload_args(parser)
     return parser.parse_args(argv)
+
+
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """Options of fixed-rate, soak and the repeated-input (result cache) workload."""
+    group = parser.add_argument_group("open loop (fixed-rate, soak) and repeated inputs")
+    group.add_argument(
+        "--fixed-rate-config",
+        default="cnn-everything-on",
+        help="server of `fixed-rate` (cnn-everything-on)",
+    )
+    group.add_argument(
+        "--soak-config", default="cnn-everything-on", help="server of `soak` (cnn-everything-on)"
+    )
+    group.add_argument("--soak-minutes", type=float, default=10.0, help="soak length (10)")
+    group.add_argument("--open-connections", type=int, default=256, help="open-loop pool (256)")
+    group.add_argument(
+        "--hot-inputs", type=int, default=64, help="*-cache-*: inputs that repeat (64)"
+    )
+    group.add_argument(
+        "--repeat-fraction", type=float, default=0.9, help="*-cache-*: share of repeats (0.9)"
+    )
+
+
+def workload_options(args: argparse.Namespace) -> dict[str, Any]:
+    """add_workload_args' values for Options, checked."""
+    for config in (args.fixed_rate_config, args.soak_config):
+        if config not in SERVER_CONFIGS:
+            raise SystemExit(f"unknown server configuration {config!r} (see --list)")
+        if SERVER_CONFIGS[config].workload != "one-body":
+            raise SystemExit(f"{config}: the open loop sends the one digit body, not repeats")
+    if args.soak_minutes <= 0 or args.open_connections < 1 or args.hot_inputs < 1:
+        raise SystemExit("--soak-minutes > 0, --open-connections >= 1, --hot-inputs >= 1 please")
+    if not 0 <= args.repeat_fraction <= 1:
+        raise SystemExit("--repeat-fraction is a share: 0 to 1")
+    return {
+        "fixed_rate_config": args.fixed_rate_config,
+        "soak_config": args.soak_config,
+        "soak_minutes": args.soak_minutes,
+        "open_connections": args.open_connections,
+        "hot_inputs": args.hot_inputs,
+        "repeat_fraction": args.repeat_fraction,
+    }
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -838,6 +1163,7 @@ def options(args: argparse.Namespace) -> Options:
         out=args.out or Path("bench-results") / f"{stamp}.md",
         keep=args.keep,
         server_env=dict(item.split("=", 1) for item in args.server_env if "=" in item),
+        **workload_options(args),
     )
 
 
@@ -851,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             env = " ".join(f"{k}={v}" for k, v in config.env.items())
             print(f"{name:20} {config.launcher:14} {config.model}  {env}")
         for name in MEASUREMENTS:
-            print(f"{name:20} (no server under load)")
+            print(f"{name:20} (a measurement; see --help)")
         return 0
     opts = options(args)
     problems = check_tools()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from tests.load.openloop import Summary, Window
 
 MARKER = "FRAMEWORM_BENCH"
 _PAIR = re.compile(r"(\w+)=(-?\d+(?:\.\d+)?)")
@@ -175,6 +179,186 @@ class ColdRow:
         return f"cold start {c[0]}: listening {c[1]} s, ready {c[2]} s, peak RSS {c[3]} MiB {c[4]}"
 
 
+def _ms_or_dash(us: float) -> str:
+    return "—" if math.isnan(us) else _ms(us)
+
+
+def _statuses(counts: Mapping[int, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "0"
+
+
+@dataclass(frozen=True)
+class FixedRateRow:
+    """An open-loop run at a fraction of the capacity wrk measured (64 connections)."""
+
+    run: int
+    config: str
+    capacity_rps: float  # 2xx/s, wrk at 64 connections; 0: not measured
+    fraction: float
+    summary: Summary | None
+    peak_rss: int
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        capacity = f"{self.capacity_rps:,.0f}" if self.capacity_rps else "—"
+        s = self.summary
+        if s is None:
+            return [self.config, capacity, *["—"] * 10, _mib(self.peak_rss), self.note]
+        lat = s.latency
+        return [
+            self.config,
+            capacity,
+            f"{s.offered_rps:,.0f} ({self.fraction:.0%})",
+            f"{s.achieved_rps:,.0f}",
+            _ms_or_dash(lat.p50_us),
+            _ms_or_dash(lat.p90_us),
+            _ms_or_dash(lat.p99_us),
+            _ms_or_dash(lat.p999_us),
+            _ms_or_dash(lat.max_us),
+            _statuses(s.non2xx),
+            f"{s.errors} / {s.timeouts}",
+            f"{_ms_or_dash(s.lag_p99_us)} ({s.max_busy}/{s.connections})",
+            _mib(self.peak_rss),
+            self.note,
+        ]
+
+    def one_line(self) -> str:
+        c = self.cells()
+        return (
+            f"{c[0]} fixed rate {c[2]} of {c[1]} req/s: achieved {c[3]}/s, p50 {c[4]} p90 {c[5]} "
+            f"p99 {c[6]} p99.9 {c[7]} max {c[8]} ms, non-2xx {c[9]}, errors/timeouts {c[10]}, "
+            f"send lag p99 {c[11]}, peak RSS {c[12]} MiB {c[13]}"
+        ).rstrip()
+
+
+# The soak's verdict (issue: "no error, RSS growth < 5% after warm-up, p99 steady").
+RSS_GROWTH_LIMIT = 0.05  # end of the last minute vs end of minute 1
+P99_SPREAD = 2.0  # steady: every minute's p99 within 2x of the median minute's, either way
+
+
+@dataclass(frozen=True)
+class SoakMinute:
+    window: Window
+    rss: int  # the server's process tree at the end of the window (0: unreadable)
+
+    def cells(self) -> list[str]:
+        w = self.window
+        return [
+            str(w.index),
+            f"{w.achieved_rps:,.1f}",
+            _ms_or_dash(w.p50_us),
+            _ms_or_dash(w.p99_us),
+            str(w.ok),
+            str(w.non2xx),
+            str(w.errors),
+            _mib(self.rss),
+        ]
+
+
+@dataclass(frozen=True)
+class SoakVerdict:
+    failed: int  # non-2xx, errors and timeouts over the whole soak
+    rss_growth: float | None  # None: fewer than two minutes, or RSS unreadable
+    median_p99_us: float
+    unsteady: tuple[int, ...]  # minutes whose p99 is outside the band
+    minutes: int
+
+    @property
+    def p99_steady(self) -> bool | None:
+        return None if self.minutes < 2 else not self.unsteady
+
+    @property
+    def rss_ok(self) -> bool | None:
+        return None if self.rss_growth is None else self.rss_growth < RSS_GROWTH_LIMIT
+
+    @property
+    def holds(self) -> bool | None:
+        """True: all three hold; False: one does not; None: none fails but one is not shown."""
+        parts = (self.failed == 0, self.rss_ok, self.p99_steady)
+        if False in parts:
+            return False
+        return None if None in parts else True
+
+    def lines(self) -> list[str]:
+        def word(ok: bool | None) -> str:
+            return {True: "holds", False: "does NOT hold", None: "not shown"}[ok]
+
+        growth = (
+            "needs two minutes or more"
+            if self.rss_growth is None
+            else f"{self.rss_growth:+.1%} from the end of minute 1 to the end"
+        )
+        band = (
+            f"median minute's p99 {_ms_or_dash(self.median_p99_us)} ms, band "
+            f"{_ms_or_dash(self.median_p99_us / P99_SPREAD)} to "
+            f"{_ms_or_dash(self.median_p99_us * P99_SPREAD)} ms"
+        )
+        outside = ", ".join(str(m) for m in self.unsteady) or "none"
+        verdict = {True: "**holds**", False: "**does NOT hold**", None: "**not shown**"}
+        return [
+            f"- no error (non-2xx, socket errors, timeouts): {self.failed} "
+            f"({word(self.failed == 0)})",
+            f"- RSS growth after warm-up < {RSS_GROWTH_LIMIT:.0%}: {growth} ({word(self.rss_ok)})",
+            f"- p99 steady (every minute's p99 within {P99_SPREAD:g}x of the median minute's, "
+            f"either way): {band}; minutes outside: {outside} ({word(self.p99_steady)})",
+            f"- verdict: {verdict[self.holds]}",
+        ]
+
+
+def soak_verdict(minutes: Sequence[SoakMinute], failed: int) -> SoakVerdict:
+    """The soak's three claims over its per-minute windows (see SoakVerdict)."""
+    p99s = [m.window.p99_us for m in minutes]
+    known = [p for p in p99s if not math.isnan(p)]
+    median = statistics.median(known) if known else math.nan
+    unsteady = tuple(
+        m.window.index
+        for m in minutes
+        if math.isnan(m.window.p99_us)
+        or not median / P99_SPREAD <= m.window.p99_us <= median * P99_SPREAD
+    )
+    first, last = (minutes[0].rss, minutes[-1].rss) if minutes else (0, 0)
+    growth = (last - first) / first if len(minutes) >= 2 and first and last else None
+    return SoakVerdict(failed, growth, median, unsteady, len(minutes))
+
+
+@dataclass(frozen=True)
+class SoakRow:
+    """One soak: open loop at a fraction of capacity for minutes, windows of one minute."""
+
+    run: int
+    config: str
+    capacity_rps: float
+    fraction: float
+    minutes: tuple[SoakMinute, ...]
+    summary: Summary | None
+    peak_rss: int
+    note: str = ""
+
+    def verdict(self) -> SoakVerdict:
+        failed = self.summary.failed if self.summary is not None else 1
+        return soak_verdict(self.minutes, failed)
+
+    def render(self) -> list[str]:
+        head = f"### Soak: `{self.config}` at {self.fraction:.0%} of capacity"
+        out = [head, ""]
+        if self.summary is None:
+            return [*out, f"Not measured: {self.note or 'no capacity'}"]
+        s = self.summary
+        out.append(
+            f"Capacity (wrk, 64 connections): {self.capacity_rps:,.0f} req/s; offered "
+            f"{s.offered_rps:,.1f} req/s for {s.duration_s / 60:g} min over at most "
+            f"{s.connections} connections; overall {s.one_line()}; peak RSS "
+            f"{_mib(self.peak_rss)} MiB. {self.note}".rstrip()
+        )
+        out += ["", table(SOAK_HEADER, [m.cells() for m in self.minutes]), ""]
+        return out + self.verdict().lines()
+
+    def one_line(self) -> str:
+        v = self.verdict()
+        verdict = {True: "holds", False: "does NOT hold", None: "not shown"}[v.holds]
+        return f"soak {self.config}: {len(self.minutes)} windows, verdict {verdict}"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -195,6 +379,39 @@ SERVER_HEADER = (
 )
 ALONE_HEADER = ("model", "batch", "samples/s", "ms/sample", "median call ms", "calls")
 COLD_HEADER = ("attempt", "listening s", "/readyz 200 s", "peak RSS MiB", "note")
+FIXED_HEADER = (
+    "configuration",
+    "capacity req/s",
+    "offered req/s",
+    "achieved req/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "non-2xx",
+    "errors / timeouts",
+    "send lag p99 ms (conns busy)",
+    "peak RSS MiB",
+    "note",
+)
+OPEN_LOOP_NOTE = (
+    "Request i is sent at t0 + i/rate over a pool of keep-alive connections "
+    "(tests/load/openloop.py); latency runs from that scheduled time, so waiting for a free "
+    "connection counts. Percentiles are of 2xx responses (nearest rank); achieved = 2xx "
+    "completed within the duration, per second; send lag = scheduled time to the write "
+    "(generator or pool falling behind), with the most connections busy at once."
+)
+SOAK_HEADER = (
+    "minute",
+    "achieved req/s",
+    "p50 ms",
+    "p99 ms",
+    "2xx",
+    "non-2xx",
+    "errors + timeouts",
+    "RSS MiB at end",
+)
 
 
 def checks(server_rows: Sequence[ServerRow], alone_rows: Sequence[AloneRow], run: int) -> list[str]:
@@ -229,6 +446,27 @@ def checks(server_rows: Sequence[ServerRow], alone_rows: Sequence[AloneRow], run
             f"- {r.config} at 1 connection: p50 {r.result.p50_us / 1000:.2f} ms vs the model "
             f"alone {single:.2f} ms/sample: **{gap:+.2f} ms** (target <= +0.5 ms: {verdict})"
         )
+    return lines + cache_checks(rows)
+
+
+CACHE_MODELS = ("cnn", "mlp")
+
+
+def cache_checks(rows: Sequence[ServerRow]) -> list[str]:
+    """Result cache on vs off on the repeated-input workload, at each connection count."""
+    by = {(r.config, r.connections): r.result for r in rows if r.result is not None}
+    lines = []
+    for model in CACHE_MODELS:
+        for (config, connections), on in sorted(by.items()):
+            off = by.get((f"{model}-cache-off", connections))
+            if config != f"{model}-cache-on" or off is None or off.rps <= 0:
+                continue
+            conns = f"{connections} connection{'s' if connections != 1 else ''}"
+            lines.append(
+                f"- {model.upper()} result cache on vs off, repeated inputs, {conns}: "
+                f"{on.rps:,.0f} / {off.rps:,.0f} req/s = **{on.rps / off.rps:.2f}x**, "
+                f"p99 {_ms(on.p99_us)} vs {_ms(off.p99_us)} ms"
+            )
     return lines
 
 
@@ -238,9 +476,15 @@ def render_report(
     alone_rows: Sequence[AloneRow],
     cold_rows: Sequence[ColdRow],
     configs: Mapping[str, str],
+    fixed_rows: Sequence[FixedRateRow] = (),
+    soak_rows: Sequence[SoakRow] = (),
 ) -> str:
     runs = sorted(
-        {r.run for r in server_rows} | {r.run for r in alone_rows} | {r.run for r in cold_rows}
+        {r.run for r in server_rows}
+        | {r.run for r in alone_rows}
+        | {r.run for r in cold_rows}
+        | {r.run for r in fixed_rows}
+        | {r.run for r in soak_rows}
     )
     out = ["# Frameworm benchmark", ""]
     out += [f"- {key}: {value}" for key, value in meta.items()]
@@ -263,6 +507,12 @@ def render_report(
         if crows:
             out += ["", "### Cold start (`frameworm serve`, demo cnn-digits, seeded registry)", ""]
             out.append(table(COLD_HEADER, crows))
+        frows = [r.cells() for r in fixed_rows if r.run == run]
+        if frows:
+            out += ["", "### Fixed rate (open loop)", "", OPEN_LOOP_NOTE, ""]
+            out.append(table(FIXED_HEADER, frows))
+        for soak in (r for r in soak_rows if r.run == run):
+            out += ["", *soak.render()]
         found = checks(server_rows, alone_rows, run)
         if found:
             out += ["", "### Checks", "", *found]
