@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -30,12 +31,19 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.quiet_paths = quiet_paths  # probes and /metrics: not access-logged at info
+        # Request ids: 32 hex digits, a random per-process prefix and a counter. Unique, and
+        # cheaper than a uuid4 (an os.urandom call) per request; they are ids, not secrets.
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or self._new_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
