@@ -207,7 +207,8 @@ def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> None:
     Brackets inside strings are counted too, which can only over-estimate: the worst case is
     a 4xx for a pathological string, never a deep structure let through.
     """
-    if body.count(b",") + 1 > max_elements:
+    # Each element takes at least two bytes ("0,"): a shorter body cannot have too many.
+    if len(body) >= 2 * max_elements and body.count(b",") + 1 > max_elements:
         raise Problem("payload-too-large", f"the JSON has more than {max_elements} elements")
     brackets = body.translate(None, _NOT_BRACKETS)
     if len(brackets) <= max_depth:
