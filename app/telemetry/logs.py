@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import orjson
+
+FLUSH_INTERVAL_S = 0.2
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -46,9 +49,43 @@ class JSONFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that flushes every `interval_s`, not after every record.
+
+    An access-log line per request made a write system call per request; flushed in batches it
+    costs about half as much. Warnings and errors are flushed at once, `close()` (and so
+    logging's exit hook) flushes what is left, and nothing waits longer than `interval_s`.
+    """
+
+    def __init__(self, stream: IO[str], interval_s: float = FLUSH_INTERVAL_S) -> None:
+        super().__init__(stream)
+        self._stop_flushing = threading.Event()
+        self._interval_s = interval_s
+        threading.Thread(
+            target=self._flush_regularly, name="frameworm-log-flush", daemon=True
+        ).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self._stop_flushing.set()
+        self.flush()
+        super().close()
+
+    def _flush_regularly(self) -> None:
+        while not self._stop_flushing.wait(self._interval_s):
+            self.flush()
+
+
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     """Route the root logger and uvicorn's loggers to one stdout handler in one format."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = BatchedStreamHandler(sys.stdout)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
@@ -60,6 +97,9 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     root = logging.getLogger()
+    for previous in root.handlers:
+        if isinstance(previous, BatchedStreamHandler):
+            previous.close()
     root.handlers = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.telemetry.logs import JSONFormatter, configure_logging
+from app.telemetry.logs import BatchedStreamHandler, JSONFormatter, configure_logging
 
 
 def record(message: str, *, exc: bool = False, **extra: object) -> logging.LogRecord:
@@ -60,3 +62,39 @@ def test_uvicorn_logs_through_the_one_json_handler_without_its_access_line(
     logging.getLogger("uvicorn.access").info("GET / 200")
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["Uvicorn running"]
+
+
+def test_lines_are_flushed_in_batches_errors_at_once_and_the_rest_on_close() -> None:
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+            super().flush()
+
+    stream = Stream()
+    handler = BatchedStreamHandler(stream, interval_s=3600)  # no timed flush in this test
+    logger = logging.getLogger("frameworm.test.batched")
+    logger.handlers, logger.propagate, logger.level = [handler], False, logging.INFO
+    for _ in range(100):
+        logger.info("line")
+    assert stream.getvalue().count("line\n") == 100
+    assert stream.flushes == 0
+    logger.error("bad")
+    assert stream.flushes == 1
+    handler.close()
+    assert stream.flushes == 2
+
+
+def test_the_timed_flush_runs_without_new_records() -> None:
+    flushed = threading.Event()
+
+    class Stream(io.StringIO):
+        def flush(self) -> None:
+            flushed.set()
+
+    handler = BatchedStreamHandler(Stream(), interval_s=0.01)
+    try:
+        assert flushed.wait(5)
+    finally:
+        handler.close()
