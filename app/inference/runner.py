@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -43,15 +45,43 @@ class ModelRunner:
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.batch_seconds = 0.0  # from the warm-up; 0 when there was none
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frameworm-forward")
+        # The forward thread takes (inputs, loop, future) jobs; None tells it to stop. A plain
+        # queue and one call_soon_threadsafe per batch: run_in_executor's concurrent future,
+        # its chaining to an asyncio future and their locks cost about 0.1 ms a batch here.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     @property
     def manifest(self) -> ModelManifest:
         return self.model.manifest
 
     async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass on the forward thread; the loop stays free meanwhile."""
+        self._ensure_thread()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.forward, arrays)
+        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
+        self._jobs.put((arrays, loop, future))
+        return await future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._serve_jobs, name="frameworm-forward", daemon=True
+                    )
+                    self._thread.start()
+
+    def _serve_jobs(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            arrays, loop, future = job
+            try:
+                outcome: list[np.ndarray] | BaseException = self.forward(arrays)
+            except BaseException as exc:  # the batch's requests get it, the thread goes on
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, outcome)
 
     def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         outputs = self.model.forward([torch.from_numpy(a) for a in arrays])
@@ -79,5 +109,21 @@ class ModelRunner:
 
     def close(self) -> None:
         """Release after the last batch: the executor finishes what it has, then the weights go."""
-        self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            self._jobs.put(None)  # after the jobs already queued
+            self._thread.join()
         self.model.release()
+
+
+_Job = tuple[list[np.ndarray], asyncio.AbstractEventLoop, "asyncio.Future[list[np.ndarray]]"]
+
+
+def _settle(
+    future: asyncio.Future[list[np.ndarray]], outcome: list[np.ndarray] | BaseException
+) -> None:
+    if future.done():  # the batch was given up (shutdown)
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
