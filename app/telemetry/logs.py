@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -75,12 +76,16 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def close(self) -> None:
         self._stop_flushing.set()
-        self.flush()
+        with contextlib.suppress(ValueError, OSError):  # a stream already closed
+            self.flush()
         super().close()
 
     def _flush_regularly(self) -> None:
         while not self._stop_flushing.wait(self._interval_s):
-            self.flush()
+            try:
+                self.flush()
+            except (ValueError, OSError):  # the stream was closed under us: nothing to flush
+                return
 
 
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:

@@ -49,6 +49,9 @@ def logging_restored() -> Iterator[None]:
     try:
         yield
     finally:
+        for handler in root.handlers:
+            if handler not in saved[0]:
+                handler.close()  # stops a BatchedStreamHandler's flush thread
         root.handlers, root.level = saved[0], saved[1]
         for name, state in zip(names, saved[2], strict=True):
             logging.getLogger(name).__dict__.update(state)
