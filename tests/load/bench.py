@@ -168,6 +168,10 @@ SERVER_CONFIGS: dict[str, ServerConfig] = {
     "plain-fastapi-mlp": ServerConfig(
         "mlp", launcher="plain-fastapi", description="async def, model per request"
     ),
+    # The floor: uvicorn and a bare ASGI app answering a constant (the body is read).
+    "http-floor": ServerConfig(
+        "mlp", launcher="floor", description="bare ASGI app on uvicorn, constant answer"
+    ),
     # Each in its own venv under .peers/ (`bash tests/load/peers/setup.sh`), serving the same
     # registered weights with dynamic batching of at most 32 requests / 5 ms, one worker.
     "litserve-cnn": ServerConfig(
@@ -261,6 +265,17 @@ def _plain_fastapi(config: ServerConfig, port: int, ws: Workspace) -> Launch:
         **config.env,
     }
     return Launch(argv, env, REPO)
+
+
+def _floor(config: ServerConfig, port: int, ws: Workspace) -> Launch:
+    """peers/constant.py: uvicorn with a bare ASGI app, the HTTP round trip alone."""
+    argv = [
+        str(BIN / "uvicorn"),
+        "tests.load.peers.constant:app",
+        *("--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools"),
+        *("--no-access-log", "--log-level", "warning", "--app-dir", str(REPO)),
+    ]
+    return Launch(argv, dict(config.env), REPO)
 
 
 PEERS = REPO / ".peers"  # the peers' venvs, made by PEER_SETUP
@@ -420,6 +435,7 @@ def otlp_sink_url() -> str:
 LAUNCHERS: dict[str, Callable[[ServerConfig, int, Workspace], Launch]] = {
     "frameworm": _frameworm,
     "plain-fastapi": _plain_fastapi,
+    "floor": _floor,
     "litserve": _litserve,
     "torchserve": _torchserve,
 }
@@ -767,6 +783,8 @@ def _serve_levels(
             return todo, f"exited {proc.returncode} before ready: {_tail(log_path, 200)}"
         if ready is None:
             problem: str | None = f"not ready within {opts.ready_timeout_s:.0f}s: {_tail(log_path)}"
+        elif config.launcher == "floor":
+            problem = None  # a constant answer by design: nothing to check
         else:
             problem = check_answer(
                 base,
@@ -779,7 +797,8 @@ def _serve_levels(
             print(f"[run {run}] {name}: FAILED: {problem}", flush=True)
             rows += [ServerRow(run, name, c, None, 0, 0, 0, problem) for c in todo]
             return [], ""
-        print(f"[run {run}] {name}: ready in {ready:.1f}s, answer checked", flush=True)
+        checked = "a constant answer" if config.launcher == "floor" else "answer checked"
+        print(f"[run {run}] {name}: ready in {ready:.1f}s, {checked}", flush=True)
         for i, connections in enumerate(todo):
             sampler.take()
             failure = ""

@@ -71,6 +71,7 @@ def settings_for(registry: Path, model: str, layers: str, batch: int) -> Setting
         max_batch_size=batch,
         max_batch_delay_ms=5,
         result_cache="off",
+        torch_threads=1,  # as the benchmark's servers: one core, no OpenMP pool spinning
         api_keys_file=str(registry.parent / "keys.json"),
     )
     return Settings(_env_file=None, **values)
