@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.telemetry.logs import log_fields
 from app.telemetry.tracing import current_trace_ids, name_span_by_route
 
 access_log = logging.getLogger("frameworm.access")
@@ -77,10 +78,11 @@ class RequestContextMiddleware:
         route = scope.get("route")
         principal = state.get("principal")
         trace_id, span_id = current_trace_ids()
-        access_log.log(
+        log_fields(
+            access_log,
             level,
             "request",
-            extra={
+            {
                 "request_id": request_id,
                 "method": scope.get("method"),
                 "route": getattr(route, "path", None),

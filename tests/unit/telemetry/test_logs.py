@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from app.telemetry.logs import BatchedStreamHandler, JSONFormatter, configure_logging
+from app.telemetry.logs import (
+    BatchedStreamHandler,
+    JSONFormatter,
+    configure_logging,
+    log_fields,
+)
 
 
 def record(message: str, *, exc: bool = False, **extra: object) -> logging.LogRecord:
@@ -101,3 +106,46 @@ def test_the_timed_flush_runs_without_new_records() -> None:
         assert flushed.wait(5)
     finally:
         handler.close()
+
+
+def _json_logger(name: str) -> tuple[logging.Logger, io.StringIO, BatchedStreamHandler]:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval_s=3600)
+    handler.setFormatter(JSONFormatter())
+    parent = logging.getLogger(name)
+    parent.handlers, parent.propagate, parent.level = [handler], False, logging.INFO
+    return logging.getLogger(f"{name}.access"), stream, handler
+
+
+def test_log_fields_writes_the_line_the_logging_path_writes() -> None:
+    logger, stream, handler = _json_logger("frameworm.test.fields")
+    fields = {"request_id": "r1", "status": 200, "path": None, "latency_ms": 1.5}
+    try:
+        log_fields(logger, logging.INFO, "request", fields)
+        logger.info("request", extra=fields)
+        log_fields(logger, logging.DEBUG, "request", fields)  # below the level: nothing
+    finally:
+        handler.close()
+    fast, slow = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(fast) == list(slow) == ["timestamp", "level", "logger", "message", *fields]
+    assert {**fast, "timestamp": None} == {**slow, "timestamp": None}
+
+
+def test_log_fields_takes_the_logging_path_when_anything_else_would_see_the_record() -> None:
+    logger, stream, handler = _json_logger("frameworm.test.others")
+    seen: list[logging.LogRecord] = []
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    try:
+        logger.addHandler(Spy())  # a second handler on the way
+        log_fields(logger, logging.INFO, "request", {"status": 200})
+        logger.handlers = []
+        logger.addFilter(lambda record: record.__dict__.get("status") != 500)
+        log_fields(logger, logging.INFO, "request", {"status": 500})  # filtered out
+    finally:
+        handler.close()
+    assert [r.__dict__["status"] for r in seen] == [200]
+    assert stream.getvalue().count("\n") == 1
