@@ -446,7 +446,43 @@ def checks(server_rows: Sequence[ServerRow], alone_rows: Sequence[AloneRow], run
             f"- {r.config} at 1 connection: p50 {r.result.p50_us / 1000:.2f} ms vs the model "
             f"alone {single:.2f} ms/sample: **{gap:+.2f} ms** (target <= +0.5 ms: {verdict})"
         )
-    return lines + cache_checks(rows)
+    return lines + overhead_checks(rows) + cache_checks(rows)
+
+
+# (baseline, with the layers, budget): the hardening and telemetry budgets of the issues.
+OVERHEAD_BUDGETS = (
+    ("cnn-batching", "cnn-everything-on", 0.10),
+    ("mlp-batching", "mlp-everything-on", 0.10),
+    ("cnn-batching", "cnn-metrics", 0.05),
+    ("cnn-metrics", "cnn-metrics-tracing", 0.10),
+)
+
+
+def overhead_checks(rows: Sequence[ServerRow]) -> list[str]:
+    """What each layer set costs against its baseline: mean req/s of every row of each.
+
+    Name the two configurations several times in alternation (`--configs a,b,a,b,...`) and the
+    means compare neighbours measured under the same conditions, which is what makes a 5 or 10%
+    budget measurable on a machine whose runs differ by more than that.
+    """
+    rates: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        if r.result is not None and r.result.rps > 0:
+            rates.setdefault((r.config, r.connections), []).append(r.result.rps)
+    lines = []
+    for base, layered, budget in OVERHEAD_BUDGETS:
+        for (config, connections), with_layers in sorted(rates.items()):
+            without = rates.get((base, connections))
+            if config != layered or without is None:
+                continue
+            change = statistics.fmean(with_layers) / statistics.fmean(without) - 1
+            verdict = "holds" if change >= -budget else "does NOT hold"
+            lines.append(
+                f"- {layered} vs {base} at {connections} connections, mean of "
+                f"{len(with_layers)} / {len(without)} rows: **{change:+.1%}** "
+                f"(budget -{budget:.0%}: {verdict})"
+            )
+    return lines
 
 
 CACHE_MODELS = ("cnn", "mlp")

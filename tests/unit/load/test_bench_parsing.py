@@ -9,6 +9,7 @@ from tests.load.report import (
     ColdRow,
     ServerRow,
     WrkResult,
+    overhead_checks,
     parse_wrk_output,
     render_report,
 )
@@ -61,3 +62,23 @@ def test_render_report_tables_and_checks() -> None:
     assert "**+0.20 ms** (target <= +0.5 ms: holds)" in text
     assert "| 1 | 3.00 | 4.50 | 200 |  |" in text
     assert "## Run 1" in text and "## Run 2" not in text
+
+
+def test_overhead_checks_compare_the_means_of_alternated_rows() -> None:
+    def row(config: str, requests: int) -> ServerRow:
+        return ServerRow(1, config, 64, result(requests, 10, 100), 0, 0, 1)
+
+    rows = [
+        row("cnn-batching", 5000),
+        row("cnn-everything-on", 4500),
+        row("cnn-batching", 6000),
+        row("cnn-everything-on", 5500),
+        row("cnn-metrics", 5000),
+        row("cnn-metrics-tracing", 4000),
+    ]
+    lines = overhead_checks(rows)
+    assert lines[0].startswith("- cnn-everything-on vs cnn-batching at 64 connections")
+    assert "mean of 2 / 2 rows: **-9.1%** (budget -10%: holds)" in lines[0]
+    assert "**-9.1%** (budget -5%: does NOT hold)" in lines[1]  # metrics vs the same baseline
+    assert "**-20.0%** (budget -10%: does NOT hold)" in lines[2]  # tracing vs metrics
+    assert len(lines) == 3
