@@ -20,17 +20,14 @@ dependencies and returns a `Response`; `DirectRoutes` checks that at startup.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import error_response
-
-DirectEndpoint = Callable[..., Awaitable[Response]]
 
 
 class DirectRoutes:

@@ -213,7 +213,7 @@ class RateLimiter:
         """Count one request for `key` against `limit` (default: this limiter's own)."""
         item = self._item if limit is None else parse_limit(limit)
         if self._memory is not None:
-            return self._decide_memory(self._memory, item, key)
+            return self._decide_sync(item, key)  # no I/O: nothing to await
         try:
             async with asyncio.timeout(self.timeout_s):
                 strategy = self._async_strategy()
@@ -226,15 +226,10 @@ class RateLimiter:
         return self._decision(item, allowed, stats.remaining, stats.reset_time)
 
     # -- internals ------------------------------------------------------------------------
-    def _decide_memory(
-        self, memory: MovingWindow, item: RateLimitItem, key: str
-    ) -> RateLimitDecision:
-        state = memory.hit(key, item.amount, item.get_expiry())
-        return self._decision(item, state.allowed, state.remaining, state.reset_time)
-
     def _decide_sync(self, item: RateLimitItem, key: str) -> RateLimitDecision:
         if self._memory is not None:
-            return self._decide_memory(self._memory, item, key)
+            state = self._memory.hit(key, item.amount, item.get_expiry())
+            return self._decision(item, state.allowed, state.remaining, state.reset_time)
         try:
             strategy = self._sync_strategy()
             allowed = strategy.hit(item, key)

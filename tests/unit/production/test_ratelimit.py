@@ -13,22 +13,7 @@ import pytest
 
 from app.production import RateLimiter, parse_limit
 from tests.support import free_port
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def wall_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """time.time under test control (the limits library reads it)."""
-    clock = FakeClock()
-    monkeypatch.setattr(time, "time", clock)
-    return clock
+from tests.unit.production.conftest import FakeClock
 
 
 def test_allow_admits_max_requests_then_refuses() -> None:
