@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     stage: Literal["production", "staging"] = "production"
     model_version: str | None = None
     device: str = "auto"
+    # TF32 on CUDA: faster float32 convolutions and matmuls, about 1e-3 relative error.
+    cuda_tf32: bool = False
     seed_demo: bool = Field(default=True, description="seed the demo models into an empty registry")
     follow_stage: bool = False
     follow_interval_s: float = Field(default=5.0, gt=0)

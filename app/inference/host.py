@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from app.config import Settings
-from app.inference.runner import ModelRunner, pick_device, warmup_batch_sizes
+from app.inference.runner import ModelRunner, pick_device, set_cuda_math, warmup_batch_sizes
 from models.errors import RegistryError
 from models.golden import run_golden_checks
 from models.manifest import ModelManifest
@@ -42,6 +42,8 @@ class ModelHost:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.registry)
         self.device = pick_device(settings.device)
+        if self.device.type == "cuda":
+            set_cuda_math(allow_tf32=settings.cuda_tf32)
         self._runner: ModelRunner | None = None
         self.state: State = "loading"
         self.reason = "the model is loading"

@@ -26,6 +26,18 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
+def set_cuda_math(allow_tf32: bool) -> None:
+    """On CUDA, float32 means float32 unless the operator allows TF32.
+
+    cuDNN runs float32 convolutions in TF32 by default on Ampere and newer: about 10 bits of
+    mantissa, enough to move a CNN's outputs past a golden check's 1e-4 and so keep the server
+    unready. Matmuls already default to full float32; both follow the one setting. These are
+    process-wide flags, set before the model loads.
+    """
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:
     """1, 2, 4, ... up to and including max_batch_size: the sizes batches will mostly take."""
     sizes, size = [], 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -56,7 +57,10 @@ from tests.load.report import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the venv this script runs from
+# `frameworm serve` and uvicorn from the interpreter running this script (the project venv, or
+# a GPU machine's python with the project on PYTHONPATH).
+FRAMEWORM_SERVE = [sys.executable, "-m", "app.cli", "serve"]
+UVICORN = [sys.executable, "-m", "uvicorn"]
 LUA_SCRIPT = Path(__file__).with_name("wrk_post.lua")
 SERVER_CORE = 0
 LOAD_CORE = 1
@@ -247,14 +251,14 @@ def _frameworm(config: ServerConfig, port: int, ws: Workspace) -> Launch:
     if env.get("FRAMEWORM_OTLP_ENDPOINT") == OTLP_SINK:
         env["FRAMEWORM_OTLP_ENDPOINT"] = otlp_sink_url()
     # cwd: a directory without a .env file, so only these settings apply.
-    return Launch([str(BIN / "frameworm"), "serve"], env, ws.root)
+    return Launch(list(FRAMEWORM_SERVE), env, ws.root)
 
 
 def _plain_fastapi(config: ServerConfig, port: int, ws: Workspace) -> Launch:
     from tests.load.models import weights_path
 
     argv = [
-        str(BIN / "uvicorn"),
+        *UVICORN,
         "tests.load.peers.plain_fastapi:app",
         *("--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools"),
         *("--no-access-log", "--log-level", "warning", "--app-dir", str(REPO)),
@@ -270,7 +274,7 @@ def _plain_fastapi(config: ServerConfig, port: int, ws: Workspace) -> Launch:
 def _floor(config: ServerConfig, port: int, ws: Workspace) -> Launch:
     """peers/constant.py: uvicorn with a bare ASGI app, the HTTP round trip alone."""
     argv = [
-        str(BIN / "uvicorn"),
+        *UVICORN,
         "tests.load.peers.constant:app",
         *("--host", HOST, "--port", str(port), "--loop", "uvloop", "--http", "httptools"),
         *("--no-access-log", "--log-level", "warning", "--app-dir", str(REPO)),
@@ -703,6 +707,7 @@ class Options:
     out: Path
     keep: bool
     server_env: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"  # where servers and the model alone run
     # fixed-rate and soak (tests/load/fixed_rate.py), and the result-cache workload
     fixed_rate_config: str = "cnn-everything-on"
     soak_config: str = "cnn-everything-on"
@@ -834,14 +839,17 @@ def _serve_levels(
 def bench_model_alone(run: int, opts: Options) -> list[AloneRow]:
     """The models in a separate process pinned to SERVER_CORE, one thread, no server."""
     print(f"[run {run}] model-alone", flush=True)
+    # 2 models x 2 batch sizes, times 4 variants and up to 4 compilations on CUDA.
+    cases, compile_s = (4, 0) if opts.device == "cpu" else (16, 600)
     argv = [sys.executable, "-m", "tests.load.bench", "--alone-worker", str(opts.alone_s)]
+    argv += ["--device", opts.device]
     done = subprocess.run(
         pinned(SERVER_CORE, argv),
         env=child_env({}),
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60 + 8 * (opts.alone_s + 2),
+        timeout=60 + 2 * cases * (opts.alone_s + 2) + compile_s,
         check=False,
     )
     if done.returncode != 0:
@@ -853,39 +861,103 @@ def bench_model_alone(run: int, opts: Options) -> list[AloneRow]:
     return rows
 
 
-def alone_worker(seconds: float) -> None:
-    """Timed loops of each model at batch 1 and 32; one JSON line per case on stdout."""
+def alone_worker(seconds: float, device_name: str = "cpu") -> None:
+    """Timed calls of each model at batch 1 and 32; one JSON line per case on stdout.
+
+    On CPU: the model as registered (eager, float32). On CUDA also what might pay there: half
+    precision, the forward captured in a CUDA graph, and torch.compile. Each CUDA call is timed
+    to its synchronisation, its input already on the device.
+    """
     import torch
 
+    from app.inference.runner import set_cuda_math
     from tests.load.models import BENCH_MODELS, build, digit_input
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    x1 = torch.from_numpy(digit_input())
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        set_cuda_math(allow_tf32=False)  # the server's default
+    x1 = torch.from_numpy(digit_input()).to(device)
     for key in BENCH_MODELS:
-        module = build(key)
         for batch in (1, 32):
             x = x1.repeat(batch, 1)
-            with torch.inference_mode():
-                warm_until = time.perf_counter() + min(1.0, seconds / 2)
-                while time.perf_counter() < warm_until:
-                    module(x)
-                times: list[float] = []
-                stop_at = time.perf_counter() + seconds
-                while time.perf_counter() < stop_at or len(times) < 20:
-                    start = time.perf_counter()
-                    module(x)
-                    times.append(time.perf_counter() - start)
-            row = {
-                "model": key,
-                "batch": batch,
-                "calls": len(times),
-                # From the median call: robust to the preemptions of a shared core.
-                "samples_per_s": batch / statistics.median(times),
-                "median_call_ms": statistics.median(times) * 1e3,
-                "per_sample_ms": statistics.median(times) * 1e3 / batch,
-            }
-            print(json.dumps(row), flush=True)
+            for variant, call in alone_variants(build(key).to(device), x):
+                times = time_calls(call, seconds, device)
+                row = {
+                    "model": key,
+                    "variant": variant,
+                    "batch": batch,
+                    "calls": len(times),
+                    # From the median call: robust to the preemptions of a shared core.
+                    "samples_per_s": batch / statistics.median(times),
+                    "median_call_ms": statistics.median(times) * 1e3,
+                    "per_sample_ms": statistics.median(times) * 1e3 / batch,
+                }
+                print(json.dumps(row), flush=True)
+
+
+def alone_variants(module: Any, x: Any) -> Iterator[tuple[str, Callable[[], object]]]:
+    """(variant, call) pairs: eager float32 everywhere; on CUDA the float16 variants too."""
+    import torch
+
+    yield "eager float32", _inference(module, x)
+    if x.device.type != "cuda":
+        return
+    half, x16 = module.half(), x.half()
+    yield "eager float16", _inference(half, x16)
+    with torch.inference_mode():
+        static_x = x16.clone()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up off the capture stream, as capture requires
+            for _ in range(3):
+                half(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            half(static_x)
+    yield "CUDA graph float16", graph.replay
+    try:
+        compiled = torch.compile(half, dynamic=False)
+        call = _inference(compiled, x16)
+        call()  # the compilation, outside the timing
+    except Exception as exc:  # a compiler missing on the machine: say so, go on
+        print(f"torch.compile unavailable: {str(exc)[:200]}", file=sys.stderr)
+        return
+    yield "torch.compile float16", call
+
+
+def _inference(module: Any, x: Any) -> Callable[[], object]:
+    import torch
+
+    def call() -> object:
+        with torch.inference_mode():
+            return module(x)
+
+    return call
+
+
+def time_calls(call: Callable[[], object], seconds: float, device: Any) -> list[float]:
+    """Per-call seconds over `seconds` after a warm-up; CUDA calls end at a synchronisation."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    warm_until = time.perf_counter() + min(1.0, seconds / 2)
+    while time.perf_counter() < warm_until:
+        call()
+    sync()
+    times: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at or len(times) < 20:
+        start = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def bench_cold_start(run: int, opts: Options, ws: Workspace) -> list[ColdRow]:
@@ -901,8 +973,9 @@ def bench_cold_start(run: int, opts: Options, ws: Workspace) -> list[ColdRow]:
             "FRAMEWORM_MODEL": "cnn-digits",
             "FRAMEWORM_PORT": str(port),
             "FRAMEWORM_API_KEYS_FILE": str(ws.root / "api-keys.json"),
+            **opts.server_env,
         }
-        launch = Launch([str(BIN / "frameworm"), "serve"], env, ws.root)
+        launch = Launch(list(FRAMEWORM_SERVE), env, ws.root)
         log_path = ws.root / f"cold-start-run{run}-{attempt}.log"
         start = time.perf_counter()
         with started(launch, log_path) as (proc, sampler):
@@ -950,8 +1023,8 @@ def check_tools() -> list[str]:
         )
     if shutil.which("taskset") is None:
         problems.append("taskset is missing (Debian package util-linux).")
-    if not (BIN / "frameworm").exists():
-        problems.append(f"{BIN / 'frameworm'} is missing: run this with the project venv's python.")
+    if importlib.util.find_spec("app.cli") is None or importlib.util.find_spec("uvicorn") is None:
+        problems.append("Frameworm is not importable: run this with the project venv's python.")
     cores = os.sched_getaffinity(0)
     if not {SERVER_CORE, LOAD_CORE} <= cores:
         problems.append(f"cores {SERVER_CORE} and {LOAD_CORE} are needed; allowed: {sorted(cores)}")
@@ -1071,6 +1144,8 @@ def describe(opts: Options, started_at: datetime, body_file_size: int) -> dict[s
         + (" (uncommitted changes)" if out(["git", "status", "--porcelain"]) else ""),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {cpu}",
         "python / torch": f"{platform.python_version()} / {torch.__version__}",
+        "device": opts.device
+        + (f" ({torch.cuda.get_device_name(opts.device)})" if opts.device != "cpu" else ""),
         "wrk": (out(["wrk", "-v"]).splitlines() or ["?"])[0],
         "method": (
             f"server on core {SERVER_CORE} (torch 1 thread), wrk -t1 on core {LOAD_CORE}; "
@@ -1107,6 +1182,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="an extra env setting for every server under load, e.g. FRAMEWORM_LOG_LEVEL=info",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the method), or cuda: servers, the plain endpoint and the model alone on it",
     )
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--alone-worker", type=float, default=None, help=argparse.SUPPRESS)
@@ -1170,6 +1250,13 @@ def options(args: argparse.Namespace) -> Options:
         raise SystemExit("--duration >= 1, --warmup >= 0 and --runs >= 1 please")
     alone = args.alone_seconds if args.alone_seconds is not None else (2.0 if args.quick else 5.0)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    server_env = dict(item.split("=", 1) for item in args.server_env if "=" in item)
+    if args.device != "cpu":  # Frameworm's setting, and the plain endpoint's
+        server_env = {
+            "FRAMEWORM_DEVICE": args.device,
+            "FRAMEWORM_BENCH_DEVICE": args.device,
+            **server_env,
+        }
     return Options(
         configs=configs,
         connections=connections,
@@ -1181,7 +1268,8 @@ def options(args: argparse.Namespace) -> Options:
         ready_timeout_s=args.ready_timeout,
         out=args.out or Path("bench-results") / f"{stamp}.md",
         keep=args.keep,
-        server_env=dict(item.split("=", 1) for item in args.server_env if "=" in item),
+        server_env=server_env,
+        device=args.device,
         **workload_options(args),
     )
 
@@ -1189,7 +1277,7 @@ def options(args: argparse.Namespace) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.alone_worker is not None:
-        alone_worker(args.alone_worker)
+        alone_worker(args.alone_worker, args.device)
         return 0
     if args.list:
         for name, config in SERVER_CONFIGS.items():

@@ -131,6 +131,9 @@ class ServerRow:
         ).rstrip()
 
 
+ALONE_BASELINE = "eager float32"  # the model as registered; the limit the checks compare with
+
+
 @dataclass(frozen=True)
 class AloneRow:
     run: int
@@ -140,10 +143,12 @@ class AloneRow:
     samples_per_s: float
     median_call_ms: float
     per_sample_ms: float
+    variant: str = ALONE_BASELINE
 
     def cells(self) -> list[str]:
         return [
             self.model,
+            self.variant,
             str(self.batch),
             f"{self.samples_per_s:,.0f}",
             f"{self.per_sample_ms:.3f}",
@@ -153,7 +158,10 @@ class AloneRow:
 
     def one_line(self) -> str:
         c = self.cells()
-        return f"{c[0]} batch {c[1]}: {c[2]} samples/s, {c[3]} ms/sample (median call {c[4]} ms)"
+        return (
+            f"{c[0]} {c[1]} batch {c[2]}: {c[3]} samples/s, {c[4]} ms/sample "
+            f"(median call {c[5]} ms)"
+        )
 
 
 @dataclass(frozen=True)
@@ -377,7 +385,7 @@ SERVER_HEADER = (
     "peak RSS MiB",
     "note",
 )
-ALONE_HEADER = ("model", "batch", "samples/s", "ms/sample", "median call ms", "calls")
+ALONE_HEADER = ("model", "variant", "batch", "samples/s", "ms/sample", "median call ms", "calls")
 COLD_HEADER = ("attempt", "listening s", "/readyz 200 s", "peak RSS MiB", "note")
 FIXED_HEADER = (
     "configuration",
@@ -429,7 +437,9 @@ def checks(server_rows: Sequence[ServerRow], alone_rows: Sequence[AloneRow], run
             f"{nobatch.rps:,.0f} req/s = **{ratio:.2f}x** (target >= 2x: {verdict})"
         )
     alone = {
-        (a.model, a.batch): a.per_sample_ms for a in alone_rows if a.run == run and a.batch == 1
+        (a.model, a.batch): a.per_sample_ms
+        for a in alone_rows
+        if a.run == run and a.batch == 1 and a.variant == ALONE_BASELINE
     }
     for r in rows:
         if r.connections != 1 or r.result is None or r.result.ok == 0:
@@ -537,7 +547,7 @@ def render_report(
             out += ["", "### Servers under load", "", table(SERVER_HEADER, srows)]
         arows = [r.cells() for r in alone_rows if r.run == run]
         if arows:
-            out += ["", "### Model alone (one thread, in-process, no server)", ""]
+            out += ["", "### Model alone (in-process, one torch thread, no server)", ""]
             out.append(table(ALONE_HEADER, arows))
         crows = [r.cells() for r in cold_rows if r.run == run]
         if crows:

@@ -7,7 +7,8 @@ check apply. Served from the project venv:
     FRAMEWORM_BENCH_MODEL=cnn FRAMEWORM_BENCH_WEIGHTS=<registry>/bench-cnn/1.0.0/model.safetensors \
         uvicorn tests.load.peers.plain_fastapi:app --host 127.0.0.1 --port 8000
 
-The weights are the registered benchmark artefact, loaded with safetensors.
+The weights are the registered benchmark artefact, loaded with safetensors. The model runs on
+FRAMEWORM_BENCH_DEVICE (`cpu` unless bench.py's `--device` says otherwise).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class InferAnswer(BaseModel):
     outputs: dict[str, list[list[float]]]
 
 
+DEVICE = torch.device(os.environ.get("FRAMEWORM_BENCH_DEVICE", "cpu"))
+# The same float32 math as Frameworm's default on CUDA (cuDNN would use TF32), so the answer
+# check's 1e-4 applies to both.
+torch.backends.cudnn.allow_tf32 = False
+
+
 def _load() -> torch.nn.Module:
     threads = int(os.environ.get("FRAMEWORM_TORCH_THREADS", "1"))
     torch.set_num_threads(threads)
@@ -38,7 +45,7 @@ def _load() -> torch.nn.Module:
     spec = BENCH_MODELS[os.environ.get("FRAMEWORM_BENCH_MODEL", "cnn")]
     module = build_model(spec.family, dict(spec.config))
     module.load_state_dict(load_file(os.environ["FRAMEWORM_BENCH_WEIGHTS"]))
-    return module.eval()
+    return module.eval().to(DEVICE)
 
 
 app = FastAPI()
@@ -53,5 +60,5 @@ async def readyz() -> dict[str, str]:
 @app.post("/infer")
 async def infer(body: InferBody) -> InferAnswer:
     with torch.inference_mode():
-        y = model(torch.tensor(body.inputs["x"], dtype=torch.float32))
+        y = model(torch.tensor(body.inputs["x"], dtype=torch.float32, device=DEVICE))
     return InferAnswer(outputs={"y": y.tolist()})
