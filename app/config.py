@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(default=10_000, gt=0)
     max_concurrency: int = Field(default=1024, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
+    # glibc: keep freed batch memory for the next batch (app/inference/allocator.py).
+    retain_freed_memory: bool = True
     result_cache: Literal["off", "memory", "redis"] = "off"
     result_cache_entries: int = Field(default=10_000, ge=1)
     result_cache_ttl_s: int = Field(default=3600, ge=1)

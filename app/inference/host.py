@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from app.config import Settings
+from app.inference.allocator import retain_freed_memory
 from app.inference.runner import ModelRunner, pick_device, set_cuda_math, warmup_batch_sizes
 from models.errors import RegistryError
 from models.golden import run_golden_checks
@@ -42,6 +43,8 @@ class ModelHost:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.registry)
         self.device = pick_device(settings.device)
+        if settings.retain_freed_memory:
+            retain_freed_memory()
         if self.device.type == "cuda":
             set_cuda_math(allow_tf32=settings.cuda_tf32)
         self._runner: ModelRunner | None = None

@@ -124,6 +124,7 @@ class ModelRunner:
         if self._thread is not None:
             self._jobs.put(None)  # after the jobs already queued
             self._thread.join()
+            self._thread = None  # the thread refers back to this runner: no cycle left behind
         self.model.release()
 
 

@@ -693,6 +693,26 @@ def run_wrk(
     return parse_wrk_output(done.stdout)
 
 
+def measure_wrk(
+    url: str,
+    connections: int,
+    warmup_s: int,
+    seconds: int,
+    headers: Mapping[str, str],
+    body_file: Path,
+    workload: WrkWorkload | None = None,
+) -> WrkResult:
+    """A warm-up run (discarded), a pause, then the measured run.
+
+    wrk leaves the warm-up's last requests in flight when it exits; the pause lets the server
+    finish them, so the measured run does not start queued behind work nobody waits for.
+    """
+    if warmup_s > 0:
+        run_wrk(url, connections, warmup_s, headers, body_file, workload)
+        time.sleep(SETTLE_S)
+    return run_wrk(url, connections, seconds, headers, body_file, workload)
+
+
 # ---------------------------------------------------------------- one run of each kind
 @dataclass
 class Options:
@@ -724,6 +744,7 @@ def wrk_workload(config: ServerConfig, opts: Options, body_file: Path) -> WrkWor
     return None
 
 
+SETTLE_S = 1.0  # between a warm-up and its measured run
 MAX_RESTARTS = 2  # a server that exits mid-sweep (on a shared machine) is restarted this often
 
 
@@ -811,9 +832,7 @@ def _serve_levels(
             url = f"{base}{launch.infer_path}"
             try:
                 load = (config.headers, body_file, wrk_workload(config, opts, body_file))
-                if opts.warmup_s > 0:
-                    run_wrk(url, connections, opts.warmup_s, *load)
-                result = run_wrk(url, connections, opts.duration_s, *load)
+                result = measure_wrk(url, connections, opts.warmup_s, opts.duration_s, *load)
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                 failure = str(exc)[:300]
             rss, pss, procs = sampler.take()

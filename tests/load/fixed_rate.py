@@ -100,9 +100,9 @@ def capacity(run: int, server: Server, warmup_s: int, seconds: int, body_file: P
     result: WrkResult | None = None
     note = "capacity for the open-loop run"
     try:
-        if warmup_s > 0:
-            bench.run_wrk(url, CAPACITY_CONNECTIONS, warmup_s, server.config.headers, body_file)
-        result = bench.run_wrk(url, CAPACITY_CONNECTIONS, seconds, server.config.headers, body_file)
+        result = bench.measure_wrk(
+            url, CAPACITY_CONNECTIONS, warmup_s, seconds, server.config.headers, body_file
+        )
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         note = f"{note}: {str(exc)[:300]}"
     rss, pss, procs = server.sampler.take()
