@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,25 +68,10 @@ async def _load(
     if host.state == "failed":
         lifecycle.model_failed.set()
         return
-    freeze_startup_heap()
     if metrics is not None:
         metrics.model_serving(host.manifest, host.settings.stage, str(host.device))
     if follower is not None:
         await follower.run()
-
-
-def freeze_startup_heap() -> None:
-    """Keep what startup built out of the garbage collector's full passes.
-
-    torch, FastAPI and the loaded model leave about 200,000 tracked objects; a full collection
-    walks them all, 120 ms on one core of the benchmark machine, holding the GIL: every request
-    in flight waits that long, and the p99 shows it. Frozen objects are skipped by every
-    collection (Python's gc.freeze, as pre-fork servers use it); refcounting still frees them.
-    Only reference cycles among them would never be collected: a runner breaks its own when it
-    closes, so a version swapped out later is freed.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ it failed and the server exits non-zero, so Kubernetes shows the reason.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -36,6 +37,20 @@ class HostStatus:
     reason: str
     model: str
     version: str | None
+
+
+def freeze_startup_heap() -> None:
+    """Keep what startup built out of the garbage collector's full passes.
+
+    torch, FastAPI and the loaded model leave about 200,000 tracked objects; a full collection
+    walks them all, 120 ms on one core of the benchmark machine, holding the GIL: every request
+    in flight waits that long, and the p99 shows it. Frozen objects are skipped by every
+    collection (Python's gc.freeze, as pre-fork servers use it); refcounting still frees them.
+    Only reference cycles among them would never be collected: a runner breaks its own when it
+    closes, so a version swapped out later is freed.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class ModelHost:
@@ -76,6 +91,7 @@ class ModelHost:
                 if attempt < attempts:
                     await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
                 continue
+            freeze_startup_heap()  # before the first request, not during one
             self._runner = runner
             self.state, self.reason = "ready", "the model is loaded, warm and checked"
             return

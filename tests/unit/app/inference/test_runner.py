@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from app.inference.allocator import retain_freed_memory
+from app.inference.host import freeze_startup_heap
 from app.inference.runner import ModelRunner, pick_device, set_cuda_math, warmup_batch_sizes
-from app.lifespan import freeze_startup_heap
 from models.registry import ModelRegistry
 from tests.load.models import build, digit_input
 from tests.support.models import register_mlp
@@ -74,7 +74,7 @@ def test_a_closed_runner_leaves_no_thread_behind_and_refuses_further_batches(
 
     assert y.shape == (2, 3)
     # The forward thread refers back to the runner: dropping it leaves no cycle for the
-    # garbage collector (startup's heap is frozen, see app.lifespan.freeze_startup_heap).
+    # garbage collector (startup's heap is frozen, see app.inference.host.freeze_startup_heap).
     assert runner._thread is None
     with pytest.raises(RuntimeError, match="was released"):
         asyncio.run(runner.run([x]))
