@@ -19,12 +19,15 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from tests.load import bench
 from tests.load.openloop import Summary, Target, run_open_loop, summarize, windows
 from tests.load.report import FixedRateRow, ServerRow, SoakMinute, SoakRow, WrkResult
+
+V = TypeVar("V")
 
 FIXED_RATE_FRACTION = 0.8
 SOAK_FRACTION = 0.7
@@ -188,9 +191,13 @@ def bench_soak(
             rate = SOAK_FRACTION * cap.result.rps
             print(f"    soak at {rate:,.1f} req/s for {opts.soak_minutes:g} min", flush=True)
             rss_at: dict[float, int] = {}
+            stolen_at: dict[float, float | None] = {}
+            cpu = [cpu_times()]
 
             def tick(t: float) -> None:
                 rss_at[t] = server.rss() if server.alive() else 0
+                cpu.append(cpu_times())
+                stolen_at[t] = stolen_share(cpu[-2], cpu[-1])
                 print(f"    soak: {t / 60:.1f} min, RSS {rss_at[t] / 2**20:.0f} MiB", flush=True)
 
             server.sampler.take()
@@ -206,7 +213,11 @@ def bench_soak(
             peak, _, _ = server.sampler.take()
             summary = summarize(raw)
             minutes = tuple(
-                SoakMinute(w, rss_at.get(w.end_s, _nearest(rss_at, w.end_s)))
+                SoakMinute(
+                    w,
+                    rss_at.get(w.end_s, _nearest(rss_at, w.end_s, 0)),
+                    stolen_at.get(w.end_s, _nearest(stolen_at, w.end_s, None)),
+                )
                 for w in windows(raw, WINDOW_S)
             )
             row = SoakRow(
@@ -228,9 +239,26 @@ def bench_soak(
         return [], [failed(str(exc)[:300])]
 
 
-def _nearest(values: Mapping[float, int], t: float) -> int:
-    """The value at the key nearest t (ticks are floats), 0 when none."""
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of the whole machine so far, from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields)) if len(fields) == 8 else None
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor took between two cpu_times() readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _nearest(values: Mapping[float, V], t: float, default: V) -> V:
+    """The value at the key nearest t (ticks are floats), `default` when none is within 1 s."""
     if not values:
-        return 0
+        return default
     key = min(values, key=lambda k: abs(k - t))
-    return values[key] if math.isclose(key, t, abs_tol=1.0) else 0
+    return values[key] if math.isclose(key, t, abs_tol=1.0) else default

@@ -248,6 +248,9 @@ P99_SPREAD = 2.0  # steady: every minute's p99 within 2x of the median minute's,
 class SoakMinute:
     window: Window
     rss: int  # the server's process tree at the end of the window (0: unreadable)
+    # Share of the machine's CPU time its hypervisor took in the window (/proc/stat "steal"):
+    # when it is high, the server was not running, whatever it was doing. None: unknown.
+    stolen: float | None = None
 
     def cells(self) -> list[str]:
         w = self.window
@@ -260,6 +263,7 @@ class SoakMinute:
             str(w.non2xx),
             str(w.errors),
             _mib(self.rss),
+            "-" if self.stolen is None else f"{self.stolen:.1%}",
         ]
 
 
@@ -419,6 +423,7 @@ SOAK_HEADER = (
     "non-2xx",
     "errors + timeouts",
     "RSS MiB at end",
+    "CPU stolen by the hypervisor",
 )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from tests.load.fixed_rate import cpu_times, stolen_share
 from tests.load.openloop import Latency, Summary, Window
 from tests.load.report import (
     FixedRateRow,
@@ -40,7 +42,9 @@ def summary(p99_ms: float = 40.0, non2xx: dict[int, int] | None = None, errors: 
     )
 
 
-def minute(index: int, p99_ms: float, rss_mib: int, errors: int = 0) -> SoakMinute:
+def minute(
+    index: int, p99_ms: float, rss_mib: int, errors: int = 0, stolen: float | None = None
+) -> SoakMinute:
     window = Window(
         index,
         (index - 1) * 60.0,
@@ -53,7 +57,7 @@ def minute(index: int, p99_ms: float, rss_mib: int, errors: int = 0) -> SoakMinu
         12_000,
         p99_ms * 1e3,
     )
-    return SoakMinute(window, rss_mib * MIB)
+    return SoakMinute(window, rss_mib * MIB, stolen)
 
 
 def test_fixed_rate_row_and_section() -> None:
@@ -110,13 +114,13 @@ def test_a_minute_without_2xx_is_unsteady() -> None:
 
 
 def test_soak_section() -> None:
-    minutes = (minute(1, 40, 400), minute(2, 42, 402))
+    minutes = (minute(1, 40, 400, stolen=0.012), minute(2, 42, 402))
     row = SoakRow(1, "cnn-everything-on", 411.0, 0.7, minutes, summary(), 420 * MIB)
     text = render_report({}, [], [], [], {}, soak_rows=[row])
     assert "### Soak: `cnn-everything-on` at 70% of capacity" in text
     assert "Capacity (wrk, 64 connections): 411 req/s; offered 288.0 req/s for 10 min" in text
-    assert "| 1 | 288.0 | 12.00 | 40.00 | 17280 | 0 | 0 | 400 |" in text
-    assert "| 2 | 288.0 | 12.00 | 42.00 | 17280 | 0 | 0 | 402 |" in text
+    assert "| 1 | 288.0 | 12.00 | 40.00 | 17280 | 0 | 0 | 400 | 1.2% |" in text
+    assert "| 2 | 288.0 | 12.00 | 42.00 | 17280 | 0 | 0 | 402 | - |" in text
     assert "+0.5% from the end of minute 1 to the end (holds)" in text
     assert "within 2x of the median minute's, either way" in text
     assert "- verdict: **holds**" in text
@@ -144,3 +148,12 @@ def test_cache_checks_compare_on_with_off() -> None:
     ) in text
     assert "MLP result cache on vs off, repeated inputs, 64 connections: 1,100 / 1,000" in text
     assert text.count("result cache on vs off") == 2
+
+
+def test_stolen_share_is_the_hypervisors_part_of_the_machines_cpu_time() -> None:
+    assert stolen_share((100, 10_000), (130, 11_000)) == pytest.approx(0.03)
+    assert stolen_share(None, (130, 11_000)) is None
+    assert stolen_share((100, 10_000), (100, 10_000)) is None  # no time passed
+    now = cpu_times()
+    if Path("/proc/stat").exists():  # Linux: steal is the eighth field of the cpu line
+        assert now is not None and 0 <= now[0] <= now[1]
