@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     # glibc: keep freed batch memory for the next batch (app/inference/allocator.py).
     retain_freed_memory: bool = True
+    # On the CPU, models with 2-D convolutions run channels-last when outputs allow it.
+    cpu_channels_last: bool = True
     result_cache: Literal["off", "memory", "redis"] = "off"
     result_cache_entries: int = Field(default=10_000, ge=1)
     result_cache_ttl_s: int = Field(default=3600, ge=1)

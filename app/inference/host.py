@@ -110,6 +110,11 @@ class ModelHost:
             )
         runner = ModelRunner(self.registry.load(manifest, self.device))  # sha256 verified
         try:
+            channels_last = (
+                self.device.type == "cpu"
+                and self.settings.cpu_channels_last
+                and runner.model.use_channels_last()
+            )
             if self.settings.warmup:
                 runner.warm_up(warmup_batch_sizes(self.settings.max_batch_size))
             run_golden_checks(runner.model)
@@ -122,6 +127,7 @@ class ModelHost:
                 "model": manifest.name,
                 "version": manifest.version,
                 "device": str(self.device),
+                "channels_last": channels_last,
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )

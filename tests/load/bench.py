@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -46,6 +47,8 @@ import numpy as np
 from tests.load.repeat import WrkWorkload
 from tests.load.repeat import workload as repeat_workload
 from tests.load.report import (
+    ALONE_BASELINE,
+    CHANNELS_LAST,
     AloneRow,
     ColdRow,
     FixedRateRow,
@@ -858,8 +861,9 @@ def _serve_levels(
 def bench_model_alone(run: int, opts: Options) -> list[AloneRow]:
     """The models in a separate process pinned to SERVER_CORE, one thread, no server."""
     print(f"[run {run}] model-alone", flush=True)
-    # 2 models x 2 batch sizes, times 4 variants and up to 4 compilations on CUDA.
-    cases, compile_s = (4, 0) if opts.device == "cpu" else (16, 600)
+    # 2 models x 2 batch sizes, times the variants (CNN: 2 on the CPU; 4 and up to 4
+    # compilations on CUDA).
+    cases, compile_s = (6, 0) if opts.device == "cpu" else (16, 600)
     argv = [sys.executable, "-m", "tests.load.bench", "--alone-worker", str(opts.alone_s)]
     argv += ["--device", opts.device]
     done = subprocess.run(
@@ -889,9 +893,11 @@ def alone_worker(seconds: float, device_name: str = "cpu") -> None:
     """
     import torch
 
+    from app.inference.allocator import retain_freed_memory
     from app.inference.runner import set_cuda_math
     from tests.load.models import BENCH_MODELS, build, digit_input
 
+    retain_freed_memory()  # as the server does: the limit is the model at its best
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     device = torch.device(device_name)
@@ -917,11 +923,15 @@ def alone_worker(seconds: float, device_name: str = "cpu") -> None:
 
 
 def alone_variants(module: Any, x: Any) -> Iterator[tuple[str, Callable[[], object]]]:
-    """(variant, call) pairs: eager float32 everywhere; on CUDA the float16 variants too."""
+    """(variant, call) pairs: eager float32 everywhere; on the CPU, a convolutional model
+    channels-last too (as the server runs it); on CUDA the float16 variants."""
     import torch
 
-    yield "eager float32", _inference(module, x)
+    yield ALONE_BASELINE, _inference(module, x)
     if x.device.type != "cuda":
+        if any(p.dim() == 4 for p in module.parameters()):
+            nhwc = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            yield CHANNELS_LAST, _inference(nhwc, x)
         return
     half, x16 = module.half(), x.half()
     yield "eager float16", _inference(half, x16)

@@ -131,7 +131,12 @@ class ServerRow:
         ).rstrip()
 
 
-ALONE_BASELINE = "eager float32"  # the model as registered; the limit the checks compare with
+ALONE_BASELINE = "eager float32"  # the model as registered
+# How the server runs a convolutional model on the CPU (FRAMEWORM_CPU_CHANNELS_LAST).
+CHANNELS_LAST = "channels_last float32"
+# The one-connection check compares with the fastest of these: the model as registered, and as
+# the server runs it, so a faster layout in the server cannot flatter the comparison.
+SINGLE_SAMPLE_VARIANTS = (ALONE_BASELINE, CHANNELS_LAST)
 
 
 @dataclass(frozen=True)
@@ -441,11 +446,11 @@ def checks(server_rows: Sequence[ServerRow], alone_rows: Sequence[AloneRow], run
             f"- CNN batching vs max_batch_size=1 at {top} connections: {batching.rps:,.0f} / "
             f"{nobatch.rps:,.0f} req/s = **{ratio:.2f}x** (target >= 2x: {verdict})"
         )
-    alone = {
-        (a.model, a.batch): a.per_sample_ms
-        for a in alone_rows
-        if a.run == run and a.batch == 1 and a.variant == ALONE_BASELINE
-    }
+    alone: dict[tuple[str, int], float] = {}
+    for a in alone_rows:
+        if a.run == run and a.batch == 1 and a.variant in SINGLE_SAMPLE_VARIANTS:
+            key = (a.model, a.batch)
+            alone[key] = min(alone.get(key, a.per_sample_ms), a.per_sample_ms)
     for r in rows:
         if r.connections != 1 or r.result is None or r.result.ok == 0:
             continue

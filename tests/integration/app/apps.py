@@ -57,6 +57,7 @@ class AppClient:
 
     def __init__(self, app: FastAPI, portal: BlockingPortal, state: dict[str, Any]) -> None:
         self.app = app
+        self.state = state  # the lifespan's resources (host, batcher, ...)
         self._portal = portal
         transport = httpx.ASGITransport(
             app=_WithLifespanState(app, state), raise_app_exceptions=False

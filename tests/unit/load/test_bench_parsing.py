@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tests.load.report import (
+    CHANNELS_LAST,
     AloneRow,
     ColdRow,
     ServerRow,
     WrkResult,
+    checks,
     overhead_checks,
     parse_wrk_output,
     render_report,
@@ -82,3 +84,14 @@ def test_overhead_checks_compare_the_means_of_alternated_rows() -> None:
     assert "**-9.1%** (budget -5%: does NOT hold)" in lines[1]  # metrics vs the same baseline
     assert "**-20.0%** (budget -10%: does NOT hold)" in lines[2]  # tracing vs metrics
     assert len(lines) == 3
+
+
+def test_the_one_connection_check_compares_with_the_fastest_layout_of_the_model() -> None:
+    rows = [ServerRow(1, "cnn-batching", 1, result(500, 5, 2.6), 0, 0, 1)]
+    alone = [
+        AloneRow(1, "cnn", 1, 100, 400.0, 2.4, 2.4),
+        AloneRow(1, "cnn", 1, 100, 450.0, 2.2, 2.2, variant=CHANNELS_LAST),
+        AloneRow(1, "cnn", 1, 100, 900.0, 1.1, 1.1, variant="eager float16"),  # not served
+    ]
+    [line] = checks(rows, alone, run=1)
+    assert "the model alone 2.20 ms/sample: **+0.40 ms**" in line
