@@ -75,7 +75,8 @@ def overload(tmp_path_factory: pytest.TempPathFactory, slow_registry: Path) -> O
 
     with running(tmp_path_factory.mktemp("overload"), slow_registry, env) as server:
         outcomes = asyncio.run(drive(server.url))
-        return Overload(outcomes, server.logs())
+    # Read once the server has stopped: access lines are written in batches until then.
+    return Overload(outcomes, server.logs())
 
 
 def test_overload_sheds_the_excess_at_once_and_answers_every_request(

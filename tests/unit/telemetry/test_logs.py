@@ -68,41 +68,68 @@ def test_uvicorn_logs_through_the_one_json_handler_without_its_access_line(
     configure_logging("json", "info")
     logging.getLogger("uvicorn.error").info("Uvicorn running")
     logging.getLogger("uvicorn.access").info("GET / 200")
+    logging.getLogger().handlers[0].flush()  # what the flush thread does every 0.2 s
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["Uvicorn running"]
 
 
-def test_lines_are_flushed_in_batches_errors_at_once_and_the_rest_on_close() -> None:
-    class Stream(io.StringIO):
-        flushes = 0
+class CountingStream(io.StringIO):
+    """Counts writes and flushes, as a stdout that writes through (PYTHONUNBUFFERED) would
+    make each write a system call."""
 
-        def flush(self) -> None:
-            self.flushes += 1
-            super().flush()
+    writes = 0
+    flushes = 0
 
-    stream = Stream()
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_are_written_in_batches_errors_at_once_and_the_rest_on_close() -> None:
+    stream = CountingStream()
     handler = BatchedStreamHandler(stream, interval_s=3600)  # no timed flush in this test
     logger = logging.getLogger("frameworm.test.batched")
     logger.handlers, logger.propagate, logger.level = [handler], False, logging.INFO
-    for _ in range(100):
-        logger.info("line")
-    assert stream.getvalue().count("line\n") == 100
-    assert stream.flushes == 0
+    for i in range(100):
+        logger.info("line %d", i)
+    assert (stream.getvalue(), stream.writes, stream.flushes) == ("", 0, 0)  # all pending
     logger.error("bad")
-    assert stream.flushes == 1
+    assert stream.getvalue() == "".join(f"line {i}\n" for i in range(100)) + "bad\n"
+    assert (stream.writes, stream.flushes) == (1, 1)  # 101 lines, one write
+    logger.info("last")
     handler.close()
-    assert stream.flushes == 2
+    assert stream.getvalue().endswith("bad\nlast\n")
+    assert (stream.writes, stream.flushes) == (2, 2)
 
 
-def test_the_timed_flush_runs_without_new_records() -> None:
+def test_lines_past_the_pending_limit_are_written_without_waiting() -> None:
+    stream = CountingStream()
+    handler = BatchedStreamHandler(stream, interval_s=3600, max_pending=10)
+    try:
+        for i in range(25):
+            handler.write_line(f"line {i}")
+        assert stream.writes == 2
+        assert stream.getvalue() == "".join(f"line {i}\n" for i in range(20))
+    finally:
+        handler.close()
+    assert stream.getvalue().count("\n") == 25
+
+
+def test_the_timed_flush_writes_pending_lines_without_new_records() -> None:
     flushed = threading.Event()
 
     class Stream(io.StringIO):
         def flush(self) -> None:
-            flushed.set()
+            if self.getvalue() == "waiting\n":
+                flushed.set()
 
     handler = BatchedStreamHandler(Stream(), interval_s=0.01)
     try:
+        handler.write_line("waiting")
         assert flushed.wait(5)
     finally:
         handler.close()
