@@ -26,6 +26,18 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"referrer-policy", b"no-referrer"),
 ]
 _REPLACED = {name for name, _ in SECURITY_HEADERS} | {b"server", b"x-request-id"}
+# scope["state"] key: headers inner layers add to whatever response the request gets.
+RESPONSE_HEADERS = "response_headers"
+
+
+def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    """Headers for this request's response, whichever layer or route answers it.
+
+    The context layer already rebuilds the response's headers (security headers, request id);
+    a layer further in that only adds headers (the rate limit's) hands them over here instead of
+    wrapping `send` for every request itself.
+    """
+    scope.setdefault("state", {}).setdefault(RESPONSE_HEADERS, []).extend(headers)
 
 
 class RequestContextMiddleware:
@@ -45,7 +57,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope) or self._new_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -60,6 +73,7 @@ class RequestContextMiddleware:
                 headers = [(k, v) for k, v in message.get("headers", []) if k not in _REPLACED]
                 headers += SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
+                headers += state.get(RESPONSE_HEADERS, ())
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -8,9 +8,10 @@ request gets 429 with Retry-After and never reaches the model.
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import send_problem
+from app.middleware.context import add_response_headers
 from app.production import RateLimiter
 from app.telemetry.metrics import Metrics
 
@@ -54,10 +55,5 @@ class RateLimitMiddleware:
             extra["retry-after"] = str(decision.retry_after_s)
             await send_problem(send, scope, "rate-limited", "the rate limit is exhausted", extra)
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *headers]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        add_response_headers(scope, headers)  # written by the context layer, outermost
+        await self.app(scope, receive, send)
