@@ -704,16 +704,55 @@ def measure_wrk(
     headers: Mapping[str, str],
     body_file: Path,
     workload: WrkWorkload | None = None,
+    before_measured: Callable[[], None] | None = None,
 ) -> WrkResult:
     """A warm-up run (discarded), a pause, then the measured run.
 
     wrk leaves the warm-up's last requests in flight when it exits; the pause lets the server
     finish them, so the measured run does not start queued behind work nobody waits for.
+    `before_measured` runs right before the measured run starts.
     """
     if warmup_s > 0:
         run_wrk(url, connections, warmup_s, headers, body_file, workload)
         time.sleep(SETTLE_S)
+    if before_measured is not None:
+        before_measured()
     return run_wrk(url, connections, seconds, headers, body_file, workload)
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process `pid`, by thread id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # Fields after the ")" closing the command name: state is the first, then
+                # utime and stime are the 12th and 13th (fields 14 and 15 of proc(5)).
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+class ThreadCpu:
+    """A server's CPU per request across the measured run, split as the report shows it: the
+    main thread (the event loop) and every other thread (the forward pass, log and span
+    exporters). Python does not name OS threads, so the main thread is the one told apart."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._start = thread_cpu_s(self.pid)
+
+    def per_request_ms(self, requests: int) -> tuple[float, float] | None:
+        end = thread_cpu_s(self.pid)
+        if requests <= 0 or not self._start or self.pid not in end:
+            return None
+        spent = {tid: s - self._start.get(tid, 0.0) for tid, s in end.items()}
+        loop = spent.pop(self.pid)
+        return loop / requests * 1e3, sum(spent.values()) / requests * 1e3
 
 
 # ---------------------------------------------------------------- one run of each kind
@@ -833,11 +872,21 @@ def _serve_levels(
             failure = ""
             result: WrkResult | None = None
             url = f"{base}{launch.infer_path}"
+            # Frameworm serves from one process (the launched pid, through taskset's exec).
+            cpu = ThreadCpu(proc.pid) if config.launcher == "frameworm" else None
             try:
                 load = (config.headers, body_file, wrk_workload(config, opts, body_file))
-                result = measure_wrk(url, connections, opts.warmup_s, opts.duration_s, *load)
+                result = measure_wrk(
+                    url,
+                    connections,
+                    opts.warmup_s,
+                    opts.duration_s,
+                    *load,
+                    before_measured=cpu.start if cpu is not None else None,
+                )
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                 failure = str(exc)[:300]
+            cpu_ms = cpu.per_request_ms(result.requests) if cpu and result else None
             rss, pss, procs = sampler.take()
             ready_url = f"{base}{launch.ready_path}"
             if failure and proc.poll() is None and http(ready_url, timeout=5)[0] != 200:
@@ -851,7 +900,15 @@ def _serve_levels(
                 return todo[i:], why
             rows.append(
                 ServerRow(
-                    run, name, connections, result, rss, pss, procs, f"{failure} {note}".strip()
+                    run,
+                    name,
+                    connections,
+                    result,
+                    rss,
+                    pss,
+                    procs,
+                    f"{failure} {note}".strip(),
+                    cpu_ms,
                 )
             )
             print(f"    {rows[-1].one_line()}", flush=True)

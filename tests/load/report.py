@@ -104,6 +104,9 @@ class ServerRow:
     peak_pss: int
     procs: int
     note: str = ""
+    # Frameworm only: CPU ms a request of the event loop (main thread) and of the other threads
+    # (the forward pass, log and span export) over the measured run.
+    cpu_ms: tuple[float, float] | None = None
 
     def cells(self) -> list[str]:
         memory = _memory(self.peak_rss, self.peak_pss, self.procs)
@@ -125,10 +128,23 @@ class ServerRow:
 
     def one_line(self) -> str:
         c = self.cells()
+        cpu = ""
+        if self.cpu_ms is not None:
+            cpu = f", CPU ms/request: loop {self.cpu_ms[0]:.3f}, other {self.cpu_ms[1]:.3f}"
         return (
             f"{c[0]} c={c[1]}: {c[2]} req/s, p50 {c[3]} p95 {c[4]} p99 {c[5]} ms, "
-            f"errors/non-2xx {c[6]}, peak RSS {c[7]} MiB {c[8]}"
+            f"errors/non-2xx {c[6]}, peak RSS {c[7]} MiB{cpu} {c[8]}"
         ).rstrip()
+
+    def cpu_cells(self) -> list[str]:
+        loop, other = self.cpu_ms or (0.0, 0.0)
+        return [
+            self.config,
+            str(self.connections),
+            f"{loop:.3f}",
+            f"{other:.3f}",
+            f"{loop + other:.3f}",
+        ]
 
 
 ALONE_BASELINE = "eager float32"  # the model as registered
@@ -395,6 +411,12 @@ SERVER_HEADER = (
     "note",
 )
 ALONE_HEADER = ("model", "variant", "batch", "samples/s", "ms/sample", "median call ms", "calls")
+CPU_HEADER = ("configuration", "conns", "event loop", "other threads", "total")
+CPU_NOTE = (
+    "CPU time of the server's threads over the measured run, per request (wrk's count), in ms: "
+    "the event loop is the main thread; the other threads are the forward pass and the log and "
+    "span exporters. On one core, throughput is about 1 / total."
+)
 COLD_HEADER = ("attempt", "listening s", "/readyz 200 s", "peak RSS MiB", "note")
 FIXED_HEADER = (
     "configuration",
@@ -555,6 +577,9 @@ def render_report(
         srows = [r.cells() for r in server_rows if r.run == run]
         if srows:
             out += ["", "### Servers under load", "", table(SERVER_HEADER, srows)]
+        cpu_rows = [r.cpu_cells() for r in server_rows if r.run == run and r.cpu_ms is not None]
+        if cpu_rows:
+            out += ["", "### Server CPU per request", "", CPU_NOTE, "", table(CPU_HEADER, cpu_rows)]
         arows = [r.cells() for r in alone_rows if r.run == run]
         if arows:
             out += ["", "### Model alone (in-process, one torch thread, no server)", ""]
