@@ -122,7 +122,7 @@ def test_settings_come_from_the_configmap_and_secrets_from_mounted_files(values_
     secret_names = {
         e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for e in container.get("env", [])
     }
-    assert secret_names <= {None, "redis-url"}, "only the rate-limit URL is an env secret"
+    assert secret_names <= {None}, "secrets come from mounted files, never env vars"
     assert not any(word in key for key in env for word in ("PASSWORD", "SECRET_ACCESS")), (
         "no secret value in the ConfigMap"
     )
@@ -237,8 +237,9 @@ def test_the_analysis_aborts_on_one_percent_errors_or_half_a_second_p99() -> Non
     manifests = render("rollout")
     template = one(manifests, "AnalysisTemplate")
     metrics = {m["name"]: m for m in template["spec"]["metrics"]}
-    assert metrics["error-ratio"]["failureCondition"] == "result[0] > 0.01"
-    assert metrics["latency-p99"]["failureCondition"] == "result[0] > 0.5"
+    # The full Successful / Failed / Inconclusive semantics: test_chart_operability.py.
+    assert metrics["error-ratio"]["failureCondition"] == "len(result) == 1 && result[0] > 0.01"
+    assert metrics["latency-p99"]["failureCondition"] == "len(result) == 1 && result[0] > 0.5"
     for metric in metrics.values():
         prometheus = metric["provider"]["prometheus"]
         assert prometheus["address"] == "http://prometheus.monitoring.svc:9090"

@@ -77,10 +77,52 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (has $source (list "image" "pvc" "s3Pull" "s3")) }}
 {{- fail (printf "registry.source must be image, pvc, s3Pull or s3, not %q" $source) }}
 {{- end }}
+{{- if eq $source "pvc" }}
+{{- include "frameworm.registry.checkPvc" . }}
+{{- end }}
 {{- if eq $source "s3" }}
 {{- required "registry.s3Uri is required with registry.source=s3" .Values.registry.s3Uri }}
 {{- else }}
 {{- .Values.registry.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the registry claim can be mounted on one node only (no ReadWriteMany). */}}
+{{- define "frameworm.registry.singleNode" -}}
+{{- if not (has "ReadWriteMany" .Values.registry.pvc.accessModes) }}true{{ end }}
+{{- end }}
+
+{{/* A single-node claim (ReadWriteOnce) cannot hold pods on several nodes: a second replica, an
+     HPA or an Argo canary lands elsewhere and hangs in ContainerCreating (Multi-Attach error).
+     ReadWriteOncePod even refuses a second pod on the same node, which every rolling update and
+     the backup CronJob need. Refuse those at render time rather than leave a stuck rollout. */}}
+{{- define "frameworm.registry.checkPvc" -}}
+{{- $modes := .Values.registry.pvc.accessModes }}
+{{- if has "ReadWriteOncePod" $modes }}
+{{- fail "registry.pvc.accessModes ReadWriteOncePod cannot work: a rolling update and the backup CronJob mount the claim from a second pod. Use ReadWriteMany (or ReadWriteOnce with one replica)" }}
+{{- end }}
+{{- if include "frameworm.registry.singleNode" . }}
+{{- $why := list }}
+{{- if gt (int .Values.replicaCount) 1 }}{{ $why = append $why (printf "replicaCount=%d" (int .Values.replicaCount)) }}{{ end }}
+{{- if .Values.autoscaling.enabled }}{{ $why = append $why "autoscaling.enabled" }}{{ end }}
+{{- if .Values.rollout.enabled }}{{ $why = append $why "rollout.enabled (the canary runs beside the stable pods)" }}{{ end }}
+{{- if $why }}
+{{- fail (printf "registry.source=pvc with accessModes %v mounts on one node only, but %s puts pods on several nodes (Multi-Attach error). Use registry.pvc.accessModes=[ReadWriteMany] on a storage class that supports it, or replicaCount=1 without autoscaling and rollout" $modes (join ", " $why)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* TCP port of registry.s3EndpointUrl for the egress policy: its explicit port, else 80 for
+     http and 443 for https. Empty when no endpoint is set. */}}
+{{- define "frameworm.s3EndpointPort" -}}
+{{- with .Values.registry.s3EndpointUrl }}
+{{- $url := urlParse . }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) }}
+{{- if $port }}{{ $port }}
+{{- else if eq $url.scheme "http" }}80
+{{- else if eq $url.scheme "https" }}443
+{{- else }}{{ fail (printf "registry.s3EndpointUrl must be an http:// or https:// URL, not %q" .) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -128,6 +170,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $env "FRAMEWORM_BOOTSTRAP_API_KEY_FILE" (printf "%s/bootstrap-api-key" $secrets) }}
 {{- if .Values.redis.enabled }}
 {{- $_ := set $env "FRAMEWORM_REDIS_URL_FILE" (printf "%s/redis-url" $secrets) }}
+{{- if .Values.redis.rateLimits }}
+{{- /* rate_limit_storage is one of the app's SECRET_FIELDS: the URL (and its password) is read
+       from the mounted file, never put in an environment variable. */}}
+{{- $_ := set $env "FRAMEWORM_RATE_LIMIT_STORAGE_FILE" (printf "%s/redis-url" $secrets) }}
+{{- end }}
 {{- end }}
 {{- if include "frameworm.hasSecretKey" (list . "metrics-token") }}
 {{- $_ := set $env "FRAMEWORM_METRICS_TOKEN_FILE" (printf "%s/metrics-token" $secrets) }}
@@ -265,14 +312,6 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "frameworm.fullname" . }}
-      {{- if and .Values.redis.enabled .Values.redis.rateLimits }}
-      env:
-        - name: FRAMEWORM_RATE_LIMIT_STORAGE
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "frameworm.secretName" . }}
-              key: redis-url
-      {{- end }}
       {{- if eq (include "frameworm.drain.mode" .) "preStop" }}
       lifecycle:
         preStop:
