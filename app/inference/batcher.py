@@ -6,6 +6,9 @@ Rules, in the order they apply:
 - the queue is bounded in items: past it, requests are shed with 503 and Retry-After;
 - admission control: when the expected wait (queued items / batch size x recent batch time)
   would outlast the request's deadline, it is answered 503 at once instead of aging in line;
+  with nothing queued or running there is nothing to wait behind, and the request is admitted
+  (only batches that run refresh the timing, so an idle server must let them run);
+- a request with more items than the queue holds can never run here: 413, not a retry;
 - an idle model gets the next batch at once; only while the server is busy (the last batch
   held several items and ended moments ago) does the batcher wait, at most `max_delay_s`,
   for a batch to fill;
@@ -182,6 +185,11 @@ class DynamicBatcher:
         if deadline <= now:
             self._observer.shed("deadline")
             raise Problem("deadline-exceeded", "the request's deadline passed before it could run")
+        if items > self.max_queue_items:
+            raise Problem(
+                "payload-too-large",
+                f"{items} items in one request; this server queues at most {self.max_queue_items}",
+            )
         if self._queued_items + items > self.max_queue_items:
             self._observer.shed("queue_full")
             raise Problem(
@@ -189,7 +197,8 @@ class DynamicBatcher:
             )
         wait = self.expected_wait_s()
         # Headroom: batch times vary, and decoding and answering cost time outside the model.
-        if now + wait * ADMISSION_HEADROOM > deadline:
+        busy = self._queued_items > 0 or self.in_flight_items > 0
+        if busy and now + wait * ADMISSION_HEADROOM > deadline:
             self._observer.shed("admission")
             raise Problem(
                 "overloaded",
@@ -316,7 +325,7 @@ class DynamicBatcher:
                 problem = Problem("internal-error", "the model failed on this batch")
                 problem.__cause__ = exc  # for error tracking; never shown to the client
                 _fail(pending, problem)
-            self._report_outcomes(runner, batch, ok=False)
+            self._report_outcomes(runner, [(p, False) for p in batch])
             return
         finally:
             self.in_flight_items = 0
@@ -329,19 +338,25 @@ class DynamicBatcher:
         self._observer.batch_done(runner, items, seconds, waits, trace_ids)
         version = runner.manifest.version
         offset = 0
+        outcomes: list[tuple[_Pending, bool]] = []
         for pending in batch:
             part = [out[offset : offset + pending.items] for out in outputs]
             offset += pending.items
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
-        self._report_outcomes(runner, batch, ok=True)
+                outcomes.append((pending, True))
+            elif not pending.future.cancelled():
+                # Answered 504 while its batch ran: late, which rollout health counts against
+                # the version. A cancelled one (the client went away) says nothing about it.
+                outcomes.append((pending, False))
+        self._report_outcomes(runner, outcomes)
 
-    def _report_outcomes(self, runner: ModelRunner, batch: list[_Pending], *, ok: bool) -> None:
+    def _report_outcomes(self, runner: ModelRunner, outcomes: list[tuple[_Pending, bool]]) -> None:
         listener = self.outcome_listener
         if listener is None:
             return
         now = time.monotonic()
-        for pending in batch:
+        for pending, ok in outcomes:
             listener(runner.manifest.version, ok, now - pending.enqueued)
 
 

@@ -67,7 +67,12 @@ class MemoryCache:
         return outputs
 
     async def put(self, key: str, outputs: list[np.ndarray]) -> None:
-        self._entries[key] = outputs
+        # A request's outputs are views of its whole batch's: a copy keeps only its own rows
+        # alive, and read-only copies keep one hit from changing what the next one gets.
+        kept = [np.array(out, copy=True) for out in outputs]
+        for out in kept:
+            out.flags.writeable = False
+        self._entries[key] = kept
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

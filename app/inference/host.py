@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -84,7 +85,7 @@ class ModelHost:
         attempts = self.settings.load_retries
         for attempt in range(1, attempts + 1):
             try:
-                runner = await asyncio.to_thread(self.prepare)
+                runner = await self.prepare_async()
             except (RegistryError, OSError, ValueError, RuntimeError) as exc:
                 self.reason = f"loading failed (attempt {attempt} of {attempts}): {exc}"
                 log.error(self.reason)
@@ -97,6 +98,39 @@ class ModelHost:
             return
         self.state = "failed"
         self.failed.set()
+
+    async def prepare_async(self, manifest: ModelManifest | None = None) -> ModelRunner:
+        """`prepare` on a thread of its own, which shutdown does not wait for.
+
+        `asyncio.to_thread` would use the loop's default executor, whose threads `asyncio.run`
+        joins when the loop closes, without a bound on Python 3.11: a SIGTERM during a long
+        load (a large artefact, a slow registry) would keep the process up until the load ended
+        or the kubelet killed it. Cancelled, this abandons the load instead; a runner the thread
+        still finishes is released, never served and never leaked.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ModelRunner] = loop.create_future()
+
+        def settle(outcome: ModelRunner | BaseException) -> None:
+            if future.cancelled():
+                _release(outcome)
+            elif isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        def load() -> None:
+            try:
+                outcome: ModelRunner | BaseException = self.prepare(manifest)
+            except BaseException as exc:  # handed to the awaiting task, raised there
+                outcome = exc
+            try:
+                loop.call_soon_threadsafe(settle, outcome)
+            except RuntimeError:  # the loop has closed: nobody will take the runner
+                _release(outcome)
+
+        threading.Thread(target=load, name="frameworm-model-load", daemon=True).start()
+        return await future
 
     def prepare(self, manifest: ModelManifest | None = None) -> ModelRunner:
         """Resolve, verify, load, warm up and check a version (blocking: run it in a thread)."""
@@ -155,3 +189,8 @@ class ModelHost:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+
+
+def _release(outcome: ModelRunner | BaseException) -> None:
+    if isinstance(outcome, ModelRunner):
+        outcome.close()

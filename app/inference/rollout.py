@@ -30,6 +30,9 @@ from models.errors import RegistryError
 log = logging.getLogger("frameworm.rollout")
 
 LATENCY_SAMPLES = 10_000
+# The p99 sorts up to LATENCY_SAMPLES values on the event loop: judged at most this often,
+# not per request. The error rate is a division and is judged on every outcome.
+P99_CHECK_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -73,6 +76,7 @@ class StageFollower:
         self.pinned_against: str | None = None  # an alias target rolled back from
         self.last_event = "following the stage alias"
         self._observing: _Observation | None = None
+        self._next_p99_check = 0.0
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
@@ -110,7 +114,7 @@ class StageFollower:
                 raise RegistryError(
                     "its signature differs from the serving version's; roll out a new deployment"
                 )
-            runner = await asyncio.to_thread(self.host.prepare, manifest)
+            runner = await self.host.prepare_async(manifest)
         except (RegistryError, OSError, ValueError, RuntimeError) as exc:
             self.refused[version] = str(exc)
             self.last_event = f"refused {version}: {exc}"
@@ -118,12 +122,17 @@ class StageFollower:
             if self.metrics is not None:
                 self.metrics.model_load_failures.labels(self.settings.model).inc()
             return False
+        # A version still kept for rollback is released: the one being replaced now becomes
+        # the version to fall back to (the alias moved on; so does the rollback target).
+        superseded, self._observing = self._observing, None
         previous = self.host.swap(runner)
         self.last_event = f"switched to {version}" + (
             f" from {previous.manifest.version}" if previous else ""
         )
         log.info(self.last_event)
         self._serving_changed()
+        if superseded is not None:
+            await asyncio.to_thread(superseded.previous.close)
         if previous is None:
             return True
         if self.settings.auto_rollback:
@@ -149,21 +158,30 @@ class StageFollower:
             health.latencies.append(seconds)
         else:
             health.failed += 1
-        if health.requests >= self.settings.rollback_min_requests and self._breached(health):
-            asyncio.get_running_loop().create_task(self.roll_back())
+        if health.requests < self.settings.rollback_min_requests:
+            return
+        now = time.monotonic()
+        judge_p99 = now >= self._next_p99_check
+        if judge_p99:
+            self._next_p99_check = now + P99_CHECK_INTERVAL_S
+        if self._breached(health, judge_p99=judge_p99):
+            self._observing = None  # one rollback per breach, however many outcomes follow
+            asyncio.get_running_loop().create_task(self.roll_back(observing))
 
-    def _breached(self, health: VersionHealth) -> str | None:
+    def _breached(self, health: VersionHealth, *, judge_p99: bool = True) -> str | None:
         if health.error_rate > self.settings.rollback_max_error_rate:
             return (
                 f"error rate {health.error_rate:.1%} > {self.settings.rollback_max_error_rate:.1%}"
             )
         bound = self.settings.rollback_max_p99_ms
-        if bound is not None and health.p99() * 1000 > bound:
-            return f"p99 {health.p99() * 1000:.0f} ms > {bound:g} ms"
+        if judge_p99 and bound is not None and (p99 := health.p99()) * 1000 > bound:
+            return f"p99 {p99 * 1000:.0f} ms > {bound:g} ms"
         return None
 
-    async def roll_back(self) -> None:
-        observing, self._observing = self._observing, None
+    async def roll_back(self, observing: _Observation | None = None) -> None:
+        """Back to the version kept for rollback (the current observation's, by default)."""
+        if observing is None:
+            observing, self._observing = self._observing, None
         if observing is None:
             return
         why = self._breached(observing.health) or "unhealthy"

@@ -246,6 +246,64 @@ def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() 
     assert problem.headers["retry-after"] == "4"
 
 
+def test_an_idle_server_admits_a_request_however_slow_its_last_batches_were() -> None:
+    # One slow batch must not lock a short deadline out for good: with nothing queued or
+    # running there is nothing to wait behind, and only a batch that runs refreshes the timing.
+    runner = FakeRunner()
+
+    async def main() -> list[Served]:
+        batcher = make_batcher(runner)
+        runner.batch_seconds = 2.0  # a slow warm-up, and no live batch timed yet
+        first = await batcher.submit(items(1.0), 1, later(0.5))
+        batcher._recent_batches.append(2.0)  # a stall: the slowest recent batch took 2 s
+        second = await batcher.submit(items(2.0), 1, later(0.5))
+        await batcher.close(1)
+        return [first, second]
+
+    served = run(main)
+    assert [float(s.outputs[0][0, 0]) for s in served] == [2.0, 4.0]
+
+
+def test_a_request_with_more_items_than_the_queue_holds_is_413_not_a_retry() -> None:
+    runner = FakeRunner()
+
+    async def main() -> Problem:
+        batcher = make_batcher(runner, max_queue_items=2)
+        with pytest.raises(Problem) as caught:
+            await batcher.submit(items(1.0, 2.0, 3.0), 3, later())
+        await batcher.close(1)
+        return caught.value
+
+    problem = run(main)
+    assert (problem.code, problem.status) == ("payload-too-large", 413)
+    assert "retry-after" not in problem.headers
+    assert runner.batches == []
+
+
+def test_rollout_health_hears_a_request_answered_504_during_its_batch_as_failed() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+    heard: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = lambda version, ok, seconds: heard.append((version, ok))
+        late = asyncio.create_task(batcher.submit(items(1.0), 1, later(0.05)))
+        await runner.started.wait()
+        with pytest.raises(Problem, check=is_problem("deadline-exceeded")):
+            await late  # its deadline passes while the model runs
+        gone = asyncio.create_task(batcher.submit(items(2.0), 1, later()))
+        on_time = asyncio.create_task(batcher.submit(items(3.0), 1, later()))
+        await asyncio.sleep(0)
+        gone.cancel()  # the client went away: says nothing about the version
+        assert runner.gate is not None
+        runner.gate.set()
+        await on_time
+        await batcher.close(1)
+
+    run(main)
+    assert heard == [("9.9.9", False), ("9.9.9", True)]
+
+
 def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_succeeds() -> None:
     runner = FakeRunner(failures=1)
 

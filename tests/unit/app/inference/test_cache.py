@@ -67,6 +67,22 @@ def test_the_memory_cache_evicts_the_least_recently_used_entry() -> None:
     assert asyncio.run(main()) == [True, False, True]
 
 
+def test_the_memory_cache_keeps_a_read_only_copy_of_a_request_s_rows_not_its_batch() -> None:
+    batch = np.arange(320, dtype=np.float32).reshape(32, 10)  # a whole batch's outputs
+    cache = MemoryCache(max_entries=4)
+
+    async def main() -> list[np.ndarray] | None:
+        await cache.put("k", [batch[3:4]])  # one request's rows: a view of the batch
+        return await cache.get("k")
+
+    kept = asyncio.run(main())
+    assert kept is not None
+    assert kept[0].base is None and kept[0].nbytes == 40  # the batch is not pinned
+    np.testing.assert_array_equal(kept[0], batch[3:4])
+    with pytest.raises(ValueError, match="read-only"):
+        kept[0][0, 0] = -1.0
+
+
 def test_the_redis_cache_round_trips_and_expires_nothing_early(redis_server: RedisServer) -> None:  # noqa: F811
     async def main() -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
         cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)

@@ -1,0 +1,79 @@
+"""ModelHost.prepare_async: a load that shutdown can abandon, and what it leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.inference.host import ModelHost
+
+
+class Released:
+    """Stands in for the runner a load produces; records that it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelHost:
+    monkeypatch.setattr("app.inference.host.ModelRunner", Released)  # what _release checks
+    return ModelHost(Settings(_env_file=None, registry=str(tmp_path), retain_freed_memory=False))
+
+
+def test_a_cancelled_load_does_not_hold_up_the_loop_closing_and_its_runner_is_released(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    may_finish = threading.Event()
+    made = Released()
+
+    def slow_prepare(manifest: object = None) -> Released:
+        may_finish.wait(10)  # a long load: a large artefact, a slow registry
+        return made
+
+    monkeypatch.setattr(host, "prepare", slow_prepare)
+
+    async def main() -> None:
+        loading = asyncio.create_task(host.prepare_async())
+        await asyncio.sleep(0.05)
+        loading.cancel()  # SIGTERM: the lifespan cancels the load
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+
+    started = time.monotonic()
+    asyncio.run(main())  # joins the default executor's threads: the load must not be there
+    assert time.monotonic() - started < 5
+    may_finish.set()
+    assert made.closed.wait(5)  # finished after nobody wanted it: released, not leaked
+
+
+def test_a_load_hands_its_runner_or_its_error_to_the_awaiting_task(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = Released()
+    outcomes: list[object] = [made, ValueError("bad artefact")]
+
+    def prepare(manifest: object = None) -> object:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(host, "prepare", prepare)
+
+    async def main() -> object:
+        runner: object = await host.prepare_async()
+        with pytest.raises(ValueError, match="bad artefact"):
+            await host.prepare_async()
+        return runner
+
+    assert asyncio.run(main()) is made
+    assert not made.closed.is_set()

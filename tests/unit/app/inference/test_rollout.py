@@ -1,0 +1,125 @@
+"""StageFollower: which versions stay loaded across switches, and when health is judged."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from app.config import Settings
+from app.inference import rollout
+from app.inference.host import ModelHost
+from app.inference.rollout import StageFollower, VersionHealth
+
+
+@dataclass(frozen=True)
+class FakeManifest:
+    version: str
+    signature: str = "same"
+
+
+@dataclass
+class FakeRunner:
+    manifest: FakeManifest
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeRegistry:
+    def manifest(self, model: str, version: str) -> FakeManifest:
+        return FakeManifest(version)
+
+
+@dataclass
+class FakeHost:
+    """Serves one runner; `prepare_async` makes a runner per version and remembers it."""
+
+    runner: FakeRunner | None = None
+    registry: FakeRegistry = field(default_factory=FakeRegistry)
+    device: str = "cpu"
+    made: dict[str, FakeRunner] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> FakeManifest | None:
+        return self.runner.manifest if self.runner else None
+
+    async def prepare_async(self, manifest: FakeManifest) -> FakeRunner:
+        runner = self.made[manifest.version] = FakeRunner(manifest)
+        return runner
+
+    def swap(self, runner: FakeRunner) -> FakeRunner | None:
+        previous, self.runner = self.runner, runner
+        return previous
+
+
+def follower(tmp_path: Path, **overrides: Any) -> tuple[StageFollower, FakeHost]:
+    values: dict[str, Any] = {
+        "registry": str(tmp_path),
+        "model": "m",
+        "auto_rollback": True,
+        "rollback_min_requests": 1,
+    }
+    values.update(overrides)
+    host = FakeHost()
+    host.runner = host.made["A"] = FakeRunner(FakeManifest("A"))
+    return StageFollower(cast(ModelHost, host), Settings(_env_file=None, **values), None), host
+
+
+def test_a_version_kept_for_rollback_is_released_when_the_alias_moves_on(tmp_path: Path) -> None:
+    stage, host = follower(tmp_path)
+
+    async def main() -> None:
+        await stage.switch_to("B")  # A is kept for rollback
+        await stage.switch_to("C")  # within B's window: B is the fallback now, A goes
+
+    asyncio.run(main())
+    assert host.made["A"].closed
+    assert not host.made["B"].closed  # kept: C's rollback target
+    assert not host.made["C"].closed  # serving
+    stage.close()
+    assert host.made["B"].closed
+
+
+def test_a_breach_rolls_back_once_however_many_outcomes_follow(tmp_path: Path) -> None:
+    stage, host = follower(tmp_path, rollback_max_error_rate=0.1)
+
+    async def main() -> None:
+        await stage.switch_to("B")
+        for _ in range(5):
+            stage.record("B", False, 0.01)
+        await asyncio.sleep(0.05)  # the rollback task runs
+
+    asyncio.run(main())
+    assert host.runner is host.made["A"]
+    assert host.made["B"].closed
+    assert stage.pinned_against == "B"
+    assert stage.last_event.startswith("rolled back from B to A: error rate")
+
+
+def test_the_p99_is_judged_at_most_once_an_interval_not_per_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage, _ = follower(tmp_path, rollback_max_p99_ms=50.0)
+    judged: list[int] = []
+    real_p99 = VersionHealth.p99
+
+    def counted(health: VersionHealth) -> float:
+        judged.append(len(health.latencies))
+        return real_p99(health)
+
+    monkeypatch.setattr(VersionHealth, "p99", counted)
+
+    async def main() -> None:
+        await stage.switch_to("B")
+        for _ in range(1000):
+            stage.record("B", True, 0.001)
+
+    asyncio.run(main())
+    assert judged == [1]  # the first outcome; the next judgement waits for the interval
+    assert rollout.P99_CHECK_INTERVAL_S >= 0.5
