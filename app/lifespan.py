@@ -5,7 +5,8 @@ server listens (and /healthz answers) while it loads; that task then follows the
 when FRAMEWORM_FOLLOW_STAGE is on. Shutdown runs after uvicorn has closed
 the listener and finished the connections (the drain itself starts at SIGTERM, see
 `app.serve`): 1. the batcher answers what is left with 503 within a bound, 2. the
-GracefulShutdown hooks run, the server's and those its users started (each bounded),
+GracefulShutdown hooks run, the server's and those its users started, each after the work it
+tracks has finished (every wait bounded),
 3. telemetry is flushed (a hook), 4. the model is released.
 """
 
@@ -124,8 +125,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         abandoned = await batcher.close(timeout_s=QUEUE_CLOSE_TIMEOUT_S)
         if abandoned:
             log.warning("answered %d queued item(s) with 503 at shutdown", abandoned)
-        # 2./3. Hooks: the server's (telemetry flush among them), then its users'.
+        # 2./3. Hooks: the server's (telemetry flush among them), then its users', each after
+        # the work it tracks (`track_request`) has finished, within the same bound.
         for shutdown in (lifecycle.shutdown, *lifecycle.joined):
+            await shutdown.wait_for_inflight(timeout=HOOK_TIMEOUT_S)
             await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
         if cache is not None:
             await cache.close()

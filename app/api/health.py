@@ -7,12 +7,29 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from app.deps import HostDep
 
 router = APIRouter(tags=["health"])
 
 _NO_STORE = {"cache-control": "no-store"}
+
+
+class ProbeResponse(Response):
+    """A probe's JSON answer; to HEAD (load balancers probe with it), the same status and
+    headers, Content-Length included, without the body (RFC 9110 9.3.2)."""
+
+    media_type = "application/json"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": b""})
 
 
 def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
@@ -43,9 +60,11 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
     return all(c["ok"] for c in checks.values()), checks
 
 
+# HEAD is served by the GET endpoints, and left out of the OpenAPI document.
 @router.get("/healthz", summary="Liveness: the process and its event loop answer")
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json", headers=_NO_STORE)
+    return ProbeResponse(b'{"status":"ok"}', headers=_NO_STORE)
 
 
 @router.get(
@@ -53,14 +72,10 @@ async def healthz() -> Response:
     summary="Readiness: model loaded, warm and checked; not draining",
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
 )
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, host: HostDep) -> Response:
     ready, checks = readiness(request)
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
     if "verbose" in request.query_params:
         body["checks"] = checks
-    return Response(
-        orjson.dumps(body),
-        status_code=200 if ready else 503,
-        media_type="application/json",
-        headers=_NO_STORE,
-    )
+    return ProbeResponse(orjson.dumps(body), 200 if ready else 503, headers=_NO_STORE)

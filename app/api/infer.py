@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -13,16 +14,8 @@ from starlette.responses import Response
 
 from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, request_id_of
-from app.inference.codec import (
-    Decoded,
-    array_from_json,
-    assemble,
-    check_array,
-    check_parameters,
-    decode_infer_json,
-    encode_infer_json,
-)
-from app.inference.images import decode_image
+from app.inference.codec import Inputs, check_parameters, encode_infer_json, read_infer_json
+from app.inference.images import EncodedImage
 from app.inference.service import run_inference
 from models.manifest import Signature
 
@@ -79,13 +72,16 @@ async def infer(request: Request) -> Response:
     signature = runner.manifest.signature
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
-        decoded = decode_infer_json(
+        inputs = read_infer_json(
             signature, await request.body(), settings.max_json_depth, settings.max_json_elements
         )
     elif media_type == "multipart/form-data":
-        decoded = await decode_multipart(request, signature)
+        inputs = await read_multipart(request, signature)
     else:
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
+    # Decoding images is slow CPU work: in a worker thread, so the loop serves other requests
+    # (and the probes) meanwhile. Tensors alone, the hot path, are assembled inline.
+    decoded = await asyncio.to_thread(inputs.decode) if inputs.images else inputs.decode()
     served = await run_inference(
         request, runner, batcher, decoded, settings.request_timeout_ms / 1000
     )
@@ -105,7 +101,7 @@ async def infer(request: Request) -> Response:
 DIRECT_ROUTES = [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is infer]
 
 
-async def decode_multipart(request: Request, signature: Signature) -> Decoded:
+async def read_multipart(request: Request, signature: Signature) -> Inputs:
     """One part per input, named after it: image files, or JSON arrays; `parameters` as JSON."""
     limit = len(signature.inputs) + 1
     try:
@@ -113,9 +109,13 @@ async def decode_multipart(request: Request, signature: Signature) -> Decoded:
     except Exception:  # python-multipart raises several types for malformed bodies
         raise Problem("malformed-request", "the multipart body cannot be parsed") from None
     try:
-        arrays: dict[str, np.ndarray] = {}
+        inputs = Inputs(signature)
         parameters: dict[str, Any] = {}
+        names: set[str] = set()
         for name, part in form.multi_items():
+            if name in names:
+                raise Problem("invalid-input", f"part {name!r} is given twice")
+            names.add(name)
             if name == "parameters":
                 parameters = _json_part(name, part)
                 if not isinstance(parameters, dict):
@@ -123,16 +123,16 @@ async def decode_multipart(request: Request, signature: Signature) -> Decoded:
                 continue
             spec = next((s for s in signature.inputs if s.name == name), None)
             if spec is None:
-                arrays[name] = np.zeros(0)  # reported by assemble, with the expected inputs
+                inputs.arrays[name] = np.zeros(0)  # reported by assemble, with the expected inputs
             elif isinstance(part, UploadFile):
                 if spec.image is None:
                     raise Problem("invalid-input", f"input {name!r} does not take a file")
                 raw = await part.read()
-                image = decode_image(name, raw, spec.image, part.content_type)
-                arrays[name] = check_array(name, image[None], spec)
+                inputs.images[name] = [EncodedImage(name, raw, spec.image, part.content_type)]
             else:
-                arrays[name] = array_from_json(name, _json_part(name, part), spec)
-        return assemble(signature, arrays, check_parameters(signature, parameters))
+                inputs.add_json(name, _json_part(name, part))
+        inputs.parameters = check_parameters(signature, parameters)
+        return inputs
     finally:
         await form.close()
 

@@ -13,6 +13,9 @@ from app.telemetry.metrics import Metrics
 
 router = APIRouter(tags=["observability"])
 
+# The metrics token is not an API key: its 401 names a realm (protection space) of its own.
+_WWW_AUTHENTICATE = {"www-authenticate": 'Bearer realm="frameworm-metrics"'}
+
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request, settings: SettingsDep) -> Response:
@@ -21,7 +24,11 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
         given = request.headers.get("authorization", "")
         expected = f"Bearer {token.get_secret_value()}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Problem("unauthorized", "a valid metrics bearer token is required")
+            raise Problem(
+                "unauthorized",
+                "a valid metrics bearer token is required",
+                headers=_WWW_AUTHENTICATE,
+            )
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render(request.headers.get("accept", ""))
     return Response(body, headers={"content-type": content_type})

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app.api.health import readiness
+from app.api.health import ProbeResponse, readiness
 from app.config import Settings
 from app.deps import HostDep, RunnerDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
@@ -50,9 +50,11 @@ async def server_metadata() -> Response:
     return _json(SERVER_METADATA)
 
 
+# HEAD is served by the GET endpoints, and left out of the OpenAPI document.
 @router.get("/health/live", summary="Server liveness")
+@router.head("/health/live", include_in_schema=False)
 async def live() -> Response:
-    return _json({"live": True})
+    return ProbeResponse(orjson.dumps({"live": True}))
 
 
 @router.get(
@@ -60,9 +62,10 @@ async def live() -> Response:
     summary="Server readiness",
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
 )
+@router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
     ok, _ = readiness(request)
-    return _json({"ready": ok}, 200 if ok else 503)
+    return ProbeResponse(orjson.dumps({"ready": ok}), 200 if ok else 503)
 
 
 MODEL_RESPONSES = problem_responses(*GUARD_STATUSES, 404, 422)

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from app.errors import Problem
-from app.inference.images import decode_b64, decode_image
+from app.inference.images import EncodedImage, decode_b64, decode_images
 from app.production import RequestValidator, ValidationError
 from models.manifest import Signature, TensorSpec
 from models.tensors import FLOAT_DTYPES, NUMPY_DTYPES, generate
@@ -68,7 +68,9 @@ def _finite_within(value: np.ndarray, target: np.dtype[Any]) -> bool:
     """True when every value is finite and fits `target` (a float type): then the cast is
     exact enough and no NaN or infinity needs reporting. NaN makes min and max NaN, and every
     comparison with NaN is False, so a NaN anywhere sends the caller to the precise checks."""
-    high = float(np.finfo(target).max)
+    # A float64 bound, so the comparison happens in float64: a Python float would be cast to a
+    # narrower array's dtype (float32's max is infinity in float16, letting infinity through).
+    high = np.float64(np.finfo(target).max)
     return bool(-high <= value.min() and value.max() <= high)
 
 
@@ -93,10 +95,6 @@ def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: 
 
 
 def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
-    if isinstance(value, dict):
-        return images_from_json(name, [value], spec)
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return images_from_json(name, value, spec)
     if not isinstance(value, list):
         raise Problem(
             "invalid-input", f"input {name!r} must be a nested list; expected {describe(spec)}"
@@ -112,12 +110,12 @@ def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     return check_array(name, array, spec)
 
 
-def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> np.ndarray:
+def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> list[EncodedImage]:
     if spec.image is None:
         raise Problem(
             "invalid-input", f"input {name!r} does not take images; expected {describe(spec)}"
         )
-    decoded = []
+    images = []
     for i, value in enumerate(values):
         where = f"{name}[{i}]" if len(values) > 1 else name
         if (
@@ -131,9 +129,44 @@ def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> np.ndarr
         content_type = value.get("content_type")
         if content_type is not None and not isinstance(content_type, str):
             raise Problem("invalid-input", f"input {where!r}: content_type must be a string")
-        raw = decode_b64(where, value["b64"])
-        decoded.append(decode_image(where, raw, spec.image, content_type))
-    return check_array(name, np.stack(decoded), spec)
+        images.append(
+            EncodedImage(where, decode_b64(where, value["b64"]), spec.image, content_type)
+        )
+    return images
+
+
+@dataclass
+class Inputs:
+    """A request's inputs as read: arrays checked, images still encoded.
+
+    `decode` decodes the images and assembles the inputs. Decoding images is slow CPU work, so
+    on an event loop it runs in a worker thread when there are `images`, and inline (the hot
+    path, no thread hop) when there are none.
+    """
+
+    signature: Signature
+    parameters: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    images: dict[str, list[EncodedImage]] = field(default_factory=dict)
+
+    def add_json(self, name: str, value: Any) -> None:
+        """A known input's JSON value: a nested list, or one or more image objects."""
+        spec = self.signature.input(name)
+        if isinstance(value, dict):
+            self.images[name] = images_from_json(name, [value], spec)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            self.images[name] = images_from_json(name, value, spec)
+        else:
+            self.arrays[name] = array_from_json(name, value, spec)
+
+    def decode(self) -> Decoded:
+        if self.images:
+            # One call for all of them: the request's pixel budget spans its inputs.
+            decoded = iter(decode_images([i for batch in self.images.values() for i in batch]))
+            for name, batch in self.images.items():
+                stacked = np.stack([next(decoded) for _ in batch])
+                self.arrays[name] = check_array(name, stacked, self.signature.input(name))
+        return assemble(self.signature, self.arrays, self.parameters)
 
 
 class SignatureRules:
@@ -253,9 +286,9 @@ def assemble(
     return Decoded(ordered, items, parameters, random)
 
 
-def decode_infer_json(
+def read_infer_json(
     signature: Signature, body: bytes, max_depth: int = 32, max_elements: int = 4_000_000
-) -> Decoded:
+) -> Inputs:
     """POST /infer JSON: {"inputs": {NAME: nested list | image}, "parameters": {...}}."""
     check_json_shape(body, max_depth, max_elements)
     try:
@@ -282,10 +315,10 @@ def decode_infer_json(
             f"unknown input(s) {sorted(unknown)}; the model takes "
             + ", ".join(describe(s) for s in signature.inputs),
         )
-    arrays = {
-        name: array_from_json(name, value, signature.input(name)) for name, value in inputs.items()
-    }
-    return assemble(signature, arrays, params)
+    read = Inputs(signature, params)
+    for name, value in inputs.items():
+        read.add_json(name, value)
+    return read
 
 
 def encode_infer_json(

@@ -8,6 +8,7 @@ when its `parameters.binary_data_size` says so. Outputs go back as binary when t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,27 +135,24 @@ def _decode_input(
         spec = signature.input(name)
     except KeyError:
         return name, np.zeros(0), 0  # assemble reports unknown inputs with the expected list
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise Problem(
             "invalid-input", f"input {name!r}: shape must be a list of non-negative integers"
         )
-    if datatype not in NUMPY_OF:
+    if not isinstance(datatype, str) or datatype not in NUMPY_OF:
         raise Problem("invalid-input", f"input {name!r}: datatype must be {DATATYPES[spec.dtype]}")
     dtype = NUMPY_OF[datatype]
-    count = int(np.prod(shape)) if shape else 1
+    # A Python int, which cannot wrap: an absurd count is one that no data matches, refused below.
+    count = math.prod(shape)
     size = _parameters_of(item, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if (
-            not isinstance(size, int)
-            or size != count * dtype.itemsize
-            or offset + size > len(binary)
-        ):
+        if not _is_count(size) or size != count * dtype.itemsize or offset + size > len(binary):
             raise Problem(
                 "invalid-input", f"input {name!r}: binary_data_size does not fit its shape"
             )
+        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
         # A copy: torch needs writable memory, and the request body must not be kept alive.
-        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
-        return name, check_array(name, array, spec), size
+        return name, check_array(name, _reshaped(name, array, shape).copy(), spec), size
     data = item.get("data")
     if not isinstance(data, list):
         raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
@@ -166,10 +164,22 @@ def _decode_input(
     # Data must be of its declared datatype's kind: 1.5 declared INT64 is refused, not cut.
     if given.dtype.kind not in _KINDS_OF[dtype.kind] or given.size != count:
         raise mismatch
-    return name, check_array(name, given.reshape(shape), spec), 0
+    return name, check_array(name, _reshaped(name, given, shape), spec), 0
 
 
 _KINDS_OF = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative JSON integer (bool is an int subclass in Python, not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _reshaped(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError:  # a dimension numpy cannot index, next to a 0 that makes the count fit
+        raise Problem("invalid-input", f"input {name!r}: shape is too large") from None
 
 
 def _parameters_of(item: dict[str, Any], where: str) -> dict[str, Any]:
@@ -203,12 +213,12 @@ def _requested_outputs(
 
 
 def _timeout(value: Any) -> float | None:
-    """The protocol's `timeout` is in microseconds."""
+    """The protocol's `timeout` is in microseconds; 0 means none, as in Triton."""
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not _is_count(value):
         raise Problem("invalid-input", "parameter 'timeout' must be a non-negative integer (µs)")
-    return value / 1_000_000
+    return value / 1_000_000 if value else None
 
 
 def encode_response(

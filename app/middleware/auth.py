@@ -97,7 +97,8 @@ def _token(scope: Scope) -> str | None:
             scheme, _, credentials = text.partition(" ")
             if scheme.lower() == "bearer":
                 bearer = credentials.strip()
-    return api_key if api_key is not None else bearer
+    # An empty X-API-Key (a client's unset variable) is no key: it must not hide the bearer.
+    return api_key or bearer
 
 
 def _client_address(scope: Scope) -> str:

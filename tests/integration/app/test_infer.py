@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -11,8 +13,10 @@ import orjson
 import pytest
 from PIL import Image
 
+from app.inference.images import REQUEST_MAX_PIXELS
 from models.demo import sample_png
 from tests.integration.app.apps import AppClient
+from tests.unit.app.inference.test_images import BROKEN_PNG
 
 DIGITS = range(10)
 
@@ -187,3 +191,86 @@ def test_a_wrong_shape_is_422_naming_the_expected_shape(cnn: AppClient) -> None:
 def test_an_unknown_json_input_is_422(cnn: AppClient) -> None:
     body = {"inputs": {"image": image_input(1), "extra": [[1]]}}
     assert cnn.post("/infer", json=body).status_code == 422
+
+
+# ------------------------------------------------------------------ images: load and bad input
+def test_images_are_decoded_off_the_event_loop(
+    cnn: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decode blocks until released: on the event loop, /healthz could not answer meanwhile.
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+    convert = Image.Image.convert
+
+    def blocking_convert(self: Image.Image, *args: Any, **kwargs: Any) -> Image.Image:
+        entered.set()
+        release.wait(10)
+        left.set()
+        return convert(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", blocking_convert)
+    with ThreadPoolExecutor(1) as pool:
+        infer = pool.submit(cnn.post, "/infer", json={"inputs": {"image": image_input(6)}})
+        try:
+            assert entered.wait(10)
+            health = cnn.get("/healthz")
+            assert health.status_code == 200
+            assert not left.is_set(), "/healthz waited for the decode"
+        finally:
+            release.set()
+        response = infer.result(timeout=30)
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [6]
+
+
+def test_images_declaring_more_pixels_than_the_request_budget_are_422(cnn: AppClient) -> None:
+    # Each under the image limit (4096 x 4096), a few kB, and together past the budget.
+    buffer = io.BytesIO()
+    Image.new("1", (4096, 4096)).save(buffer, "PNG")
+    image = {"b64": base64.b64encode(buffer.getvalue()).decode(), "content_type": "image/png"}
+    response = cnn.post("/infer", json={"inputs": {"image": [image] * 3}})
+    assert response.status_code == 422
+    assert f"at most {REQUEST_MAX_PIXELS} pixels" in response.json()["detail"]
+    assert cnn.get("/healthz").status_code == 200
+
+
+def test_a_corrupt_png_is_422_as_json(cnn: AppClient) -> None:
+    image = {"b64": base64.b64encode(BROKEN_PNG).decode(), "content_type": "image/png"}
+    response = cnn.post("/infer", json={"inputs": {"image": image}})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "image could not be decoded"
+
+
+def test_a_corrupt_png_is_422_as_a_multipart_file(cnn: AppClient) -> None:
+    response = cnn.post("/infer", files={"image": ("x.png", BROKEN_PNG, "image/png")})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "image could not be decoded"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["IMAGE/PNG", "image/png; x=y", "application/octet-stream"]
+)
+def test_a_multipart_image_content_type_is_matched_loosely(
+    cnn: AppClient, content_type: str
+) -> None:
+    response = cnn.post("/infer", files={"image": ("x.png", sample_png(4), content_type)})
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [4]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param([("image", ("x.png", sample_png(1), "image/png"))] * 2, id="two-files"),
+        pytest.param(
+            [
+                ("image", ("x.png", sample_png(1), "image/png")),
+                ("image", (None, orjson.dumps(pixels(1)).decode())),
+            ],
+            id="file-and-field",
+        ),
+    ],
+)
+def test_a_multipart_input_given_twice_is_422(cnn: AppClient, files: list[Any]) -> None:
+    response = cnn.post("/infer", files=files)
+    assert response.status_code == 422
+    assert response.json()["detail"] == "part 'image' is given twice"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from models.demo import seed_demo
 from models.registry import ModelRegistry
@@ -86,3 +89,38 @@ def test_readyz_turns_503_once_the_drain_begins(seeded_registry: Path) -> None:
     assert response.status_code == 503
     assert response.json()["checks"]["draining"] == {"ok": False, "reason": "shutting down"}
     assert live.status_code == 200
+
+
+def test_at_shutdown_a_joined_shutdown_s_hooks_run_after_the_work_it_tracks(
+    tmp_path: Path,
+) -> None:
+    # The building block's contract: the server's drain waits for tracked work, then the hooks.
+    from app.production import GracefulShutdown
+
+    user = GracefulShutdown(timeout=5)
+    seen_in_flight: list[int] = []
+    user.register_handler(lambda: seen_in_flight.append(user.inflight))
+    work = user.track_request()
+    with running_app(app_settings(tmp_path / "registry"), ready=False) as client:
+        client.app.state.lifecycle.join(user)
+        work.__enter__()  # e.g. a background job the user's code tracks
+        threading.Timer(0.3, work.__exit__, (None, None, None)).start()
+    assert seen_in_flight == [0]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"])
+def test_head_on_a_probe_answers_as_get_without_the_body(cnn: AppClient, path: str) -> None:
+    get, head = cnn.get(path), cnn.request("HEAD", path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert {**head.headers, "x-request-id": ""} == {**get.headers, "x-request-id": ""}
+    assert int(head.headers["content-length"]) == len(get.content)
+
+
+def test_head_on_readyz_is_503_like_get_once_the_drain_begins(seeded_registry: Path) -> None:
+    with running_app(app_settings(seeded_registry)) as client:
+        client.app.state.lifecycle.begin_drain()
+        head = client.request("HEAD", "/readyz")
+        v2_head = client.request("HEAD", "/v2/health/ready")
+    assert (head.status_code, head.content) == (503, b"")
+    assert (v2_head.status_code, v2_head.content) == (503, b"")

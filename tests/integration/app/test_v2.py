@@ -157,3 +157,65 @@ def test_input_parameters_that_are_not_an_object_are_422(cnn: AppClient) -> None
     document = json_request(1)
     document["inputs"][0]["parameters"] = ["binary_data_size"]
     assert cnn.post(INFER, json=document).status_code == 422
+
+
+DECODER_INFER = "/v2/models/vae-digits-decoder/infer"
+
+
+def latent(**fields: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"name": "latent", "shape": [1, 16], "datatype": "FP32"}
+    item.update(fields)
+    return {"inputs": [item]}
+
+
+def binary_body(document: dict[str, Any], data: bytes) -> dict[str, Any]:
+    header = orjson.dumps(document)
+    return {
+        "content": header + data,
+        "headers": {
+            "inference-header-content-length": str(len(header)),
+            "content-type": "application/octet-stream",
+        },
+    }
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**63, 2], [2**63, 0]])
+def test_a_shape_overflowing_int64_is_422_as_json(decoder: AppClient, shape: list[int]) -> None:
+    response = decoder.post(DECODER_INFER, json=latent(shape=shape, data=[]))
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid-input"
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**63, 2], [2**63, 0]])
+def test_a_shape_overflowing_int64_is_422_as_binary(decoder: AppClient, shape: list[int]) -> None:
+    document = latent(shape=shape, parameters={"binary_data_size": 0})
+    response = decoder.post(DECODER_INFER, **binary_body(document, b""))
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid-input"
+
+
+@pytest.mark.parametrize("datatype", [["FP32"], {"FP32": 1}])
+def test_a_datatype_that_is_not_a_string_is_422(decoder: AppClient, datatype: Any) -> None:
+    response = decoder.post(DECODER_INFER, json=latent(datatype=datatype, data=[0] * 16))
+    assert response.status_code == 422
+    assert "datatype must be FP32" in response.json()["error"]
+
+
+def test_a_timeout_of_0_means_none_as_in_triton(decoder: AppClient) -> None:
+    document = latent(data=[0.0] * 16)
+    document["parameters"] = {"timeout": 0}
+    response = decoder.post(DECODER_INFER, json=document)
+    assert response.status_code == 200, response.text
+
+
+def test_fp16_infinity_as_binary_data_is_422(cnn: AppClient) -> None:
+    data = np.full((1, 1, 28, 28), np.inf, dtype="<f2").tobytes()
+    item = {
+        "name": "image",
+        "shape": [1, 1, 28, 28],
+        "datatype": "FP16",
+        "parameters": {"binary_data_size": len(data)},
+    }
+    response = cnn.post(INFER, **binary_body({"inputs": [item]}, data))
+    assert response.status_code == 422
+    assert "NaN or infinity" in response.json()["error"]

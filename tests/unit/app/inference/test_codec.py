@@ -12,12 +12,13 @@ import pytest
 
 from app.errors import Problem
 from app.inference.codec import (
+    Decoded,
     array_from_json,
     assemble,
     check_array,
     check_parameters,
-    decode_infer_json,
     encode_infer_json,
+    read_infer_json,
 )
 from models.demo import demo_model, sample_png
 from models.manifest import Dtype, ParameterSpec, Signature, TensorSpec
@@ -40,6 +41,16 @@ def signature(*inputs: TensorSpec, **kw: Any) -> Signature:
 
 def body(document: Any) -> bytes:
     return orjson.dumps(document)
+
+
+def decode_infer_json(sig: Signature, body: bytes) -> Decoded:
+    """A JSON request read and decoded in one go."""
+    return read_infer_json(sig, body).decode()
+
+
+def json_input(name: str, value: Any, sig: Signature = CNN) -> np.ndarray:
+    """One input's JSON value as the array it decodes to, the request's only input."""
+    return decode_infer_json(sig, body({"inputs": {name: value}})).arrays[0]
 
 
 def refused(code: str = "invalid-input") -> pytest.RaisesExc[Problem]:
@@ -131,6 +142,23 @@ def test_a_value_that_overflows_a_float16_spec_is_refused_without_a_warning() ->
         array_from_json("x", [[1e10, 0, 0]], spec("float16"))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_float16_values_are_refused_for_a_wider_float_spec(
+    dtype: Dtype, value: float
+) -> None:
+    # Compared with float32's max cast to float16 (infinity), infinity used to pass; the cast
+    # also warned (an error under this suite's filterwarnings).
+    with refused() as caught:
+        check_array("x", np.array([[0.0, value, 1.0]], dtype=np.float16), spec(dtype))
+    assert "NaN or infinity" in caught.value.detail
+
+
+def test_finite_float16_values_pass_for_a_float32_spec() -> None:
+    array = check_array("x", np.array([[0.5, -65504.0, 65504.0]], dtype=np.float16), spec())
+    assert array.dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -150,7 +178,7 @@ def test_ragged_or_non_numeric_values_are_refused(value: Any) -> None:
 # ------------------------------------------------------------------ images inside JSON
 def test_an_image_object_becomes_a_one_item_batch() -> None:
     image = {"b64": base64.b64encode(sample_png(3)).decode(), "content_type": "image/png"}
-    array = array_from_json("image", image, CNN.inputs[0])
+    array = json_input("image", image)
     assert array.shape == (1, 1, 28, 28)
     assert array.dtype == np.float32
     assert float(array.min()) >= 0.0 and float(array.max()) <= 1.0
@@ -158,12 +186,12 @@ def test_an_image_object_becomes_a_one_item_batch() -> None:
 
 def test_a_list_of_image_objects_becomes_a_batch() -> None:
     images = [{"b64": base64.b64encode(sample_png(d)).decode()} for d in (1, 2)]
-    assert array_from_json("image", images, CNN.inputs[0]).shape == (2, 1, 28, 28)
+    assert json_input("image", images).shape == (2, 1, 28, 28)
 
 
 def test_an_image_object_for_a_tensor_without_an_image_spec_is_refused() -> None:
     with refused() as caught:
-        array_from_json("x", {"b64": "AAAA"}, spec())
+        json_input("x", {"b64": "AAAA"}, signature())
     assert "does not take images" in caught.value.detail
 
 
@@ -177,13 +205,13 @@ def test_an_image_object_for_a_tensor_without_an_image_spec_is_refused() -> None
 )
 def test_a_malformed_image_object_is_refused(image: dict[str, Any]) -> None:
     with refused():
-        array_from_json("image", image, CNN.inputs[0])
+        json_input("image", image)
 
 
 def test_a_mixed_list_of_images_and_other_values_is_refused_naming_the_item() -> None:
     good = {"b64": base64.b64encode(sample_png(1)).decode()}
     with refused() as caught:
-        array_from_json("image", [good, [1, 2]], CNN.inputs[0])
+        json_input("image", [good, [1, 2]])
     assert "image[1]" in caught.value.detail
 
 

@@ -12,11 +12,30 @@ import pytest
 from PIL import Image
 
 from app.errors import Problem
-from app.inference.images import decode_b64, decode_image
+from app.inference.images import (
+    REQUEST_MAX_PIXELS,
+    EncodedImage,
+    decode_b64,
+    decode_images,
+)
 from models.demo import sample_png
 from models.manifest import ImageSpec
 
 SPEC = ImageSpec(mode="L", height=28, width=28, formats=("PNG", "JPEG"), max_pixels=64 * 64)
+
+
+# A reviewer's fuzzing find: a PNG whose IDAT chunk is followed by garbage, on which Pillow
+# raises SyntaxError ("broken PNG file") while loading.
+BROKEN_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d494844520000001e0000001408060000009aab8dc400000024"
+    "49444154789cedcd310100000c02a0b9fea18de10305486ee347af582c168bc52c9b914555"
+    "62f14001cff70029d6c068aa0000000049454e44ae426082"
+)
+
+
+def decode_image(field: str, raw: bytes, spec: ImageSpec, content_type: str | None) -> np.ndarray:
+    """One image, decoded on its own."""
+    return decode_images([EncodedImage(field, raw, spec, content_type)])[0]
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -127,6 +146,56 @@ def test_a_truncated_png_is_refused_as_undecodable() -> None:
     raw = encoded(Image.effect_noise((28, 28), 64).convert("L"))
     with refused("invalid-input"):
         decode_image("image", raw[: len(raw) // 2], SPEC, "image/png")
+
+
+def test_a_corrupt_png_on_which_pillow_raises_syntax_error_is_refused_as_undecodable() -> None:
+    assert len(BROKEN_PNG) == 98
+    with refused("invalid-input") as caught:
+        decode_image("image", BROKEN_PNG, SPEC, "image/png")
+    assert caught.value.detail == "image could not be decoded"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["IMAGE/PNG", "image/png; x=y", " Image/Png ;charset=binary", "application/octet-stream"],
+)
+def test_content_types_match_case_insensitively_without_parameters(content_type: str) -> None:
+    assert decode_image("image", sample_png(3), SPEC, content_type).shape == (1, 28, 28)
+
+
+def test_an_octet_stream_image_is_still_held_to_the_allow_list() -> None:
+    raw = encoded(Image.new("L", (28, 28), 0), "GIF")
+    with refused("invalid-input") as caught:
+        decode_image("image", raw, SPEC, "application/octet-stream")
+    assert "not an image in an accepted format" in caught.value.detail
+
+
+def test_a_request_whose_images_declare_too_many_pixels_in_all_is_refused_before_decoding() -> None:
+    # Each header is within the image limit, the sum is not; their data is absent, so decoding
+    # would fail: a refusal naming the budget proves the headers were added up first.
+    spec = SPEC.model_copy(update={"max_pixels": 4096 * 4096})
+    images = [
+        EncodedImage(f"image[{i}]", png_header_only(4096, 4096), spec, None) for i in range(3)
+    ]
+    with refused("invalid-input") as caught:
+        decode_images(images)
+    assert caught.value.status == 422
+    assert f"at most {REQUEST_MAX_PIXELS} pixels" in caught.value.detail
+
+
+def test_the_pixel_budget_is_at_least_one_image_at_its_spec_limit() -> None:
+    spec = SPEC.model_copy(update={"max_pixels": 2 * REQUEST_MAX_PIXELS})
+    images = [EncodedImage("image", png_header_only(8192, 8192), spec, None)]
+    with refused("invalid-input") as caught:
+        decode_images(images)
+    assert caught.value.detail == "image could not be decoded"  # within budget: decoding tried
+
+
+def test_images_within_the_budget_are_decoded_in_order() -> None:
+    images = [EncodedImage(f"image[{d}]", sample_png(d), SPEC, "image/png") for d in (1, 7)]
+    arrays = decode_images(images)
+    assert [a.shape for a in arrays] == [(1, 28, 28)] * 2
+    assert np.array_equal(arrays[1], decode_image("image", sample_png(7), SPEC, None))
 
 
 def test_an_image_larger_than_max_size_mb_is_413_before_anything_else() -> None:

@@ -66,7 +66,7 @@ def test_a_shape_that_does_not_fit_the_signature_is_refused() -> None:
         decode_request(SIG, header(x_input(shape=[3, 2], data=list(range(6)))), None)
 
 
-@pytest.mark.parametrize("datatype", ["FP8", "BYTES", None, "fp32"])
+@pytest.mark.parametrize("datatype", ["FP8", "BYTES", None, "fp32", ["FP32"], {"t": "FP32"}, 32])
 def test_an_unknown_datatype_is_refused_naming_the_expected_one(datatype: Any) -> None:
     with refused() as caught:
         decode_request(SIG, header(x_input(datatype=datatype, data=list(range(6)))), None)
@@ -94,12 +94,52 @@ def test_fractional_data_under_an_integer_datatype_is_refused() -> None:
         pytest.param({"shape": [2, 3], "datatype": "FP32", "data": []}, id="no-name"),
         pytest.param(x_input(shape=[2, -3], data=[0] * 6), id="negative-dim"),
         pytest.param(x_input(shape="2,3", data=[0] * 6), id="shape-string"),
+        pytest.param(x_input(shape=[True, 3], data=[0] * 3), id="bool-dim"),
+        pytest.param(x_input(shape=[2.0, 3], data=[0] * 6), id="float-dim"),
+        pytest.param(x_input(shape=[[2], 3], data=[0] * 6), id="list-dim"),
         pytest.param(x_input(), id="no-data"),
     ],
 )
 def test_a_malformed_input_entry_is_refused(item: Any) -> None:
     with refused():
         decode_request(SIG, header(item), None)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[2**32, 2**32], [2**63, 2], [2**64 - 1, 2**64 - 1, 3]],
+    ids=["wraps-to-0", "wraps-negative", "huge"],
+)
+def test_a_shape_whose_element_count_overflows_int64_is_refused(shape: list[int]) -> None:
+    with refused() as caught:
+        decode_request(SIG, header(x_input(shape=shape, data=[])), None)
+    assert "does not match shape" in caught.value.detail
+    document = header(x_input(shape=shape, parameters={"binary_data_size": 0}))
+    with refused() as caught:
+        decode_request(SIG, *with_binary(document, b"\x00"))
+    assert "binary_data_size" in caught.value.detail
+
+
+@pytest.mark.parametrize("shape", [[2**63, 0], [0, 2**63, 3], [2**62, 0, 3]])
+def test_a_shape_numpy_cannot_take_is_refused_even_when_its_count_fits(shape: list[int]) -> None:
+    with refused() as caught:
+        decode_request(SIG, header(x_input(shape=shape, data=[])), None)
+    assert "shape is too large" in caught.value.detail
+    document = header(x_input(shape=shape, parameters={"binary_data_size": 0}))
+    with refused() as caught:
+        decode_request(SIG, document, str(len(document)))
+    assert "shape is too large" in caught.value.detail
+
+
+def test_a_bool_binary_data_size_is_refused() -> None:
+    sig = Signature(
+        inputs=(TensorSpec(name="x", dtype="uint8", shape=(-1, 1)),),
+        outputs=(TensorSpec(name="y", shape=(-1, 1)),),
+    )
+    item = x_input(shape=[1, 1], datatype="UINT8", parameters={"binary_data_size": True})
+    with refused() as caught:
+        decode_request(sig, *with_binary(header(item), b"\x01"))
+    assert "binary_data_size" in caught.value.detail
 
 
 def test_input_parameters_that_are_not_an_object_are_refused() -> None:
@@ -203,6 +243,23 @@ def test_leftover_binary_bytes_are_refused() -> None:
     assert "left over" in caught.value.detail
 
 
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_fp16_binary_data_is_refused_for_a_float32_input(value: float) -> None:
+    rows = ROWS.astype(np.float16)
+    rows[0, 2] = value
+    document = header(x_input(datatype="FP16", parameters={"binary_data_size": rows.nbytes}))
+    with refused() as caught:
+        decode_request(SIG, *with_binary(document, rows.tobytes()))
+    assert "NaN or infinity" in caught.value.detail
+
+
+def test_fp16_json_data_out_of_float32_range_is_refused() -> None:
+    # JSON has no infinity; the nearest a JSON client gets is a number no float32 can hold.
+    with refused() as caught:
+        decode_request(SIG, header(x_input(datatype="FP16", data=[1e300] + [0] * 5)), None)
+    assert "out of range" in caught.value.detail
+
+
 def test_nan_in_binary_data_is_refused() -> None:
     rows = ROWS.copy()
     rows[1, 1] = np.nan
@@ -228,7 +285,12 @@ def test_timeout_is_read_in_microseconds() -> None:
     assert request.timeout_s == pytest.approx(0.0025)
 
 
-@pytest.mark.parametrize("timeout", [-1, 1.5, True, "10"])
+def test_a_timeout_of_0_means_no_timeout_as_in_triton() -> None:
+    request = decode_request(SIG, header(x_input(data=[0] * 6), parameters={"timeout": 0}), None)
+    assert request.timeout_s is None
+
+
+@pytest.mark.parametrize("timeout", [-1, 1.5, True, False, "10"])
 def test_a_timeout_that_is_not_a_non_negative_integer_is_refused(timeout: Any) -> None:
     body = header(x_input(data=[0] * 6), parameters={"timeout": timeout})
     with refused() as caught:
