@@ -50,13 +50,18 @@ def check_version(version: str) -> str:
     return version
 
 
-def version_key(version: str) -> tuple[int, int, int, int, str]:
+def version_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
     """Sort key giving semver precedence (a pre-release sorts before its release)."""
     match = SEMVER_PATTERN.fullmatch(version)
     if match is None:
         raise ValueError(f"invalid version {version!r}")
     major, minor, patch, pre = match.groups()
-    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+    if pre is None:
+        return (int(major), int(minor), int(patch), 1, ())
+    # Semver 2.0 section 11: pre-release identifiers compare one by one, numeric ones as numbers
+    # and before alphanumeric ones; with all equal, fewer identifiers first (as tuples compare).
+    identifiers = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return (int(major), int(minor), int(patch), 0, identifiers)
 
 
 class _Strict(BaseModel):

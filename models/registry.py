@@ -8,8 +8,13 @@ Layout in the store:
 The stage model: `staging` and `production` each point at one version or none. Promoting V to
 production archives the version production leaves and clears staging if it pointed at V.
 Rollback moves production back to the version it pointed at before the last promotion still
-in force. Every change to an index is a compare-and-swap, so of two concurrent writers that
+in force. Every change to an index is a compare-and-swap, so of two concurrent stage moves that
 read the same index, exactly one wins and the other gets ConflictError with nothing written.
+A registration only adds its version, so it re-reads the index and tries again instead.
+
+A version is registered once the index lists it. Its manifest and artefact are written first,
+so a registration that stopped midway leaves files no reader serves; registering the same
+bytes again finishes it.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ from models.manifest import (
     utcnow,
     version_key,
 )
-from models.store import Store, open_store, sha256_bytes, sha256_file
+from models.store import Store, open_store, sha256_bytes
 
 Action = Literal["register", "promote", "rollback", "archive"]
+# Index writes that only add (register) retry a lost compare-and-swap this many times.
+INDEX_ATTEMPTS = 5
 
 
 class StageEvent(BaseModel):
@@ -111,6 +118,8 @@ class ModelRegistry:
         return ModelIndex.model_validate_json(raw)
 
     def manifest(self, name: str, version: str) -> ModelManifest:
+        """The stored manifest, even of a version whose registration has not finished (which
+        copying between registries needs); `resolve` serves only registered versions."""
         check_version_safe(version)
         raw = self.store.read(f"{check_name_safe(name)}/{version}/manifest.json")
         if raw is None:
@@ -122,11 +131,12 @@ class ModelRegistry:
     ) -> ModelManifest:
         """The manifest of a pinned version, or of the version a stage alias points at."""
         if version is not None:
-            return self.manifest(name, version)
-        target = self.index(name).aliases.get(stage)
+            check_version_safe(version)
+        index = self.index(name)
+        target = version if version is not None else index.aliases.get(stage)
         if target is None:
             raise ModelNotFoundError(name, stage=stage)
-        return self.manifest(name, target)
+        return self._registered_manifest(index, target)
 
     def history(self, name: str) -> list[StageEvent]:
         return list(self.index(name).history)
@@ -149,7 +159,7 @@ class ModelRegistry:
 
     def check(self, name: str, version: str) -> ModelManifest:
         """Verify, load (CPU), run two batch sizes and the golden checks; raise on failure."""
-        manifest = self.manifest(name, version)
+        manifest = self.resolve(name, version=version)
         model = self.load(manifest)
         try:
             check_signature(model)
@@ -159,11 +169,12 @@ class ModelRegistry:
         return manifest
 
     def verify(self, name: str, version: str | None = None) -> list[VerifyResult]:
-        versions = [version] if version else self.index(name).versions
+        index = self.index(name)
+        versions = [version] if version else index.versions
         results = []
         for v in versions:
             try:
-                self.artefact_bytes(self.manifest(name, v))
+                self.artefact_bytes(self._registered_manifest(index, v))
                 results.append(VerifyResult(name=name, version=v, ok=True, detail="sha256 ok"))
             except IntegrityError as exc:
                 results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
@@ -192,9 +203,12 @@ class ModelRegistry:
         check_version_safe(version)
         if not artefact.is_file():
             raise ArtefactError(f"artefact {artefact} is not a file")
-        index = self._index_or_new(name)
-        if version in index.versions:
+        if version in self._index_or_new(name).versions:
             raise VersionExistsError(name, version)
+        # Read once: the bytes hashed are the bytes checked and the bytes stored, even if the
+        # file changes meanwhile.
+        data = artefact.read_bytes()
+        created_by = actor or default_actor()
         suffix = {"safetensors": ".safetensors", "torch_export": ".pt2", "torchscript": ".pt"}
         try:
             manifest = ModelManifest(
@@ -202,21 +216,21 @@ class ModelRegistry:
                 version=version,
                 format=format,
                 artefact="model" + suffix[format],
-                sha256=sha256_file(artefact),
-                size_bytes=artefact.stat().st_size,
+                sha256=sha256_bytes(data),
+                size_bytes=len(data),
                 family=family,
                 family_config=family_config or {},
                 signature=signature,
                 golden=golden,
                 deterministic=deterministic,
                 trusted=trusted,
-                created_by=actor or default_actor(),
+                created_by=created_by,
                 description=description,
                 metadata=metadata or {},
             )
         except ValueError as exc:
             raise ArtefactError(str(exc)) from None
-        model = load_model(manifest, artefact.read_bytes(), torch.device("cpu"))
+        model = load_model(manifest, data, torch.device("cpu"))
         check_signature(model)
         run_golden_checks(model)
 
@@ -226,19 +240,23 @@ class ModelRegistry:
         if not self.store.swap(
             f"{base}/manifest.json", manifest.model_dump_json(indent=2).encode(), None
         ):
-            raise VersionExistsError(name, version)
-        self.store.put_file(f"{base}/{manifest.artefact}", artefact)
+            manifest = self._unfinished_registration(manifest)
+        self.store.put_bytes(f"{base}/{manifest.artefact}", data)
 
         def add(ix: ModelIndex) -> None:
             if version in ix.versions:
                 raise VersionExistsError(name, version)
             ix.versions.append(version)
             ix.versions.sort(key=version_key)
-            ix.history.append(
-                StageEvent(actor=manifest.created_by, action="register", version=version)
-            )
+            ix.history.append(StageEvent(actor=created_by, action="register", version=version))
 
-        self._update(name, add, create=True)
+        try:
+            self._update(name, add, create=True, attempts=INDEX_ATTEMPTS)
+        except ConflictError:
+            raise ConflictError(
+                f"{name}'s index kept changing; {version} is stored but not registered: "
+                "register it again to finish"
+            ) from None
         return manifest
 
     def promote(
@@ -258,6 +276,8 @@ class ModelRegistry:
         def move(ix: ModelIndex) -> None:
             if version not in ix.versions:
                 raise ModelNotFoundError(name, version=version)
+            if ix.aliases.get(stage) == version:
+                return  # already there: recording it would give rollback a step that goes nowhere
             self._move_alias(ix, stage, version, "promote", actor, reason)
 
         return self._update(name, move, expected_revision=expected_revision)
@@ -328,6 +348,23 @@ class ModelRegistry:
             )
         )
 
+    def _registered_manifest(self, index: ModelIndex, version: str) -> ModelManifest:
+        # The manifest is written before the index lists its version: until then (for ever, if
+        # that registration stopped midway) the version is not registered.
+        if version not in index.versions:
+            raise ModelNotFoundError(index.name, version=version)
+        return self.manifest(index.name, version)
+
+    def _unfinished_registration(self, manifest: ModelManifest) -> ModelManifest:
+        """The stored manifest of a version whose registration of these same bytes never reached
+        the index; VersionExistsError for anything else."""
+        name, version = manifest.name, manifest.version
+        stored = self.manifest(name, version)
+        if stored.sha256 != manifest.sha256 or version in self._index_or_new(name).versions:
+            raise VersionExistsError(name, version)
+        # Manifests are written once: finish with the stored one (same bytes, so same model).
+        return stored
+
     def _index_or_new(self, name: str) -> ModelIndex:
         try:
             return self.index(name)
@@ -341,24 +378,29 @@ class ModelRegistry:
         *,
         create: bool = False,
         expected_revision: int | None = None,
+        attempts: int = 1,
     ) -> ModelIndex:
+        """Apply `change` to the index by compare-and-swap, re-reading after a lost swap up to
+        `attempts` times in all. A change that changes nothing writes nothing."""
         key = f"{check_name_safe(name)}/index.json"
-        raw = self.store.read(key)
-        if raw is None and not create:
-            raise ModelNotFoundError(name)
-        index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=name)
-        if expected_revision is not None and index.revision != expected_revision:
-            raise ConflictError(
-                f"{name} is at revision {index.revision}, not {expected_revision}; "
-                "re-read and retry"
-            )
-        change(index)
-        index.revision += 1
-        if not self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
-            raise ConflictError(
-                f"{name} was changed by someone else meanwhile; nothing was written"
-            )
-        return index
+        for _ in range(attempts):
+            raw = self.store.read(key)
+            if raw is None and not create:
+                raise ModelNotFoundError(name)
+            index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=name)
+            if expected_revision is not None and index.revision != expected_revision:
+                raise ConflictError(
+                    f"{name} is at revision {index.revision}, not {expected_revision}; "
+                    "re-read and retry"
+                )
+            before = index.model_dump_json()
+            change(index)
+            if raw is not None and index.model_dump_json() == before:
+                return index  # e.g. a promotion to the current target: no event, same revision
+            index.revision += 1
+            if self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
+                return index
+        raise ConflictError(f"{name} was changed by someone else meanwhile; nothing was written")
 
 
 def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
@@ -368,7 +410,10 @@ def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
         if event.stage != stage:
             continue
         if event.action == "promote":
-            stack.append(event.version)
+            # A promotion to the current target moved nothing (histories written before such a
+            # promotion became a no-op hold some): as a step, rollback would go nowhere.
+            if not stack or stack[-1] != event.version:
+                stack.append(event.version)
         elif event.action == "rollback" and stack:
             stack.pop()
     if len(stack) < 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -124,7 +124,10 @@ class LocalStore:
     @staticmethod
     def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
         # Write beside the target, fsync, rename: a crash leaves the old object or the new one.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Not mkstemp, whose files are 0600 whatever the umask: a registry shared by the CLI's
+        # user and the server's needs 0666 & ~umask, like any other new file.
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 if isinstance(data, bytes):
@@ -136,7 +139,7 @@ class LocalStore:
                 os.fsync(out.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from app.production import APIKeyAuth
+from app.production.keystore import KeyFileError, ReadOnlyKeyStoreError
 
 keys_app = typer.Typer(help="API keys: shown once at creation, stored only as a keyed hash.")
 
@@ -24,6 +27,16 @@ def parse_duration(text: str) -> float:
     if match is None:
         fail(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 90d)")
     return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """errors_as_one_line, and the key store's refusals: a corrupt or a read-only key file."""
+    with errors_as_one_line():
+        try:
+            yield
+        except (KeyFileError, ReadOnlyKeyStoreError) as exc:
+            fail(str(exc))
 
 
 def _when(seconds: float | None) -> str | None:
@@ -43,7 +56,7 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a key for OWNER and print it once; only its hash is stored."""
-    with errors_as_one_line():
+    with _one_line_errors():
         auth = APIKeyAuth(settings=Settings())
         key = auth.create_key(
             owner,
@@ -62,7 +75,7 @@ def create(
 @keys_app.command("list")
 def list_keys(as_json: bool = JsonOption) -> None:
     """Every key's id, owner, scopes and state (never the key)."""
-    with errors_as_one_line():
+    with _one_line_errors():
         records = APIKeyAuth(settings=Settings()).list_keys()
         rows = [
             {
@@ -93,7 +106,7 @@ def list_keys(as_json: bool = JsonOption) -> None:
 @keys_app.command()
 def revoke(key_id: str) -> None:
     """Revoke a key by its id; running servers refuse it within seconds (at once with Redis)."""
-    with errors_as_one_line():
+    with _one_line_errors():
         if not APIKeyAuth(settings=Settings()).revoke_id(key_id):
             fail(f"no key with id {key_id}")
         typer.echo(f"revoked {key_id}")

@@ -37,6 +37,10 @@ class ReadOnlyKeyStoreError(RuntimeError):
     """The store is a mounted file; change the Secret it comes from instead."""
 
 
+class KeyFileError(RuntimeError):
+    """The key file exists but cannot be read or parsed (a listing or change was refused)."""
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """One API key, without its secret. Times are Unix seconds."""
@@ -118,6 +122,9 @@ class HashedFileKeyStore:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _refresh(self, *, force: bool = False) -> dict[str, KeyRecord]:
+        """The records, re-read when the file changed. `force` re-reads now and raises
+        KeyFileError when that fails: a change must start from the file, never from a cache
+        that a fresh process (the CLI) holds empty."""
         with self._lock:
             now = time.monotonic()
             if not force and now - self._checked < self.refresh_s:
@@ -131,6 +138,11 @@ class HashedFileKeyStore:
                 self._records = load_records(text)
                 self._signature = signature
             except (OSError, ValueError, KeyError, TypeError) as exc:
+                if force:
+                    raise KeyFileError(
+                        f"cannot read key file {self.path} ({type(exc).__name__}: {exc}); "
+                        "left unchanged: fix or restore it"
+                    ) from exc
                 # Keep serving the last good set rather than locking everybody out.
                 logger.error("cannot read key file %s (%s)", self.path, type(exc).__name__)
             return self._records
@@ -143,7 +155,8 @@ class HashedFileKeyStore:
         return self.get(key_id)
 
     def records(self) -> list[KeyRecord]:
-        return sorted(self._refresh().values(), key=lambda r: r.created)
+        # An admin listing: a file that cannot be read is an error, not an empty (or stale) list.
+        return sorted(self._refresh(force=True).values(), key=lambda r: r.created)
 
     def add(self, record: KeyRecord) -> None:
         raise ReadOnlyKeyStoreError(f"{self.path} is read-only; update the Secret it mounts")

@@ -19,7 +19,9 @@ import time
 
 logger = logging.getLogger(__name__)
 
-_SIGNATURE = re.compile(r"(\d{1,12})\.([0-9a-f]{64})")
+# ASCII digits without leading zeros: the MAC covers int(timestamp), which also accepts "0..."
+# and non-ASCII digits, so any other spelling would be a new string that passes the replay check.
+_SIGNATURE = re.compile(r"(0|[1-9][0-9]{0,11})\.([0-9a-f]{64})")
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -71,7 +73,8 @@ class RequestSigner:
             return False
         if not hmac.compare_digest(self._mac(data, stamp), match.group(2)):
             return False
-        return self._first_use(signature, stamp, now)
+        # Remember the canonical form, so no other spelling of this signature can replay it.
+        return self._first_use(f"{stamp}.{match.group(2)}", stamp, now)
 
     def _first_use(self, signature: str, stamp: int, now: int) -> bool:
         # Past this instant the timestamp check rejects the signature anyway.

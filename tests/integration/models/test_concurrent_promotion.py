@@ -21,14 +21,18 @@ root, version, revision, start, rounds = sys.argv[1:6]
 registry = ModelRegistry(root)
 while time.time() < float(start):
     pass
-wins = 0
+wins, last = 0, -1
 for _ in range(int(rounds)):
     expected = int(revision) if revision != "-" else None
     try:
-        registry.promote("tiny", version, "production", actor=version, expected_revision=expected)
-        wins += 1
+        index = registry.promote(
+            "tiny", version, "production", actor=version, expected_revision=expected
+        )
     except ConflictError:
-        pass
+        continue
+    # Promoting the version already in production writes nothing: the revision stays ours.
+    wins += index.revision > last
+    last = index.revision
 print(wins)
 """
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from models.errors import (
     StageError,
     VersionExistsError,
 )
-from models.manifest import GoldenCheck
-from models.registry import ModelRegistry
+from models.formats import load_model
+from models.manifest import GoldenCheck, version_key
+from models.registry import ModelRegistry, StageEvent
+from models.store import LocalStore
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, tiny_mlp, write_tiny_mlp
 from tests.unit.models.conftest import Register
 
@@ -38,6 +42,23 @@ def test_versions_are_ordered_by_semver_not_by_text(
     for version in ("1.10.0", "1.2.0", "1.2.0-rc.1"):
         register("tiny", version)
     assert registry.index("tiny").versions == ["1.2.0-rc.1", "1.2.0", "1.10.0"]
+
+
+def test_pre_releases_are_ordered_by_their_identifiers_as_semver_says() -> None:
+    ordered = [
+        "1.0.0-1",
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.2",
+        "1.0.0-alpha.10",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+    ]
+    assert sorted(reversed(ordered), key=version_key) == ordered
 
 
 def test_a_version_cannot_be_registered_twice(register: Register) -> None:
@@ -205,6 +226,25 @@ def test_registration_runs_golden_checks_and_refuses_a_wrong_expectation(
         register("tiny", "2.0.0", golden=(bad,))
 
 
+@pytest.mark.parametrize(
+    ("golden", "message"),
+    [
+        (GoldenCheck(name="narrow", inputs={"x": [[1.0, 2.0, 3.0]]}, expected={}), "fails on"),
+        (GoldenCheck(name="typed", inputs={"x": {"a": 1}}, expected={}), "bad input"),
+        (GoldenCheck(name="ragged", inputs={"x": [[0.0] * 4]}, expected={"y": [[1], []]}), "bad"),
+    ],
+    ids=["model-raises", "input-not-a-list", "expected-ragged"],
+)
+def test_a_golden_check_the_model_cannot_run_fails_as_a_golden_check_error(
+    register: Register, golden: GoldenCheck, message: str
+) -> None:
+    # Model code raising (here a 3-feature input into a 4-feature layer) is the check failing,
+    # reported in one line, not an exception from inside torch.
+    with pytest.raises(GoldenCheckError, match=f"{golden.name!r}.*{message}") as caught:
+        register("tiny", "1.0.0", golden=(golden,))
+    assert "\n" not in str(caught.value)
+
+
 def test_weights_that_do_not_fit_the_family_are_refused(register: Register) -> None:
     with pytest.raises(ArtefactError, match="do not fit"):
         register("tiny", "1.0.0", family_config={**TINY_CONFIG, "hidden": [16]})
@@ -236,3 +276,130 @@ def test_a_failed_registration_leaves_no_version_behind(
     assert registry.list_models() == []
     register("tiny", "1.0.0")
     assert registry.index("tiny").versions == ["1.0.0"]
+
+
+def test_a_registration_that_loses_the_index_race_tries_again(
+    registry: ModelRegistry, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register("tiny", "1.0.0")
+    real_swap = LocalStore.swap
+    raced: list[str] = []
+
+    def swap(store: LocalStore, key: str, data: bytes, expected: bytes | None) -> bool:
+        if key == "tiny/index.json" and not raced:
+            raced.append(key)  # another writer changes the index between our read and swap
+            ModelRegistry(store.root).promote("tiny", "1.0.0", "production")
+        return real_swap(store, key, data, expected)
+
+    monkeypatch.setattr(LocalStore, "swap", swap)
+    register("tiny", "1.1.0")
+    index = registry.index("tiny")
+    assert raced
+    assert index.versions == ["1.0.0", "1.1.0"]
+    assert index.aliases["production"] == "1.0.0"
+    assert registry.promote("tiny", "1.1.0", "staging").aliases["staging"] == "1.1.0"
+
+
+def test_an_unfinished_registration_is_not_served_and_registering_it_again_finishes_it(
+    registry: ModelRegistry, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register("tiny", "1.0.0")
+    real_swap = LocalStore.swap
+
+    def lose_index(store: LocalStore, key: str, data: bytes, expected: bytes | None) -> bool:
+        return False if key.endswith("index.json") else real_swap(store, key, data, expected)
+
+    monkeypatch.setattr(LocalStore, "swap", lose_index)
+    with pytest.raises(ConflictError, match="register it again"):
+        register("tiny", "1.1.0", seed=2)
+    monkeypatch.setattr(LocalStore, "swap", real_swap)
+    # Its manifest and artefact are stored, but the index does not list it: not registered.
+    assert registry.manifest("tiny", "1.1.0").version == "1.1.0"
+    with pytest.raises(ModelNotFoundError, match=r"version 1\.1\.0"):
+        registry.resolve("tiny", version="1.1.0")
+    with pytest.raises(ModelNotFoundError):
+        registry.verify("tiny", "1.1.0")
+    with pytest.raises(ModelNotFoundError):
+        registry.promote("tiny", "1.1.0", "staging")
+    with pytest.raises(VersionExistsError):
+        register("tiny", "1.1.0", seed=3)  # other bytes: it may still be finishing
+    manifest = register("tiny", "1.1.0", seed=2)
+    assert registry.index("tiny").versions == ["1.0.0", "1.1.0"]
+    assert registry.resolve("tiny", version="1.1.0") == manifest
+    assert [r.ok for r in registry.verify("tiny", "1.1.0")] == [True]
+    registry.promote("tiny", "1.1.0", "staging")
+    with pytest.raises(VersionExistsError):
+        register("tiny", "1.1.0", seed=2)
+
+
+def test_the_bytes_hashed_are_the_bytes_checked_and_stored(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = write_tiny_mlp(tmp_path / "w.safetensors", seed=1)
+
+    def load_then_change_the_file(*args: object, **kwargs: object) -> object:
+        model = load_model(*args, **kwargs)  # type: ignore[arg-type]
+        write_tiny_mlp(path, seed=2)  # the file is replaced while it is being registered
+        return model
+
+    monkeypatch.setattr("models.registry.load_model", load_then_change_the_file)
+    manifest = registry.register(
+        "tiny",
+        "1.0.0",
+        path,
+        format="safetensors",
+        family="mlp",
+        family_config=TINY_CONFIG,
+        signature=TINY_SIGNATURE,
+    )
+    monkeypatch.undo()
+    x = torch.randn(2, 4)
+    [y] = registry.load(manifest).forward([x])  # IntegrityError if other bytes were stored
+    torch.testing.assert_close(y, tiny_mlp(seed=1)(x))
+
+
+def test_promoting_the_current_target_again_changes_nothing(
+    registry: ModelRegistry, register: Register
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        register("tiny", version)
+        registry.promote("tiny", version, "production")
+    before = registry.index("tiny")
+    assert registry.promote("tiny", "1.1.0", "production") == before
+    assert registry.index("tiny") == before
+    index = registry.rollback("tiny")
+    assert index.aliases["production"] == "1.0.0"
+    assert (index.history[-1].from_version, index.history[-1].version) == ("1.1.0", "1.0.0")
+
+
+def test_rollback_skips_repeated_promotions_in_an_older_history(
+    registry: ModelRegistry, register: Register
+) -> None:
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        register("tiny", version)
+    registry.promote("tiny", "1.0.0", "production")
+    registry.promote("tiny", "1.1.0", "production")
+    # As written before a repeated promotion became a no-op:
+    index = registry.index("tiny")
+    index.history.append(
+        StageEvent(
+            actor="a", action="promote", version="1.1.0", stage="production", from_version="1.1.0"
+        )
+    )
+    registry.store.put_bytes("tiny/index.json", index.model_dump_json().encode())
+    assert registry.rollback("tiny").aliases["production"] == "1.0.0"
+    registry.promote("tiny", "2.0.0", "production")
+    assert registry.rollback("tiny").aliases["production"] == "1.0.0"
+
+
+def test_registry_files_get_the_umask_mode_so_another_user_can_read_them(
+    registry: ModelRegistry, register: Register
+) -> None:
+    old = os.umask(0o022)
+    try:
+        manifest = register("tiny", "1.0.0")
+    finally:
+        os.umask(old)
+    root = Path(registry.store.url)
+    for path in ("tiny/index.json", "tiny/1.0.0/manifest.json", f"tiny/1.0.0/{manifest.artefact}"):
+        assert stat.S_IMODE((root / path).stat().st_mode) == 0o644, path

@@ -21,6 +21,7 @@ from app.production.keys import KeyStoreUnavailableError, resolve_pepper
 from app.production.keystore import (
     FileKeyStore,
     HashedFileKeyStore,
+    KeyFileError,
     KeyRecord,
     ReadOnlyKeyStoreError,
     dump_records,
@@ -301,6 +302,27 @@ def test_a_corrupt_key_file_keeps_the_last_good_keys(
     store.path.write_text("{not json")
     assert auth.verify_key(key)
     assert any("cannot read key file" in r.getMessage() for r in caplog.records)
+
+
+def test_a_corrupt_key_file_is_never_overwritten_by_a_fresh_process(
+    auth: APIKeyAuth, store: FileKeyStore
+) -> None:
+    alice = auth.create_key("alice")
+    auth.create_key("bob")
+    store.path.write_text(store.path.read_text().replace('"keys": [', '"keys": [,'))
+    corrupt = store.path.read_bytes()
+    # A new process (the CLI) has no last good set to fall back on: it must refuse.
+    fresh = APIKeyAuth(store=FileKeyStore(store.path, refresh_s=0), pepper=PEPPER)
+    with pytest.raises(KeyFileError, match="cannot read key file"):
+        fresh.create_key("carol")
+    with pytest.raises(KeyFileError):
+        fresh.revoke_id(alice.split("_")[1])
+    with pytest.raises(KeyFileError):
+        fresh.list_keys()
+    # A long-running writer refuses too, rather than writing back its cached set.
+    with pytest.raises(KeyFileError):
+        auth.create_key("carol")
+    assert store.path.read_bytes() == corrupt
 
 
 def test_an_unreadable_store_is_a_503_for_authenticate_and_false_for_verify(
