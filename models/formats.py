@@ -1,9 +1,11 @@
 """Loading an artefact into a runnable model, safely, by format.
 
 - safetensors + family (default): tensors only, no code, no pickle.
-- torch_export (.pt2): the archive is inspected before torch sees it, and refused when any
-  entry would need unpickling (torch 2.13's loader falls back to full unpickling
-  for those). The bytes checked are the bytes loaded: no second read of the file.
+- torch_export (.pt2): the archive is inspected before torch sees it and refused unless it has
+  exactly the layout torch.export.save writes for one program, with raw tensors only: torch
+  2.13's loader unpickles (or runs native code from) anything else. It is then loaded with
+  torch's current-format loader alone, never torch.export.load, which retries a failed archive
+  as the legacy, pickled format. The bytes checked are the bytes loaded: no second read.
 - torchscript: carries code and has no safe loader, so it loads only when the manifest says the
   artefact is trusted.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
+from torch.export.pt2_archive._package import load_pt2
 
 from models.errors import ArtefactError
 from models.families import build_model
@@ -52,6 +56,8 @@ class LoadedModel:
                 f"model returned {len(outputs)} outputs, its signature declares "
                 f"{len(self.signature.outputs)}"
             )
+        if not all(isinstance(out, torch.Tensor) for out in outputs):
+            raise ArtefactError("model returned something other than tensors")
         return outputs
 
     def use_channels_last(self, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
@@ -117,7 +123,7 @@ def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device
         module.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise ArtefactError(
-            f"weights do not fit family {manifest.family!r} with its config: {_first_line(exc)}"
+            f"weights do not fit family {manifest.family!r} with its config: {first_line(exc)}"
         ) from None
     return module.to(device).eval()
 
@@ -125,11 +131,14 @@ def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device
 def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
     refuse_pickled_entries(data)
     try:
-        program = torch.export.load(io.BytesIO(data))
-    except Exception as exc:  # torch raises many types for a malformed archive
-        raise ArtefactError(f"not a loadable torch.export archive: {_first_line(exc)}") from None
-    # An exported program is already in inference form: GraphModule.eval() is not supported.
-    return program.module().to(device)
+        # load_pt2, not torch.export.load: on a RuntimeError the latter retries the bytes as a
+        # legacy archive, whose state it unpickles. Here any failure is final.
+        program = load_pt2(io.BytesIO(data)).exported_programs[_PT2_MODEL]
+        # An exported program is already in inference form: GraphModule.eval() is not supported.
+        module: Forward = program.module().to(device)
+    except Exception as exc:  # torch raises many types (AssertionError too) for a bad archive
+        raise ArtefactError(f"not a loadable torch.export archive: {first_line(exc)}") from None
+    return module
 
 
 def _load_torchscript(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
@@ -140,7 +149,7 @@ def _load_torchscript(manifest: ModelManifest, data: bytes, device: torch.device
             io.BytesIO(data), map_location=device
         )
     except RuntimeError as exc:
-        raise ArtefactError(f"not a loadable TorchScript archive: {_first_line(exc)}") from None
+        raise ArtefactError(f"not a loadable TorchScript archive: {first_line(exc)}") from None
     if isinstance(module, nn.Module):
         module.eval()
     return module
@@ -153,41 +162,106 @@ _LOADERS: dict[str, Callable[[ModelManifest, bytes, torch.device], Forward]] = {
 }
 
 
+# The entries torch.export.save (torch 2.13) writes for one program, below the archive's one
+# top-level folder: metadata, the program as JSON, its sample inputs, and tensors as raw bytes
+# described by a payload config. Everything else is refused rather than judged: legacy pickled
+# state (data/weights/model.pt), custom and opaque objects (pickled), AOTInductor libraries
+# (native code), extra files, other programs. [0-9], not \d, which matches non-ASCII digits.
+_PT2_MODEL = "model"
+_PT2_ENTRY = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/model\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/(model_weights_config\.json|weight_[0-9]+)"
+    r"|data/constants/(model_constants_config\.json|tensor_[0-9]+)"
+)
+# Payload config -> the only path_name form its entries may have. torch picks the loader from
+# the path_name (custom_obj_* and opaque_obj_* are unpickled) and joins it to the folder, so a
+# path_name is checked, not just the entry names.
+_PT2_PAYLOADS = {
+    "data/weights/model_weights_config.json": re.compile(r"weight_[0-9]+"),
+    "data/constants/model_constants_config.json": re.compile(r"tensor_[0-9]+"),
+}
+_PT2_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+
+
 def refuse_pickled_entries(data: bytes) -> None:
-    """Raise ArtefactError unless every entry of a .pt2 archive loads without unpickling."""
+    """Raise ArtefactError unless the .pt2 archive has only entries that load without unpickling.
+
+    torch reads the archive through its own zip reader (miniz), which finds entries relative
+    to the first entry's top-level folder and matches names case-insensitively. So every entry
+    must sit under that one folder, and no name may appear twice, even in another case: else
+    the entry checked here need not be the one torch loads.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ValueError):
         raise ArtefactError("not a torch.export archive (not a zip file)") from None
     with archive:
         names = archive.namelist()
-        if not any(n.endswith("/archive_format") for n in names):
+        root = names[0].split("/", 1)[0] + "/" if names else ""
+        if (
+            not root.isascii()
+            or not root.isprintable()
+            or root in ("/", "./", "../")
+            or "\\" in root
+            or not all(n.startswith(root) for n in names)
+        ):
+            raise ArtefactError("not a torch.export archive: entries are not in one folder")
+        if len({n.lower() for n in names}) != len(names):
+            raise ArtefactError("torch.export archive has duplicate entries; refused")
+        entries = {n[len(root) :] for n in names}
+        if "archive_format" not in entries:
             raise ArtefactError(
                 "legacy torch.export archive: its state is pickled; re-export with torch>=2.6"
             )
-        for name in names:
-            base = name.rsplit("/", 1)[-1]
-            if "/data/weights/" in name or "/data/constants/" in name:
-                if base.endswith("_config.json"):
-                    _check_payload_config(name, archive.read(name))
-                elif base.endswith(".pt") or base.startswith(("custom_obj", "opaque_obj")):
-                    raise ArtefactError(f"archive entry {base} needs unpickling; refused")
-            elif "/data/sample_inputs/" in name:
-                # torch loads these with weights_only=True and falls back to full unpickling.
-                try:
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-                except Exception:
-                    raise ArtefactError(f"archive entry {base} needs unpickling; refused") from None
+        if f"models/{_PT2_MODEL}.json" not in entries:
+            raise ArtefactError(f"torch.export archive has no program models/{_PT2_MODEL}.json")
+        for entry in sorted(entries):
+            if not _PT2_ENTRY.fullmatch(entry):
+                # !r: a zip entry name may hold a newline or escape codes; the message is one line.
+                raise ArtefactError(
+                    f"archive entry {entry!r} is not a plain tensor or JSON; refused"
+                )
+        for config, path_name in _PT2_PAYLOADS.items():
+            if config in entries:
+                _check_payload_config(config, _read(archive, root + config), path_name)
+        if _PT2_SAMPLE_INPUTS in entries:
+            # torch loads these with weights_only=True and falls back to full unpickling.
+            sample_inputs = _read(archive, root + _PT2_SAMPLE_INPUTS)
+            try:
+                torch.load(io.BytesIO(sample_inputs), weights_only=True)
+            except Exception:
+                raise ArtefactError(
+                    f"archive entry {_PT2_SAMPLE_INPUTS} needs unpickling; refused"
+                ) from None
 
 
-def _check_payload_config(name: str, raw: bytes) -> None:
+def _read(archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        return archive.read(name)
+    except Exception:  # zipfile raises many types: bad CRC, encryption, unknown compression
+        raise ArtefactError(f"archive entry {name!r} cannot be read") from None
+
+
+def _check_payload_config(name: str, raw: bytes, path_name: re.Pattern[str]) -> None:
     try:
         config = json.loads(raw)["config"]
-    except (ValueError, KeyError, TypeError):
+        items = config.items()
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ArtefactError(f"archive entry {name} is malformed") from None
-    for fqn, meta in config.items():
-        if not isinstance(meta, dict) or meta.get("use_pickle") or "tensor_meta" not in meta:
+    for fqn, meta in items:
+        # `is not False`: torch takes any truthy value (the string "false" too) as "unpickle".
+        if (
+            not isinstance(meta, dict)
+            or meta.get("use_pickle") is not False
+            or not isinstance(meta.get("tensor_meta"), dict)
+        ):
             raise ArtefactError(f"archive tensor {fqn!r} is stored pickled; refused")
+        if not isinstance(meta.get("path_name"), str) or not path_name.fullmatch(meta["path_name"]):
+            raise ArtefactError(
+                f"archive tensor {fqn!r} is not stored as a plain tensor (path_name "
+                f"{str(meta.get('path_name'))[:80]!r}); refused"
+            )
 
 
 def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> None:
@@ -210,7 +284,7 @@ def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> 
                 )
             raise ArtefactError(
                 f"model fails on a batch of {batch} inputs of its signature: "
-                f"{_first_line(exc)}{hint}"
+                f"{first_line(exc)}{hint}"
             ) from None
         for spec, out in zip(signature.outputs, outputs, strict=True):
             expected = (batch, *spec.shape[1:])
@@ -225,6 +299,6 @@ def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> 
                 )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

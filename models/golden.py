@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from models.errors import GoldenCheckError
-from models.formats import LoadedModel
+from models.errors import GoldenCheckError, RegistryError
+from models.formats import LoadedModel, first_line
 from models.manifest import GoldenCheck, Signature
 from models.tensors import from_value, generate
 
 
 def golden_inputs(signature: Signature, check: GoldenCheck) -> list[torch.Tensor]:
-    tensors = []
-    batch = int(check.parameters.get("batch_size", 1))
-    for spec in signature.inputs:
-        if spec.name in check.inputs:
-            tensors.append(from_value(check.inputs[spec.name], spec))
-        elif spec.generate:
-            tensors.append(generate(spec, batch, check.parameters.get("seed")))
-        else:
-            raise GoldenCheckError(f"golden check {check.name!r} lacks input {spec.name!r}")
+    try:
+        tensors = []
+        batch = int(check.parameters.get("batch_size", 1))
+        for spec in signature.inputs:
+            if spec.name in check.inputs:
+                tensors.append(from_value(check.inputs[spec.name], spec))
+            elif spec.generate:
+                tensors.append(generate(spec, batch, check.parameters.get("seed")))
+            else:
+                raise GoldenCheckError(f"golden check {check.name!r} lacks input {spec.name!r}")
+    except (ValueError, TypeError) as exc:  # the check's JSON holds values of any type
+        raise GoldenCheckError(
+            f"golden check {check.name!r}: bad input: {first_line(exc)}"
+        ) from None
     return tensors
 
 
@@ -27,11 +32,24 @@ def run_golden_checks(model: LoadedModel) -> None:
     """Raise GoldenCheckError naming the first check and output that does not match."""
     signature = model.signature
     for check in model.manifest.golden:
-        outputs = model.forward(golden_inputs(signature, check))
+        inputs = golden_inputs(signature, check)
+        try:
+            outputs = model.forward(inputs)
+        except RegistryError:
+            raise
+        except Exception as exc:  # the user's model code: any failure fails the check, in a line
+            raise GoldenCheckError(
+                f"golden check {check.name!r}: the model fails on its inputs: {first_line(exc)}"
+            ) from None
         for spec, actual in zip(signature.outputs, outputs, strict=True):
             if spec.name not in check.expected:
                 continue
-            expected = from_value(check.expected[spec.name], spec)
+            try:
+                expected = from_value(check.expected[spec.name], spec)
+            except (ValueError, TypeError) as exc:
+                raise GoldenCheckError(
+                    f"golden check {check.name!r}: bad expected {spec.name!r}: {first_line(exc)}"
+                ) from None
             actual_cpu = actual.detach().to("cpu")
             if actual_cpu.shape != expected.shape:
                 raise GoldenCheckError(
