@@ -34,7 +34,11 @@ class StageError(RegistryError):
 
 
 class ConflictError(RegistryError):
-    """Someone else changed the model's index first (compare-and-swap lost); nothing was written."""
+    """Someone else changed the model's index first (compare-and-swap lost).
+
+    A stage move wrote nothing. A registration that lost every retry left its version stored but
+    not registered (never resolved or served); registering the same bytes again finishes it.
+    """
 
 
 class IntegrityError(RegistryError):

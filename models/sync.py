@@ -20,11 +20,10 @@ from typing import Literal
 
 from models.errors import ConflictError, IntegrityError, ModelNotFoundError, RegistryError
 from models.manifest import STAGES, ModelManifest, version_key
-from models.registry import ModelIndex, ModelRegistry, StageEvent, default_actor
+from models.registry import INDEX_ATTEMPTS, ModelIndex, ModelRegistry, StageEvent, default_actor
 from models.store import sha256_file
 
 CopyAction = Literal["copied", "present", "repaired"]
-_INDEX_ATTEMPTS = 5
 
 
 class DivergedError(RegistryError):
@@ -177,7 +176,7 @@ def _merge_index(
     reason: str,
 ) -> list[StageEvent]:
     key = f"{source_index.name}/index.json"
-    for _ in range(_INDEX_ATTEMPTS):
+    for _ in range(INDEX_ATTEMPTS):
         raw = target.store.read(key)
         index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=source_index.name)
         before = index.model_dump_json()

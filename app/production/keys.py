@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -83,16 +84,24 @@ def resolve_pepper(settings: Settings) -> bytes:
         raise ValueError("no API key pepper: set FRAMEWORM_API_KEY_PEPPER_FILE from a secret")
     path = Path(settings.api_keys_file).parent / "pepper"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        # O_EXCL: two processes starting together agree on one pepper.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_bytes().strip()
     pepper = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(pepper)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Written whole under a temporary name (mode 0600), then linked into place: the link fails
+    # when another process starting at the same time got there first, so both agree on one
+    # pepper, and neither ever reads a half-written one.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".pepper-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(pepper)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return path.read_bytes().strip()
+    finally:
+        os.unlink(temporary)
     logger.warning("generated an API key pepper at %s (development only)", path)
     return pepper.encode("utf-8")
 

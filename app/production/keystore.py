@@ -1,8 +1,10 @@
 """Where API key records live: a JSON file, a read-only mounted file, or Redis.
 
 Records hold only the HMAC of each secret. All stores share one JSON shape,
-`{"version": 1, "keys": [record, ...]}`, so the output of `frameworm keys list --json` can be
-mounted as a Kubernetes Secret and read by `HashedFileKeyStore`.
+`{"version": 1, "keys": [record, ...]}`, so the file a `FileKeyStore` writes (what `frameworm
+keys create` maintains in FRAMEWORM_API_KEYS_FILE) can be mounted as a Kubernetes Secret and read
+by `HashedFileKeyStore`. (`frameworm keys list --json` prints the records without their hashes,
+for people; it is not such a file.)
 """
 
 from __future__ import annotations

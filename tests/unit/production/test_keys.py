@@ -244,6 +244,28 @@ def test_development_generates_a_private_pepper_beside_the_keys_once(
     assert resolve_pepper(settings) == pepper.read_bytes()
 
 
+def test_processes_starting_together_agree_on_one_whole_pepper(tmp_path: Path) -> None:
+    # Each caller writes its pepper under a temporary name and links it into place, so a
+    # loser of the race reads the winner's complete pepper, never an empty or partial file.
+    settings = settings_for(tmp_path)
+    start = threading.Barrier(8)
+    seen: list[bytes] = []
+
+    def resolve() -> None:
+        start.wait()
+        seen.append(resolve_pepper(settings))
+
+    threads = [threading.Thread(target=resolve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pepper = tmp_path / "home" / "pepper"
+    assert set(seen) == {pepper.read_bytes()}
+    assert len(pepper.read_bytes()) >= 32
+    assert sorted(p.name for p in pepper.parent.iterdir() if p.name.startswith(".pepper")) == []
+
+
 def test_production_refuses_to_run_without_a_configured_pepper(tmp_path: Path) -> None:
     unsafe = Settings.model_construct(env="production", api_key_pepper=None)
     with pytest.raises(ValueError, match="pepper"):
