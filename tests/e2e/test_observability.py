@@ -1,7 +1,7 @@
 """Observability of a real `frameworm serve` process, read by the real tools.
 
 One server per module (auth on, a metrics token, tracing to an in-test OTLP/gRPC receiver at
-ratio 1, a small queue so a request can be shed) serves most tests; two short-lived servers
+ratio 1; a request with a microsecond deadline is shed) serves most tests; two short-lived servers
 cover sampling at ratio 0 (over OTLP/HTTP) and a collector that is down. `promtool` checks the
 exposition, a real Prometheus scrapes it, and the server's own log file is read back.
 """
@@ -152,7 +152,7 @@ def frameworm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frameworm]:
         "FRAMEWORM_API_KEY_PEPPER": PEPPER,
         "FRAMEWORM_METRICS_TOKEN": METRICS_TOKEN,
         "FRAMEWORM_RATE_LIMIT": "10000/minute",
-        "FRAMEWORM_MAX_QUEUE_ITEMS": "4",  # a 5-item request is shed
+        "FRAMEWORM_MAX_QUEUE_ITEMS": "4",  # a 5-item request can never run here: 413
         "FRAMEWORM_OTLP_PROTOCOL": "grpc",
         "FRAMEWORM_TRACE_SAMPLE_RATIO": "1",
     }
@@ -201,12 +201,23 @@ def traffic(frameworm: Frameworm) -> Traffic:
         headers={"x-api-key": f"fw_0123456789abcdef_{wrong_secret}", "x-request-id": ids["auth"]},
     )
     assert failed.status_code == 401, failed.text
+    # A v2 client's timeout of 1 us has passed by the time the request reaches the batcher:
+    # shed with 504 before the model spends time on it.
     shed = client.post(
-        "/infer",
-        json={"inputs": {"image": tensor(5)}},
+        "/v2/models/cnn-digits/infer",
+        json={
+            "inputs": [
+                {"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}
+            ],
+            "parameters": {"timeout": 1},
+        },
         headers={"x-api-key": key, "x-request-id": ids["shed"]},
     )
-    assert shed.status_code == 503, shed.text
+    assert shed.status_code == 504, shed.text
+    too_large = client.post(
+        "/infer", json={"inputs": {"image": tensor(5)}}, headers={"x-api-key": key}
+    )
+    assert too_large.status_code == 413, too_large.text
     unknown = client.get(
         f"/no/such/{ids['unknown']}", headers={"x-api-key": key, "x-request-id": ids["unknown"]}
     )
@@ -271,7 +282,7 @@ def test_every_design_metric_is_exposed_after_traffic(
     shed = {
         s.labels["reason"]: s.value for s in samples if s.name == "frameworm_requests_shed_total"
     }
-    assert shed.get("queue_full", 0) >= 1, shed
+    assert shed.get("deadline", 0) >= 1, shed
 
 
 def test_http_metrics_are_labelled_by_route_template(
@@ -479,7 +490,7 @@ def test_every_request_leaves_one_json_access_line(frameworm: Frameworm, traffic
     assert by_id[traffic.v2_request_id]["route"] == "/v2/models/{name}/infer"
     assert by_id[traffic.failed_auth_request_id]["status"] == 401
     assert by_id[traffic.failed_auth_request_id]["principal"] is None
-    assert by_id[traffic.shed_request_id]["status"] == 503
+    assert by_id[traffic.shed_request_id]["status"] == 504
     assert by_id[traffic.unknown_request_id]["route"] is None
 
 
