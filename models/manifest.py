@@ -18,9 +18,14 @@ SCHEMA_VERSION: Literal[1] = 1
 # Names become directory names in the store: a conservative allow-list keeps them from ever
 # escaping the root ("../x", "/abs", "a/b") or colliding on case-insensitive filesystems.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-# Semantic Versioning 2.0.0, without build metadata ("+...") which would not order.
+# Semantic Versioning 2.0.0, without build metadata ("+...") which would not order. ASCII
+# digits only (Python's \d matches any script's), and numeric identifiers without leading
+# zeros, as the spec requires: "1.0.0-alpha.01" and "1.0.0-alpha.1" would otherwise both exist
+# and sort as equals.
+_NUMBER = r"0|[1-9][0-9]*"
+_PRE_RELEASE_ID = rf"(?:{_NUMBER}|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 SEMVER_PATTERN = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    rf"^({_NUMBER})\.({_NUMBER})\.({_NUMBER})(?:-({_PRE_RELEASE_ID}(?:\.{_PRE_RELEASE_ID})*))?$"
 )
 
 Dtype = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]

@@ -73,7 +73,10 @@ def test_names_that_could_escape_the_root_are_refused(register: Register, name: 
         register(name, "1.0.0")
 
 
-@pytest.mark.parametrize("version", ["1.0", "v1.0.0", "../1.0.0", "1.0.0/..", "01.0.0"])
+@pytest.mark.parametrize(
+    "version",
+    ["1.0", "v1.0.0", "../1.0.0", "1.0.0/..", "01.0.0", "1.0.0-alpha.01", "\u0661.0.0", "1.0.0-"],
+)
 def test_versions_that_are_not_semver_are_refused(register: Register, version: str) -> None:
     with pytest.raises(InvalidNameError):
         register("tiny", version)
