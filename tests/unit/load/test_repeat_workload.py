@@ -78,7 +78,7 @@ def test_wrk_repeat_sends_the_chosen_share_of_repeats(tmp_path: Path) -> None:
     try:
         done = subprocess.run(
             [
-                *("wrk", "-t1", "-c1", "-d1s", "-s", str(w.script), "-H", "X-API-Key: k"),
+                *("wrk", "-t1", "-c1", "-d2s", "-s", str(w.script), "-H", "X-API-Key: k"),
                 f"http://127.0.0.1:{server.server_address[1]}/infer",
             ],
             env={**os.environ, **w.env},
@@ -91,7 +91,9 @@ def test_wrk_repeat_sends_the_chosen_share_of_repeats(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     result = parse_wrk_output(done.stdout)
-    assert result.non2xx == 0 and result.requests >= 50 and "bad" not in seen
+    assert result.non2xx == 0 and "bad" not in seen
+    # A floor on the sample the ratios below need, not on speed: a few per second would do.
+    assert result.requests >= 20 and len(order) >= 20
     hot = [d for d, n in seen.items() if n > 1]
     unique = [d for d, n in seen.items() if n == 1]
     assert len(hot) <= 8

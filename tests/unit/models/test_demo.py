@@ -234,7 +234,6 @@ def test_cnn_golden_checks_name_the_true_label_the_expected_output_predicts() ->
 
 
 def test_prepared_digits_are_28x28_grey_levels_in_the_unit_interval() -> None:
-    pytest.importorskip("sklearn")
     from models.demo.train import prepare_digits
 
     digits = prepare_digits()
@@ -248,7 +247,6 @@ def test_prepared_digits_are_28x28_grey_levels_in_the_unit_interval() -> None:
 
 
 def test_the_held_out_split_is_fixed_stratified_and_covers_every_digit_once() -> None:
-    pytest.importorskip("sklearn")
     from models.demo.train import prepare_digits, split_digits
 
     digits = prepare_digits()
@@ -263,7 +261,6 @@ def test_the_held_out_split_is_fixed_stratified_and_covers_every_digit_once() ->
 
 
 def test_each_sample_png_decodes_to_exactly_a_held_out_digit_of_its_label() -> None:
-    pytest.importorskip("sklearn")
     from models.demo.train import prepare_digits, split_digits
 
     _, held_out = split_digits(prepare_digits())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -62,13 +64,32 @@ def test_the_http_exporter_posts_to_the_v1_traces_path() -> None:
     already.shutdown()
 
 
-def test_a_down_collector_adds_no_latency_to_spans_and_shutdown_is_bounded() -> None:
-    tracer = setup_tracing("svc", dead_collector(), export_timeout_s=0.2)
-    started = time.monotonic()
+def test_a_down_collector_is_waited_for_off_the_request_path_and_shutdown_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporting_threads: list[threading.Thread] = []
+    export = OTLPSpanExporter.export
+
+    def recorded(self: OTLPSpanExporter, spans: Any) -> Any:
+        exporting_threads.append(threading.current_thread())
+        return export(self, spans)
+
+    monkeypatch.setattr(OTLPSpanExporter, "export", recorded)
+    tracer = setup_tracing(
+        "svc", dead_collector(), protocol="http", export_timeout_s=0.2, schedule_delay_s=0.05
+    )
     for i in range(200):
         with tracer.start_as_current_span(f"request-{i}"):
             pass
-    assert time.monotonic() - started < 0.5
+    # A span's end only queues it: every export (each waits on the dead collector) runs on the
+    # processor's own thread, never on the thread that served the request.
+    deadline = time.monotonic() + 10
+    while not exporting_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exporting_threads
+    assert threading.current_thread() not in exporting_threads
     started = time.monotonic()
     shutdown_tracing(1.0)
     assert time.monotonic() - started < 2.0
