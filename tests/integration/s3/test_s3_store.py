@@ -6,11 +6,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from botocore.stub import Stubber
 
 from models.errors import InvalidNameError, RegistryError
 from models.s3 import (
-    S3AccessDeniedError,
     S3BucketNotFoundError,
     S3Store,
     S3UnreachableError,
@@ -134,14 +132,6 @@ def test_an_unreachable_endpoint_is_one_clear_error(
     monkeypatch.setenv("FRAMEWORM_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(S3UnreachableError, match="cannot reach the S3 endpoint"):
         S3Store("s3://bucket/registry").list("")
-
-
-def test_access_denied_is_one_clear_error(s3_url: str) -> None:
-    store = S3Store(s3_url)
-    with Stubber(store._s3) as stub:
-        stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
-        with pytest.raises(S3AccessDeniedError, match="access denied to s3://"):
-            store.read("m/index.json")
 
 
 def test_s3_errors_are_registry_errors() -> None:
