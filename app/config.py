@@ -143,6 +143,15 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)  # raises ValueError when malformed
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _token_is_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token (an empty secret mounted as the _FILE) would make "Bearer " the
+        # password: /metrics would look protected and be open. Unset it, or give it a value.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("the metrics token is empty: unset it or give it a value")
+        return value
+
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
         if self.env != "production":

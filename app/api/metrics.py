@@ -21,9 +21,12 @@ _WWW_AUTHENTICATE = {"www-authenticate": 'Bearer realm="frameworm-metrics"'}
 async def metrics(request: Request, settings: SettingsDep) -> Response:
     token = settings.metrics_token
     if token is not None:
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        # The scheme is case-insensitive (RFC 9110 section 11.1); the token is compared whole.
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = token.get_secret_value()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
             raise Problem(
                 "unauthorized",
                 "a valid metrics bearer token is required",

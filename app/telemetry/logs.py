@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -57,15 +58,24 @@ class JSONFormatter(logging.Formatter):
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler that writes its lines in batches, not one write per record.
+    """A StreamHandler whose lines are written in batches by a thread of its own.
 
-    The lines wait in the handler and go to the stream together, in one write: every
-    `interval_s`, past `max_pending` lines, at once for a warning or worse, and on `close()`
-    (so logging's exit hook writes what is left). Relying on the stream's own buffer is not
-    enough: with PYTHONUNBUFFERED=1, as container images set it (this one too), stdout writes
-    through, and an access-log line per request was a write system call per request, on the
-    core that also runs the model. Lines are written whole and in order.
+    Relying on the stream's own buffer is not enough: with PYTHONUNBUFFERED=1, as container
+    images set it (this one too), stdout writes through, and an access-log line per request was
+    a write system call per request, on the core that also runs the model. So lines wait here
+    and the writer thread writes them together: every `interval_s`, at once past `max_pending`
+    lines or for a warning or worse, and on `close()` (logging's exit hook calls it).
+
+    The thread that logs (the event loop, for access lines) only appends to a list. It never
+    writes, so a stdout nobody reads (a stalled pipe, a full disk) cannot stop the server: the
+    writer blocks instead, and past `max_pending` x DROP_FACTOR waiting lines new ones are
+    dropped and counted, and the count is logged once lines flow again. A line the stream cannot
+    encode (stdout that is not UTF-8, a client's path with accents) is written with its
+    non-ASCII characters as JSON escapes instead of failing the batch. Lines stay whole and in
+    order.
     """
+
+    DROP_FACTOR = 8
 
     def __init__(
         self,
@@ -76,50 +86,108 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._max_pending = max_pending
-        self._stop_flushing = threading.Event()
+        self._dropped = 0
+        self._write_lock = threading.Lock()  # one batch at a time reaches the stream
+        self._wake = threading.Event()
+        self._closing = False
         self._interval_s = interval_s
-        threading.Thread(
-            target=self._flush_regularly, name="frameworm-log-flush", daemon=True
-        ).start()
+        self._writer = threading.Thread(
+            target=self._write_regularly, name="frameworm-log-flush", daemon=True
+        )
+        self._writer.start()
 
     def write_line(self, line: str) -> None:
         """A line formatted elsewhere (see `log_fields`), written with the next batch."""
         with self.lock or contextlib.nullcontext():
+            if len(self._pending) >= self._max_pending * self.DROP_FACTOR:
+                self._dropped += 1  # the writer is stuck: keep memory bounded
+                return
             self._pending.append(line)
-            if len(self._pending) >= self._max_pending:
-                self._write_pending()
+            full = len(self._pending) >= self._max_pending
+        if full:
+            self._wake.set()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.write_line(self.format(record))
             if record.levelno >= logging.WARNING:
-                self.flush()
+                self._wake.set()
         except Exception:
             self.handleError(record)
 
     def flush(self) -> None:
-        with self.lock or contextlib.nullcontext():
-            self._write_pending()
-            self.stream.flush()
+        """Write what is pending now, on this thread (it waits for a batch being written)."""
+        self._write_pending()
 
     def close(self) -> None:
-        self._stop_flushing.set()
+        self._closing = True
+        self._wake.set()
         with contextlib.suppress(ValueError, OSError):  # a stream already closed
-            self.flush()
+            self._write_pending()
         super().close()
 
-    def _write_pending(self) -> None:
-        """Under the lock: the pending lines, in one write."""
-        if self._pending:
+    def _take(self) -> tuple[list[str], int]:
+        with self.lock or contextlib.nullcontext():
             lines, self._pending = self._pending, []
-            self.stream.write(self.terminator.join(lines) + self.terminator)
+            dropped, self._dropped = self._dropped, 0
+        return lines, dropped
 
-    def _flush_regularly(self) -> None:
-        while not self._stop_flushing.wait(self._interval_s):
+    def _write_pending(self) -> None:
+        with self._write_lock:
+            lines, dropped = self._take()
+            if dropped:
+                lines.append(self.format(_dropped_record(dropped)))
+            if lines:
+                self._write(lines)
+            self.stream.flush()
+
+    def _write(self, lines: list[str]) -> None:
+        batch = self.terminator.join(lines) + self.terminator
+        try:
+            self.stream.write(batch)
+        except UnicodeEncodeError:
+            self.stream.write(_escape_non_ascii(batch))
+
+    def _write_regularly(self) -> None:
+        while not self._closing:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
             try:
-                self.flush()
-            except (ValueError, OSError):  # the stream was closed under us: nothing to flush
-                return
+                self._write_pending()
+            except (ValueError, OSError) as exc:
+                if getattr(self.stream, "closed", False):  # closed under us: nothing to write
+                    return
+                # A full disk, a broken pipe: these lines are lost, later ones may not be.
+                sys.stderr.write(f"frameworm: writing log lines failed: {exc!r}\n")
+
+
+def _dropped_record(count: int) -> logging.LogRecord:
+    return logging.LogRecord(
+        "frameworm.logs",
+        logging.WARNING,
+        __file__,
+        0,
+        "%d log line(s) dropped: the log stream was not taking them",
+        (count,),
+        None,
+    )
+
+
+def _escape_non_ascii(text: str) -> str:
+    """Non-ASCII characters as JSON \\u escapes (surrogate pairs beyond the BMP): valid inside
+    the JSON strings they can only appear in, and readable in console lines."""
+    return _NON_ASCII.sub(_json_escape, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:

@@ -76,16 +76,17 @@ class Metrics:
         )
         self.model_info = Gauge(
             "frameworm_model_info",
-            "The model version being served (always 1).",
+            "The model version being served (1; 0 for one served before, with several workers).",
             ["model", "version", "stage", "device"],
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead worker's last version is not served
             registry=r,
         )
+        self._info_labels: tuple[str, str, str, str] | None = None
         self.model_ready = Gauge(
             "frameworm_model_ready",
             "1 when the model is loaded, warm and checked.",
             ["model"],
-            multiprocess_mode="min",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.auth_failures = Counter(
@@ -154,9 +155,15 @@ class Metrics:
 
     # ------------------------------------------------------------------ model state
     def model_serving(self, manifest: ModelManifest | None, stage: str, device: str) -> None:
-        self.model_info.clear()
-        if manifest is not None:
-            self.model_info.labels(manifest.name, manifest.version, stage, device).set(1)
+        labels = (manifest.name, manifest.version, stage, device) if manifest else None
+        if self._info_labels is not None and self._info_labels != labels:
+            if multiprocess_dir() is None:
+                self.model_info.remove(*self._info_labels)
+            else:  # the shared files cannot drop a series: the old version reads 0
+                self.model_info.labels(*self._info_labels).set(0)
+        if labels is not None:
+            self.model_info.labels(*labels).set(1)
+        self._info_labels = labels
         self.model_ready.labels(self.model).set(1 if manifest is not None else 0)
 
     # ------------------------------------------------------------------ exposition

@@ -50,7 +50,9 @@ def test_a_non_empty_x_api_key_is_still_the_one_judged(guarded: tuple[AppClient,
     assert response.status_code == 401
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token"])
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong-token", "Bearer ", f"Basic {METRICS_TOKEN}", "Bearer"]
+)
 def test_a_metrics_401_says_how_to_authenticate(
     guarded: tuple[AppClient, str], authorization: str | None
 ) -> None:
@@ -62,7 +64,8 @@ def test_a_metrics_401_says_how_to_authenticate(
     assert response.headers["www-authenticate"].startswith("Bearer realm=")
 
 
-def test_metrics_are_served_with_the_token(guarded: tuple[AppClient, str]) -> None:
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_metrics_are_served_with_the_token(guarded: tuple[AppClient, str], scheme: str) -> None:
     client, _ = guarded
-    response = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"})
+    response = client.get("/metrics", headers={"authorization": f"{scheme} {METRICS_TOKEN}"})
     assert response.status_code == 200

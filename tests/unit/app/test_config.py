@@ -139,3 +139,16 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.max_batch_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_an_empty_metrics_token_is_refused_not_taken_as_protection(
+    token: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="metrics token is empty"):
+        Settings(metrics_token=token)
+    secret = tmp_path / "metrics-token"
+    secret.write_text(token)
+    monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN_FILE", str(secret))
+    with pytest.raises(ValidationError, match="metrics token is empty"):
+        Settings()

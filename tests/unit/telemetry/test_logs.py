@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,15 @@ class CountingStream(io.StringIO):
         super().flush()
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_lines_are_written_in_batches_errors_at_once_and_the_rest_on_close() -> None:
     stream = CountingStream()
     handler = BatchedStreamHandler(stream, interval_s=3600)  # no timed flush in this test
@@ -96,9 +106,11 @@ def test_lines_are_written_in_batches_errors_at_once_and_the_rest_on_close() -> 
     logger.handlers, logger.propagate, logger.level = [handler], False, logging.INFO
     for i in range(100):
         logger.info("line %d", i)
+    time.sleep(0.05)
     assert (stream.getvalue(), stream.writes, stream.flushes) == ("", 0, 0)  # all pending
-    logger.error("bad")
-    assert stream.getvalue() == "".join(f"line {i}\n" for i in range(100)) + "bad\n"
+    logger.error("bad")  # wakes the writer at once
+    expected = "".join(f"line {i}\n" for i in range(100)) + "bad\n"
+    assert wait_for(lambda: stream.getvalue() == expected)
     assert (stream.writes, stream.flushes) == (1, 1)  # 101 lines, one write
     logger.info("last")
     handler.close()
@@ -106,17 +118,64 @@ def test_lines_are_written_in_batches_errors_at_once_and_the_rest_on_close() -> 
     assert (stream.writes, stream.flushes) == (2, 2)
 
 
-def test_lines_past_the_pending_limit_are_written_without_waiting() -> None:
+def test_lines_past_the_pending_limit_are_written_without_waiting_for_the_interval() -> None:
     stream = CountingStream()
     handler = BatchedStreamHandler(stream, interval_s=3600, max_pending=10)
     try:
-        for i in range(25):
+        for i in range(10):
             handler.write_line(f"line {i}")
-        assert stream.writes == 2
-        assert stream.getvalue() == "".join(f"line {i}\n" for i in range(20))
+        assert wait_for(lambda: stream.getvalue() == "".join(f"line {i}\n" for i in range(10)))
     finally:
         handler.close()
-    assert stream.getvalue().count("\n") == 25
+
+
+def test_a_stuck_stream_never_blocks_the_logging_thread_and_drops_are_reported() -> None:
+    # stdout that nobody reads (a stalled pipe): the writer blocks, the caller must not.
+    released = threading.Event()
+
+    class StuckStream(io.StringIO):
+        def write(self, text: str) -> int:
+            released.wait(10)
+            return super().write(text)
+
+    stream = StuckStream()
+    handler = BatchedStreamHandler(stream, interval_s=0.01, max_pending=10)
+    handler.setFormatter(JSONFormatter())
+    try:
+        handler.write_line("first")  # taken by the writer, which then blocks in write()
+        assert wait_for(lambda: not handler._pending)
+        for i in range(10 * BatchedStreamHandler.DROP_FACTOR + 25):
+            handler.write_line(f"line {i}")  # returns at once: appended or dropped
+        assert len(handler._pending) == 10 * BatchedStreamHandler.DROP_FACTOR
+    finally:
+        released.set()
+        handler.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "first" and lines[1] == "line 0"
+    dropped = json.loads(lines[-1])
+    assert (dropped["level"], dropped["logger"]) == ("warning", "frameworm.logs")
+    assert dropped["message"] == "25 log line(s) dropped: the log stream was not taking them"
+
+
+def test_a_line_the_stream_cannot_encode_is_escaped_and_the_batch_survives() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    handler = BatchedStreamHandler(stream, interval_s=0.01)
+    handler.setFormatter(JSONFormatter())
+    logger = logging.getLogger("frameworm.test.ascii")
+    logger.handlers, logger.propagate, logger.level = [handler], False, logging.INFO
+    try:
+        logger.info("ok")
+        logger.info("path", extra={"path": "/caf\u00e9 \U0001f600"})  # a client's URL
+        logger.info("still ok")
+        assert wait_for(lambda: raw.getvalue().count(b"\n") == 3)
+        logger.info("after")  # the writer thread is still alive
+        assert wait_for(lambda: raw.getvalue().count(b"\n") == 4)
+    finally:
+        handler.close()
+    lines = [json.loads(line) for line in raw.getvalue().decode("ascii").splitlines()]
+    assert [line["message"] for line in lines] == ["ok", "path", "still ok", "after"]
+    assert lines[1]["path"] == "/caf\u00e9 \U0001f600"
 
 
 def test_the_timed_flush_writes_pending_lines_without_new_records() -> None:
