@@ -1,8 +1,11 @@
 """Liveness, readiness and startup checks, kept apart, with a report for the probes.
 
 A check is a callable returning a `HealthStatus` or any truthy/falsy value; one that raises is
-unhealthy with the exception as its reason. The async entry points also accept coroutine
-functions and bound every check, so a hung dependency makes a probe fail instead of hang.
+unhealthy with the exception as its reason. Every entry point bounds every check by
+`check_timeout_s`, so a hung dependency makes a probe fail instead of hang; the async ones also
+accept coroutine functions. A sync check runs in a daemon thread, at most one run per check at
+a time: a probe that finds the last run still going waits for that one, and while a hung run
+has not returned, probes report it as timed out (still running) without starting another.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .hooks import in_daemon_thread
+from .hooks import ThreadCall, call_bounded, is_async_callable
 
 logger = logging.getLogger(__name__)
 
@@ -60,27 +63,16 @@ def _from_exception(name: str, exc: BaseException) -> HealthStatus:
     return HealthStatus(False, f"{type(exc).__name__}: {exc}")
 
 
-def _run_sync(name: str, check: Check) -> HealthStatus:
-    try:
-        return _from_result(check())
-    except Exception as exc:
-        return _from_exception(name, exc)
+def _from_outcome(name: str, result: Any, error: BaseException | None) -> HealthStatus:
+    return _from_result(result) if error is None else _from_exception(name, error)
 
 
-async def _run_async(name: str, check: Check, timeout_s: float) -> HealthStatus:
-    async def call() -> Any:
-        if inspect.iscoroutinefunction(check):
-            return await check()
-        # Sync checks may block; keep them off the loop, in a thread that can be abandoned.
-        return await in_daemon_thread(check)
-
-    try:
-        return _from_result(await asyncio.wait_for(call(), timeout_s))
-    except TimeoutError:
-        logger.warning("health check %r timed out after %.1fs", name, timeout_s)
-        return HealthStatus(False, f"timed out after {timeout_s:g}s")
-    except Exception as exc:
-        return _from_exception(name, exc)
+def _timed_out(name: str, timeout_s: float, joined: bool) -> HealthStatus:
+    if joined:  # no new run was started: the last one has not returned yet
+        logger.warning("health check %r still running from an earlier probe", name)
+        return HealthStatus(False, f"timed out after {timeout_s:g}s (still running)")
+    logger.warning("health check %r timed out after %.1fs", name, timeout_s)
+    return HealthStatus(False, f"timed out after {timeout_s:g}s")
 
 
 class HealthChecker:
@@ -101,6 +93,9 @@ class HealthChecker:
         self._lock = threading.Lock()
         self._checks: dict[Category, dict[str, Check]] = {c: {} for c in CATEGORIES}
         self._results: dict[Category, dict[str, HealthStatus]] = {c: {} for c in CATEGORIES}
+        # The run of each sync check, by (category, name, id(check)), until it returns.
+        self._inflight_lock = threading.Lock()
+        self._inflight: dict[tuple[Category, str, int], ThreadCall] = {}
         self._created = time.monotonic()
         self._startup_complete = False
 
@@ -190,14 +185,80 @@ class HealthChecker:
             self._results[category].update(results)
         return all(status.healthy for status in results.values())
 
+    def _thread_call(self, category: Category, name: str, check: Check) -> tuple[ThreadCall, bool]:
+        """The run of a sync check in flight, or a new one: (the run, whether it was in flight).
+
+        A hung sync check cannot be stopped, only abandoned; starting it again on every probe
+        would leak one thread per probe. So a check has at most one run at a time, and a probe
+        that finds one waits for it (within its own bound) instead of starting another.
+        Raises RuntimeError when no thread can be started.
+        """
+        key = (category, name, id(check))  # the id is stable: the running thread holds `check`
+        with self._inflight_lock:
+            running = self._inflight.get(key)
+            if running is not None:
+                return running, True
+
+            def run() -> Any:
+                try:
+                    return check()
+                finally:
+                    # Waits for the insertion below, so it always removes its own run.
+                    with self._inflight_lock:
+                        del self._inflight[key]
+
+            call = ThreadCall(run)
+            self._inflight[key] = call
+            return call, False
+
     def _run_category(self, category: Category) -> bool:
-        results = {name: _run_sync(name, fn) for name, fn in self._snapshot(category)}
+        # Start every check, then wait for them all against one deadline: a probe takes at
+        # most check_timeout_s however many checks hang, as on the async path.
+        timeout_s = self.check_timeout_s
+        deadline = time.monotonic() + timeout_s
+        started: list[tuple[str, tuple[ThreadCall, bool] | HealthStatus]] = []
+        for name, fn in self._snapshot(category):
+            try:
+                started.append((name, self._thread_call(category, name, fn)))
+            except RuntimeError as exc:  # can't start new thread
+                started.append((name, _from_exception(name, exc)))
+        results: dict[str, HealthStatus] = {}
+        for name, run in started:
+            if isinstance(run, HealthStatus):
+                results[name] = run
+                continue
+            call, joined = run
+            outcome = call.wait(max(0.0, deadline - time.monotonic()))
+            if outcome is None:
+                results[name] = _timed_out(name, timeout_s, joined)
+            else:
+                results[name] = _from_outcome(name, *outcome)
         return self._store(category, results)
+
+    async def _run_async(self, category: Category, name: str, check: Check) -> HealthStatus:
+        timeout_s = self.check_timeout_s
+        joined = False
+        try:
+            if is_async_callable(check):
+                pending = call_bounded(check, timeout_s)
+            else:
+                # Sync checks may block; keep them off the loop, in a thread that can be
+                # abandoned, and never more than one per check (see _thread_call).
+                call, joined = self._thread_call(category, name, check)
+                pending = call_bounded(call, timeout_s)
+            # call_bounded returns what the check raised, BaseExceptions included: a probe
+            # answers with a status instead of raising; only our own cancellation propagates.
+            result, error = await pending
+        except TimeoutError:
+            return _timed_out(name, timeout_s, joined)
+        except RuntimeError as exc:  # can't start new thread
+            return _from_exception(name, exc)
+        return _from_outcome(name, result, error)
 
     async def _arun_category(self, category: Category) -> bool:
         checks = self._snapshot(category)
         statuses = await asyncio.gather(
-            *(_run_async(name, fn, self.check_timeout_s) for name, fn in checks)
+            *(self._run_async(category, name, fn) for name, fn in checks)
         )
         return self._store(
             category, {name: s for (name, _), s in zip(checks, statuses, strict=True)}

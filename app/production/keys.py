@@ -216,7 +216,8 @@ class APIKeyAuth:
             result = parsed
         if not isinstance(result, Principal):
             return False
-        return not user_id or result.owner == user_id
+        # Only None means "any owner": "" is a user id that owns no key, not a wildcard.
+        return user_id is None or result.owner == user_id
 
     async def authenticate(self, token: str | None) -> Principal | AuthFailure:
         """The principal for a token, or why it was refused.

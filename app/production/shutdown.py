@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import signal
 import threading
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from .hooks import Handler, in_daemon_thread, wait_in_daemon_thread
+from .hooks import Handler, call_bounded, wait_in_daemon_thread
 
 logger = logging.getLogger(__name__)
 
@@ -208,19 +207,25 @@ class GracefulShutdown:
             return list(self._handlers)
 
     async def run_handlers(self, timeout_per_handler: float | None = None) -> None:
-        """Run the hooks once, in order: async ones on this loop, sync ones in a thread."""
+        """Run the hooks once, in order: async ones on this loop, sync ones in a thread.
+
+        An awaitable that a sync hook returns (`lambda: client.aclose()`) is awaited on this
+        loop, within the same bound.
+        """
         bound = self.handler_timeout if timeout_per_handler is None else timeout_per_handler
         for fn in self._take_handlers():
             name = getattr(fn, "__qualname__", repr(fn))
             try:
-                if inspect.iscoroutinefunction(fn):
-                    await asyncio.wait_for(fn(), bound)
-                else:
-                    await asyncio.wait_for(in_daemon_thread(fn), bound)
+                # Never raises what the hook raised (SystemExit included), so the rest still
+                # run; a coroutine a sync hook returns is awaited here, on the server's loop.
+                _, error = await call_bounded(fn, bound)
             except TimeoutError:
                 logger.error("shutdown handler %s did not finish within %.1fs", name, bound)
-            except Exception:
-                logger.exception("shutdown handler %s failed", name)
+                continue
+            except Exception as exc:  # its thread could not be started
+                error = exc
+            if error is not None:
+                logger.error("shutdown handler %s failed", name, exc_info=error)
 
     def run_handlers_blocking(self, timeout_per_handler: float | None = None) -> None:
         """Thread version of `run_handlers`; async hooks run on a private event loop."""

@@ -38,14 +38,16 @@ class TokenBucketLimiter:
     def allow(self, key: str, tokens: float = 1.0) -> bool:
         if tokens < 0:
             raise ValueError("tokens must not be negative")
-        now = self._clock()
         with self._lock:
+            # Read under the lock: a `now` read before waiting for it may be older than the
+            # bucket's last update by the time it is used.
+            now = self._clock()
             self._evict_idle(now)
-            available = self._available(key, now)
+            available, last = self._available(key, now)
             allowed = tokens <= available
             if allowed:
                 available -= tokens
-            self._buckets[key] = (available, now)
+            self._buckets[key] = (available, last)
             self._buckets.move_to_end(key)
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
@@ -53,15 +55,21 @@ class TokenBucketLimiter:
 
     def available(self, key: str) -> float:
         with self._lock:
-            return self._available(key, self._clock())
+            return self._available(key, self._clock())[0]
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._buckets)
 
-    def _available(self, key: str, now: float) -> float:
+    def _available(self, key: str, now: float) -> tuple[float, float]:
+        """The key's tokens at `now`, and the time they are as of (never earlier than before).
+
+        A clock that steps back (or a caller-supplied one that is not monotonic) must neither
+        take tokens away nor move `last` back, which would refill the same interval twice.
+        """
         tokens, last = self._buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - last) * self.refill_rate)
+        elapsed = max(0.0, now - last)
+        return min(self.capacity, tokens + elapsed * self.refill_rate), max(last, now)
 
     def _evict_idle(self, now: float) -> None:
         while self._buckets:

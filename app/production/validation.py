@@ -7,6 +7,7 @@ rule, never the value: request content does not reach error bodies or logs.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,12 @@ def _is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
     return False
 
 
+def _non_finite(value: Any) -> bool:
+    # NaN compares False with everything, so it slips past min_value/max_value; +-inf is no
+    # batch size or temperature either. An int is always finite (and may be too big for a float).
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _size_bytes(value: Any) -> int | None:
     if isinstance(value, bytes | bytearray):
         return len(value)
@@ -76,11 +83,14 @@ class Rule:
     max_size_mb: float | None = None
     allowed_values: Collection[Any] | None = None
     custom_validator: Callable[[Any], bool] | None = None
+    allow_non_finite: bool = False
 
     def check(self, value: Any) -> str | None:
         """The first failing constraint's message, or None when the value passes."""
         if self.type is not None and not _is_instance(value, self.type):
             return f"must be of type {_type_name(self.type)}"
+        if self._takes_floats() and not self.allow_non_finite and _non_finite(value):
+            return "must be a finite number"
         for message in (self._check_range(value), self._check_size(value)):
             if message:
                 return message
@@ -101,6 +111,8 @@ class Rule:
             return None
         if isinstance(value, bool) or not isinstance(value, _NUMBERS):
             return "must be a number"
+        if _non_finite(value):  # whatever allow_non_finite says: NaN has no place in a range
+            return "must be a finite number"
         if self.min_value is not None and value < self.min_value:
             return f"must be at least {self.min_value}"
         if self.max_value is not None and value > self.max_value:
@@ -121,9 +133,23 @@ class Rule:
                 return f"must be at most {self.max_size_mb:g} MB"
         return None
 
+    def _takes_floats(self) -> bool:
+        options = self.type if isinstance(self.type, tuple) else (self.type,)
+        return float in options
+
     def _is_allowed(self, value: Any) -> bool:
+        allowed = self.allowed_values if self.allowed_values is not None else ()
         try:
-            return value in self.allowed_values  # type: ignore[operator]
+            if value not in allowed:
+                return False
+            # True == 1 (and hashes alike), so `in` lets a bool match an int and an int match a
+            # bool. As for type=int, a flag is not a number: it must match a bool, and a number
+            # a non-bool.
+            if isinstance(value, bool):
+                return any(option is value for option in allowed)
+            if isinstance(value, _NUMBERS):
+                return any(option == value and not isinstance(option, bool) for option in allowed)
+            return True
         except TypeError:  # an unhashable value checked against a set
             return False
 
@@ -148,8 +174,14 @@ class RequestValidator:
         max_size_mb: float | None = None,
         allowed_values: Collection[Any] | None = None,
         custom_validator: Callable[[Any], bool] | None = None,
+        *,
+        allow_non_finite: bool = False,
     ) -> RequestValidator:
-        """Add (or replace) the rule for one field; returns self so calls can chain."""
+        """Add (or replace) the rule for one field; returns self so calls can chain.
+
+        A rule whose `type` includes float refuses NaN and +-inf unless `allow_non_finite`;
+        a rule with `min_value` or `max_value` always refuses them.
+        """
         if min_value is not None and max_value is not None and min_value > max_value:
             raise ValueError(f"rule for {field_name!r}: min_value is above max_value")
         for name, bound in (("max_length", max_length), ("max_size_mb", max_size_mb)):
@@ -167,6 +199,7 @@ class RequestValidator:
             max_size_mb=max_size_mb,
             allowed_values=allowed_values,
             custom_validator=custom_validator,
+            allow_non_finite=allow_non_finite,
         )
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -194,3 +195,167 @@ def test_bad_configuration_is_refused() -> None:
         HealthChecker().add_liveness_check("x", "not callable")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         HealthChecker().add_check("other", "x", lambda: True)  # type: ignore[arg-type]
+
+
+def hung_check(release: threading.Event, calls: list[int]) -> Callable[[], bool]:
+    def hung() -> bool:
+        calls.append(1)
+        return release.wait(10)
+
+    return hung
+
+
+def test_a_hung_sync_check_runs_once_however_many_async_probes_ask() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+    health = HealthChecker(check_timeout_s=0.01)
+    health.add_liveness_check("hung", hung_check(release, calls))
+    before = threading.active_count()
+
+    async def probe_many() -> list[str]:
+        messages = []
+        for _ in range(20):
+            assert await health.ais_alive() is False
+            messages.append(health.results("liveness")["hung"].message)
+        return messages
+
+    try:
+        messages = asyncio.run(probe_many())
+        # One thread for the one run: no thread per probe.
+        assert calls == [1]
+        assert threading.active_count() <= before + 1
+        assert messages[0] == "timed out after 0.01s"
+        assert set(messages[1:]) == {"timed out after 0.01s (still running)"}
+    finally:
+        release.set()
+    # Once the run returns, the next probe gets a result again (the old run's or a new one's).
+    health.check_timeout_s = 10
+    assert asyncio.run(health.ais_alive()) is True
+
+
+def test_the_sync_api_bounds_a_hung_check_and_never_runs_it_twice_at_once() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+    health = HealthChecker(check_timeout_s=0.01)
+    health.add_readiness_check("hung", hung_check(release, calls))
+    health.add_readiness_check("fine", lambda: True)
+    try:
+        assert health.is_ready() is False
+        assert health.results("readiness")["hung"].message == "timed out after 0.01s"
+        for _ in range(10):
+            assert health.is_ready() is False
+            report = health.get_health_report()
+        assert calls == [1]
+        assert report["readiness"]["hung"]["message"] == "timed out after 0.01s (still running)"
+        assert report["readiness"]["fine"]["healthy"] is True
+        # The async path shares the run in flight instead of starting its own.
+        assert asyncio.run(health.ais_ready()) is False
+        assert calls == [1]
+    finally:
+        release.set()
+    health.check_timeout_s = 10
+    assert health.is_ready() is True
+
+
+def test_probes_that_overlap_share_the_run_of_a_slow_check() -> None:
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow() -> bool:
+        calls.append(1)
+        entered.set()
+        return release.wait(30)
+
+    health = HealthChecker(check_timeout_s=30)
+    health.add_liveness_check("slow", slow)
+
+    async def overlapping() -> list[bool]:
+        first = asyncio.create_task(health.ais_alive())
+        await asyncio.to_thread(entered.wait, 30)  # the first probe's run has started
+        second = asyncio.create_task(health.ais_alive())
+        for _ in range(20):  # a few loop turns, no I/O: the second probe finds the run
+            await asyncio.sleep(0)
+        release.set()
+        return list(await asyncio.gather(first, second))
+
+    try:
+        assert asyncio.run(overlapping()) == [True, True]
+    finally:
+        release.set()
+    assert calls == [1]
+
+
+class AsyncClient:
+    """Like redis.asyncio or httpx: its I/O completes through futures of the loop it was made on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def ping(self) -> bool:
+        future = self.loop.create_future()
+        self.loop.call_soon(future.set_result, True)
+        return bool(await future) and asyncio.get_running_loop() is self.loop
+
+
+class AsyncCallableCheck:
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def __call__(self) -> bool:
+        return await self.client.ping()
+
+
+def test_an_async_client_check_runs_on_the_probes_loop() -> None:
+    async def probe() -> dict[str, HealthStatus]:
+        client = AsyncClient()
+        health = HealthChecker()
+        health.add_readiness_check("lambda", lambda: client.ping())
+        health.add_readiness_check("callable", AsyncCallableCheck(client))
+        assert await health.ais_ready() is True
+        return health.results("readiness")
+
+    results = asyncio.run(probe())
+    assert all(status.healthy for status in results.values()), results
+
+
+@pytest.mark.parametrize(
+    "exc", [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError("its own")]
+)
+def test_a_check_raising_a_base_exception_fails_the_probe_without_raising(
+    exc: BaseException,
+) -> None:
+    def sync_check() -> bool:
+        raise exc
+
+    async def async_check() -> bool:
+        raise exc
+
+    health = HealthChecker()
+    health.add_liveness_check("sync", sync_check)
+    health.add_readiness_check("async", async_check)
+    health.add_readiness_check("fine", lambda: True)
+    assert asyncio.run(health.ais_ready()) is False
+    assert asyncio.run(health.ais_alive()) is False
+    assert health.is_alive() is False
+    expected = type(exc).__name__
+    assert health.results("liveness")["sync"].message.startswith(expected)
+    assert health.results("readiness")["async"].message.startswith(expected)
+    assert health.results("readiness")["fine"].healthy
+
+
+def test_cancelling_a_probe_still_cancels_it() -> None:
+    async def forever() -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    health = HealthChecker(check_timeout_s=30)
+    health.add_liveness_check("forever", forever)
+
+    async def main() -> None:
+        probe = asyncio.create_task(health.ais_alive())
+        await asyncio.sleep(0.01)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+
+    asyncio.run(main())

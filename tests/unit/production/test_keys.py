@@ -100,8 +100,17 @@ def test_verifying_without_a_user_looks_up_one_id_and_never_scans(store: FileKey
     scanning = NoScanStore(store.path, refresh_s=0)
     auth = APIKeyAuth(store=scanning, pepper=PEPPER)
     key = auth.create_key("alice")
-    assert auth.verify_key(key, user_id="")
     assert auth.verify_key(key, user_id=None)
+    assert not auth.verify_key(key, user_id="")  # "" is an owner, not a wildcard
+
+
+@pytest.mark.parametrize("user_id", ["", "alice ", "ALICE"])
+def test_only_none_skips_the_owner_check(auth: APIKeyAuth, user_id: str) -> None:
+    # A falsy user_id once meant "any user" (and scanned every user's keys).
+    key = auth.create_key("alice")
+    assert auth.verify_key(key)
+    assert auth.verify_key(key, user_id="alice")
+    assert auth.verify_key(key, user_id=user_id) is False
 
 
 def test_secrets_are_compared_in_constant_time(

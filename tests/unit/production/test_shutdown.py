@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -281,3 +282,99 @@ def test_bad_arguments_are_refused() -> None:
         GracefulShutdown(timeout=0)
     with pytest.raises(TypeError):
         GracefulShutdown().register_handler("nope")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "exc", [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError("its own")]
+)
+def test_a_hook_raising_a_base_exception_is_logged_and_the_rest_still_run(
+    exc: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutdown = GracefulShutdown(timeout=1)
+    calls: list[str] = []
+
+    def exits() -> None:
+        raise exc
+
+    async def exits_async() -> None:
+        raise exc
+
+    shutdown.register_handler(exits)
+    shutdown.register_handler(exits_async)
+    shutdown.register_handler(lambda: calls.append("sync"))
+    caplog.set_level(logging.ERROR, logger="app.production.shutdown")
+    asyncio.run(shutdown.run_handlers())
+    assert calls == ["sync"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("exits failed" in m for m in messages)
+    assert any("exits_async failed" in m for m in messages)
+
+
+def test_blocking_run_survives_a_hook_that_exits() -> None:
+    shutdown = GracefulShutdown(timeout=1)
+    calls: list[str] = []
+    shutdown.register_handler(lambda: sys.exit(3))
+    shutdown.register_handler(lambda: calls.append("after"))
+    shutdown.run_handlers_blocking()
+    assert calls == ["after"]
+
+
+def test_cancelling_the_drain_still_cancels_it() -> None:
+    shutdown = GracefulShutdown(timeout=30)
+    calls: list[str] = []
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    shutdown.register_handler(forever)
+    shutdown.register_handler(lambda: calls.append("later"))
+
+    async def main() -> None:
+        drain = asyncio.create_task(shutdown.run_handlers())
+        await asyncio.sleep(0.01)
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+
+    asyncio.run(main())
+    assert calls == []
+
+
+class AsyncClient:
+    """Like redis.asyncio or httpx: its I/O completes through futures of the loop it was made on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.closed: list[str] = []
+
+    async def aclose(self, how: str = "lambda") -> None:
+        future = self.loop.create_future()
+        self.loop.call_soon(future.set_result, None)
+        await future
+        if asyncio.get_running_loop() is self.loop:
+            self.closed.append(how)
+
+
+class Closer:
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def __call__(self) -> None:
+        await self.client.aclose("callable")
+
+
+def test_a_hook_that_closes_an_async_client_runs_on_the_servers_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="app.production.shutdown")
+
+    async def main() -> list[str]:
+        client = AsyncClient()
+        shutdown = GracefulShutdown(timeout=1)
+        shutdown.register_handler(lambda: client.aclose())
+        shutdown.register_handler(Closer(client))
+        await shutdown.run_handlers()
+        return client.closed
+
+    assert asyncio.run(main()) == ["lambda", "callable"]
+    assert caplog.records == []

@@ -74,3 +74,28 @@ def test_token_bucket_refuses_bad_settings() -> None:
         TokenBucketLimiter(capacity=0, refill_rate=1)
     with pytest.raises(ValueError):
         TokenBucketLimiter(capacity=1, refill_rate=1).allow("u", tokens=-1)
+
+
+def test_a_stale_clock_reading_neither_takes_tokens_nor_moves_time_back() -> None:
+    clock = FakeClock(100.0)
+    bucket = TokenBucketLimiter(capacity=10, refill_rate=1, clock=clock)
+    assert bucket.allow("k")
+    clock.now = 99.0  # older than the bucket's last update, as a racing thread's read was
+    assert bucket.available("k") == 9  # a negative elapsed time would have taken one away
+    assert bucket.allow("k", tokens=9)
+    clock.now = 100.0
+    # The update is still as of 100: the second between 99 and 100 does not refill again.
+    assert bucket.available("k") == 0
+
+
+def test_the_clock_is_read_while_holding_the_lock() -> None:
+    held: list[bool] = []
+
+    def clock() -> float:
+        held.append(bucket._lock.locked())
+        return 1_000.0
+
+    bucket = TokenBucketLimiter(capacity=2, refill_rate=1, clock=clock)
+    bucket.allow("k")
+    bucket.available("k")
+    assert held == [True, True]

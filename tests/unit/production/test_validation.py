@@ -145,3 +145,45 @@ def test_contradictory_rules_are_refused() -> None:
 
 def test_rules_are_listed_in_the_order_they_were_added() -> None:
     assert [r.field for r in checklist_validator().rules] == ["image", "batch_size"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_range_rules_refuse_non_finite_numbers_without_echoing_them(value: float) -> None:
+    # NaN compares False with every bound, so it used to pass min_value and max_value.
+    for rule in ({"min_value": 1}, {"max_value": 128}, {"min_value": 1, "max_value": 128}):
+        validator = RequestValidator().add_rule("n", **rule)  # type: ignore[arg-type]
+        assert errors_of(validator, {"n": value}) == [FieldError("n", "must be a finite number")]
+    # Even a rule that allows them by type: a range has no room for NaN.
+    lenient = RequestValidator().add_rule("n", type=float, max_value=1, allow_non_finite=True)
+    assert errors_of(lenient, {"n": value}) == [FieldError("n", "must be a finite number")]
+
+
+def test_range_rules_still_take_any_int_however_large() -> None:
+    validator = RequestValidator().add_rule("n", max_value=10)
+    assert errors_of(validator, {"n": 10**400}) == [FieldError("n", "must be at most 10")]
+    assert RequestValidator().add_rule("n", min_value=0).validate({"n": 10**400})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_float_rules_refuse_non_finite_values_unless_allowed(value: float) -> None:
+    for expected in (float, (int, float)):
+        validator = RequestValidator().add_rule("x", type=expected)
+        assert errors_of(validator, {"x": value}) == [FieldError("x", "must be a finite number")]
+    assert RequestValidator().add_rule("x", type=float).validate({"x": 1.5})
+    lenient = RequestValidator().add_rule("x", type=float, allow_non_finite=True)
+    assert lenient.validate({"x": value})
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_allowed_values_never_match_a_bool_to_an_int_or_back(flag: bool) -> None:
+    # True == 1 and hash(True) == hash(1): `in` alone let a flag pass as a mode number.
+    numbers = RequestValidator().add_rule("mode", allowed_values=[0, 1])
+    assert errors_of(numbers, {"mode": flag}) == [
+        FieldError("mode", "is not one of the allowed values")
+    ]
+    assert numbers.validate({"mode": 0}) and numbers.validate({"mode": 1.0})
+    flags = RequestValidator().add_rule("on", allowed_values=frozenset({True, False}))
+    assert flags.validate({"on": flag})
+    assert errors_of(flags, {"on": int(flag)}) == [
+        FieldError("on", "is not one of the allowed values")
+    ]
