@@ -143,6 +143,25 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)  # raises ValueError when malformed
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        # Checked here, so that a typo or a missing GPU is one settings error at start, not a
+        # traceback from the model load (and the load's exit code).
+        if value == "auto":
+            return value
+        import torch
+
+        try:
+            device = torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{value!r}: Frameworm serves on cpu or cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{value!r}: CUDA is not available on this machine")
+        return value
+
     @field_validator("metrics_token")
     @classmethod
     def _token_is_not_empty(cls, value: SecretStr | None) -> SecretStr | None:

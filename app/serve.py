@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,8 @@ log = logging.getLogger("frameworm.serve")
 
 UVICORN_GRACE_MARGIN_S = 5.0  # uvicorn's own deadline is later than the app's
 EXIT_MODEL_FAILED = 3
+EXIT_CANNOT_LISTEN = 1  # uvicorn would exit 3 itself, the code that means "no model"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DrainingServer(uvicorn.Server):
@@ -133,9 +136,30 @@ def run(settings: Settings) -> int:
     """Serve until drained; the process exit code."""
     configure_logging(settings.log_format, settings.log_level)
     ensure_a_key(settings)
-    if settings.workers > 1:
-        return supervise(settings)
-    return serve_one(settings)
+    # Bound before anything starts (the model load included), and by us: on a taken port
+    # uvicorn exits 3 itself, which here means that the model could not be loaded.
+    try:
+        sock = listening_socket(settings)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return EXIT_CANNOT_LISTEN
+    with sock:
+        if settings.workers > 1:
+            return supervise(settings, sock)
+        return serve_one(settings, sock)
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve_one(settings: Settings, sock: socket.socket | None = None) -> int:
@@ -174,12 +198,26 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
 
 
 # ---------------------------------------------------------------------- several workers
-def _worker(settings: Settings, sock: socket.socket) -> None:
+def _worker(settings: Settings, sock: socket.socket, supervisor: int) -> None:
+    # Signals reach a worker from its supervisor only: in the supervisor's process group a
+    # terminal's Ctrl-C or a group-wide SIGTERM would arrive twice (directly, then forwarded)
+    # and the second copy means "exit at once, no drain".
+    os.setpgrp()
+    _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)
     sys.exit(serve_one(settings, sock))
 
 
-def supervise(settings: Settings) -> int:
+def _drain_when_orphaned(supervisor: int) -> None:
+    """SIGTERM this worker when its supervisor dies (a SIGKILL included): never serve orphaned."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's job alone
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def supervise(settings: Settings, sock: socket.socket) -> int:
     """N worker processes accepting on one socket, each draining on its own.
 
     Metrics use prometheus_client's multiprocess mode in a fresh directory (set before the
@@ -189,15 +227,13 @@ def supervise(settings: Settings) -> int:
     """
     metrics_dir = tempfile.mkdtemp(prefix="frameworm-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    sock = uvicorn_config(settings).bind_socket()
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker, args=(settings, sock), name=f"frameworm-worker-{i}")
+        context.Process(
+            target=_worker, args=(settings, sock, os.getpid()), name=f"frameworm-worker-{i}"
+        )
         for i in range(settings.workers)
     ]
-    for worker in workers:
-        worker.start()
-    log.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
     stopping = threading.Event()
 
     def forward(sig: int, frame: FrameType | None) -> None:
@@ -209,6 +245,9 @@ def supervise(settings: Settings) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for worker in workers:
+            worker.start()
+        log.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
         while any(w.is_alive() for w in workers):
             for worker in workers:
                 worker.join(0.2)
@@ -222,9 +261,16 @@ def supervise(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
         for worker in workers:
             if worker.pid is not None:
                 prometheus_multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max(abs(w.exitcode or 0) for w in workers)
+    return max(_exit_code(w.exitcode, stopping.is_set()) for w in workers)
+
+
+def _exit_code(code: int | None, stopping: bool) -> int:
+    """A worker's code for the supervisor's; killed by the signal asked for is a clean stop
+    (a worker still starting has no drain to run yet)."""
+    if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
+        return 0
+    return abs(code or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,3 +113,21 @@ def test_a_tampered_artefact_keeps_the_server_unready_then_exits_3(tmp_path: Pat
     assert isinstance(checks, dict)
     assert "sha256" in checks["model"]["reason"].lower()
     assert code == 3
+
+
+def test_a_taken_port_is_one_error_line_and_exit_1_not_the_model_s_exit_3(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = start_server(tmp_path, env={"FRAMEWORM_PORT": str(port)})
+        try:
+            code = server.process.wait(60)
+        finally:
+            server.terminate()
+    logs = server.logs()
+    assert code == 1, logs
+    assert f"cannot listen on 127.0.0.1:{port}" in logs
+    assert "model ready" not in logs  # nothing started before the port was known to be free

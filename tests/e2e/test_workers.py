@@ -113,3 +113,45 @@ def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
 
 def _is_zombie(pid: int) -> bool:
     return " Z " in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_group_wide_sigterm_drains_each_worker_once_instead_of_killing_it(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    # A terminal's Ctrl-C, systemd's control-group kill or `kill -- -PGID` signal the whole
+    # group; workers in it would see the signal twice (directly, then forwarded), and a second
+    # signal means "exit at once": no drain, no lifespan shutdown.
+    server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0.5"}, ["--workers", "2"])
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        assert len(worker_pids(server.pid)) == WORKERS
+        os.killpg(server.pid, signal.SIGTERM)  # launch() made the supervisor a group leader
+        code = server.process.wait(60)
+    finally:
+        stop(server)
+    logs = server.logs()
+    assert code == 0, logs
+    assert logs.count("Waiting for application shutdown") == WORKERS, logs
+    assert "CancelledError" not in logs
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, tiny_registry: Path) -> None:
+    server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0"}, ["--workers", "2"])
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        workers = worker_pids(server.pid)
+        assert len(workers) == WORKERS
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker kept serving without its supervisor"
+            time.sleep(0.1)
+    finally:
+        for pid in worker_pids_alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        stop(server)
+
+
+def worker_pids_alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]

@@ -152,3 +152,19 @@ def test_an_empty_metrics_token_is_refused_not_taken_as_protection(
     monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN_FILE", str(secret))
     with pytest.raises(ValidationError, match="metrics token is empty"):
         Settings()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
+def test_a_device_that_is_not_cpu_or_cuda_is_one_settings_error(device: str) -> None:
+    with pytest.raises(ValidationError, match="device"):
+        Settings(device=device)
+
+
+def test_cuda_without_cuda_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValidationError, match="CUDA is not available"):
+        Settings(device="cuda")
+    assert Settings(device="cpu").device == "cpu"
+    assert Settings(device="auto").device == "auto"
