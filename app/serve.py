@@ -143,6 +143,11 @@ def run(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         return EXIT_CANNOT_LISTEN
+    # uvicorn logs this line only for sockets it binds itself; operators look for it.
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1]
+    )
     with sock:
         if settings.workers > 1:
             return supervise(settings, sock)

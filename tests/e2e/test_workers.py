@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from models.registry import ModelRegistry
 from tests.support.models import MODEL, register_mlp
 from tests.support.process import INFER_BODY, READY_TIMEOUT_S, launch, stop
+from tests.support.server import ServerProcess
 
 WORKERS = 2
 REQUESTS = 60
@@ -74,12 +75,7 @@ def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
     env = {"FRAMEWORM_DRAIN_DELAY_S": "0.5"}
     server = launch(tmp_path, tiny_registry, env, options=["--workers", str(WORKERS)])
     try:
-        server.wait_ready(READY_TIMEOUT_S)
-        with httpx.Client(base_url=server.url, timeout=10) as probe:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while scrape(probe, "frameworm_queue_capacity") < WORKERS * QUEUE_ITEMS:
-                assert time.monotonic() < deadline, "the second worker never came up"
-                time.sleep(0.1)
+        wait_for_every_worker(server)
         workers = worker_pids(server.pid)
         assert len(workers) == WORKERS, workers
         # A fresh connection per request, so the kernel spreads them over both workers.
@@ -111,6 +107,16 @@ def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
+def wait_for_every_worker(server: ServerProcess) -> None:
+    """Ready, and every worker up: each live one reports the queue capacity."""
+    server.wait_ready(READY_TIMEOUT_S)
+    with httpx.Client(base_url=server.url, timeout=10) as probe:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while scrape(probe, "frameworm_queue_capacity") < WORKERS * QUEUE_ITEMS:
+            assert time.monotonic() < deadline, "a worker never came up"
+            time.sleep(0.1)
+
+
 def _is_zombie(pid: int) -> bool:
     return " Z " in Path(f"/proc/{pid}/stat").read_text()
 
@@ -123,7 +129,7 @@ def test_a_group_wide_sigterm_drains_each_worker_once_instead_of_killing_it(
     # signal means "exit at once": no drain, no lifespan shutdown.
     server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0.5"}, ["--workers", "2"])
     try:
-        server.wait_ready(READY_TIMEOUT_S)
+        wait_for_every_worker(server)
         assert len(worker_pids(server.pid)) == WORKERS
         os.killpg(server.pid, signal.SIGTERM)  # launch() made the supervisor a group leader
         code = server.process.wait(60)
@@ -138,7 +144,7 @@ def test_a_group_wide_sigterm_drains_each_worker_once_instead_of_killing_it(
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, tiny_registry: Path) -> None:
     server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0"}, ["--workers", "2"])
     try:
-        server.wait_ready(READY_TIMEOUT_S)
+        wait_for_every_worker(server)
         workers = worker_pids(server.pid)
         assert len(workers) == WORKERS
         server.process.send_signal(signal.SIGKILL)
