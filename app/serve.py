@@ -204,10 +204,6 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
 
 # ---------------------------------------------------------------------- several workers
 def _worker(settings: Settings, sock: socket.socket, supervisor: int) -> None:
-    # Signals reach a worker from its supervisor only: in the supervisor's process group a
-    # terminal's Ctrl-C or a group-wide SIGTERM would arrive twice (directly, then forwarded)
-    # and the second copy means "exit at once, no drain".
-    os.setpgrp()
     _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)
     sys.exit(serve_one(settings, sock))

@@ -121,26 +121,6 @@ def _is_zombie(pid: int) -> bool:
     return " Z " in Path(f"/proc/{pid}/stat").read_text()
 
 
-def test_a_group_wide_sigterm_drains_each_worker_once_instead_of_killing_it(
-    tmp_path: Path, tiny_registry: Path
-) -> None:
-    # A terminal's Ctrl-C, systemd's control-group kill or `kill -- -PGID` signal the whole
-    # group; workers in it would see the signal twice (directly, then forwarded), and a second
-    # signal means "exit at once": no drain, no lifespan shutdown.
-    server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0.5"}, ["--workers", "2"])
-    try:
-        wait_for_every_worker(server)
-        assert len(worker_pids(server.pid)) == WORKERS
-        os.killpg(server.pid, signal.SIGTERM)  # launch() made the supervisor a group leader
-        code = server.process.wait(60)
-    finally:
-        stop(server)
-    logs = server.logs()
-    assert code == 0, logs
-    assert logs.count("Waiting for application shutdown") == WORKERS, logs
-    assert "CancelledError" not in logs
-
-
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, tiny_registry: Path) -> None:
     server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0"}, ["--workers", "2"])
     try:
