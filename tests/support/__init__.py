@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import NoReturn
 
 import pytest
 
@@ -20,8 +21,12 @@ def require_executable(name: str) -> str:
     """The tool's path; skip when it is missing, but fail under CI, which must install it."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install it, as .ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"{name} is not installed (apt-get install it, as .ci/run does)")
     return path
+
+
+def skip_unless_ci(message: str) -> NoReturn:
+    """Skip for something this machine lacks; under CI (CI=true), which must have it, fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
