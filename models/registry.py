@@ -5,12 +5,10 @@ Layout in the store:
     <name>/<version>/manifest.json    ModelManifest, written once
     <name>/<version>/<artefact>       the artefact's bytes
 
-The stage model: `staging` and `production` each point at one version or none. Promoting V to
-production archives the version production leaves and clears staging if it pointed at V.
-Rollback moves production back to the version it pointed at before the last promotion still
-in force. Every change to an index is a compare-and-swap, so of two concurrent stage moves that
-read the same index, exactly one wins and the other gets ConflictError with nothing written.
-A registration only adds its version, so it re-reads the index and tries again instead.
+The stage model (aliases, history, rollback) is models/stages.py. Every change to an index is a
+compare-and-swap, so of two concurrent stage moves that read the same index, exactly one wins
+and the other gets ConflictError with nothing written. A registration only adds its version, so
+it re-reads the index and tries again instead.
 
 A version is registered once the index lists it. Its manifest and artefact are written first,
 so a registration that stopped midway leaves files no reader serves; registering the same
@@ -19,14 +17,12 @@ bytes again finishes it.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from models.errors import (
     ArtefactError,
@@ -48,45 +44,19 @@ from models.manifest import (
     Stage,
     check_name,
     check_version,
-    utcnow,
     version_key,
+)
+from models.stages import (
+    ModelIndex,
+    StageEvent,
+    default_actor,
+    move_alias,
+    rollback_target,
 )
 from models.store import Store, open_store, sha256_bytes
 
-Action = Literal["register", "promote", "rollback", "archive"]
 # Index writes that only add (register) retry a lost compare-and-swap this many times.
 INDEX_ATTEMPTS = 5
-
-
-class StageEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    at: datetime = Field(default_factory=utcnow)
-    actor: str
-    action: Action
-    version: str
-    stage: Stage | None = None
-    from_version: str | None = None
-    reason: str = ""
-
-
-class ModelIndex(BaseModel):
-    """The mutable state of one model name; replaced whole by compare-and-swap."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    revision: int = 0
-    versions: list[str] = Field(default_factory=list)
-    aliases: dict[Stage, str | None] = Field(default_factory=lambda: dict.fromkeys(STAGES))
-    archived: list[str] = Field(default_factory=list)
-    history: list[StageEvent] = Field(default_factory=list)
-
-    def status(self, version: str) -> str:
-        stages = [stage for stage, v in self.aliases.items() if v == version]
-        if stages:
-            return ",".join(stages)
-        return "archived" if version in self.archived else "registered"
 
 
 class VerifyResult(BaseModel):
@@ -94,13 +64,6 @@ class VerifyResult(BaseModel):
     version: str
     ok: bool
     detail: str
-
-
-def default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary container UID
-        return "unknown"
 
 
 class ModelRegistry:
@@ -278,7 +241,7 @@ class ModelRegistry:
                 raise ModelNotFoundError(name, version=version)
             if ix.aliases.get(stage) == version:
                 return  # already there: recording it would give rollback a step that goes nowhere
-            self._move_alias(ix, stage, version, "promote", actor, reason)
+            move_alias(ix, stage, version, "promote", actor, reason)
 
         return self._update(name, move, expected_revision=expected_revision)
 
@@ -295,7 +258,7 @@ class ModelRegistry:
             previous = rollback_target(ix, stage)
             if previous is None:
                 raise StageError(f"{name} has no earlier {stage} version to roll back to")
-            self._move_alias(ix, stage, previous, "rollback", actor, reason)
+            move_alias(ix, stage, previous, "rollback", actor, reason)
 
         return self._update(name, back, expected_revision=expected_revision)
 
@@ -324,30 +287,6 @@ class ModelRegistry:
         return self._update(name, retire)
 
     # ------------------------------------------------------------------ internals
-    @staticmethod
-    def _move_alias(
-        ix: ModelIndex, stage: Stage, version: str, action: Action, actor: str | None, reason: str
-    ) -> None:
-        previous = ix.aliases.get(stage)
-        ix.aliases[stage] = version
-        if version in ix.archived:
-            ix.archived.remove(version)  # an archived version may be promoted again
-        if stage == "production":
-            if ix.aliases.get("staging") == version:
-                ix.aliases["staging"] = None
-            if previous is not None and previous != version and previous not in ix.archived:
-                ix.archived.append(previous)
-        ix.history.append(
-            StageEvent(
-                actor=actor or default_actor(),
-                action=action,
-                version=version,
-                stage=stage,
-                from_version=previous,
-                reason=reason,
-            )
-        )
-
     def _registered_manifest(self, index: ModelIndex, version: str) -> ModelManifest:
         # The manifest is written before the index lists its version: until then (for ever, if
         # that registration stopped midway) the version is not registered.
@@ -401,24 +340,6 @@ class ModelRegistry:
             if self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
                 return index
         raise ConflictError(f"{name} was changed by someone else meanwhile; nothing was written")
-
-
-def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
-    """The version `stage` pointed at before the last move still in force (moves form a stack)."""
-    stack: list[str] = []
-    for event in ix.history:
-        if event.stage != stage:
-            continue
-        if event.action == "promote":
-            # A promotion to the current target moved nothing (histories written before such a
-            # promotion became a no-op hold some): as a step, rollback would go nowhere.
-            if not stack or stack[-1] != event.version:
-                stack.append(event.version)
-        elif event.action == "rollback" and stack:
-            stack.pop()
-    if len(stack) < 2:
-        return None
-    return stack[-2]
 
 
 def check_name_safe(name: str) -> str:

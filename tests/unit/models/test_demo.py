@@ -20,7 +20,8 @@ from models.errors import ConflictError, VersionExistsError
 from models.formats import LoadedModel
 from models.golden import run_golden_checks
 from models.manifest import ModelManifest
-from models.registry import ModelIndex, ModelRegistry
+from models.registry import ModelRegistry
+from models.stages import ModelIndex
 from models.tensors import generate
 
 DEMO_NAMES = ["cnn-digits", "vae-digits", "vae-digits-decoder"]

@@ -19,7 +19,8 @@ from models.errors import (
 )
 from models.formats import load_model
 from models.manifest import GoldenCheck, version_key
-from models.registry import ModelRegistry, StageEvent
+from models.registry import ModelRegistry
+from models.stages import StageEvent
 from models.store import LocalStore
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, tiny_mlp, write_tiny_mlp
 from tests.unit.models.conftest import Register
@@ -114,6 +115,19 @@ def test_rollback_returns_to_the_previous_version_not_the_oldest(
     assert registry.rollback("tiny").aliases["production"] == "1.0.0"
     with pytest.raises(StageError, match="no earlier production version"):
         registry.rollback("tiny")
+
+
+def test_staging_does_not_roll_back_onto_the_version_production_took_from_it(
+    registry: ModelRegistry, register: Register
+) -> None:
+    register("tiny", "1.0.0")
+    register("tiny", "1.1.0")
+    registry.promote("tiny", "1.0.0", "staging")
+    registry.promote("tiny", "1.0.0", "production")  # clears staging
+    registry.promote("tiny", "1.1.0", "staging")
+    with pytest.raises(StageError, match="no earlier staging version"):
+        registry.rollback("tiny", "staging")
+    assert registry.index("tiny").aliases == {"staging": "1.1.0", "production": "1.0.0"}
 
 
 def test_an_archived_version_can_be_promoted_again(

@@ -1,0 +1,114 @@
+"""The stage model: a name's index (versions, aliases, archived, history) and how aliases move.
+
+`staging` and `production` each point at one version or none. Promoting V to production
+archives the version production leaves and clears staging if it pointed at V; archiving the
+staging version clears staging too. Every move is appended to the history, and rollback is read
+from it: each stage's moves form a stack (promote pushes, rollback pops), so rollback returns
+to the version the stage held before the last move still in force.
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.manifest import STAGES, Stage, utcnow
+
+Action = Literal["register", "promote", "rollback", "archive"]
+
+
+class StageEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: datetime = Field(default_factory=utcnow)
+    actor: str
+    action: Action
+    version: str
+    stage: Stage | None = None
+    from_version: str | None = None
+    reason: str = ""
+
+
+class ModelIndex(BaseModel):
+    """The mutable state of one model name; replaced whole by compare-and-swap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    revision: int = 0
+    versions: list[str] = Field(default_factory=list)
+    aliases: dict[Stage, str | None] = Field(default_factory=lambda: dict.fromkeys(STAGES))
+    archived: list[str] = Field(default_factory=list)
+    history: list[StageEvent] = Field(default_factory=list)
+
+    def status(self, version: str) -> str:
+        stages = [stage for stage, v in self.aliases.items() if v == version]
+        if stages:
+            return ",".join(stages)
+        return "archived" if version in self.archived else "registered"
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary container UID
+        return "unknown"
+
+
+def move_alias(
+    ix: ModelIndex, stage: Stage, version: str, action: Action, actor: str | None, reason: str
+) -> None:
+    """Point `stage` at `version` (a promotion or a rollback) and record it."""
+    previous = ix.aliases.get(stage)
+    ix.aliases[stage] = version
+    if version in ix.archived:
+        ix.archived.remove(version)  # an archived version may be promoted again
+    if stage == "production":
+        if ix.aliases.get("staging") == version:
+            ix.aliases["staging"] = None
+        if previous is not None and previous != version and previous not in ix.archived:
+            ix.archived.append(previous)
+    ix.history.append(
+        StageEvent(
+            actor=actor or default_actor(),
+            action=action,
+            version=version,
+            stage=stage,
+            from_version=previous,
+            reason=reason,
+        )
+    )
+
+
+def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
+    """The version `stage` pointed at before the last move still in force; None when none.
+
+    The history is replayed with a stack per stage. When staging is cleared (production took
+    its version, or it was archived), its stack ends there: going back past the clear would
+    point staging at production's version or at an archived one, and going back to "none" is
+    not a version. Rolling staging back then needs two promotions to staging after the clear.
+    """
+    stacks: dict[Stage, list[str]] = {s: [] for s in STAGES}
+    for event in ix.history:
+        staging = stacks["staging"]
+        if event.action == "archive":
+            if staging and staging[-1] == event.version:
+                staging.clear()
+            continue
+        if event.stage is None:
+            continue
+        stack = stacks[event.stage]
+        if event.action == "promote":
+            # A promotion to the current target moved nothing (histories written before such a
+            # promotion became a no-op hold some): as a step, rollback would go nowhere.
+            if not stack or stack[-1] != event.version:
+                stack.append(event.version)
+        elif event.action == "rollback" and stack:
+            stack.pop()
+        if event.stage == "production" and staging and staging[-1] == event.version:
+            staging.clear()
+    stack = stacks[stage]
+    return stack[-2] if len(stack) >= 2 else None

@@ -1,0 +1,78 @@
+"""The stage model: alias moves and the rollback stack replayed from the history."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.manifest import Stage
+from models.stages import ModelIndex, StageEvent, move_alias, rollback_target
+
+
+def index(*versions: str) -> ModelIndex:
+    return ModelIndex(name="m", versions=list(versions))
+
+
+def promote(ix: ModelIndex, version: str, stage: Stage) -> None:
+    move_alias(ix, stage, version, "promote", "tester", "")
+
+
+def rollback(ix: ModelIndex, stage: Stage) -> None:
+    target = rollback_target(ix, stage)
+    assert target is not None, f"nothing to roll {stage} back to"
+    move_alias(ix, stage, target, "rollback", "tester", "")
+
+
+def archive(ix: ModelIndex, version: str) -> None:
+    """What ModelRegistry.archive records."""
+    if ix.aliases["staging"] == version:
+        ix.aliases["staging"] = None
+    ix.archived.append(version)
+    ix.history.append(StageEvent(actor="tester", action="archive", version=version))
+
+
+def test_each_stage_rolls_back_along_its_own_stack() -> None:
+    ix = index("1.0.0", "1.1.0", "2.0.0", "2.1.0")
+    promote(ix, "1.0.0", "production")
+    promote(ix, "2.0.0", "staging")
+    promote(ix, "1.1.0", "production")
+    promote(ix, "2.1.0", "staging")
+    assert rollback_target(ix, "production") == "1.0.0"
+    assert rollback_target(ix, "staging") == "2.0.0"
+    rollback(ix, "staging")
+    assert ix.aliases == {"staging": "2.0.0", "production": "1.1.0"}
+    assert rollback_target(ix, "staging") is None
+
+
+@pytest.mark.parametrize("consumed_by", ["production", "archive"])
+def test_staging_cannot_roll_back_past_the_point_where_it_was_cleared(consumed_by: str) -> None:
+    ix = index("1.0.0", "1.1.0", "1.2.0")
+    promote(ix, "1.0.0", "staging")
+    if consumed_by == "production":
+        promote(ix, "1.0.0", "production")
+    else:
+        archive(ix, "1.0.0")
+    assert ix.aliases["staging"] is None
+    promote(ix, "1.1.0", "staging")
+    # Back past the clear would point staging at production's (or an archived) version.
+    assert rollback_target(ix, "staging") is None
+    promote(ix, "1.2.0", "staging")
+    assert rollback_target(ix, "staging") == "1.1.0"
+
+
+def test_a_production_rollback_onto_the_staging_version_clears_staging_and_its_stack() -> None:
+    ix = index("1.0.0", "2.0.0", "3.0.0")
+    promote(ix, "1.0.0", "production")
+    promote(ix, "2.0.0", "production")
+    promote(ix, "3.0.0", "staging")
+    promote(ix, "1.0.0", "staging")
+    rollback(ix, "production")  # back to 1.0.0, which staging held
+    assert ix.aliases == {"staging": None, "production": "1.0.0"}
+    assert rollback_target(ix, "staging") is None
+
+
+def test_archiving_a_version_staging_does_not_hold_leaves_staging_alone() -> None:
+    ix = index("1.0.0", "1.1.0", "0.9.0")
+    promote(ix, "1.0.0", "staging")
+    promote(ix, "1.1.0", "staging")
+    archive(ix, "0.9.0")
+    assert rollback_target(ix, "staging") == "1.0.0"
