@@ -11,6 +11,12 @@ SIGTERM (or the first SIGINT) starts the drain, in this order, every wait bounde
   e. the lifespan hook runs the GracefulShutdown hooks, flushes spans, releases the model;
   f. the process exits 0 (plain uvicorn re-raises the signal and exits 143).
 A second SIGTERM or SIGINT exits at once. A model that cannot be loaded exits with code 3.
+
+With --workers N, a signal sent to the whole process group (a terminal's Ctrl-C, systemd's
+control-group kill) reaches each worker directly and again forwarded by the supervisor. So the
+supervisor speaks for the group: a worker ignores SIGINT until it drains and a repeated
+SIGTERM while it drains; the supervisor forwards its first signal as SIGTERM (drain) and any
+later one as SIGINT (exit at once).
 """
 
 from __future__ import annotations
@@ -49,10 +55,18 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, settings: Settings, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        *,
+        worker: bool = False,
+    ) -> None:
         super().__init__(config)
         self.settings = settings
         self.lifecycle = lifecycle
+        self.worker = worker  # one of several, under a supervisor that forwards signals
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -71,7 +85,12 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is None or self.lifecycle.shutdown.is_shutting_down:
+        draining = self.lifecycle.shutdown.is_shutting_down
+        if self.worker and (sig == signal.SIGINT) != draining:
+            # Before the drain a SIGINT is the group's Ctrl-C, which the supervisor answers
+            # with SIGTERM; during it a SIGTERM is the same stop reaching this worker twice.
+            return
+        if self._loop is None or draining:
             self.should_exit = self.force_exit = True  # second signal, or before startup
             return
         self._loop.call_soon_threadsafe(self.begin_drain)
@@ -167,12 +186,14 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-def serve_one(settings: Settings, sock: socket.socket | None = None) -> int:
+def serve_one(
+    settings: Settings, sock: socket.socket | None = None, *, worker: bool = False
+) -> int:
     """One server process (the only one, or a worker on an inherited socket)."""
     app = create_app(settings)
     lifecycle: Lifecycle = app.state.lifecycle
     attach_server(lifecycle.join)  # GracefulShutdown.start() inside the app joins this drain
-    server = DrainingServer(uvicorn_config(settings, app), settings, lifecycle)
+    server = DrainingServer(uvicorn_config(settings, app), settings, lifecycle, worker=worker)
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:
@@ -204,9 +225,11 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
 
 # ---------------------------------------------------------------------- several workers
 def _worker(settings: Settings, sock: socket.socket, supervisor: int) -> None:
+    # Until the server's own handlers are in: the group's Ctrl-C is the supervisor's to answer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)
-    sys.exit(serve_one(settings, sock))
+    sys.exit(serve_one(settings, sock, worker=True))
 
 
 def _drain_when_orphaned(supervisor: int) -> None:
@@ -238,11 +261,13 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
     stopping = threading.Event()
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        # First signal: every worker drains; a second one is forwarded too, and forces them.
+        # First signal: every worker drains (SIGTERM); any later one exits them at once
+        # (SIGINT while draining). Workers ignore the other copies a group-wide signal brings.
+        command = signal.SIGINT if stopping.is_set() else signal.SIGTERM
         stopping.set()
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
-                os.kill(worker.pid, sig)
+                os.kill(worker.pid, command)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

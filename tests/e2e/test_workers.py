@@ -141,3 +141,50 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, tiny_registr
 
 def worker_pids_alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_drains_each_worker_once(
+    tmp_path: Path, tiny_registry: Path, sig: signal.Signals
+) -> None:
+    """A terminal's Ctrl-C or systemd's control-group kill: each worker gets the signal directly
+    and again from the supervisor; the copy must not turn the drain into an exit at once."""
+    env = {"FRAMEWORM_DRAIN_DELAY_S": "1"}
+    server = launch(tmp_path, tiny_registry, env, options=["--workers", str(WORKERS)])
+    try:
+        wait_for_every_worker(server)
+        os.killpg(server.pid, sig)  # launch() gave the server a group of its own
+        code = server.process.wait(60)
+    finally:
+        stop(server)
+    logs = server.logs()
+    assert code == 0, logs
+    # Logged after the drain delay: a worker that exited at once never gets there.
+    assert logs.count("drain: closing the listener") == WORKERS, logs
+
+
+def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    env = {"FRAMEWORM_DRAIN_DELAY_S": "60"}
+    server = launch(tmp_path, tiny_registry, env, options=["--workers", str(WORKERS)])
+    try:
+        wait_for_every_worker(server)
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, "drain started", WORKERS)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)  # well before the 60 s drain delay
+        took = time.monotonic() - started
+    finally:
+        stop(server)
+    logs = server.logs()
+    assert took < 30, logs
+    assert "drain: closing the listener" not in logs, logs
+
+
+def wait_for_log(server: ServerProcess, text: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while server.logs().count(text) < count:
+        assert time.monotonic() < deadline, server.logs()
+        time.sleep(0.05)
