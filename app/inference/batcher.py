@@ -33,6 +33,12 @@ import numpy as np
 from opentelemetry import trace
 
 from app.errors import Problem, retry_after
+from app.inference.batch_spans import (
+    record_queue_wait,
+    sampled,
+    sampled_trace_id,
+    traced_forward,
+)
 from app.inference.runner import ModelRunner
 
 log = logging.getLogger("frameworm.batcher")
@@ -220,9 +226,8 @@ class DynamicBatcher:
         expiry = asyncio.get_running_loop().call_later(deadline - now, self._expire, future)
         try:
             served = await future
-            if self._tracer is not None and pending.dispatched_ns and _sampled(pending.span):
-                queued = self._tracer.start_span("inference.queue", start_time=pending.enqueued_ns)
-                queued.end(end_time=pending.dispatched_ns)
+            if self._tracer is not None and pending.dispatched_ns and sampled(pending.span):
+                record_queue_wait(self._tracer, pending.enqueued_ns, pending.dispatched_ns)
             return served
         finally:
             expiry.cancel()
@@ -307,10 +312,14 @@ class DynamicBatcher:
         start = time.monotonic()
         self.in_flight_items = items
         try:
-            if self._tracer is None or not any(_sampled(p.span) for p in batch):
+            if self._tracer is None or not any(sampled(p.span) for p in batch):
                 outputs = await runner.run(arrays)
             else:
-                outputs = await _traced_run(self._tracer, runner, arrays, batch, items)
+                dispatched = time.time_ns()
+                for pending in batch:
+                    pending.dispatched_ns = dispatched
+                spans = [p.span for p in batch]
+                outputs = await traced_forward(self._tracer, runner, arrays, spans, items)
         except asyncio.CancelledError:
             # close() ran out of time mid-batch: these requests still get an answer.
             for pending in batch:
@@ -333,7 +342,7 @@ class DynamicBatcher:
         seconds = end - start
         self._recent_batches.append(seconds)
         self._busy_until = end + self.max_delay_s if items > 1 else 0.0
-        trace_ids = [_sampled_trace_id(p.span) for p in batch] if self._tracer else None
+        trace_ids = [sampled_trace_id(p.span) for p in batch] if self._tracer else None
         waits = [start - p.enqueued for p in batch]
         self._observer.batch_done(runner, items, seconds, waits, trace_ids)
         version = runner.manifest.version
@@ -358,45 +367,6 @@ class DynamicBatcher:
         now = time.monotonic()
         for pending, ok in outcomes:
             listener(runner.manifest.version, ok, now - pending.enqueued)
-
-
-async def _traced_run(
-    tracer: trace.Tracer,
-    runner: ModelRunner,
-    arrays: list[np.ndarray],
-    batch: list[_Pending],
-    items: int,
-) -> list[np.ndarray]:
-    """The forward pass as a span: a child of the first sampled request, linked to all.
-
-    Only batches holding a sampled request are traced (the provider samples what it gets).
-    """
-    now = time.time_ns()
-    contexts = [p.span for p in batch if p.span is not None and p.span.is_valid]
-    for pending in batch:
-        pending.dispatched_ns = now
-    parent = next((c for c in contexts if c.trace_flags.sampled), None)
-    context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
-    with tracer.start_as_current_span(
-        "inference.forward",
-        context=context,
-        links=[trace.Link(c) for c in contexts],
-        attributes={
-            "frameworm.batch_size": items,
-            "frameworm.requests": len(batch),
-            "frameworm.model": runner.manifest.name,
-            "frameworm.version": runner.manifest.version,
-        },
-    ):
-        return await runner.run(arrays)
-
-
-def _sampled(context: trace.SpanContext | None) -> bool:
-    return context is not None and context.is_valid and context.trace_flags.sampled
-
-
-def _sampled_trace_id(context: trace.SpanContext | None) -> str | None:
-    return format(context.trace_id, "032x") if context is not None and _sampled(context) else None
 
 
 def _fail(pending: _Pending, problem: Problem) -> None:
