@@ -189,5 +189,9 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
     def home(self) -> Path:
         return self.api_keys_file.parent

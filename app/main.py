@@ -70,7 +70,7 @@ def build_middleware(
     stack.append(
         Middleware(
             RequestLimitsMiddleware,
-            max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+            max_body_bytes=settings.max_body_bytes,
             body_timeout_s=settings.body_timeout_s,
             max_concurrency=settings.max_concurrency,
             exempt_paths=QUIET_PATHS,

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, request_id_of
 from app.inference.codec import Inputs, check_parameters, encode_infer_json, read_infer_json
+from app.inference.compression import decompressed, is_identity
 from app.inference.images import EncodedImage
 from app.inference.service import run_inference
 from models.manifest import Signature
@@ -71,11 +72,15 @@ async def infer(request: Request) -> Response:
     runner, batcher, settings = inference_context(request)
     signature = runner.manifest.signature
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    encoding = request.headers.get("content-encoding")
     if media_type == "application/json":
+        body = decompressed(await request.body(), encoding, settings.max_body_bytes)
         inputs = read_infer_json(
-            signature, await request.body(), settings.max_json_depth, settings.max_json_elements
+            signature, body, settings.max_json_depth, settings.max_json_elements
         )
     elif media_type == "multipart/form-data":
+        if not is_identity(encoding):
+            raise Problem("unsupported-media-type", "a multipart body cannot be sent compressed")
         inputs = await read_multipart(request, signature)
     else:
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")

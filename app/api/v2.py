@@ -14,6 +14,7 @@ from app.config import Settings
 from app.deps import HostDep, RunnerDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
 from app.inference.batcher import DynamicBatcher
+from app.inference.compression import decompressed
 from app.inference.host import ModelHost
 from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
 from app.inference.runner import ModelRunner
@@ -162,9 +163,14 @@ async def _infer(
     if media_type not in ("", "application/json", "application/octet-stream"):
         raise Problem("unsupported-media-type", "send application/json or application/octet-stream")
     signature = runner.manifest.signature
+    body = decompressed(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        settings.max_body_bytes,
+    )
     v2 = decode_request(
         signature,
-        await request.body(),
+        body,
         request.headers.get("inference-header-content-length"),
         settings.max_json_depth,
         settings.max_json_elements,

@@ -50,7 +50,15 @@ NUMPY_OF: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
 }
 # Parameters the protocol itself defines; everything else must be a model parameter.
-PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", "sequence_id", "priority", "headers"}
+PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", "priority", "headers"}
+# Triton's sequence batching (stateful models) has no counterpart here: a request that starts
+# or continues a sequence is refused rather than served as if it were stateless. Falsy values
+# (what "no sequence" looks like) pass.
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+# Top-level fields of a request header; Triton's binary-extension example names the model in
+# the body too (the route decides which model serves it, as in Triton).
+REQUEST_FIELDS = {"id", "inputs", "outputs", "parameters", "model_name", "model_version"}
+OUTPUT_PARAMETERS = {"binary_data"}
 
 
 @dataclass
@@ -91,14 +99,25 @@ def decode_request(
         raise Problem("malformed-request", "the inference header is not valid JSON") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs", []), list):
         raise Problem("invalid-input", "the body must be an object with an 'inputs' list")
-    unknown = set(header) - {"id", "inputs", "outputs", "parameters"}
+    unknown = set(header) - REQUEST_FIELDS
     if unknown:
         raise Problem("invalid-input", f"unknown field(s) {sorted(unknown)}")
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise Problem("invalid-input", "'parameters' must be an object")
+    if any(params.get(name) for name in SEQUENCE_PARAMETERS):
+        raise Problem(
+            "invalid-input",
+            "sequence_id, sequence_start and sequence_end need sequence batching (a stateful "
+            "model), which this server does not have: send each request on its own",
+        )
     model_params = check_parameters(
-        signature, {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS}
+        signature,
+        {
+            k: v
+            for k, v in params.items()
+            if k not in PROTOCOL_PARAMETERS and k not in SEQUENCE_PARAMETERS
+        },
     )
 
     arrays: dict[str, np.ndarray] = {}
@@ -109,13 +128,15 @@ def decode_request(
         if name in arrays:
             raise Problem("invalid-input", f"input {name!r} is given twice")
         arrays[name] = array
+    # Unknown and missing inputs first: an unknown input's binary bytes are left over too.
+    decoded = assemble(signature, arrays, model_params)
     if offset != len(binary):
         raise Problem("invalid-input", "binary data left over after the declared inputs")
 
     wanted, binary_out = _requested_outputs(signature, header.get("outputs"), params)
     request_id = header.get("id")
     return V2Request(
-        decoded=assemble(signature, arrays, model_params),
+        decoded=decoded,
         id=request_id if isinstance(request_id, str) else None,
         timeout_s=_timeout(params.get("timeout")),
         outputs=wanted,
@@ -196,17 +217,30 @@ def _requested_outputs(
 ) -> tuple[list[str], set[str]]:
     all_binary = params.get("binary_data_output") is True
     names = [spec.name for spec in signature.outputs]
-    if outputs is None:
+    if outputs is None or outputs == []:  # none named: all of them, as Triton does
         return names, set(names) if all_binary else set()
     if not isinstance(outputs, list):
         raise Problem("invalid-input", "'outputs' must be a list")
-    wanted, binary = [], set()
+    wanted: list[str] = []
+    binary = set()
     for i, out in enumerate(outputs):
         name = out.get("name") if isinstance(out, dict) else None
         if name not in names:
             raise Problem("invalid-input", f"outputs[{i}]: unknown output; the model has {names}")
+        if name in wanted:
+            raise Problem("invalid-input", f"outputs[{i}]: output {name!r} is requested twice")
         wanted.append(name)
-        flag = _parameters_of(out, f"outputs[{i}]").get("binary_data")
+        parameters = _parameters_of(out, f"outputs[{i}]")
+        unsupported = set(parameters) - OUTPUT_PARAMETERS
+        if unsupported:
+            # e.g. class_count (Triton's classification extension): answering with the plain
+            # tensor would hand back something other than what was asked for.
+            raise Problem(
+                "invalid-input",
+                f"outputs[{i}]: unsupported parameter(s) {sorted(unsupported)}; "
+                f"supported: {sorted(OUTPUT_PARAMETERS)}",
+            )
+        flag = parameters.get("binary_data")
         if flag is True or (flag is None and all_binary):
             binary.add(name)
     return wanted, binary

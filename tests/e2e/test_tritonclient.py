@@ -68,3 +68,26 @@ def test_tritonclient_raises_on_an_unknown_model(client: Any) -> None:
     tensor.set_data_from_numpy(digit(1))
     with pytest.raises(InferenceServerException, match="does not serve"):
         client.infer("nope", [tensor])
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_may_compress_its_requests(client: Any, algorithm: str) -> None:
+    label = 3
+    tensor = triton.InferInput("image", [1, 1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(digit(label))
+    result = client.infer(
+        MODEL,
+        [tensor],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    assert int(np.argmax(result.as_numpy("probabilities"))) == label
+
+
+def test_tritonclient_sequence_requests_are_refused_with_the_reason(client: Any) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    tensor = triton.InferInput("image", [1, 1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(digit(1))
+    with pytest.raises(InferenceServerException, match="sequence batching"):
+        client.infer(MODEL, [tensor], sequence_id=5, sequence_start=True)

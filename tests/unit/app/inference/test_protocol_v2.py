@@ -299,9 +299,61 @@ def test_a_timeout_that_is_not_a_non_negative_integer_is_refused(timeout: Any) -
 
 
 def test_protocol_parameters_are_not_taken_for_model_parameters() -> None:
-    params = {"binary_data_output": False, "sequence_id": 1, "priority": 0, "headers": {}}
+    params = {"binary_data_output": False, "sequence_id": 0, "priority": 0, "headers": {}}
     request = decode_request(SIG, header(x_input(data=[0] * 6), parameters=params), None)
     assert request.decoded.parameters == {}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        # What tritonclient sends for infer(..., sequence_id=5, sequence_start=True).
+        {"sequence_id": 5, "sequence_start": True, "sequence_end": False},
+        {"sequence_id": "session-1"},
+        {"sequence_end": True},
+    ],
+)
+def test_a_request_in_a_sequence_is_refused_as_needing_a_stateful_model(
+    params: dict[str, Any],
+) -> None:
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), parameters=params), None)
+    assert "sequence batching" in caught.value.detail
+
+
+def test_the_model_may_be_named_in_the_body_as_in_tritons_binary_example() -> None:
+    body = header(x_input(data=[0] * 6), model_name="m", model_version="1")
+    assert decode_request(SIG, body, None).decoded.items == 2
+
+
+def test_an_unknown_input_sent_as_binary_is_reported_as_unknown() -> None:
+    unknown: dict[str, Any] = {"name": "foo", "shape": [2, 3], "datatype": "FP32"}
+    unknown["parameters"] = {"binary_data_size": 24}
+    document, length = with_binary(header(x_input(data=[0] * 6), unknown), bytes(24))
+    with refused() as caught:
+        decode_request(SIG, document, length)
+    assert "unknown input" in caught.value.detail and "foo" in caught.value.detail
+
+
+def test_an_empty_outputs_list_asks_for_every_output() -> None:
+    request = decode_request(SIG, header(x_input(data=[0] * 6), outputs=[]), None)
+    assert request.outputs == [spec.name for spec in SIG.outputs]
+
+
+def test_an_output_requested_twice_is_refused() -> None:
+    name = SIG.outputs[0].name
+    body = header(x_input(data=[0] * 6), outputs=[{"name": name}, {"name": name}])
+    with refused() as caught:
+        decode_request(SIG, body, None)
+    assert "twice" in caught.value.detail
+
+
+def test_an_output_parameter_this_server_does_not_implement_is_refused() -> None:
+    # tritonclient's InferRequestedOutput(name, class_count=3): the classification extension.
+    outputs = [{"name": SIG.outputs[0].name, "parameters": {"classification": 3}}]
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), outputs=outputs), None)
+    assert "classification" in caught.value.detail
 
 
 def test_unknown_parameters_are_refused() -> None:

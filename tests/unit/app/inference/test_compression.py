@@ -1,0 +1,68 @@
+"""Compressed request bodies: decoded within the body limit, refused clearly otherwise."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable
+
+import pytest
+
+from app.errors import Problem
+from app.inference.compression import decompressed, is_identity
+
+BODY = b'{"inputs": {"x": [[0.5, 0.25]]}}' * 10
+
+
+def refused(code: str) -> pytest.RaisesExc[Problem]:
+    return pytest.raises(Problem, check=lambda p: p.code == code)
+
+
+@pytest.mark.parametrize("encoding", [None, "", "identity", " Identity "])
+def test_no_content_coding_leaves_the_body_as_it_is(encoding: str | None) -> None:
+    assert is_identity(encoding)
+    assert decompressed(BODY, encoding, 1024) is BODY
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [  # what tritonclient sends for each
+        ("gzip", gzip.compress),
+        ("GZIP", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+    ],
+)
+def test_gzip_and_deflate_bodies_are_decompressed(
+    encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    assert decompressed(compress(BODY), encoding, 1024) == BODY
+
+
+def test_a_body_that_expands_past_the_limit_is_413_without_inflating_it_all() -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in about 64 kB
+    assert len(bomb) < 100_000
+    with refused("payload-too-large") as caught:
+        decompressed(bomb, "gzip", 1024 * 1024)
+    assert "once decompressed" in caught.value.detail
+
+
+def test_a_body_exactly_at_the_limit_is_accepted() -> None:
+    assert decompressed(gzip.compress(BODY), "gzip", len(BODY)) == BODY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not compressed at all", gzip.compress(BODY)[:-8], gzip.compress(BODY) + b"trailing"],
+    ids=["garbage", "truncated", "trailing-bytes"],
+)
+def test_a_body_that_is_not_valid_gzip_is_a_400(body: bytes) -> None:
+    with refused("malformed-request"):
+        decompressed(body, "gzip", 1024)
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, deflate", "compress"])
+def test_other_content_codings_are_415(encoding: str) -> None:
+    with refused("unsupported-media-type") as caught:
+        decompressed(BODY, encoding, 1024)
+    assert "gzip or deflate" in caught.value.detail
