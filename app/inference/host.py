@@ -27,6 +27,9 @@ from models.golden import run_golden_checks
 from models.manifest import ModelManifest
 from models.registry import ModelRegistry
 
+# Failures a load reports in one line (registry, store, artefact, golden check, device).
+EXPECTED_LOAD_ERRORS = (RegistryError, OSError, ValueError, RuntimeError)
+
 log = logging.getLogger("frameworm.model")
 
 State = Literal["loading", "ready", "failed"]
@@ -86,9 +89,10 @@ class ModelHost:
         for attempt in range(1, attempts + 1):
             try:
                 runner = await self.prepare_async()
-            except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # a user's model may raise anything: never die silently
                 self.reason = f"loading failed (attempt {attempt} of {attempts}): {exc}"
-                log.error(self.reason)
+                # The traceback too, where the cause is not the registry's or the artefact's.
+                log.error(self.reason, exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS))
                 if attempt < attempts:
                     await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
                 continue

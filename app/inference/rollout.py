@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app.config import Settings
-from app.inference.host import ModelHost
+from app.inference.host import EXPECTED_LOAD_ERRORS, ModelHost
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
 from models.errors import RegistryError
@@ -115,10 +115,16 @@ class StageFollower:
                     "its signature differs from the serving version's; roll out a new deployment"
                 )
             runner = await self.host.prepare_async(manifest)
-        except (RegistryError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # refused, not retried: the same bytes would fail the same way
             self.refused[version] = str(exc)
             self.last_event = f"refused {version}: {exc}"
-            log.error("not switching to %s %s: %s", self.settings.model, version, exc)
+            log.error(
+                "not switching to %s %s: %s",
+                self.settings.model,
+                version,
+                exc,
+                exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS),
+            )
             if self.metrics is not None:
                 self.metrics.model_load_failures.labels(self.settings.model).inc()
             return False

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from models.formats import LoadedModel
-from models.manifest import ModelManifest
-from models.tensors import example_inputs
+from models.manifest import ModelManifest, Signature
+from models.tensors import NUMPY_DTYPES, TORCH_DTYPES
 
 
 def pick_device(setting: str) -> torch.device:
@@ -56,6 +56,7 @@ class ModelRunner:
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
+        self._input_dtypes = [TORCH_DTYPES[spec.dtype] for spec in model.signature.inputs]
         self.batch_seconds = 0.0  # from the warm-up; 0 when there was none
         # The forward thread takes (inputs, loop, future) jobs; None tells it to stop. A plain
         # queue and one call_soon_threadsafe per batch: run_in_executor's concurrent future,
@@ -96,7 +97,15 @@ class ModelRunner:
                 loop.call_soon_threadsafe(_settle, future, outcome)
 
     def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        outputs = self.model.forward([torch.from_numpy(a) for a in arrays])
+        # Arrays come in their wire dtypes; bfloat16 travels as float32 (numpy has no bfloat16)
+        # and becomes bfloat16 here. Every other dtype is already the model's.
+        tensors = [
+            tensor if tensor.dtype == dtype else tensor.to(dtype)
+            for tensor, dtype in zip(
+                (torch.from_numpy(a) for a in arrays), self._input_dtypes, strict=True
+            )
+        ]
+        outputs = self.model.forward(tensors)
         # numpy has no bfloat16; everything else keeps its dtype.
         return [
             (o.float() if o.dtype == torch.bfloat16 else o).detach().to("cpu").numpy()
@@ -110,7 +119,7 @@ class ModelRunner:
         admission control starts from before live batches have been timed.
         """
         for size in batch_sizes:
-            inputs = [t.numpy() for t in example_inputs(self.manifest.signature, size)]
+            inputs = wire_examples(self.manifest.signature, size)
             for _ in range(rounds):
                 start = time.perf_counter()
                 self.forward(inputs)
@@ -126,6 +135,14 @@ class ModelRunner:
             self._thread.join()
             self._thread = None  # the thread refers back to this runner: no cycle left behind
         self.model.release()
+
+
+def wire_examples(signature: Signature, batch_size: int) -> list[np.ndarray]:
+    """Zero inputs as requests deliver them: each in its wire dtype (bfloat16 as float32)."""
+    return [
+        np.zeros((batch_size, *spec.shape[1:]), dtype=NUMPY_DTYPES[spec.dtype])
+        for spec in signature.inputs
+    ]
 
 
 _Job = tuple[list[np.ndarray], asyncio.AbstractEventLoop, "asyncio.Future[list[np.ndarray]]"]

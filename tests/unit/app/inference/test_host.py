@@ -77,3 +77,21 @@ def test_a_load_hands_its_runner_or_its_error_to_the_awaiting_task(
 
     assert asyncio.run(main()) is made
     assert not made.closed.is_set()
+
+
+def test_a_load_failing_with_an_unexpected_error_fails_the_host_and_logs_the_traceback(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's model may raise anything while it warms up (a TypeError, say): the host must
+    end "failed" (the server exits 3), not sit "loading" for ever with nothing logged."""
+
+    def prepare(manifest: object = None) -> object:
+        raise TypeError("Got unsupported ScalarType BFloat16")
+
+    monkeypatch.setattr(host, "prepare", prepare)
+    monkeypatch.setattr(host, "settings", host.settings.model_copy(update={"load_retries": 1}))
+    asyncio.run(host.start())
+    assert host.state == "failed" and host.failed.is_set()
+    assert "unsupported ScalarType" in host.reason
+    (record,) = [r for r in caplog.records if r.name == "frameworm.model"]
+    assert record.exc_info is not None  # the traceback is in the log, for whoever debugs it
