@@ -161,7 +161,11 @@ def _decode_input(
             "invalid-input", f"input {name!r}: shape must be a list of non-negative integers"
         )
     if not isinstance(datatype, str) or datatype not in NUMPY_OF:
-        raise Problem("invalid-input", f"input {name!r}: datatype must be {DATATYPES[spec.dtype]}")
+        raise Problem(
+            "invalid-input",
+            f"input {name!r}: datatype {str(datatype)[:16]!r} is not supported here; "
+            f"the model takes {DATATYPES[spec.dtype]}",
+        )
     dtype = NUMPY_OF[datatype]
     # A Python int, which cannot wrap: an absurd count is one that no data matches, refused below.
     count = math.prod(shape)

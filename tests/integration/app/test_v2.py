@@ -198,7 +198,7 @@ def test_a_shape_overflowing_int64_is_422_as_binary(decoder: AppClient, shape: l
 def test_a_datatype_that_is_not_a_string_is_422(decoder: AppClient, datatype: Any) -> None:
     response = decoder.post(DECODER_INFER, json=latent(datatype=datatype, data=[0] * 16))
     assert response.status_code == 422
-    assert "datatype must be FP32" in response.json()["error"]
+    assert "the model takes FP32" in response.json()["error"]
 
 
 def test_a_timeout_of_0_means_none_as_in_triton(decoder: AppClient) -> None:
