@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from pydantic import ValidationError
 
+from app.production.keystore import KeyFileError
 from models.errors import RegistryError
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -30,7 +31,7 @@ def errors_as_one_line() -> Iterator[None]:
     """Expected failures end the command with one clear line and a non-zero exit, no traceback."""
     try:
         yield
-    except (RegistryError, ValueError, OSError) as exc:
+    except (RegistryError, KeyFileError, ValueError, OSError) as exc:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

@@ -41,3 +41,16 @@ def test_a_corrupt_key_file_fails_each_command_and_keeps_the_keys(keys: Path) ->
     code, output = frameworm("list", "--json")
     assert code == 0
     assert [row["owner"] for row in json.loads(output)] == [alice["owner"], bob["owner"]]
+
+
+def test_a_development_server_refuses_a_corrupt_key_file_in_one_line(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` reads the key file before anything starts (to make a bootstrap key if none)."""
+    assert frameworm("create", "alice")[0] == 0
+    keys.write_text(keys.read_text()[:-20])  # cut short mid-write
+    monkeypatch.setenv("FRAMEWORM_REGISTRY", str(keys.parent / "registry"))
+    result = CliRunner().invoke(cli, ["serve", "--port", "0"])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"error: cannot read key file {keys}"), line
