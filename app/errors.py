@@ -9,7 +9,7 @@ input or a stack trace. Unexpected exceptions are logged with their traceback an
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,28 @@ class Problem(Exception):
         return PROBLEMS[self.code].status
 
 
+# A detail names what a client sent (an unknown input, a content type) so the client can fix it,
+# but never whole: names are cut, lists shortened, and the detail itself bounded, so an error
+# body stays small whatever the request held.
+MAX_DETAIL_CHARS = 1000
+NAME_CHARS = 64
+LISTED_NAMES = 5
+
+
+def quoted(name: object) -> str:
+    """A client-supplied name for a detail: repr'd, at most NAME_CHARS characters."""
+    text = repr(name)
+    return text if len(text) <= NAME_CHARS else text[: NAME_CHARS - 4] + "...'"
+
+
+def quoted_list(names: Iterable[object]) -> str:
+    """The first few names of a client-supplied collection, sorted, each cut; then a count."""
+    ordered = sorted(names, key=str)
+    shown = ", ".join(quoted(n) for n in ordered[:LISTED_NAMES])
+    more = len(ordered) - LISTED_NAMES
+    return f"[{shown}{f', and {more} more' if more > 0 else ''}]"
+
+
 def retry_after(seconds: float) -> dict[str, str]:
     return {"retry-after": str(max(1, round(seconds + 0.499)))}
 
@@ -126,14 +148,14 @@ def problem_body(
         "type": f"urn:frameworm:problem:{code}",
         "title": kind.title,
         "status": kind.status,
-        "detail": detail,
+        "detail": detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS] + "...",
         "code": code,
         "request_id": request_id,
     }
     if extra:
         body.update(extra)
     if v2:
-        body["error"] = detail  # the Open Inference Protocol's error member
+        body["error"] = body["detail"]  # the Open Inference Protocol's error member
     return orjson.dumps(body)
 
 

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from app.deps import inference_context
-from app.errors import GUARD_STATUSES, Problem, problem_responses, request_id_of
+from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, request_id_of
 from app.inference.codec import Inputs, check_parameters, encode_infer_json, read_infer_json
 from app.inference.compression import decompressed, is_identity
 from app.inference.images import EncodedImage
@@ -119,7 +119,7 @@ async def read_multipart(request: Request, signature: Signature) -> Inputs:
         names: set[str] = set()
         for name, part in form.multi_items():
             if name in names:
-                raise Problem("invalid-input", f"part {name!r} is given twice")
+                raise Problem("invalid-input", f"part {quoted(name)} is given twice")
             names.add(name)
             if name == "parameters":
                 parameters = _json_part(name, part)
@@ -144,8 +144,8 @@ async def read_multipart(request: Request, signature: Signature) -> Inputs:
 
 def _json_part(name: str, part: str | UploadFile) -> Any:
     if not isinstance(part, str):
-        raise Problem("invalid-input", f"part {name!r} must be a form field, not a file")
+        raise Problem("invalid-input", f"part {quoted(name)} must be a form field, not a file")
     try:
         return orjson.loads(part)
     except orjson.JSONDecodeError:
-        raise Problem("malformed-request", f"part {name!r} is not valid JSON") from None
+        raise Problem("malformed-request", f"part {quoted(name)} is not valid JSON") from None

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.errors import Problem
+from app.errors import Problem, quoted_list
 from app.inference.images import EncodedImage, decode_b64, decode_images
 from app.production import RequestValidator, ValidationError
 from models.manifest import Signature, TensorSpec
@@ -202,9 +202,9 @@ def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str
     """Known parameters only, of the declared type, within bounds; defaults filled in."""
     unknown = set(given) - set(signature.parameters)
     if unknown:
+        accepted = sorted(signature.parameters)
         raise Problem(
-            "invalid-input",
-            f"unknown parameter(s) {sorted(unknown)}; accepted: {sorted(signature.parameters)}",
+            "invalid-input", f"unknown parameter(s) {quoted_list(unknown)}; accepted: {accepted}"
         )
     for name, value in given.items():
         # The validator treats None as "not given" and has no notion of NaN; neither is a value.
@@ -259,7 +259,7 @@ def assemble(
     if unknown:
         raise Problem(
             "invalid-input",
-            f"unknown input(s) {sorted(unknown)}; the model takes "
+            f"unknown input(s) {quoted_list(unknown)}; the model takes "
             + ", ".join(describe(s) for s in signature.inputs),
         )
     ordered: list[np.ndarray] = []
@@ -300,7 +300,7 @@ def read_infer_json(
     unknown = set(document) - {"inputs", "parameters"}
     if unknown:
         raise Problem(
-            "invalid-input", f"unknown field(s) {sorted(unknown)}; expected inputs, parameters"
+            "invalid-input", f"unknown field(s) {quoted_list(unknown)}; expected inputs, parameters"
         )
     inputs = document.get("inputs", {})
     parameters = document.get("parameters", {})
@@ -312,7 +312,7 @@ def read_infer_json(
     if unknown:
         raise Problem(
             "invalid-input",
-            f"unknown input(s) {sorted(unknown)}; the model takes "
+            f"unknown input(s) {quoted_list(unknown)}; the model takes "
             + ", ".join(describe(s) for s in signature.inputs),
         )
     read = Inputs(signature, params)

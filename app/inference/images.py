@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from app.errors import Problem
+from app.errors import Problem, quoted
 from models.manifest import ImageSpec
 
 CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
@@ -76,7 +76,9 @@ def _open(image: EncodedImage) -> Image.Image:
         # Media types are case-insensitive and may carry parameters (RFC 9110 8.3.1).
         media_type = image.content_type.split(";", 1)[0].strip().lower()
         if media_type != UNKNOWN_CONTENT_TYPE and CONTENT_TYPES.get(media_type) not in spec.formats:
-            raise Problem("unsupported-media-type", f"{field}: {media_type} is not accepted")
+            raise Problem(
+                "unsupported-media-type", f"{field}: {quoted(media_type)} is not accepted"
+            )
     try:
         with warnings.catch_warnings():
             # Our own pixel limit below is stricter; Pillow's bomb warning must not escalate.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.errors import Problem
+from app.errors import Problem, quoted, quoted_list
 from app.inference.codec import (
     Decoded,
     assemble,
@@ -101,7 +101,7 @@ def decode_request(
         raise Problem("invalid-input", "the body must be an object with an 'inputs' list")
     unknown = set(header) - REQUEST_FIELDS
     if unknown:
-        raise Problem("invalid-input", f"unknown field(s) {sorted(unknown)}")
+        raise Problem("invalid-input", f"unknown field(s) {quoted_list(unknown)}")
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise Problem("invalid-input", "'parameters' must be an object")
@@ -126,7 +126,7 @@ def decode_request(
         name, array, used = _decode_input(signature, i, item, binary, offset)
         offset += used
         if name in arrays:
-            raise Problem("invalid-input", f"input {name!r} is given twice")
+            raise Problem("invalid-input", f"input {quoted(name)} is given twice")
         arrays[name] = array
     # Unknown and missing inputs first: an unknown input's binary bytes are left over too.
     decoded = assemble(signature, arrays, model_params)

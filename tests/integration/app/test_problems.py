@@ -86,6 +86,29 @@ def test_no_error_body_carries_a_stack_trace_exception_text_or_the_input(
         assert leak not in text
 
 
+HUGE_NAME = "<script>" + "A" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/infer", {HUGE_NAME: 1, "inputs": {}}),
+        ("/infer", {"inputs": {f"{HUGE_NAME}{i}": [1] for i in range(3)}}),
+        ("/infer", {"inputs": {}, "parameters": {f"p{i}": 1 for i in range(100_000)}}),
+        ("/v2/models/cnn-digits/infer", {"inputs": [], HUGE_NAME: 1}),
+    ],
+    ids=["unknown-field", "unknown-inputs", "many-unknown-parameters", "v2-unknown-field"],
+)
+def test_an_error_names_what_the_client_sent_but_never_echoes_it_whole(
+    cnn: AppClient, path: str, body: dict[str, Any]
+) -> None:
+    response = cnn.post(path, json=body)
+    assert response.status_code == 422
+    assert len(response.content) < 3000, len(response.content)
+    detail = response.json()["detail"]
+    assert "unknown" in detail and ("<script>AAA" in detail or "'p0'" in detail)
+
+
 def test_405_says_which_methods_are_allowed(cnn: AppClient) -> None:
     assert "POST" in cnn.get("/infer").headers["allow"]
 

@@ -8,12 +8,16 @@ import orjson
 import pytest
 
 from app.errors import (
+    MAX_DETAIL_CHARS,
+    NAME_CHARS,
     PROBLEM_CONTENT_TYPE,
     PROBLEMS,
     Problem,
     is_v2_path,
     problem_body,
     problem_response,
+    quoted,
+    quoted_list,
     request_id_of,
     retry_after,
 )
@@ -101,3 +105,20 @@ def test_a_problem_response_is_problem_json_with_status_headers_and_v2_error() -
     body = orjson.loads(bytes(response.body))
     assert body["request_id"] == "r9"
     assert body["error"] == "full"
+
+
+def test_a_client_supplied_name_is_quoted_and_cut() -> None:
+    assert quoted("image") == "'image'"
+    long = quoted("x" * 10_000)
+    assert len(long) == NAME_CHARS and long.startswith("'xxx") and long.endswith("...'")
+
+
+def test_a_list_of_client_supplied_names_shows_a_few_and_counts_the_rest() -> None:
+    assert quoted_list({"b", "a"}) == "['a', 'b']"
+    assert quoted_list(f"n{i}" for i in range(1000)).endswith(", and 995 more]")
+
+
+def test_a_problem_body_bounds_its_detail_on_both_members() -> None:
+    body = orjson.loads(problem_body("invalid-input", "d" * 100_000, "rid", v2=True))
+    assert len(body["detail"]) == MAX_DETAIL_CHARS + 3 and body["detail"].endswith("...")
+    assert body["error"] == body["detail"]
