@@ -95,6 +95,8 @@ class Settings(BaseSettings):
 
     # Request limits
     max_body_mb: float = Field(default=10.0, gt=0)
+    max_header_kb: int = Field(default=64, ge=1)
+    write_stall_s: float = Field(default=30.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_json_depth: int = Field(default=32, ge=2)
     max_json_elements: int = Field(default=4_000_000, ge=1)

@@ -42,6 +42,7 @@ PROBLEMS: dict[str, ProblemType] = {
     "method-not-allowed": ProblemType(405, "Method not allowed"),
     "payload-too-large": ProblemType(413, "Payload too large"),
     "unsupported-media-type": ProblemType(415, "Unsupported media type"),
+    "headers-too-large": ProblemType(431, "Request header fields too large"),
     "invalid-input": ProblemType(422, "Invalid input"),
     "rate-limited": ProblemType(429, "Too many requests"),
     "internal-error": ProblemType(500, "Internal server error"),

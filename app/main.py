@@ -67,15 +67,6 @@ def build_middleware(
                 excluded_paths=QUIET_PATHS,
             )
         )
-    stack.append(
-        Middleware(
-            RequestLimitsMiddleware,
-            max_body_bytes=settings.max_body_bytes,
-            body_timeout_s=settings.body_timeout_s,
-            max_concurrency=settings.max_concurrency,
-            exempt_paths=QUIET_PATHS,
-        )
-    )
     if settings.auth_enabled:
         failures = parse_limit(settings.auth_failure_limit)
         stack.append(
@@ -91,6 +82,17 @@ def build_middleware(
         )
     else:
         log.warning("authentication is OFF (FRAMEWORM_AUTH_ENABLED=false): anyone can call /infer")
+    # After auth: a client without a key must not hold one of the concurrency slots (a request
+    # that is refused 401 never reads its body, so the body limits lose nothing by it).
+    stack.append(
+        Middleware(
+            RequestLimitsMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
+            max_concurrency=settings.max_concurrency,
+            exempt_paths=QUIET_PATHS,
+        )
+    )
     if not settings.rate_limit_enabled:
         log.warning("rate limiting is OFF (FRAMEWORM_RATE_LIMIT_ENABLED=false)")
         return stack

@@ -40,6 +40,7 @@ import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from app.config import Settings
+from app.connection import bounded_protocol
 from app.lifespan import Lifecycle
 from app.main import create_app
 from app.production import APIKeyAuth
@@ -209,7 +210,8 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a limit on the request head and on a write the client does not read.
+        http=bounded_protocol(settings.max_header_kb * 1024, settings.write_stall_s),
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -1,13 +1,14 @@
 """Request limits of a running `frameworm serve`, sent byte by byte over raw sockets.
 
 One server (auth on with a bootstrap key, a 1 s body deadline, 2 concurrent requests at
-most) takes oversized, chunked, slow, nested and decompression-bomb requests; after each test
-it must still classify a digit.
+most, a 2 s write stall) takes oversized, chunked, slow, nested and decompression-bomb requests,
+oversized headers and clients that never read; after each test it must still classify a digit.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import select
 import socket
 import struct
@@ -34,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardenedServer]
         "FRAMEWORM_BODY_TIMEOUT_S": "1",
         "FRAMEWORM_MAX_CONCURRENCY": "2",
         "FRAMEWORM_RATE_LIMIT": "100000/minute",
+        "FRAMEWORM_WRITE_STALL_S": "2",
     }
     with hardened_servers(tmp_path_factory.mktemp("limits"), {"limits": config}) as servers:
         yield servers["limits"]
@@ -208,14 +210,28 @@ def test_json_nested_past_the_depth_limit_is_400_and_within_it_is_422(
     assert within.json()["code"] == "invalid-input"
 
 
-def test_limits_apply_before_auth(server: HardenedServer, client: httpx.Client) -> None:
+def test_a_client_without_a_key_is_refused_before_any_limit_and_holds_no_slot(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    """Auth comes first: a keyless client's body is never read (an 11 MB one is a plain 401),
+    and keyless requests never take the concurrency slots (2 here) that keyed ones need."""
+    oversized = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (11 * MB)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(
-            b"POST /infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % (11 * MB)
-        )
+        sock.sendall(b"POST /infer HTTP/1.1\r\nHost: test\r\n" + oversized)
         status, raw = read_status(sock)
-    assert status == 413, raw
+    assert status == 401, raw
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        for sock in stalled:  # a body that never comes: with a key, each would hold a slot
+            sock.sendall(
+                b"POST /infer HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+            )
+        time.sleep(0.3)
+        assert client.post("/infer", json=digit_document()).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_a_valid_request_right_at_the_size_limit_is_not_refused_for_size(
@@ -246,3 +262,52 @@ def test_the_server_answers_probes_while_a_slow_body_holds_a_slot(
     finally:
         done.set()
         thread.join()
+
+
+def test_a_header_section_over_the_limit_is_431_and_cheap(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    """httptools alone copies a growing header whole for every piece: 200 MB held the loop for
+    minutes. Past 64 KB the connection gets 431 and is closed."""
+    piece = b"a" * 65536
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Pad: ")
+        with contextlib.suppress(OSError):  # the server closes while more is being sent
+            for _ in range(16 * 16):  # up to 16 MB
+                sock.sendall(piece)
+        status, raw = read_status(sock)
+    assert status == 431, raw
+    assert b"headers-too-large" in raw
+    assert time.monotonic() - started < 10
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_write_stall(
+    server: HardenedServer, client: httpx.Client
+) -> None:
+    """The connection pipelines thousands of requests and reads nothing: its answers fill the
+    socket, and the request being answered would hold its concurrency slot for good. After the
+    write stall (2 s here) the server aborts the connection (a reset), and the slot is free."""
+    request = b"GET /infer HTTP/1.1\r\nHost: test\r\n" + AUTH + b"\r\n"  # 405, after auth
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        data, sent, blocked_since = request * 20_000, 0, None
+        while sent < len(data):
+            try:
+                sent += sock.send(data[sent:])
+                blocked_since = None
+            except BlockingIOError:  # the server stopped reading: it is stuck writing
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 1:
+                    break
+                time.sleep(0.02)
+        until = time.monotonic() + 15
+        while "a client read nothing for 2s; aborted" not in server.logs():
+            assert time.monotonic() < until, "the server kept the unread connection open"
+            time.sleep(0.1)
+    # The request it was answering ended as a disconnect, not as an error of the app.
+    assert "Exception in ASGI application" not in server.logs()
+    assert client.post("/infer", json=digit_document()).status_code == 200
