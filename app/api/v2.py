@@ -176,9 +176,12 @@ async def _infer(
         settings.max_json_elements,
     )
     timeout_s = settings.request_timeout_ms / 1000
+    client_deadline = v2.timeout_s is not None and v2.timeout_s < timeout_s
     if v2.timeout_s is not None:
         timeout_s = min(timeout_s, v2.timeout_s)
-    served = await run_inference(request, runner, batcher, v2.decoded, timeout_s)
+    served = await run_inference(
+        request, runner, batcher, v2.decoded, timeout_s, client_deadline=client_deadline
+    )
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )

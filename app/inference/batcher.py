@@ -97,6 +97,9 @@ class _Pending:
     deadline: float
     future: asyncio.Future[Served]
     enqueued: float = field(default_factory=time.monotonic)
+    # The deadline is the client's own, shorter than the server's: missing it says nothing
+    # about the version (a client could otherwise fail any version it likes).
+    client_deadline: bool = False
     # Only when tracing is on: the request's span, and wall-clock times for the queue span.
     span: trace.SpanContext | None = None
     enqueued_ns: int = 0
@@ -183,8 +186,18 @@ class DynamicBatcher:
             per_batch = runner.batch_seconds if runner is not None else 0.0
         return (batches_ahead + 1) * per_batch
 
-    async def submit(self, arrays: list[np.ndarray], items: int, deadline: float) -> Served:
-        """Queue one request's items; its outputs come back split along the batch dimension."""
+    async def submit(
+        self,
+        arrays: list[np.ndarray],
+        items: int,
+        deadline: float,
+        *,
+        client_deadline: bool = False,
+    ) -> Served:
+        """Queue one request's items; its outputs come back split along the batch dimension.
+
+        `client_deadline`: the deadline is one the client chose, shorter than the server's.
+        """
         now = time.monotonic()
         if self._closing:
             raise Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
@@ -212,7 +225,7 @@ class DynamicBatcher:
                 headers=retry_after(wait),
             )
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        pending = _Pending(arrays, items, deadline, future, now)
+        pending = _Pending(arrays, items, deadline, future, now, client_deadline)
         if self._tracer is not None:
             pending.span = trace.get_current_span().get_span_context()
             pending.enqueued_ns = time.time_ns()
@@ -354,9 +367,10 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
                 outcomes.append((pending, True))
-            elif not pending.future.cancelled():
+            elif not pending.future.cancelled() and not pending.client_deadline:
                 # Answered 504 while its batch ran: late, which rollout health counts against
-                # the version. A cancelled one (the client went away) says nothing about it.
+                # the version. A cancelled one (the client went away) says nothing about it,
+                # nor does one that missed a deadline shorter than the server's.
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
 

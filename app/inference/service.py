@@ -34,6 +34,8 @@ async def run_inference(
     batcher: DynamicBatcher,
     decoded: Decoded,
     timeout_s: float,
+    *,
+    client_deadline: bool = False,
 ) -> Served:
     manifest = runner.manifest
     cache: ResultCache | None = request.state.cache
@@ -45,7 +47,12 @@ async def run_inference(
             served = Served(outputs, manifest.version)
             request.state.served_model, request.state.served_version = manifest.name, served.version
             return served
-    served = await batcher.submit(decoded.arrays, decoded.items, time.monotonic() + timeout_s)
+    served = await batcher.submit(
+        decoded.arrays,
+        decoded.items,
+        time.monotonic() + timeout_s,
+        client_deadline=client_deadline,
+    )
     if cache is not None and key is not None and served.version == manifest.version:
         await cache.put(key, served.outputs)
     request.state.served_model, request.state.served_version = manifest.name, served.version

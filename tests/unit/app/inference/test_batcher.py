@@ -304,6 +304,30 @@ def test_rollout_health_hears_a_request_answered_504_during_its_batch_as_failed(
     assert heard == [("9.9.9", False), ("9.9.9", True)]
 
 
+def test_a_client_chosen_deadline_missed_during_its_batch_says_nothing_about_the_version() -> None:
+    """A v2 `timeout` shorter than the server's: any client with a key could otherwise make
+    a healthy new version look failing, and have automatic rollback take it out."""
+    runner = FakeRunner(gate=asyncio.Event())
+    heard: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = lambda version, ok, seconds: heard.append((version, ok))
+        late = asyncio.create_task(batcher.submit(items(1.0), 1, later(0.05), client_deadline=True))
+        await runner.started.wait()
+        with pytest.raises(Problem, check=is_problem("deadline-exceeded")):
+            await late
+        on_time = asyncio.create_task(batcher.submit(items(2.0), 1, later()))
+        await asyncio.sleep(0)
+        assert runner.gate is not None
+        runner.gate.set()
+        await on_time
+        await batcher.close(1)
+
+    run(main)
+    assert heard == [("9.9.9", True)]
+
+
 def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_succeeds() -> None:
     runner = FakeRunner(failures=1)
 
