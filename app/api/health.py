@@ -60,9 +60,10 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
     return all(c["ok"] for c in checks.values()), checks
 
 
-# HEAD is served by the GET endpoints, and left out of the OpenAPI document.
+# The hidden route (registered first) serves GET and HEAD, so a 405 there names both methods;
+# the route above it documents GET alone: HEAD stays out of the OpenAPI document.
 @router.get("/healthz", summary="Liveness: the process and its event loop answer")
-@router.head("/healthz", include_in_schema=False)
+@router.api_route("/healthz", methods=["GET", "HEAD"], include_in_schema=False)
 async def healthz() -> Response:
     return ProbeResponse(b'{"status":"ok"}', headers=_NO_STORE)
 
@@ -72,7 +73,7 @@ async def healthz() -> Response:
     summary="Readiness: model loaded, warm and checked; not draining",
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
 )
-@router.head("/readyz", include_in_schema=False)
+@router.api_route("/readyz", methods=["GET", "HEAD"], include_in_schema=False)
 async def readyz(request: Request, host: HostDep) -> Response:
     ready, checks = readiness(request)
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}

@@ -51,9 +51,10 @@ async def server_metadata() -> Response:
     return _json(SERVER_METADATA)
 
 
-# HEAD is served by the GET endpoints, and left out of the OpenAPI document.
+# The hidden route (registered first) serves GET and HEAD, so a 405 there names both methods;
+# the route above it documents GET alone: HEAD stays out of the OpenAPI document.
 @router.get("/health/live", summary="Server liveness")
-@router.head("/health/live", include_in_schema=False)
+@router.api_route("/health/live", methods=["GET", "HEAD"], include_in_schema=False)
 async def live() -> Response:
     return ProbeResponse(orjson.dumps({"live": True}))
 
@@ -63,7 +64,7 @@ async def live() -> Response:
     summary="Server readiness",
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
 )
-@router.head("/health/ready", include_in_schema=False)
+@router.api_route("/health/ready", methods=["GET", "HEAD"], include_in_schema=False)
 async def ready(request: Request) -> Response:
     ok, _ = readiness(request)
     return ProbeResponse(orjson.dumps({"ready": ok}), 200 if ok else 503)

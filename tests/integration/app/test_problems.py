@@ -109,8 +109,22 @@ def test_an_error_names_what_the_client_sent_but_never_echoes_it_whole(
     assert "unknown" in detail and ("<script>AAA" in detail or "'p0'" in detail)
 
 
-def test_405_says_which_methods_are_allowed(cnn: AppClient) -> None:
-    assert "POST" in cnn.get("/infer").headers["allow"]
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/infer", "POST"),
+        ("PUT", "/healthz", "GET, HEAD"),  # GET and HEAD are two routes here
+        ("DELETE", "/readyz", "GET, HEAD"),
+        ("POST", "/v2/health/live", "GET, HEAD"),
+        ("PUT", "/v2/models/cnn-digits/infer", "POST"),
+    ],
+)
+def test_405_says_every_method_the_path_takes(
+    cnn: AppClient, method: str, path: str, allow: str
+) -> None:
+    response = cnn.request(method, path)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == set(allow.split(", "))
 
 
 @pytest.mark.parametrize(
