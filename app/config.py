@@ -184,6 +184,12 @@ class Settings(BaseSettings):
             problems.append("no API key pepper (set FRAMEWORM_API_KEY_PEPPER_FILE from a secret)")
         elif len(self.api_key_pepper.get_secret_value()) < 32:
             problems.append("the API key pepper is shorter than 32 characters")
+        if (
+            self.bootstrap_api_key is not None
+            and len(self.bootstrap_api_key.get_secret_value()) < 32
+        ):
+            # The failed-authentication limit slows guessing; it cannot save a short key.
+            problems.append("the bootstrap API key is shorter than 32 characters")
         if self.enable_docs:
             problems.append("the OpenAPI docs are on (FRAMEWORM_ENABLE_DOCS=true)")
         if problems:

@@ -59,6 +59,9 @@ def test_production_with_auth_a_long_pepper_and_no_docs_is_accepted() -> None:
         pytest.param({"auth_enabled": False}, "auth is off", id="auth-off"),
         pytest.param({"api_key_pepper": None}, "no API key pepper", id="no-pepper"),
         pytest.param({"api_key_pepper": "short"}, "shorter than 32", id="short-pepper"),
+        pytest.param(
+            {"bootstrap_api_key": "k"}, "bootstrap API key is shorter", id="short-bootstrap-key"
+        ),
         pytest.param({"enable_docs": True}, "docs are on", id="docs-on"),
     ],
 )
