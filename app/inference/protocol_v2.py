@@ -73,12 +73,10 @@ class V2Request:
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        size = int(header_length)
-    except ValueError:
-        raise Problem(
-            "malformed-request", "Inference-Header-Content-Length is not an integer"
-        ) from None
+    # Digits only: int() would also take "+118", " 118 " and "1_18".
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise Problem("malformed-request", "Inference-Header-Content-Length is not an integer")
+    size = int(header_length)
     if not 0 < size <= len(body):
         raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
     return body[:size], body[size:]

@@ -269,7 +269,7 @@ def test_nan_in_binary_data_is_refused() -> None:
     assert "NaN" in caught.value.detail
 
 
-@pytest.mark.parametrize("length", ["abc", "0", "-1", "100000"])
+@pytest.mark.parametrize("length", ["abc", "0", "-1", "100000", "+14", " 14", "14 ", "1_4", "١٤"])
 def test_a_bad_inference_header_content_length_is_a_400(length: str) -> None:
     with refused("malformed-request"):
         split_body(b'{"inputs": []}', length)
