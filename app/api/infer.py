@@ -17,7 +17,7 @@ from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, reque
 from app.inference.codec import Inputs, check_parameters, encode_infer_json, read_infer_json
 from app.inference.compression import decompressed, is_identity
 from app.inference.images import EncodedImage
-from app.inference.service import run_inference
+from app.inference.service import off_the_loop_if_large, run_inference
 from models.manifest import Signature
 
 router = APIRouter(tags=["inference"])
@@ -75,8 +75,13 @@ async def infer(request: Request) -> Response:
     encoding = request.headers.get("content-encoding")
     if media_type == "application/json":
         body = decompressed(await request.body(), encoding, settings.max_body_bytes)
-        inputs = read_infer_json(
-            signature, body, settings.max_json_depth, settings.max_json_elements
+        inputs = await off_the_loop_if_large(
+            len(body),
+            read_infer_json,
+            signature,
+            body,
+            settings.max_json_depth,
+            settings.max_json_elements,
         )
     elif media_type == "multipart/form-data":
         if not is_identity(encoding):

@@ -18,7 +18,7 @@ from app.inference.compression import decompressed
 from app.inference.host import ModelHost
 from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
 from app.inference.runner import ModelRunner
-from app.inference.service import run_inference
+from app.inference.service import off_the_loop_if_large, run_inference
 from models.manifest import TensorSpec
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
@@ -169,7 +169,9 @@ async def _infer(
         request.headers.get("content-encoding"),
         settings.max_body_bytes,
     )
-    v2 = decode_request(
+    v2 = await off_the_loop_if_large(
+        len(body),
+        decode_request,
         signature,
         body,
         request.headers.get("inference-header-content-length"),

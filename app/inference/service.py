@@ -1,8 +1,12 @@
-"""One inference, as the routes run it: the result cache, then the batcher."""
+"""One inference, as the routes run it: decoding off the loop when large, the result cache,
+then the batcher."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from fastapi import Request
 
@@ -12,6 +16,9 @@ from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCa
 from app.inference.codec import Decoded
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def build_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | None:
@@ -26,6 +33,21 @@ def build_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | No
     else:
         inner = MemoryCache(settings.result_cache_entries)
     return CountingCache(inner, metrics)
+
+
+# Parsing JSON and building arrays holds the event loop for about 60 ms a MB; past this size a
+# body is decoded on a worker thread, so probes and other requests are answered meanwhile. The
+# usual tensor request (a few KB) stays inline, where a thread hop would cost more than it saves.
+INLINE_DECODE_BYTES = 64 * 1024
+
+
+async def off_the_loop_if_large(
+    size: int, decode: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`decode(*args)`, on a worker thread when the body is over INLINE_DECODE_BYTES."""
+    if size > INLINE_DECODE_BYTES:
+        return await asyncio.to_thread(decode, *args, **kwargs)
+    return decode(*args, **kwargs)
 
 
 async def run_inference(
