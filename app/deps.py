@@ -27,19 +27,6 @@ async def get_host(request: Request) -> ModelHost:
     return host
 
 
-async def get_batcher(request: Request) -> DynamicBatcher:
-    batcher: DynamicBatcher = request.state.batcher
-    return batcher
-
-
-async def get_ready_runner(request: Request) -> ModelRunner:
-    """The runner serving now, or 503 while the model is loading (or failed to)."""
-    runner = (await get_host(request)).runner
-    if runner is None:
-        raise Problem("not-ready", "the model is not loaded yet", headers=retry_after(2))
-    return runner
-
-
 def inference_context(request: Request) -> tuple[ModelRunner, DynamicBatcher, Settings]:
     """What the inference routes need, read straight from the lifespan state.
 
@@ -55,5 +42,3 @@ def inference_context(request: Request) -> tuple[ModelRunner, DynamicBatcher, Se
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 HostDep = Annotated[ModelHost, Depends(get_host)]
-BatcherDep = Annotated[DynamicBatcher, Depends(get_batcher)]
-RunnerDep = Annotated[ModelRunner, Depends(get_ready_runner)]

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.api.health import ProbeResponse, readiness
 from app.config import Settings
-from app.deps import HostDep, RunnerDep, inference_context
+from app.deps import HostDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
 from app.inference.batcher import DynamicBatcher
 from app.inference.compression import decompressed
@@ -32,6 +32,19 @@ SERVER_METADATA = {
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _runner_of(request: Request, name: str) -> ModelRunner:
+    """The runner, once the name is this server's model: another name is 404 even while the
+    model loads (503 is for the model this server will serve)."""
+    _not_another_model(request, name)
+    runner, _, _ = inference_context(request)
+    return runner
+
+
+def _not_another_model(request: Request, name: str) -> None:
+    if name != request.state.settings.model:
+        raise Problem("model-not-found", "this server does not serve that model")
 
 
 def _served(runner: ModelRunner, name: str, version: str | None) -> None:
@@ -79,15 +92,15 @@ INFER_RESPONSES = problem_responses(*GUARD_STATUSES, 400, 404, 415, 422, 500, 50
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=MODEL_RESPONSES)
-async def model_metadata(runner: RunnerDep, name: str) -> Response:
-    return _metadata(runner, name, None)
+async def model_metadata(request: Request, name: str) -> Response:
+    return _metadata(_runner_of(request, name), name, None)
 
 
 @router.get(
     "/models/{name}/versions/{version}", summary="Model version metadata", responses=MODEL_RESPONSES
 )
-async def version_metadata(runner: RunnerDep, name: str, version: str) -> Response:
-    return _metadata(runner, name, version)
+async def version_metadata(request: Request, name: str, version: str) -> Response:
+    return _metadata(_runner_of(request, name), name, version)
 
 
 def _metadata(runner: ModelRunner, name: str, version: str | None) -> Response:
@@ -130,6 +143,7 @@ def _ready(host: ModelHost, name: str, version: str | None) -> Response:
 
 @router.post("/models/{name}/infer", summary="Inference", responses=INFER_RESPONSES)
 async def model_infer(request: Request, name: str) -> Response:
+    _not_another_model(request, name)
     return await _infer(request, *inference_context(request), name, None)
 
 
@@ -139,6 +153,7 @@ async def model_infer(request: Request, name: str) -> Response:
     responses=INFER_RESPONSES,
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
+    _not_another_model(request, name)
     return await _infer(request, *inference_context(request), name, version)
 
 

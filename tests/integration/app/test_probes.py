@@ -23,12 +23,21 @@ def test_readyz_is_503_while_loading_then_200_with_verbose_checks(tmp_path: Path
         assert client.get("/healthz").status_code == 200
         assert client.get("/v2/health/ready").status_code == 503
         assert client.get("/v2/models/cnn-digits/ready").status_code == 503
+        # While loading, the served model's routes are 503; any other model is 404 already.
+        assert client.get("/v2/models/cnn-digits").status_code == 503
+        other = [
+            client.get("/v2/models/nope"),
+            client.get("/v2/models/nope/versions/1.0.0"),
+            client.post("/v2/models/nope/infer", json={"inputs": []}),
+            client.post("/v2/models/nope/versions/1.0.0/infer", json={"inputs": []}),
+        ]
         seed_demo(ModelRegistry(registry))
         wait_ready(client)
         ready = client.get("/readyz?verbose")
         terse = client.get("/readyz")
         frozen = gc.get_freeze_count()  # what startup built is out of full collections
 
+    assert [r.status_code for r in other] == [404] * 4
     assert early.status_code == 503
     assert early.json()["status"] == "unavailable"
     assert early.json()["checks"]["model"]["ok"] is False
