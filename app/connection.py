@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from collections import deque
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.errors import PROBLEM_CONTENT_TYPE, problem_body
 
@@ -33,35 +33,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._in_head = True  # between requests, or inside a request's head
-        self._head_bytes = 0  # of the chunks received wholly inside the open head
-        self._boundaries = 0  # heads completed or messages ended in the chunk being parsed
+        self._head_bytes = 0  # of the chunks received wholly inside the open request head
+        self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(cast(asyncio.Transport, _WritesUntilClosed(transport)))
 
     # ------------------------------------------------------------------ request head
     def data_received(self, data: bytes) -> None:
-        # Counted after parsing, so a chunk that ends a head (or a body and starts a head) never
-        # counts: the limit holds to within one chunk, and never refuses a body's bytes.
-        counting, self._boundaries = self._in_head, 0
+        # Where the connection is (a head, a body) is read from uvicorn's own state, before
+        # and after parsing: no override of the parser's per-header callbacks.
+        cycle = self.cycle
+        in_head = cycle is None or not cycle.more_body  # before this chunk: not in a body
         super().data_received(data)
-        if not (counting and self._in_head and self._boundaries == 0):
-            return
-        self._head_bytes += len(data)
-        if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
-            self._refuse_head()
+        if self.cycle is not cycle:  # a head completed in this chunk: a new request
+            self._head_bytes = 0
+        elif in_head:  # and no head completed: the whole chunk was head
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self._refuse_head()
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
-        self._boundaries += 1
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._in_head = True
-        self._boundaries += 1
-        super().on_message_complete()
+        # Every request still to answer, pipelined ones included: uvicorn keeps only the newest.
+        self._open.append(self.cycle)
+        while self._open[0].response_complete:
+            self._open.popleft()
 
     def _refuse_head(self) -> None:
         limit = self.max_head_bytes
@@ -103,6 +98,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stall = None
         stalled = self.write_stall_s
         log.warning("a client read nothing for %.0fs; aborted", stalled, extra=self._who())
+        # As connection_lost will, but for every request still open, and now: uvloop resumes
+        # writing as it drops the buffer, and a waiting response must find its client gone
+        # rather than write to a closed transport (uvloop raises; uvicorn marks only the newest
+        # request of a pipeline as disconnected).
+        for cycle in self._open:
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.abort()  # close() would wait to flush what the client is not reading
 
     def _cancel_stall(self) -> None:
@@ -112,26 +114,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _who(self) -> dict[str, str | None]:
         return {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
-
-
-class _WritesUntilClosed:
-    """The connection's transport, whose writes after it closed are dropped.
-
-    uvloop raises on a write to a closed transport (asyncio's transports drop it). On an
-    aborted connection uvloop resumes writing as it drops the buffer, so a response that was
-    waiting to write goes on before the connection's loss reaches the request (and with
-    pipelined requests, uvicorn marks only the newest one as disconnected).
-    """
-
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
 
 
 def bounded_protocol(max_head_bytes: int, write_stall_s: float) -> type[BoundedHttpToolsProtocol]:
