@@ -67,17 +67,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 f"the request line and headers are over {limit // 1024} KB",
                 None,
             )
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                + b"content-type: "
-                + PROBLEM_CONTENT_TYPE.encode()
-                + b"\r\n"
-                + b"content-length: "
-                + str(len(body)).encode()
-                + b"\r\n"
-                + b"connection: close\r\n\r\n"
-                + body
-            )
+            head = [
+                b"HTTP/1.1 431 Request Header Fields Too Large",
+                b"content-type: " + PROBLEM_CONTENT_TYPE.encode(),
+                b"content-length: " + str(len(body)).encode(),
+                b"connection: close",
+            ]
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.close()
 
     # ------------------------------------------------------------------ stalled writes
