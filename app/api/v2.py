@@ -34,24 +34,24 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def _runner_of(request: Request, name: str) -> ModelRunner:
-    """The runner, once the name is this server's model: another name is 404 even while the
-    model loads (503 is for the model this server will serve)."""
-    _not_another_model(request, name)
-    runner, _, _ = inference_context(request)
-    return runner
+def _serving(
+    request: Request, name: str, version: str | None
+) -> tuple[ModelRunner, DynamicBatcher, Settings]:
+    """What serves `name` (at `version`). Another model is 404 even while this server's model
+    loads: the 503 of a model still loading is for the model this server will serve."""
+    _this_model(name, request.state.settings)
+    context = inference_context(request)
+    _this_version(context[0], version)
+    return context
 
 
-def _not_another_model(request: Request, name: str) -> None:
-    if name != request.state.settings.model:
+def _this_model(name: str, settings: Settings) -> None:
+    if name != settings.model:  # the name the served version was resolved from
         raise Problem("model-not-found", "this server does not serve that model")
 
 
-def _served(runner: ModelRunner, name: str, version: str | None) -> None:
-    manifest = runner.manifest
-    if name != manifest.name:
-        raise Problem("model-not-found", "this server does not serve that model")
-    if version is not None and version != manifest.version:
+def _this_version(runner: ModelRunner, version: str | None) -> None:
+    if version is not None and version != runner.manifest.version:
         raise Problem("model-not-found", "this server does not serve that model version")
 
 
@@ -93,18 +93,17 @@ INFER_RESPONSES = problem_responses(*GUARD_STATUSES, 400, 404, 415, 422, 500, 50
 
 @router.get("/models/{name}", summary="Model metadata", responses=MODEL_RESPONSES)
 async def model_metadata(request: Request, name: str) -> Response:
-    return _metadata(_runner_of(request, name), name, None)
+    return _metadata(_serving(request, name, None)[0])
 
 
 @router.get(
     "/models/{name}/versions/{version}", summary="Model version metadata", responses=MODEL_RESPONSES
 )
 async def version_metadata(request: Request, name: str, version: str) -> Response:
-    return _metadata(_runner_of(request, name), name, version)
+    return _metadata(_serving(request, name, version)[0])
 
 
-def _metadata(runner: ModelRunner, name: str, version: str | None) -> Response:
-    _served(runner, name, version)
+def _metadata(runner: ModelRunner) -> Response:
     manifest = runner.manifest
     return _json(
         {
@@ -132,19 +131,17 @@ async def version_ready(host: HostDep, name: str, version: str) -> Response:
 
 
 def _ready(host: ModelHost, name: str, version: str | None) -> Response:
+    _this_model(name, host.settings)
     runner = host.runner
     if runner is None:
-        if name != host.settings.model:
-            raise Problem("model-not-found", "this server does not serve that model")
         return _json({"name": name, "ready": False}, 503)
-    _served(runner, name, version)
+    _this_version(runner, version)
     return _json({"name": name, "ready": True})
 
 
 @router.post("/models/{name}/infer", summary="Inference", responses=INFER_RESPONSES)
 async def model_infer(request: Request, name: str) -> Response:
-    _not_another_model(request, name)
-    return await _infer(request, *inference_context(request), name, None)
+    return await _infer(request, *_serving(request, name, None))
 
 
 @router.post(
@@ -153,8 +150,7 @@ async def model_infer(request: Request, name: str) -> Response:
     responses=INFER_RESPONSES,
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
-    _not_another_model(request, name)
-    return await _infer(request, *inference_context(request), name, version)
+    return await _infer(request, *_serving(request, name, version))
 
 
 # Served by app.api.direct.DirectRoutes (POST); FastAPI documents them and answers other methods.
@@ -170,10 +166,7 @@ async def _infer(
     runner: ModelRunner,
     batcher: DynamicBatcher,
     settings: Settings,
-    name: str,
-    version: str | None,
 ) -> Response:
-    _served(runner, name, version)
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     # Stock clients send JSON, octet-stream (binary extension) or no content type at all.
     if media_type not in ("", "application/json", "application/octet-stream"):

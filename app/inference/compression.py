@@ -13,19 +13,20 @@ import zlib
 from app.errors import Problem
 
 # RFC 9110 8.4.1: "deflate" is the zlib format (RFC 1950), which is what zlib.compress writes.
+_IDENTITY = ("", "identity")
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def is_identity(content_encoding: str | None) -> bool:
     """No content coding: the header is absent, empty or says `identity`."""
-    return (content_encoding or "").strip().lower() in ("", "identity")
+    return _coding(content_encoding) in _IDENTITY
 
 
 def decompressed(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     """The body as sent before its content coding; an identity or absent coding returns it."""
-    if is_identity(content_encoding):
+    coding = _coding(content_encoding)
+    if coding in _IDENTITY:
         return body
-    coding = (content_encoding or "").strip().lower()
     wbits = _WBITS.get(coding)
     if wbits is None:
         raise Problem(
@@ -45,3 +46,7 @@ def decompressed(body: bytes, content_encoding: str | None, max_bytes: int) -> b
     if not inflater.eof or inflater.unused_data:
         raise Problem("malformed-request", f"the body is not valid {coding} data")
     return data
+
+
+def _coding(content_encoding: str | None) -> str:
+    return (content_encoding or "").strip().lower()  # codings are case-insensitive
