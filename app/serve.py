@@ -70,6 +70,7 @@ class DrainingServer(uvicorn.Server):
         self.worker = worker  # one of several, under a supervisor that forwards signals
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shedding: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -103,7 +104,11 @@ class DrainingServer(uvicorn.Server):
         log.info("drain started: not ready; the listener closes in %.1fs", delay)
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self._close_listener)
-        loop.call_later(delay + timeout, lambda: loop.create_task(self._shed_stragglers()))
+        loop.call_later(delay + timeout, self._start_shedding)
+
+    def _start_shedding(self) -> None:
+        # Referenced until done: the loop holds tasks weakly, and this one must run to the end.
+        self._shedding = asyncio.get_running_loop().create_task(self._shed_stragglers())
 
     def _close_listener(self) -> None:
         log.info("drain: closing the listener")

@@ -77,6 +77,8 @@ class StageFollower:
         self.last_event = "following the stage alias"
         self._observing: _Observation | None = None
         self._next_p99_check = 0.0
+        # asyncio keeps only weak references to tasks: a rollback must not be collected mid-way.
+        self._rollbacks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
@@ -172,7 +174,13 @@ class StageFollower:
             self._next_p99_check = now + P99_CHECK_INTERVAL_S
         if self._breached(health, judge_p99=judge_p99):
             self._observing = None  # one rollback per breach, however many outcomes follow
-            asyncio.get_running_loop().create_task(self.roll_back(observing))
+            task = asyncio.get_running_loop().create_task(self.roll_back(observing))
+            self._rollbacks.add(task)
+            task.add_done_callback(self._rollbacks.discard)
+
+    async def rollbacks_done(self) -> None:
+        """Wait for the rollbacks that outcomes have started (tests, and anyone draining)."""
+        await asyncio.gather(*self._rollbacks)
 
     def _breached(self, health: VersionHealth, *, judge_p99: bool = True) -> str | None:
         if health.error_rate > self.settings.rollback_max_error_rate:

@@ -5,21 +5,24 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
 from models.registry import ModelRegistry
+from models.store import LocalStore
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
 
 PROMOTER = """
-import sys, time
+import os, sys
 from models.errors import ConflictError
 from models.registry import ModelRegistry
-root, version, revision, start, rounds = sys.argv[1:6]
+from models.store import LocalStore
+root, version, revision, go, rounds = sys.argv[1:6]
 registry = ModelRegistry(root)
-while time.time() < float(start):
+print("ready", flush=True)  # imports (torch) take seconds: the race starts after everyone's
+while not os.path.exists(go):
     pass
 wins, last = 0, -1
 for _ in range(int(rounds)):
@@ -53,26 +56,31 @@ def registry(tmp_path: Path) -> ModelRegistry:
     return registry
 
 
-def race(registry: ModelRegistry, versions: list[str], revision: str, rounds: int) -> list[int]:
-    start = str(time.time() + 1.5)  # all processes start their promotions at the same moment
+def race(
+    registry: ModelRegistry, versions: list[str], revision: str, rounds: int, go: Path
+) -> list[int]:
+    """Start one promoter per version, wait until all are ready, then release them at once."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", PROMOTER, registry.store.url, v, revision, start, str(rounds)],
+            [sys.executable, "-c", PROMOTER, registry.store.url, v, revision, str(go), str(rounds)],
             stdout=subprocess.PIPE,
             text=True,
         )
         for v in versions
     ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    go.touch()
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     return [int(out) for out in outputs]
 
 
 def test_two_processes_promoting_from_the_same_revision_leave_exactly_one_winner(
-    registry: ModelRegistry,
+    registry: ModelRegistry, tmp_path: Path
 ) -> None:
     revision = registry.index("tiny").revision
-    wins = race(registry, ["1.0.0", "2.0.0"], str(revision), rounds=1)
+    wins = race(registry, ["1.0.0", "2.0.0"], str(revision), rounds=1, go=tmp_path / "go")
     assert sorted(wins) == [0, 1]
     index = registry.index("tiny")
     winner = "1.0.0" if wins[0] else "2.0.0"
@@ -82,10 +90,10 @@ def test_two_processes_promoting_from_the_same_revision_leave_exactly_one_winner
 
 
 def test_many_racing_promotions_keep_revision_and_history_consistent(
-    registry: ModelRegistry,
+    registry: ModelRegistry, tmp_path: Path
 ) -> None:
     before = registry.index("tiny")
-    wins = race(registry, ["1.0.0", "2.0.0", "3.0.0"], "-", rounds=15)
+    wins = race(registry, ["1.0.0", "2.0.0", "3.0.0"], "-", rounds=15, go=tmp_path / "go")
     index = registry.index("tiny")
     promotions = [e for e in index.history if e.action == "promote"]
     assert len(promotions) == sum(wins) > 0
@@ -96,3 +104,43 @@ def test_many_racing_promotions_keep_revision_and_history_consistent(
     assert index.aliases["production"] == promotions[-1].version
     assert len(set(index.archived)) == len(index.archived)
     assert index.aliases["production"] not in index.archived
+
+
+LOCK_HOLDER = """
+import sys
+import threading
+from filelock import FileLock
+with FileLock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_swap_waits_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    """The lock itself, deterministically: the races above may interleave harmlessly."""
+    store = LocalStore(tmp_path)
+    store.put_bytes("tiny/index.json", b"old")
+    with subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "tiny" / "index.json.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            swapped: list[bool] = []
+            swapper = threading.Thread(
+                target=lambda: swapped.append(store.swap("tiny/index.json", b"new", b"old"))
+            )
+            swapper.start()
+            swapper.join(0.5)
+            assert swapper.is_alive()  # blocked on the lock: nothing read or written yet
+            assert store.read("tiny/index.json") == b"old"
+            assert holder.stdin is not None
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            swapper.join(30)
+            assert swapped == [True]
+            assert store.read("tiny/index.json") == b"new"
+        finally:
+            holder.kill()

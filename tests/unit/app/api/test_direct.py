@@ -18,6 +18,7 @@ from app.errors import Problem, install_error_handlers
 
 router = APIRouter()
 seen: list[dict[str, Any]] = []
+reached_fastapi: list[str] = []  # "METHOD path" of each request the inner app received
 
 
 @router.post("/infer", summary="documented")
@@ -40,11 +41,17 @@ def direct_app() -> tuple[FastAPI, DirectRoutes]:
     install_error_handlers(app)
     app.include_router(router)
     routes = [r for r in router.routes if isinstance(r, APIRoute)]
-    return app, DirectRoutes(app, routes=routes)
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        reached_fastapi.append(f"{scope['method']} {scope['path']}")
+        await app(scope, receive, send)
+
+    return app, DirectRoutes(inner, routes=routes)
 
 
 def request(method: str, path: str, **options: Any) -> httpx.Response:
     _, asgi = direct_app()
+    reached_fastapi.clear()
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=asgi, raise_app_exceptions=False)
@@ -59,6 +66,7 @@ def test_post_is_served_directly_with_the_declared_route_in_the_scope() -> None:
     response = request("POST", "/infer", content=b"abc")
     assert response.status_code == 200
     assert seen == [{"route": "/infer", "body": b"abc"}]
+    assert reached_fastapi == []
 
 
 def test_path_parameters_reach_the_endpoint_by_name() -> None:
@@ -68,12 +76,22 @@ def test_path_parameters_reach_the_endpoint_by_name() -> None:
         "version": "3",
         "route": "/v2/models/{name}/versions/{version}/infer",
     }
+    assert reached_fastapi == []
 
 
-def test_other_methods_and_paths_go_to_fastapi() -> None:
-    assert request("GET", "/infer").status_code == 405
-    assert request("POST", "/infer/").status_code in (307, 404)  # FastAPI's own answer
-    assert request("POST", "/nothing").status_code == 404
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/infer", 405),
+        ("POST", "/infer/", 307),  # FastAPI's own redirect to /infer
+        ("POST", "/nothing", 404),
+        ("POST", "/v2/models/m/versions/3/infer/extra", 404),
+    ],
+)
+def test_other_methods_and_paths_go_to_fastapi(method: str, path: str, status: int) -> None:
+    response = request(method, path, follow_redirects=False)
+    assert response.status_code == status
+    assert reached_fastapi == [f"{method} {path}"]
 
 
 def test_errors_are_answered_by_the_same_table_as_fastapi(caplog: pytest.LogCaptureFixture) -> None:

@@ -92,7 +92,7 @@ def test_a_breach_rolls_back_once_however_many_outcomes_follow(tmp_path: Path) -
         await stage.switch_to("B")
         for _ in range(5):
             stage.record("B", False, 0.01)
-        await asyncio.sleep(0.05)  # the rollback task runs
+        await stage.rollbacks_done()
 
     asyncio.run(main())
     assert host.runner is host.made["A"]
