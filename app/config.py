@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     max_body_mb: float = Field(default=10.0, gt=0)
     max_header_kb: int = Field(default=64, ge=1)
     write_stall_s: float = Field(default=30.0, gt=0)
+    # Idle keep-alive connections close after this. Behind a proxy that reuses upstream
+    # connections, it must exceed the proxy's own idle timeout (ingress-nginx: 60 s), or the
+    # proxy sends a request on a connection the server is closing and answers 502.
+    keep_alive_s: float = Field(default=5.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_json_depth: int = Field(default=32, ge=2)
     max_json_elements: int = Field(default=4_000_000, ge=1)

@@ -224,7 +224,7 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
         date_header=True,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s + UVICORN_GRACE_MARGIN_S),
         limit_concurrency=None,
-        timeout_keep_alive=5,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )

@@ -21,7 +21,13 @@ import torch
 
 from app.config import Settings
 from app.inference.allocator import retain_freed_memory
-from app.inference.runner import ModelRunner, pick_device, set_cuda_math, warmup_batch_sizes
+from app.inference.runner import (
+    ModelRunner,
+    cpu_threads,
+    pick_device,
+    set_cuda_math,
+    warmup_batch_sizes,
+)
 from models.errors import RegistryError
 from models.golden import run_golden_checks
 from models.manifest import ModelManifest
@@ -139,8 +145,10 @@ class ModelHost:
     def prepare(self, manifest: ModelManifest | None = None) -> ModelRunner:
         """Resolve, verify, load, warm up and check a version (blocking: run it in a thread)."""
         started = time.perf_counter()
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = self.settings.torch_threads or min(
+            torch.get_num_threads(), cpu_threads(self.settings.workers)
+        )
+        torch.set_num_threads(threads)
         self._seed_demo_if_empty()
         if manifest is None:
             manifest = self.registry.resolve(
@@ -166,6 +174,7 @@ class ModelHost:
                 "version": manifest.version,
                 "device": str(self.device),
                 "channels_last": channels_last,
+                "torch_threads": torch.get_num_threads(),
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +39,36 @@ def set_cuda_math(allow_tf32: bool) -> None:
     """
     torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def cpu_threads(workers: int = 1, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Intra-op threads for torch when the operator sets none: the CPUs this process may run
+    on, capped by its cgroup's CPU quota, shared among the workers.
+
+    torch's default counts the cores the process may be scheduled on. In a Kubernetes pod with
+    a CPU limit (and no static CPU manager) that is every core of the node, and 32 threads
+    under a 2-CPU quota spend most of each period throttled.
+    """
+    available = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        available = min(available, math.ceil(quota))
+    return max(1, available // workers)
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of time per period the cgroup allows (v2 `cpu.max`, else v1); None: no limit."""
+    try:
+        quota, period = (root / "cpu.max").read_text(encoding="ascii").split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:

@@ -1,8 +1,9 @@
 """Request limits of a running `frameworm serve`, sent byte by byte over raw sockets.
 
 One server (auth on with a bootstrap key, a 1 s body deadline, 2 concurrent requests at
-most, a 2 s write stall) takes oversized, chunked, slow, nested and decompression-bomb requests,
-oversized headers and clients that never read; after each test it must still classify a digit.
+most, a 2 s write stall, a 1.5 s keep-alive) takes oversized, chunked, slow, nested and
+decompression-bomb requests, oversized headers and clients that never read; after each test it
+must still classify a digit.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardenedServer]
         "FRAMEWORM_MAX_CONCURRENCY": "2",
         "FRAMEWORM_RATE_LIMIT": "100000/minute",
         "FRAMEWORM_WRITE_STALL_S": "2",
+        "FRAMEWORM_KEEP_ALIVE_S": "1.5",
     }
     with hardened_servers(tmp_path_factory.mktemp("limits"), {"limits": config}) as servers:
         yield servers["limits"]
@@ -311,3 +313,20 @@ def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_write_stall(
     # The request it was answering ended as a disconnect, not as an error of the app.
     assert "Exception in ASGI application" not in server.logs()
     assert client.post("/infer", json=digit_document()).status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_setting(
+    server: HardenedServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        probe = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+        sock.sendall(probe)
+        assert read_status(sock)[0] == 200
+        time.sleep(0.5)  # idle, within the keep-alive: the connection is reused
+        sock.sendall(probe)
+        assert read_status(sock)[0] == 200
+        idle_from = time.monotonic()
+        sock.settimeout(10)
+        while sock.recv(65536):  # the rest of the second answer, then the server's close
+            pass
+        assert 1.2 < time.monotonic() - idle_from < 4  # the default would be 5 s

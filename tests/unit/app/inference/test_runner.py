@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import pytest
 import torch
 
 from app.inference.host import freeze_startup_heap
-from app.inference.runner import ModelRunner, pick_device, set_cuda_math, warmup_batch_sizes
+from app.inference.runner import (
+    ModelRunner,
+    cgroup_cpu_quota,
+    cpu_threads,
+    pick_device,
+    set_cuda_math,
+    warmup_batch_sizes,
+)
 from models.registry import ModelRegistry
 from tests.support.models import register_mlp
 
@@ -82,3 +90,43 @@ def test_freezing_the_startup_heap_keeps_it_out_of_full_collections() -> None:
         assert gc.get_freeze_count() > 1000  # torch, FastAPI and the rest of what is imported
     finally:
         gc.unfreeze()
+
+
+def cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="ascii")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),  # cgroup v2: a 2-CPU limit
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_from_v2_or_v1(
+    tmp_path: Path, files: dict[str, str], quota: float | None
+) -> None:
+    assert cgroup_cpu_quota(cgroup(tmp_path, files)) == quota
+
+
+def test_torch_threads_follow_the_quota_rounded_up_and_shared_among_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))  # a big node
+    limited = cgroup(tmp_path / "limited", {"cpu.max": "150000 100000"})
+    assert cpu_threads(1, limited) == 2
+    assert cpu_threads(2, limited) == 1
+    assert cpu_threads(4, limited) == 1  # never zero
+    unlimited = cgroup(tmp_path / "unlimited", {"cpu.max": "max 100000"})
+    assert cpu_threads(1, unlimited) == 32
+    assert cpu_threads(4, unlimited) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert cpu_threads(1, limited) == 1  # pinned to one core: the quota does not add any
