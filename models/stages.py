@@ -90,13 +90,14 @@ def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
     its version, or it was archived), its stack ends there: going back past the clear would
     point staging at production's version or at an archived one, and going back to "none" is
     not a version. Rolling staging back then needs two promotions to staging after the clear.
+    A version that production takes or the archive holds leaves the rest of staging's stack
+    too, for the same reason.
     """
     stacks: dict[Stage, list[str]] = {s: [] for s in STAGES}
     for event in ix.history:
         staging = stacks["staging"]
         if event.action == "archive":
-            if staging and staging[-1] == event.version:
-                staging.clear()
+            _leave_staging(staging, event.version)
             continue
         if event.stage is None:
             continue
@@ -108,7 +109,15 @@ def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
                 stack.append(event.version)
         elif event.action == "rollback" and stack:
             stack.pop()
-        if event.stage == "production" and staging and staging[-1] == event.version:
-            staging.clear()
+        if event.stage == "production":
+            _leave_staging(staging, event.version)
     stack = stacks[stage]
     return stack[-2] if len(stack) >= 2 else None
+
+
+def _leave_staging(staging: list[str], version: str) -> None:
+    """`version` went to production or the archive: staging no longer goes back to it."""
+    if staging and staging[-1] == version:
+        staging.clear()  # staging itself was cleared: its stack ends here
+    else:
+        staging[:] = [v for v in staging if v != version]

@@ -12,6 +12,7 @@ from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from models.manifest import ArtefactFormat, GoldenCheck, Signature, Stage
 from models.registry import ModelRegistry
+from models.stages import rollback_target
 
 registry_app = typer.Typer(
     help="Model versions, stage aliases (staging, production) and their history.",
@@ -127,6 +128,12 @@ def show(
         emit(data, as_json, lambda: json.dumps(data, indent=2))
 
 
+SkipChecksOption = Annotated[
+    bool,
+    typer.Option(help="Move the alias without loading the version and running its checks."),
+]
+
+
 @registry_app.command()
 def promote(
     name: str,
@@ -137,10 +144,7 @@ def promote(
     if_revision: Annotated[
         int | None, typer.Option(help="Only if the model's index is still at this revision.")
     ] = None,
-    skip_checks: Annotated[
-        bool,
-        typer.Option(help="Move the alias without loading the version and running its checks."),
-    ] = False,
+    skip_checks: SkipChecksOption = False,
     registry: RegistryOption = None,
     as_json: bool = JsonOption,
 ) -> None:
@@ -164,12 +168,25 @@ def rollback(
     stage: Annotated[str, typer.Argument(help="staging | production")] = "production",
     reason: ReasonOption = "",
     actor: ActorOption = None,
+    skip_checks: SkipChecksOption = False,
     registry: RegistryOption = None,
     as_json: bool = JsonOption,
 ) -> None:
-    """Move STAGE back to the version it pointed at before."""
+    """Move STAGE back to the version it pointed at before.
+
+    That version is first verified, loaded and run through its golden checks, as a promotion's
+    is: the emergency path must not move a stage onto a version no server would load.
+    """
     with errors_as_one_line():
-        index = open_registry(registry).rollback(name, _stage(stage), actor=actor, reason=reason)
+        reg = open_registry(registry)
+        read = reg.index(name)
+        previous = rollback_target(read, _stage(stage))
+        if previous is not None and not skip_checks:
+            reg.check(name, previous)
+        # At the revision read: the version checked is the version rolled back to.
+        index = reg.rollback(
+            name, _stage(stage), actor=actor, reason=reason, expected_revision=read.revision
+        )
         target = index.aliases[_stage(stage)]
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {target}")
 

@@ -76,3 +76,20 @@ def test_archiving_a_version_staging_does_not_hold_leaves_staging_alone() -> Non
     promote(ix, "1.1.0", "staging")
     archive(ix, "0.9.0")
     assert rollback_target(ix, "staging") == "1.0.0"
+
+
+@pytest.mark.parametrize("consumed_by", ["production", "archive"])
+def test_staging_never_rolls_back_onto_a_version_production_took_or_the_archive_holds(
+    consumed_by: str,
+) -> None:
+    ix = index("1.0.0", "2.0.0", "3.0.0")
+    promote(ix, "1.0.0", "staging")
+    promote(ix, "2.0.0", "staging")  # staging's stack: 1.0.0 below 2.0.0
+    if consumed_by == "production":
+        promote(ix, "1.0.0", "production")
+    else:
+        archive(ix, "1.0.0")
+    assert ix.aliases["staging"] == "2.0.0"  # staging itself was not cleared
+    assert rollback_target(ix, "staging") is None
+    promote(ix, "3.0.0", "staging")
+    assert rollback_target(ix, "staging") == "2.0.0"
