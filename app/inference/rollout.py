@@ -26,6 +26,8 @@ from app.inference.host import EXPECTED_LOAD_ERRORS, ModelHost
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
 from models.errors import RegistryError
+from models.manifest import Stage
+from models.stages import ModelIndex
 
 log = logging.getLogger("frameworm.rollout")
 
@@ -59,6 +61,14 @@ class VersionHealth:
         return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def _last_move(index: ModelIndex, stage: Stage) -> int:
+    """Where in the history the stage was last set: it changes with every move of the alias."""
+    for position in range(len(index.history) - 1, -1, -1):
+        if index.history[position].stage == stage:
+            return position
+    return -1
+
+
 @dataclass
 class _Observation:
     previous: ModelRunner
@@ -77,6 +87,7 @@ class StageFollower:
         self.last_event = "following the stage alias"
         self._observing: _Observation | None = None
         self._next_p99_check = 0.0
+        self._seen_move: tuple[str | None, int] | None = None  # (alias target, its last move)
         # asyncio keeps only weak references to tasks: a rollback must not be collected mid-way.
         self._rollbacks: set[asyncio.Task[None]] = set()
 
@@ -98,11 +109,17 @@ class StageFollower:
             return
         index = await asyncio.to_thread(self.host.registry.index, self.settings.model)
         target = index.aliases.get(self.settings.stage)
+        move = (target, _last_move(index, self.settings.stage))
+        if move != self._seen_move:
+            # The alias was set again (even back to the serving version, or to the same one
+            # between two polls): refusals and the rollback pin were for the previous move.
+            self._seen_move = move
+            self.refused.clear()
+            self.pinned_against = None
         if target is None or target == serving.version or target in self.refused:
             return
         if target == self.pinned_against:
             return  # rolled back from it; wait for the alias to move again
-        self.pinned_against = None
         await self.switch_to(target)
 
     # ------------------------------------------------------------------ switching

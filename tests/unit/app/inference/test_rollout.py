@@ -12,6 +12,8 @@ import pytest
 from app.config import Settings
 from app.inference.host import ModelHost
 from app.inference.rollout import StageFollower, VersionHealth
+from models.errors import RegistryError
+from models.stages import ModelIndex, move_alias
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,18 @@ class FakeRunner:
 
 @dataclass
 class FakeRegistry:
+    """Manifests for any version; the index is a real one, moved with `promote`."""
+
+    ix: ModelIndex = field(default_factory=lambda: ModelIndex(name="m"))
+
     def manifest(self, model: str, version: str) -> FakeManifest:
         return FakeManifest(version)
+
+    def index(self, model: str) -> ModelIndex:
+        return self.ix
+
+    def promote(self, version: str) -> None:
+        move_alias(self.ix, "production", version, "promote", "tester", "")
 
 
 @dataclass
@@ -48,7 +60,11 @@ class FakeHost:
     def manifest(self) -> FakeManifest | None:
         return self.runner.manifest if self.runner else None
 
+    broken: set[str] = field(default_factory=set)  # versions whose load fails
+
     async def prepare_async(self, manifest: FakeManifest) -> FakeRunner:
+        if manifest.version in self.broken:
+            raise RegistryError(f"{manifest.version} does not load")
         runner = self.made[manifest.version] = FakeRunner(manifest)
         return runner
 
@@ -121,3 +137,56 @@ def test_the_p99_is_judged_at_most_once_an_interval_not_per_request(
 
     asyncio.run(main())
     assert judged == [1]  # the first outcome; the next judgement waits for the interval
+
+
+def serving(host: FakeHost) -> str:
+    assert host.runner is not None
+    return host.runner.manifest.version
+
+
+def test_a_rollback_pin_lasts_until_the_alias_is_set_again_even_to_the_serving_version(
+    tmp_path: Path,
+) -> None:
+    stage, host = follower(tmp_path, rollback_max_error_rate=0.1)
+    registry = host.registry
+
+    async def main() -> None:
+        registry.promote("A")
+        await stage.check_once()
+        registry.promote("B")
+        await stage.check_once()
+        assert serving(host) == "B"
+        stage.record("B", False, 0.01)
+        await stage.rollbacks_done()
+        assert serving(host) == "A" and stage.pinned_against == "B"
+        await stage.check_once()  # the alias still says B: pinned
+        assert serving(host) == "A"
+        registry.promote("A")  # the operator moves the alias back to what is served...
+        await stage.check_once()
+        assert stage.pinned_against is None
+        registry.promote("B")  # ...and promotes the fixed B again
+        await stage.check_once()
+        assert serving(host) == "B"
+
+    asyncio.run(main())
+
+
+def test_a_refused_version_is_tried_again_once_the_alias_is_set_again(tmp_path: Path) -> None:
+    stage, host = follower(tmp_path, auto_rollback=False)
+    registry = host.registry
+    host.broken.add("B")
+
+    async def main() -> None:
+        registry.promote("A")
+        registry.promote("B")
+        await stage.check_once()
+        assert serving(host) == "A" and "B" in stage.refused
+        await stage.check_once()  # the same move: not tried again
+        assert serving(host) == "A"
+        host.broken.clear()  # a transient failure, or the bytes were repaired
+        registry.promote("A")
+        registry.promote("B")  # set again between two polls: still a new move
+        await stage.check_once()
+        assert serving(host) == "B" and not stage.refused
+
+    asyncio.run(main())
