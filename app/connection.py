@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections import deque
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.errors import PROBLEM_CONTENT_TYPE, problem_body
@@ -34,6 +35,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._head_bytes = 0  # of the chunks received wholly inside the open request head
+        self._chunk_bytes = 0  # of the chunk being parsed
         self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
 
@@ -43,6 +45,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # and after parsing: no override of the parser's per-header callbacks.
         cycle = self.cycle
         in_head = cycle is None or not cycle.more_body  # before this chunk: not in a body
+        self._chunk_bytes = len(data)
         super().data_received(data)
         if self.cycle is not cycle:  # a head completed in this chunk: a new request
             self._head_bytes = 0
@@ -52,21 +55,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_head()
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
+        # A head that ends in the chunk it started in (up to uvloop's 256 KB read) never
+        # counted above. Measured here, only when this chunk could have carried it past the
+        # limit; such a request is answered by `_refuse_whole_head` instead of the app.
+        if self._head_bytes + self._chunk_bytes > self.max_head_bytes and self._head_size() > (
+            self.max_head_bytes
+        ):
+            app, self.app = self.app, self._refuse_whole_head
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
         # Every request still to answer, pipelined ones included: uvicorn keeps only the newest.
         self._open.append(self.cycle)
         while self._open[0].response_complete:
             self._open.popleft()
 
+    def _head_size(self) -> int:
+        """The parsed head's size: request line and header lines (less optional whitespace)."""
+        line = len(self.parser.get_method()) + 1 + len(self.url) + len(" HTTP/1.1\r\n")
+        return line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
+
     def _refuse_head(self) -> None:
-        limit = self.max_head_bytes
-        log.warning("a request head over %d bytes; answered 431", limit, extra=self._who())
+        """A head still arriving, over the limit: answered 431 at once, the connection closed."""
+        log.warning(
+            "a request head over %d bytes; answered 431", self.max_head_bytes, extra=self._who()
+        )
         if self.cycle is None or self.cycle.response_complete:  # not in a pipelined response
-            body = problem_body(
-                "headers-too-large",
-                f"the request line and headers are over {limit // 1024} KB",
-                None,
-            )
+            body = self._too_large_body()
             head = [
                 b"HTTP/1.1 431 Request Header Fields Too Large",
                 b"content-type: " + PROBLEM_CONTENT_TYPE.encode(),
@@ -75,6 +93,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             ]
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.close()
+
+    async def _refuse_whole_head(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A head that arrived whole, over the limit: answered 431 in its turn, then closed."""
+        log.warning(
+            "a request head over %d bytes; answered 431", self.max_head_bytes, extra=self._who()
+        )
+        body = self._too_large_body()
+        headers = [
+            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 431, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _too_large_body(self) -> bytes:
+        return problem_body(
+            "headers-too-large",
+            f"the request line and headers are over {self.max_head_bytes // 1024} KB",
+            None,
+        )
 
     # ------------------------------------------------------------------ stalled writes
     def pause_writing(self) -> None:

@@ -330,3 +330,23 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_setting(
         while sock.recv(65536):  # the rest of the second answer, then the server's close
             pass
         assert 1.2 < time.monotonic() - idle_from < 4  # the default would be 5 s
+
+
+@pytest.mark.parametrize("header_kb", [65, 70, 200])
+def test_a_head_over_the_limit_that_arrives_in_one_piece_is_431_too(
+    server: HardenedServer, client: httpx.Client, header_kb: int
+) -> None:
+    """A head that starts and ends in one read was never counted piece by piece."""
+    pad = b"X-Pad: " + b"a" * (header_kb * 1024) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + pad + b"\r\n")
+        status, raw = read_status(sock)
+    assert status == 431, raw
+    assert b"headers-too-large" in raw and b"connection: close" in raw.lower()
+
+
+def test_a_head_just_under_the_limit_is_served(server: HardenedServer) -> None:
+    pad = b"X-Pad: " + b"a" * (63 * 1024) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + pad + b"\r\n")
+        assert read_status(sock)[0] == 200
