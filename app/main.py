@@ -91,6 +91,7 @@ def build_middleware(
             body_timeout_s=settings.body_timeout_s,
             max_concurrency=settings.max_concurrency,
             exempt_paths=QUIET_PATHS,
+            metrics=metrics,
         )
     )
     if not settings.rate_limit_enabled:

@@ -12,6 +12,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import retry_after, send_problem
+from app.telemetry.metrics import Metrics
 
 
 class RequestLimitsMiddleware:
@@ -23,6 +24,7 @@ class RequestLimitsMiddleware:
         body_timeout_s: float,
         max_concurrency: int,
         exempt_paths: frozenset[str] = frozenset(),
+        metrics: Metrics | None = None,
     ) -> None:
         if max_body_bytes < 1 or body_timeout_s <= 0 or max_concurrency < 1:
             raise ValueError("limits must be positive")
@@ -31,6 +33,7 @@ class RequestLimitsMiddleware:
         self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
         self.exempt_paths = exempt_paths  # probes: never refused for load
+        self.metrics = metrics
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,6 +45,8 @@ class RequestLimitsMiddleware:
             await self.too_large(send, scope)
             return
         if self.active >= self.max_concurrency:
+            if self.metrics is not None:
+                self.metrics.shed("concurrency")
             await send_problem(
                 send, scope, "overloaded", "too many concurrent requests", retry_after(1)
             )

@@ -138,11 +138,13 @@ def test_more_requests_than_the_concurrency_cap_get_503_with_retry_after(
                 head("/infer", b"Content-Type: application/json\r\n", b"Content-Length: 10\r\n\r\n")
             )
         time.sleep(0.3)
+        shed_before = shed_for_concurrency(client)
         response = client.post("/infer", json=digit_document())
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["code"] == "overloaded"
+        assert shed_for_concurrency(client) == shed_before + 1
         assert client.get("/healthz").status_code == 200  # probes are never refused for load
     finally:
         for sock in slow:
@@ -152,6 +154,14 @@ def test_more_requests_than_the_concurrency_cap_get_503_with_retry_after(
     while client.post("/infer", json=digit_document()).status_code == 503:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def shed_for_concurrency(client: httpx.Client) -> float:
+    """frameworm_requests_shed_total{reason="concurrency"}, 0 before the first."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('frameworm_requests_shed_total{reason="concurrency"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def png_declaring(width: int, height: int) -> bytes:
