@@ -74,8 +74,9 @@ def setup_tracing(
     """A tracer exporting to `endpoint`, or a no-op tracer when `endpoint` is empty.
 
     `sample_ratio` applies to new traces (parent-based: a sampled parent keeps its children).
-    It defaults to 1.0, every trace, as the OpenTelemetry SDK does; the server passes
-    `Settings.trace_sample_ratio`.
+    It defaults to 1.0, every trace, as the OpenTelemetry SDK does. The server passes 1.0: its
+    TraceSampling middleware applies `Settings.trace_sample_ratio` before any span starts, and
+    logs that ratio.
     """
     if not endpoint:
         return trace.NoOpTracer()
@@ -100,7 +101,12 @@ def setup_tracing(
         )
     )
     _remember(provider)
-    logger.info("tracing to %s over OTLP/%s, sampling %g", endpoint, chosen, sample_ratio)
+    logger.info(
+        "tracing to %s over OTLP/%s, the SDK sampling %g of new traces",
+        endpoint,
+        chosen,
+        sample_ratio,
+    )
     return provider.get_tracer(service_name)
 
 

@@ -13,6 +13,7 @@ hardening layers together. The provider then samples everything it is handed.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
@@ -28,6 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 from app.production.tracing import current_provider, setup_tracing
+
+log = logging.getLogger("frameworm.tracing")
 
 EXCLUDED_URLS = "/healthz$,/readyz,/metrics$,/v2/health/"
 TRACE_EXCLUDED_PATHS = frozenset(
@@ -79,14 +82,18 @@ class TraceSampling:
         for name, value in scope["headers"]:
             if name == b"traceparent":
                 match = _TRACEPARENT.fullmatch(value)
-                if match is not None:
-                    return bool(int(match.group(1), 16) & 0x01)
+                # Version 00 has exactly these fields; a later version may append more, and ff
+                # is invalid (W3C Trace Context, "Versioning of traceparent").
+                if match is not None and match[1] != b"ff" and not (match[1] == b"00" and match[3]):
+                    return bool(int(match[2], 16) & 0x01)
                 break  # malformed: a new trace, as the W3C spec says
         return random.random() < self.ratio  # noqa: S311  # nosec B311  # sampling, not security
 
 
-# version-traceid-parentid-flags; the all-zero ids are invalid.
-_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
+# version-traceid-parentid-flags[-more, after version 00]; the all-zero ids are invalid.
+_TRACEPARENT = re.compile(
+    rb"([0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})(-.*)?", re.DOTALL
+)
 
 
 def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middleware | None]:
@@ -102,6 +109,10 @@ def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middlew
     set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
     middleware = Middleware(
         TraceSampling, ratio=settings.trace_sample_ratio, excluded=TRACE_EXCLUDED_PATHS
+    )
+    log.info(
+        "tracing %g of requests that start a trace; a sampled caller's trace always continues",
+        settings.trace_sample_ratio,
     )
     return tracer, middleware
 
