@@ -45,6 +45,12 @@ class Lifecycle:
     joined: list[GracefulShutdown] = field(default_factory=list)  # users' start() calls
     model_failed: asyncio.Event = field(default_factory=asyncio.Event)
     batcher: DynamicBatcher | None = None
+    host: ModelHost | None = None
+
+    @property
+    def ever_ready(self) -> bool:
+        """Whether a model was ever served, so that endpoints may still route traffic here."""
+        return self.host is not None and self.host.runner is not None
 
     def join(self, other: GracefulShutdown) -> None:
         self.joined.append(other)
@@ -88,7 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         observer=app.state.metrics,
         tracer=app.state.tracer,
     )
-    lifecycle.batcher = batcher
+    lifecycle.batcher, lifecycle.host = batcher, host
     batcher.start()
     metrics: Metrics | None = app.state.metrics
     gpu: GpuSampler | None = None

@@ -101,6 +101,10 @@ class DrainingServer(uvicorn.Server):
         if not self.lifecycle.begin_drain():
             return
         delay, timeout = self.settings.drain_delay_s, self.settings.shutdown_timeout_s
+        if not self.lifecycle.ever_ready:
+            # Never ready, so in no endpoint list: no traffic to wait out. The load is
+            # abandoned when the lifespan ends, right after the listener closes.
+            delay = 0.0
         log.info("drain started: not ready; the listener closes in %.1fs", delay)
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self._close_listener)

@@ -115,6 +115,31 @@ def test_a_tampered_artefact_keeps_the_server_unready_then_exits_3(tmp_path: Pat
     assert code == 3
 
 
+def test_a_sigterm_before_the_model_was_ever_ready_skips_the_drain_delay(tmp_path: Path) -> None:
+    """Never ready, the pod was in no endpoint list: there is no traffic to wait out. The load
+    (here retrying a tampered artefact, with backoff, for about 15 s) is abandoned."""
+    registry = ModelRegistry(tmp_path / "registry")
+    seed_demo(registry)
+    manifest = registry.resolve("cnn-digits", "production")
+    artefact = tmp_path / "registry" / "cnn-digits" / manifest.version / manifest.artefact
+    artefact.write_bytes(artefact.read_bytes()[:-1])
+
+    server = start_server(
+        tmp_path, env={"FRAMEWORM_LOAD_RETRIES": "5", "FRAMEWORM_DRAIN_DELAY_S": "10"}
+    )
+    try:
+        server.wait_live()
+        assert httpx.get(f"{server.url}/readyz").status_code == 503, server.logs()
+        started = time.monotonic()
+        code = server.terminate(timeout_s=8)
+        took = time.monotonic() - started
+    finally:
+        server.terminate()
+    assert code == 0, server.logs()
+    assert took < 5, server.logs()  # not the 10 s drain delay
+    assert "the listener closes in 0.0s" in server.logs()
+
+
 def test_a_taken_port_is_one_error_line_and_exit_1_not_the_model_s_exit_3(
     tmp_path: Path,
 ) -> None:

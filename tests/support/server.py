@@ -46,6 +46,13 @@ class ServerProcess:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Poll /readyz until 200; fail with the server's log when it exits or times out."""
+        self._wait_for("/readyz", timeout_s)
+
+    def wait_live(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll /healthz until 200: listening, the model perhaps still loading."""
+        self._wait_for("/healthz", timeout_s)
+
+    def _wait_for(self, probe: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=1.0) as client:
             while time.monotonic() < deadline:
@@ -54,12 +61,12 @@ class ServerProcess:
                         f"the server exited with {self.process.returncode}:\n{self.logs()}"
                     )
                 try:
-                    if client.get("/readyz").status_code == 200:
+                    if client.get(probe).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
-        raise TimeoutError(f"the server was not ready within {timeout_s}s:\n{self.logs()}")
+        raise TimeoutError(f"{probe} was not 200 within {timeout_s}s:\n{self.logs()}")
 
     def terminate(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM by pid, then SIGKILL after the bound; returns the exit code."""
