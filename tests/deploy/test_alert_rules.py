@@ -20,6 +20,9 @@ ALERTS = {
     "FramewormHighMemory",
     "FramewormModelNotReady",
     "FramewormQueueSaturated",
+    # On Prometheus's own `up`: a crash-looping pod keeps no series of its own.
+    "FramewormTargetDown",
+    "FramewormAbsent",
 }
 
 

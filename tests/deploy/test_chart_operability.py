@@ -5,10 +5,14 @@ label, a ReadWriteOnce registry claim is never spread over nodes, and secrets st
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
+import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from tests.deploy.chart import (
     server_pod_spec,
     settings,
 )
-from tests.support import require_executable
+from tests.support import require_executable, skip_unless_ci
 
 ROOT = CHART.parents[1]
 SECRETS_DIR = "/var/run/secrets/frameworm"
@@ -51,10 +55,11 @@ def _env(container: Manifest) -> dict[str, Manifest]:
 
 
 def _has_metrics_token(values: dict[str, Any]) -> bool:
+    """The chart-made Secret always has one (given or generated); an existingSecret when listed."""
     secrets = values["secrets"]
     if secrets["existingSecret"]:
         return "metrics-token" in secrets["existingSecretKeys"]
-    return bool(secrets["metricsToken"])
+    return True
 
 
 # ------------------------------------------------------------------------ 1. helm test
@@ -516,7 +521,14 @@ def test_rate_limit_storage_comes_from_the_mounted_secret_not_an_env_var() -> No
     container = server_container(manifests)
     names = {e["name"] for e in container.get("env", [])}
     assert "FRAMEWORM_RATE_LIMIT_STORAGE" not in names
-    off = settings(render_values({"redis": {"enabled": True, "rateLimits": False}}))
+    off = settings(
+        render_values(
+            {
+                "redis": {"enabled": True, "rateLimits": False},
+                "secrets": {"redisUrl": "redis://r:6379/0"},
+            }
+        )
+    )
     assert "FRAMEWORM_RATE_LIMIT_STORAGE_FILE" not in off
     assert "FRAMEWORM_RATE_LIMIT_STORAGE_FILE" not in settings(render("default"))
 
@@ -553,3 +565,284 @@ def test_values_docs_match_the_app() -> None:
     rate_limits = _values_comment("rateLimits")
     assert "FRAMEWORM_RATE_LIMIT_STORAGE_FILE" in rate_limits
     assert "no _FILE form" not in (CHART / "values.yaml").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------- 7. registry seed as the pod user
+
+
+def _init_container(manifests: list[Manifest], name: str) -> Manifest:
+    init: dict[str, Manifest] = {
+        c["name"]: c for c in server_pod_spec(manifests).get("initContainers", [])
+    }
+    return init[name]
+
+
+def test_the_registry_seed_copies_without_preserving_attributes() -> None:
+    command = _init_container(render("default"), "registry-seed")["command"]
+    assert command == ["cp", "-R", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
+
+
+def test_the_registry_seed_command_runs_as_the_pod_user_into_a_root_owned_volume() -> None:
+    """The rendered command, its paths mapped into a scratch directory, run as the container's
+    UID (no capabilities) into a root-owned mode-0777 directory, as the kubelet makes an emptyDir:
+    `cp -a` fails there preserving the target directory's own times (Init:CrashLoopBackOff)."""
+    if os.geteuid() != 0:
+        skip_unless_ci("needs root to make a root-owned volume and switch to the pod's UID")
+    setpriv = require_executable("setpriv")
+    init = _init_container(render("default"), "registry-seed")
+    uid = init["securityContext"]["runAsUser"]
+    gid = init["securityContext"]["runAsGroup"]
+    assert uid != 0
+    with tempfile.TemporaryDirectory(prefix="frameworm-seed-") as scratch:
+        Path(scratch).chmod(0o755)  # traversable by the pod's UID
+
+        def mapped(argument: str) -> str:
+            return scratch + argument if argument.startswith("/") else argument
+
+        source = Path(mapped("/var/lib/frameworm/registry"))
+        files = {"index.json": "{}", "cnn-digits/1/manifest.json": '{"v": 1}'}
+        for relative, text in files.items():
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            (source / relative).write_text(text, encoding="utf-8")
+        for path in [source, *source.rglob("*")]:  # the image's registry belongs to its user
+            os.chown(path, uid, gid)
+        mount = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "registry")
+        target = Path(mapped(mount))
+        target.mkdir(parents=True)
+        os.chown(target, 0, 0)
+        target.chmod(0o777)
+        command = [mapped(argument) for argument in init["command"]]
+        result = subprocess.run(
+            [setpriv, "--reuid", str(uid), "--regid", str(gid), "--clear-groups", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        for relative, text in files.items():
+            assert (target / relative).read_text(encoding="utf-8") == text
+
+
+# ------------------------------------------------ 8. init, backup resources; S3 cache volume
+
+
+def test_init_container_and_backup_resources_come_from_values() -> None:
+    expected = {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    assert _init_container(render("default"), "registry-seed")["resources"] == expected
+    assert _init_container(render("redis-s3-ingress"), "registry-pull")["resources"] == expected
+    cronjob = one(render("prestop"), "CronJob")
+    backup = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert backup["resources"] == expected
+    bigger = {"requests": {"cpu": "200m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    manifests = render_values(
+        {
+            "replicaCount": 1,
+            "registry": {"source": "pvc", "initResources": bigger},
+            "backup": {"enabled": True, "s3Uri": "s3://b/p", "resources": bigger},
+        }
+    )
+    cronjob = one(manifests, "CronJob")
+    backup = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert backup["resources"] == bigger
+    pulled = render_values(
+        {"registry": {"source": "s3Pull", "s3Uri": "s3://b/p", "initResources": bigger}}
+    )
+    assert _init_container(pulled, "registry-pull")["resources"] == bigger
+
+
+def _env_value(container: Manifest, name: str) -> str | None:
+    entry = _env(container).get(name)
+    return None if entry is None else str(entry["value"])
+
+
+@pytest.mark.parametrize(
+    ("registry", "container"),
+    [
+        ({"source": "s3Pull", "s3Uri": "s3://b/p"}, "registry-pull"),
+        ({"source": "s3", "s3Uri": "s3://b/p"}, "frameworm"),
+        ({"source": "s3", "s3Uri": "s3://b/p", "emptyDirSizeLimit": "20Gi"}, "frameworm"),
+    ],
+)
+def test_s3_downloads_are_cached_in_a_volume_of_their_own(
+    registry: dict[str, Any], container: str
+) -> None:
+    """models/s3.py caches under XDG_CACHE_HOME; the image's /tmp/.cache sits in the small /tmp
+    volume, whose sizeLimit a large registry overruns (the pod is evicted)."""
+    manifests = render_values({"registry": registry})
+    spec = server_pod_spec(manifests)
+    everything = {c["name"]: c for c in spec["containers"] + spec.get("initContainers", [])}
+    reader = everything[container]
+    cache_home = _env_value(reader, "XDG_CACHE_HOME")
+    assert cache_home and not cache_home.startswith("/tmp")
+    mount = next(m for m in reader["volumeMounts"] if m["mountPath"] == cache_home)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    limit = registry.get("emptyDirSizeLimit", "2Gi")
+    assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {"sizeLimit": limit}}
+    assert mount["name"] not in {"tmp", "registry"}
+
+
+def test_no_cache_volume_without_s3() -> None:
+    for values_set in ("default", "prestop"):
+        spec = server_pod_spec(render(values_set))
+        assert "cache" not in {v["name"] for v in spec["volumes"]}, values_set
+
+
+# ------------------------------------------------------- 9. secret changes roll the pods
+
+PINNED_SECRETS = {
+    "apiKeyPepper": "p" * 40,
+    "bootstrapApiKey": "fw_" + "k" * 40,
+    "metricsToken": "scrape-token-1",
+}
+
+
+def _pod_annotations(overrides: dict[str, Any]) -> dict[str, str]:
+    manifests = render_values(overrides)
+    deployments = of_kind(manifests, "Deployment") + of_kind(manifests, "Rollout")
+    annotations: dict[str, str] = deployments[0]["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"secrets": {"metricsToken": "scrape-token-2"}},
+        {"secrets": {"apiKeyPepper": "q" * 40}},
+        {"secrets": {"bootstrapApiKey": "fw_" + "j" * 40}},
+        {"redis": {"enabled": True}, "secrets": {"redisUrl": "redis://:pw@redis:6379/0"}},
+    ],
+)
+def test_a_changed_secret_value_rolls_the_pods(change: dict[str, Any]) -> None:
+    """The app reads its secrets at start only: the pod template must change with them."""
+    before = _pod_annotations({"secrets": PINNED_SECRETS})
+    assert _pod_annotations({"secrets": PINNED_SECRETS}) == before, "same values, same template"
+    changed = {**change, "secrets": {**PINNED_SECRETS, **change.get("secrets", {})}}
+    after = _pod_annotations(changed)
+    assert after["checksum/secret"] != before["checksum/secret"]
+    if "redis" not in change:  # a rotation: the ConfigMap (file paths only) is the same
+        assert after["checksum/config"] == before["checksum/config"]
+
+
+def test_the_secret_checksum_is_over_the_data_the_secret_holds() -> None:
+    """Generated values are made once per render: the checksum covers the Secret's very data."""
+    manifests = render_values({"rollout": {"enabled": True}})
+    data = one(manifests, "Secret")["data"]
+    text = "\n".join(f"{key}: {value}" for key, value in sorted(data.items()))
+    rollout = one(manifests, "Rollout")["spec"]["template"]["metadata"]["annotations"]
+    assert rollout["checksum/secret"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_an_existing_secret_gets_no_secret_checksum() -> None:
+    annotations = _pod_annotations({"secrets": {"existingSecret": "mine"}})
+    assert "checksum/secret" not in annotations
+    assert "checksum/config" in annotations
+
+
+# ------------------------------------------------------- 10. a chart-made claim starts empty
+
+
+def _notes(overrides: dict[str, Any]) -> str:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(overrides, name="fw", namespace="ml", is_install=True)
+    return next(text for name, text in rendered.items() if name.endswith("NOTES.txt"))
+
+
+def test_the_notes_say_how_to_fill_a_chart_made_registry_claim() -> None:
+    notes = _notes({"replicaCount": 1, "registry": {"source": "pvc"}})
+    assert "fw-frameworm-registry" in notes
+    assert "EMPTY" in notes and "code 3" in notes
+    assert "frameworm registry pull --all --from s3://" in notes
+    assert "registry.source=s3Pull" in notes
+    existing = _notes(
+        {"replicaCount": 1, "registry": {"source": "pvc", "pvc": {"existingClaim": "models"}}}
+    )
+    assert "models" in existing and "registry pull" not in existing
+    assert "registry pull" not in _notes({})
+    comment = _values_comment("pvc")
+    assert "starts EMPTY" in comment and "registry pull --all --from" in comment
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_no_values_set_gives_an_s3_uri_its_registry_source_ignores(values_set: str) -> None:
+    registry = merged_values(values_set)["registry"]
+    if registry["source"] not in {"s3Pull", "s3"}:
+        assert not registry["s3Uri"], "registry.s3Uri is read only by the s3Pull and s3 sources"
+
+
+# ------------------------------------------------------- 11. values that fail the render
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_the_shutdown_timeout_covers_the_request_deadline(values_set: str) -> None:
+    """A request admitted just before the listener closes may take its whole deadline."""
+    values = merged_values(values_set)
+    env = settings(render(values_set))
+    assert float(env["FRAMEWORM_SHUTDOWN_TIMEOUT_S"]) * 1000 >= float(
+        env.get("FRAMEWORM_REQUEST_TIMEOUT_MS", 10000)
+    )
+    assert (
+        values["drain"]["shutdownTimeoutSeconds"] * 1000 >= values["settings"]["requestTimeoutMs"]
+    )
+
+
+def test_a_request_deadline_longer_than_the_shutdown_timeout_is_refused() -> None:
+    with pytest.raises(
+        helm.HelmError, match=r"shutdownTimeoutSeconds=20.*requestTimeoutMs=30000.*>= 30"
+    ):
+        render_values({"settings": {"requestTimeoutMs": 30000}})
+    with pytest.raises(helm.HelmError, match=r"shutdownTimeoutSeconds >= 21"):
+        render_values({"settings": {"requestTimeoutMs": 20001}})
+    render_values({"settings": {"requestTimeoutMs": 20000}})
+    render_values(
+        {"settings": {"requestTimeoutMs": 30000}, "drain": {"shutdownTimeoutSeconds": 30}}
+    )
+
+
+def test_redis_without_a_url_in_the_chart_made_secret_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match=r"secrets\.redisUrl is required with redis\.enabled"):
+        render_values({"redis": {"enabled": True}})
+    manifests = render_values(
+        {"redis": {"enabled": True}, "secrets": {"redisUrl": "redis://r:6379/0"}}
+    )
+    data = one(manifests, "Secret")["data"]
+    assert base64.b64decode(data["redis-url"]).decode() == "redis://r:6379/0"
+    assert settings(manifests)["FRAMEWORM_REDIS_URL_FILE"] == f"{SECRETS_DIR}/redis-url"
+    # An existingSecret is the user's to fill: the chart cannot see it.
+    render_values({"redis": {"enabled": True}, "secrets": {"existingSecret": "mine"}})
+
+
+# ------------------------------------------------------ 12. listen address and keep-alive
+
+
+def test_the_listen_address_is_a_setting() -> None:
+    assert merged_values("default")["settings"]["host"] == "0.0.0.0"
+    assert settings(render("default"))["FRAMEWORM_HOST"] == "0.0.0.0"
+    assert settings(render_values({"settings": {"host": "::"}}))["FRAMEWORM_HOST"] == "::"
+    assert settings(render_values({"settings": {"host": ""}}))["FRAMEWORM_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keep_alive"),
+    [
+        ({}, None),  # the app's default, 5 s
+        ({"ingress": {"enabled": True}}, "75"),  # above ingress-nginx's 60 s upstream keep-alive
+        ({"ingress": {"enabled": True}, "settings": {"keepAliveS": 120}}, "120"),
+        ({"settings": {"keepAliveS": 30.5}}, "30.5"),
+    ],
+)
+def test_the_keep_alive_outlasts_the_ingress_upstream_keep_alive(
+    overrides: dict[str, Any], keep_alive: str | None
+) -> None:
+    assert settings(render_values(overrides)).get("FRAMEWORM_KEEP_ALIVE_S") == keep_alive
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_every_values_set_with_an_ingress_keeps_connections_longer_than_nginx(
+    values_set: str,
+) -> None:
+    if merged_values(values_set)["ingress"]["enabled"]:
+        assert float(settings(render(values_set))["FRAMEWORM_KEEP_ALIVE_S"]) > 60

@@ -127,7 +127,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* "true" when the Secret carries an optional key: a chart-made value, or listed in
-     secrets.existingSecretKeys. Called with (list $ "key"). */}}
+     secrets.existingSecretKeys. The chart-made Secret always has a metrics-token (given, or
+     generated like the pepper). Called with (list $ "key"). */}}
 {{- define "frameworm.hasSecretKey" -}}
 {{- $root := index . 0 }}
 {{- $key := index . 1 }}
@@ -135,12 +136,65 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $s.existingSecret }}
 {{- if has $key $s.existingSecretKeys }}true{{ end }}
 {{- else }}
-{{- $fields := dict "metrics-token" $s.metricsToken "sentry-dsn" $s.sentryDsn "aws-credentials" $s.awsAccessKeyId "api-keys.json" $s.apiKeysFile "redis-url" $s.redisUrl }}
+{{- $fields := dict "metrics-token" true "sentry-dsn" $s.sentryDsn "aws-credentials" $s.awsAccessKeyId "api-keys.json" $s.apiKeysFile "redis-url" $s.redisUrl }}
 {{- if get $fields $key }}true{{ end }}
 {{- end }}
 {{- end }}
 
 {{- define "frameworm.secretsDir" -}}/var/run/secrets/frameworm{{- end }}
+
+{{/* The chart-made Secret's data (base64 values, as YAML). Values not given are taken from the
+     Secret already in the cluster (lookup), so they survive upgrades, else generated. It is
+     computed once per render and kept in .Values, so the Secret and the pod template's
+     checksum/secret (which restarts the pods when a value changes) see the same random values. */}}
+{{- define "frameworm.secretData" -}}
+{{- if not (hasKey .Values "_frameworm_secretData") }}
+{{- $name := include "frameworm.fullname" . }}
+{{- $previous := (lookup "v1" "Secret" .Release.Namespace $name).data | default dict }}
+{{- $s := .Values.secrets }}
+{{- $data := dict }}
+{{- $_ := set $data "api-key-pepper" ($s.apiKeyPepper | b64enc | default (get $previous "api-key-pepper") | default (randAlphaNum 64 | b64enc)) }}
+{{- $_ := set $data "bootstrap-api-key" ($s.bootstrapApiKey | b64enc | default (get $previous "bootstrap-api-key") | default (printf "fw_%s" (randAlphaNum 40) | b64enc)) }}
+{{- /* /metrics is public without a token once an Ingress routes / to the Service. */}}
+{{- $_ := set $data "metrics-token" ($s.metricsToken | b64enc | default (get $previous "metrics-token") | default (randAlphaNum 48 | b64enc)) }}
+{{- if .Values.redis.enabled }}
+{{- $_ := set $data "redis-url" (required "secrets.redisUrl is required with redis.enabled=true and the chart-made Secret (the pods read FRAMEWORM_REDIS_URL_FILE from its redis-url key); or set secrets.existingSecret to a Secret with a redis-url key" $s.redisUrl | b64enc) }}
+{{- else if $s.redisUrl }}
+{{- $_ := set $data "redis-url" ($s.redisUrl | b64enc) }}
+{{- end }}
+{{- with $s.sentryDsn }}
+{{- $_ := set $data "sentry-dsn" (. | b64enc) }}
+{{- end }}
+{{- with $s.apiKeysFile }}
+{{- $_ := set $data "api-keys.json" (. | b64enc) }}
+{{- end }}
+{{- if $s.awsAccessKeyId }}
+{{- $_ := set $data "aws-credentials" (printf "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" $s.awsAccessKeyId (required "secrets.awsSecretAccessKey is required with secrets.awsAccessKeyId" $s.awsSecretAccessKey) | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "_frameworm_secretData" (toYaml $data) }}
+{{- end }}
+{{- get .Values "_frameworm_secretData" }}
+{{- end }}
+
+{{/* With an Ingress routing / to the Service, /metrics is reachable from outside the cluster:
+     it must want a token. The chart-made Secret always has one; an existingSecret must list
+     metrics-token in existingSecretKeys, unless ingress.allowPublicMetrics says otherwise. */}}
+{{- define "frameworm.checkPublicMetrics" -}}
+{{- $i := .Values.ingress }}
+{{- if and $i.enabled (not $i.allowPublicMetrics) (not (include "frameworm.hasSecretKey" (list . "metrics-token"))) }}
+{{- fail (printf "ingress.enabled exposes /metrics without a token: secrets.existingSecret %q must carry a metrics-token key listed in secrets.existingSecretKeys (or set ingress.allowPublicMetrics=true to serve /metrics publicly)" .Values.secrets.existingSecret) }}
+{{- end }}
+{{- end }}
+
+{{/* A request admitted just before the listener closes must be able to finish within the
+     shutdown timeout, else the drain sheds it with 503. */}}
+{{- define "frameworm.checkShutdownCoversRequests" -}}
+{{- $requestMs := .Values.settings.requestTimeoutMs | default 10000 | int }}
+{{- $shutdownMs := mul (.Values.drain.shutdownTimeoutSeconds | int) 1000 }}
+{{- if lt $shutdownMs $requestMs }}
+{{- fail (printf "drain.shutdownTimeoutSeconds=%d is shorter than settings.requestTimeoutMs=%d: a request admitted just before the listener closes would be cut off by the drain. Set drain.shutdownTimeoutSeconds >= %d" (.Values.drain.shutdownTimeoutSeconds | int) $requestMs (div (add $requestMs 999) 1000)) }}
+{{- end }}
+{{- end }}
 
 {{/* Settings for the ConfigMap: values.settings in FRAMEWORM_* form, then what the chart derives. */}}
 {{- define "frameworm.environment" -}}
@@ -151,7 +205,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 {{- $secrets := include "frameworm.secretsDir" . }}
+{{- include "frameworm.checkPublicMetrics" . }}
+{{- include "frameworm.checkShutdownCoversRequests" . }}
+{{- if not (hasKey $env "FRAMEWORM_HOST") }}
 {{- $_ := set $env "FRAMEWORM_HOST" "0.0.0.0" }}
+{{- end }}
+{{- /* ingress-nginx keeps upstream connections 60 s: a shorter server keep-alive makes it reuse
+       connections the server has just closed (sporadic 502s). */}}
+{{- if and .Values.ingress.enabled (not (hasKey $env "FRAMEWORM_KEEP_ALIVE_S")) }}
+{{- $_ := set $env "FRAMEWORM_KEEP_ALIVE_S" "75" }}
+{{- end }}
 {{- $_ := set $env "FRAMEWORM_PORT" (toString .Values.port) }}
 {{- $_ := set $env "FRAMEWORM_REGISTRY" (include "frameworm.registryLocation" .) }}
 {{- $_ := set $env "FRAMEWORM_DEVICE" (ternary "cuda" .Values.device .Values.gpu.enabled) }}
@@ -233,6 +296,21 @@ seccompProfile:
     sizeLimit: {{ .Values.tmp.sizeLimit }}
 {{- end }}
 
+{{/* "true" when a container reads the registry from S3 (registry pull, or direct reads) and
+     so caches downloaded objects under XDG_CACHE_HOME. */}}
+{{- define "frameworm.s3Cache" -}}
+{{- if has .Values.registry.source (list "s3Pull" "s3") }}true{{ end }}
+{{- end }}
+
+{{- define "frameworm.cacheDir" -}}/var/cache/frameworm{{- end }}
+
+{{/* The S3 download cache: a volume of its own, not the small /tmp one. */}}
+{{- define "frameworm.cacheVolume" -}}
+- name: cache
+  emptyDir:
+    sizeLimit: {{ .Values.registry.emptyDirSizeLimit }}
+{{- end }}
+
 {{- define "frameworm.registryVolume" -}}
 {{- if eq .Values.registry.source "pvc" }}
 - name: registry
@@ -255,6 +333,10 @@ metadata:
     {{- end }}
   annotations:
     checksum/config: {{ include "frameworm.environment" . | sha256sum }}
+    {{- if not .Values.secrets.existingSecret }}
+    # The app reads its secrets at start only: a changed value must roll the pods.
+    checksum/secret: {{ include "frameworm.secretData" . | sha256sum }}
+    {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -278,8 +360,9 @@ spec:
       image: {{ include "frameworm.image" . }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       {{- if eq $source "image" }}
-      # The image's registry (seeded at build time) is copied into the writable volume.
-      command: ["cp", "-a", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
+      # The image's registry (seeded at build time) is copied into the writable volume. No -a:
+      # UID 10001 without capabilities may not set the times or mode of the root-owned emptyDir.
+      command: ["cp", "-R", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
       {{- else }}
       command: ["frameworm"]
       args: ["registry", "pull", "--all", "--from", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
@@ -289,16 +372,20 @@ spec:
       env:
         - name: FRAMEWORM_REGISTRY
           value: /mnt/registry
+        - name: XDG_CACHE_HOME
+          value: {{ include "frameworm.cacheDir" . }}
       {{- end }}
       securityContext:
         {{- include "frameworm.containerSecurityContext" . | nindent 8 }}
       resources:
-        requests: {cpu: 100m, memory: 128Mi}
-        limits: {cpu: "1", memory: 512Mi}
+        {{- toYaml .Values.registry.initResources | nindent 8 }}
       volumeMounts:
         - {name: registry, mountPath: /mnt/registry}
         - {name: tmp, mountPath: /tmp}
         - {name: secrets, mountPath: {{ include "frameworm.secretsDir" . }}, readOnly: true}
+        {{- if include "frameworm.s3Cache" . }}
+        - {name: cache, mountPath: {{ include "frameworm.cacheDir" . }}}
+        {{- end }}
   {{- end }}
   containers:
     - name: frameworm
@@ -312,6 +399,12 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "frameworm.fullname" . }}
+      {{- if eq $source "s3" }}
+      env:
+        # S3 objects are cached here (models/s3.py), not in the small /tmp volume.
+        - name: XDG_CACHE_HOME
+          value: {{ include "frameworm.cacheDir" . }}
+      {{- end }}
       {{- if eq (include "frameworm.drain.mode" .) "preStop" }}
       lifecycle:
         preStop:
@@ -343,11 +436,16 @@ spec:
         - {name: secrets, mountPath: {{ include "frameworm.secretsDir" . }}, readOnly: true}
         {{- if ne $source "s3" }}
         - {name: registry, mountPath: {{ .Values.registry.mountPath }}}
+        {{- else }}
+        - {name: cache, mountPath: {{ include "frameworm.cacheDir" . }}}
         {{- end }}
   volumes:
     {{- include "frameworm.tmpVolume" . | nindent 4 }}
     {{- include "frameworm.secretVolume" . | nindent 4 }}
     {{- include "frameworm.registryVolume" . | nindent 4 }}
+    {{- if include "frameworm.s3Cache" . }}
+    {{- include "frameworm.cacheVolume" . | nindent 4 }}
+    {{- end }}
   {{- $nodeSelector := merge (deepCopy .Values.nodeSelector) (ternary .Values.gpu.nodeSelector dict .Values.gpu.enabled) }}
   {{- with $nodeSelector }}
   nodeSelector:
