@@ -284,6 +284,10 @@ def supervise(settings: Settings, sock: socket.socket) -> int:
     try:
         for worker in workers:
             worker.start()
+        # Each worker was handed its own copy of the socket at spawn. Ours would keep the port
+        # accepting into the backlog after every worker has closed its listener in the drain:
+        # new connections would hang, then be reset, instead of being refused at once.
+        sock.close()
         log.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
         while any(w.is_alive() for w in workers):
             for worker in workers:

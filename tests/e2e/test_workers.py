@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -181,6 +182,33 @@ def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once(
     logs = server.logs()
     assert took < 30, logs
     assert "drain: closing the listener" not in logs, logs
+
+
+def test_once_the_workers_close_their_listeners_new_connections_are_refused(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    """As with one process: a load balancer retries a refused connection at once, while one
+    left in the backlog of a socket nobody accepts on hangs, then is reset."""
+    env = {
+        "FRAMEWORM_DRAIN_DELAY_S": "0.5",
+        "FRAMEWORM_BODY_TIMEOUT_S": "20",
+        "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "20",
+    }
+    server = launch(tmp_path, tiny_registry, env, options=["--workers", str(WORKERS)])
+    try:
+        wait_for_every_worker(server)
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            # Its body never comes: one worker stays in the drain, serving it.
+            slow.sendall(b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            wait_for_log(server, "drain: closing the listener", WORKERS)
+            time.sleep(0.5)
+            assert server.process.poll() is None  # still draining the slow request
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    finally:
+        stop(server)
 
 
 def wait_for_log(server: ServerProcess, text: str, count: int) -> None:
