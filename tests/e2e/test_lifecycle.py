@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +15,8 @@ import httpx
 
 from models.demo import seed_demo
 from models.registry import ModelRegistry
-from tests.support.server import ServerProcess, start_server
+from tests.support import free_port, skip_unless_ci
+from tests.support.server import FRAMEWORM, ServerProcess, server_env, start_server
 
 READY_WITHIN_S = 20.0
 
@@ -156,3 +160,35 @@ def test_a_taken_port_is_one_error_line_and_exit_1_not_the_model_s_exit_3(
     assert code == 1, logs
     assert f"cannot listen on 127.0.0.1:{port}" in logs
     assert "model ready" not in logs  # nothing started before the port was known to be free
+
+
+def test_as_pid_1_a_sigterm_during_start_up_exits(tmp_path: Path) -> None:
+    """A container without an init runs `frameworm` as PID 1, whose signals without a handler
+    the kernel ignores: a SIGTERM in the seconds of imports was lost and the pod ran on."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        skip_unless_ci("a PID namespace needs unshare and root (CI runs as root)")
+    process = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--mount-proc", FRAMEWORM, "serve"],
+        env=server_env(tmp_path / "registry", free_port()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    init: int | None = None
+    try:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split():
+            assert time.monotonic() < deadline, "unshare never started frameworm"
+            time.sleep(0.01)
+        init = int(children.read_text().split()[0])  # PID 1 inside its namespace
+        time.sleep(0.5)  # still importing
+        os.kill(init, signal.SIGTERM)
+        code = process.wait(15)
+    finally:
+        if process.poll() is None:
+            if init is not None:  # SIGKILL reaches a namespace's init; unshare would leave it
+                os.kill(init, signal.SIGKILL)
+            process.kill()
+            process.wait()
+    assert code == 128 + signal.SIGTERM
