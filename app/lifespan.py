@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,8 @@ class Lifecycle:
     model_failed: asyncio.Event = field(default_factory=asyncio.Event)
     batcher: DynamicBatcher | None = None
     host: ModelHost | None = None
+    # Called at the shutdown deadline with the batcher's close: each answers what it holds.
+    at_shutdown_deadline: list[Callable[[], Awaitable[int]]] = field(default_factory=list)
 
     @property
     def ever_ready(self) -> bool:
@@ -65,7 +67,10 @@ class Lifecycle:
 
     async def shed_stragglers(self) -> int:
         """The app-side shutdown deadline: answer everything still waiting with 503 now."""
-        return await self.batcher.close(timeout_s=0) if self.batcher else 0
+        shed = await self.batcher.close(timeout_s=0) if self.batcher else 0
+        for answer_waiting in self.at_shutdown_deadline:
+            shed += await answer_waiting()
+        return shed
 
 
 async def _load(

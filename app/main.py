@@ -51,7 +51,7 @@ class FramewormApp(FastAPI):
 
 
 def build_middleware(
-    settings: Settings, metrics: Metrics | None, tracing: Middleware | None
+    settings: Settings, metrics: Metrics | None, tracing: Middleware | None, lifecycle: Lifecycle
 ) -> list[Middleware]:
     """The middleware, in request order: the first here sees a request first."""
     public = PUBLIC_PATHS | ({"/docs", "/openapi.json"} if settings.enable_docs else set())
@@ -92,6 +92,7 @@ def build_middleware(
             max_concurrency=settings.max_concurrency,
             exempt_paths=QUIET_PATHS,
             metrics=metrics,
+            at_shutdown_deadline=lifecycle.at_shutdown_deadline,
         )
     )
     if not settings.rate_limit_enabled:
@@ -139,7 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if tracing is not None:
         # Spans are flushed in the drain, within a bound that fits the shutdown budget.
         app.state.lifecycle.shutdown.register_handler(lambda: shutdown_tracing(TRACE_FLUSH_S))
-    app.state.middleware = build_middleware(settings, app.state.metrics, tracing)
+    app.state.middleware = build_middleware(
+        settings, app.state.metrics, tracing, app.state.lifecycle
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(infer.router)

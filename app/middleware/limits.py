@@ -3,11 +3,17 @@
 The body cap is enforced while streaming: a Content-Length over the cap is refused before a
 byte is read, and a chunked body is counted as it arrives and refused the moment it passes the
 cap, so no oversized body is ever buffered whole.
+
+At the drain's shutdown deadline (`shed_open`), every request here whose response has not
+started is answered 503 `shutting-down`, as the batcher answers what it still queues: a body
+still arriving, or a request still being decoded, would otherwise run on until uvicorn cancels
+it and answers a bare 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +31,7 @@ class RequestLimitsMiddleware:
         max_concurrency: int,
         exempt_paths: frozenset[str] = frozenset(),
         metrics: Metrics | None = None,
+        at_shutdown_deadline: list[Callable[[], Awaitable[int]]] | None = None,
     ) -> None:
         if max_body_bytes < 1 or body_timeout_s <= 0 or max_concurrency < 1:
             raise ValueError("limits must be positive")
@@ -35,6 +42,9 @@ class RequestLimitsMiddleware:
         self.exempt_paths = exempt_paths  # probes: never refused for load
         self.metrics = metrics
         self.active = 0
+        self.open: set[_LimitedRequest] = set()
+        if at_shutdown_deadline is not None:
+            at_shutdown_deadline.append(self.shed_open)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -59,6 +69,7 @@ class RequestLimitsMiddleware:
 
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         responder = _LimitedRequest(self, scope, receive, send)
+        self.open.add(responder)
         try:
             await self.app(scope, responder.receive, responder.send)
         except Exception:
@@ -66,6 +77,15 @@ class RequestLimitsMiddleware:
             # client disconnect) is of no interest: the client already has its 413 or 408.
             if not responder.answered:
                 raise
+        finally:
+            self.open.discard(responder)
+
+    async def shed_open(self) -> int:
+        """The shutdown deadline: answer 503 to every open request not yet answering."""
+        waiting = [r for r in self.open if not r.response_started and not r.answered]
+        for responder in waiting:
+            await responder.shed()
+        return len(waiting)
 
     async def too_large(self, send: Send, scope: Scope) -> None:
         limit_mb = self.max_body_bytes / (1024 * 1024)
@@ -90,16 +110,23 @@ class _LimitedRequest:
         self.deadline = asyncio.get_running_loop().time() + limits.body_timeout_s
         self.response_started = False
         self.answered = False
+        self._receiving: asyncio.Timeout | None = None  # while waiting for the body
+        self._shed = False
 
     async def receive(self) -> Message:
         if self.answered:
             return {"type": "http.disconnect"}
         try:
-            async with asyncio.timeout_at(self.deadline):
+            async with asyncio.timeout_at(self.deadline) as self._receiving:
                 message = await self._receive()
         except TimeoutError:
-            await self._answer("request-timeout", "the request body arrived too slowly")
+            if self._shed:
+                await self._answer_shutting_down()
+            else:
+                await self._answer("request-timeout", "the request body arrived too slowly")
             return {"type": "http.disconnect"}
+        finally:
+            self._receiving = None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.limits.max_body_bytes:
@@ -114,12 +141,25 @@ class _LimitedRequest:
             self.response_started = True
         await self._send(message)
 
+    async def shed(self) -> None:
+        """Answered 503 now; a wait for the body ends as if its deadline had passed."""
+        if self._receiving is not None:
+            self._shed = True
+            self._receiving.reschedule(asyncio.get_running_loop().time())  # receive answers
+        else:
+            await self._answer_shutting_down()
+
+    async def _answer_shutting_down(self) -> None:
+        await self._answer("shutting-down", "the server is shutting down")
+
     async def _answer(self, code: str, detail: str) -> None:
         if self.response_started:
             return  # too late for a status; the app's response stands
         self.answered = True
         if code == "payload-too-large":
             await self.limits.too_large(self._send, self.scope)
+        elif code == "shutting-down":
+            await send_problem(self._send, self.scope, code, detail, retry_after(1))
         else:
             await send_problem(self._send, self.scope, code, detail)
 

@@ -8,7 +8,9 @@ asserted; timings are recorded as properties (`--junitxml` shows them), not asse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,3 +213,37 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(
         assert time.monotonic() - signalled < long_delay_s / 2
     assert draining.status_code == 200
     assert code == 0, server.logs()
+
+
+def test_a_body_still_arriving_at_the_shutdown_deadline_gets_a_503_problem_not_a_500(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    """Outside the batcher a straggler ran on until uvicorn cancelled it with a bare 500."""
+    env = {
+        "FRAMEWORM_DRAIN_DELAY_S": "0.5",
+        "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "1.5",
+        "FRAMEWORM_BODY_TIMEOUT_S": "60",
+    }
+    with running(tmp_path, tiny_registry, env) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            sock.setblocking(False)
+            answer, until = b"", time.monotonic() + 15
+            while b"\r\n\r\n" not in answer:  # trickle the body until the server answers
+                assert time.monotonic() < until, "no answer"
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(65536)
+                with contextlib.suppress(OSError):
+                    sock.send(b" ")
+                time.sleep(0.1)
+        code = server.process.wait(15)
+    logs = server.logs()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"application/problem+json" in answer and b"retry-after" in answer.lower()
+    assert code == 0, logs
+    assert "Exception in ASGI application" not in logs, logs

@@ -49,7 +49,12 @@ def fastapi_reading_the_body() -> FastAPI:
 
 
 async def call(
-    app: ASGIApp, chunks: list[bytes], *, content_length: int | None = None, pause_s: float = 0
+    app: ASGIApp,
+    chunks: list[bytes],
+    *,
+    content_length: int | None = None,
+    pause_s: float = 0,
+    path: str = "/infer",
 ) -> tuple[int, dict[str, str]]:
     headers = [(b"content-type", b"application/json")]
     if content_length is not None:
@@ -57,8 +62,8 @@ async def call(
     scope: Scope = {
         "type": "http",
         "method": "POST",
-        "path": "/infer",
-        "raw_path": b"/infer",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "headers": headers,
         "client": ("127.0.0.1", 1),
@@ -155,3 +160,43 @@ def test_past_the_concurrency_cap_a_request_is_503_with_retry_after() -> None:
 def test_non_positive_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         limited(echo_length, max_concurrency=0)
+
+
+def test_at_the_shutdown_deadline_every_request_not_yet_answering_gets_503() -> None:
+    """One waits for its body, one is busy in the app: both are answered 503 at once, and
+    what the busy app sends afterwards is dropped. One already answering is left alone."""
+    busy, answering = asyncio.Event(), asyncio.Event()
+    deadline_hooks: list[Callable[[], Awaitable[int]]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/answering":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            answering.set()
+            await asyncio.sleep(0.2)
+            await send({"type": "http.response.body", "body": b"done"})
+        elif scope["path"] == "/busy":
+            await receive()
+            busy.set()
+            await asyncio.sleep(0.2)  # decoding, say
+            await JSONResponse({"late": True})(scope, receive, send)
+        else:
+            await echo_length(scope, receive, send)
+
+    async def main() -> list[int]:
+        limits = RequestLimitsMiddleware(
+            app,
+            max_body_bytes=LIMIT,
+            body_timeout_s=30,
+            max_concurrency=8,
+            at_shutdown_deadline=deadline_hooks,
+        )
+        slow_body = asyncio.create_task(call(limits, [b"{", b"}"], pause_s=10))
+        in_app = asyncio.create_task(call(limits, [b"{}"], path="/busy"))
+        started = asyncio.create_task(call(limits, [b"{}"], path="/answering"))
+        await asyncio.wait_for(busy.wait(), 5)
+        await asyncio.wait_for(answering.wait(), 5)
+        assert [await hook() for hook in deadline_hooks] == [2]
+        results = await asyncio.wait_for(asyncio.gather(slow_body, in_app, started), 5)
+        return [status for status, _ in results]
+
+    assert asyncio.run(main()) == [503, 503, 200]
