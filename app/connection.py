@@ -10,6 +10,11 @@
   transport's buffer full) for `write_stall_s`, the connection is aborted: the request ends as
   a disconnect and its slot is free again.
 
+A client that goes away is noticed: the app hands `on_client_gone` a function for a request,
+and when the connection is lost (or aborted for a stalled write) before that request is
+answered, it is called (at once, if the client had gone before the app asked). The batcher
+uses it to drop a queued request, so that a client that gave up costs no forward pass.
+
 `frameworm serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` does not.
 """
 
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, MutableMapping
+from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -25,6 +32,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.errors import PROBLEM_CONTENT_TYPE, problem_body
 
 log = logging.getLogger("frameworm.connection")
+
+ON_CLIENT_GONE = "frameworm.on_client_gone"
+_GONE = object()  # in place of the function once the client has gone
+
+
+def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:
+    """Have `call` called when the request's client goes away: at once if it already has."""
+    if scope.get(ON_CLIENT_GONE) is _GONE:
+        call()
+    else:
+        scope[ON_CLIENT_GONE] = call
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -127,7 +145,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_stall()
+        self._clients_gone()
         super().connection_lost(exc)
+
+    def _clients_gone(self) -> None:
+        """Tell each request not yet answered that its client is gone (ON_CLIENT_GONE)."""
+        for cycle in self._open:
+            if cycle.response_complete:
+                continue
+            scope = cast(MutableMapping[str, Any], cycle.scope)
+            gone, scope[ON_CLIENT_GONE] = scope.get(ON_CLIENT_GONE), _GONE
+            if callable(gone):
+                gone()
 
     def _abort_stalled_write(self) -> None:
         self._stall = None
@@ -140,6 +169,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         for cycle in self._open:
             cycle.disconnected = True
             cycle.message_event.set()
+        self._clients_gone()
         self.transport.abort()  # close() would wait to flush what the client is not reading
 
     def _cancel_stall(self) -> None:

@@ -106,6 +106,16 @@ class _Pending:
     dispatched_ns: int = 0
 
 
+def _abandon(future: asyncio.Future[Served]) -> None:
+    if not future.done():
+        future.set_exception(Problem("client-closed-request", "the client went away"))
+
+
+def _abandoned(future: asyncio.Future[Served]) -> bool:
+    problem = None if future.cancelled() else future.exception()
+    return isinstance(problem, Problem) and problem.code == "client-closed-request"
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -193,10 +203,13 @@ class DynamicBatcher:
         deadline: float,
         *,
         client_deadline: bool = False,
+        on_abandon: Callable[[Callable[[], None]], None] | None = None,
     ) -> Served:
         """Queue one request's items; its outputs come back split along the batch dimension.
 
         `client_deadline`: the deadline is one the client chose, shorter than the server's.
+        `on_abandon` is handed a function that gives the request up (its client went away):
+        still queued, it never reaches the model.
         """
         now = time.monotonic()
         if self._closing:
@@ -229,6 +242,8 @@ class DynamicBatcher:
         if self._tracer is not None:
             pending.span = trace.get_current_span().get_span_context()
             pending.enqueued_ns = time.time_ns()
+        if on_abandon is not None:
+            on_abandon(lambda: _abandon(future))
         self._queue.append(pending)
         self._queued_items += items
         self._observer.queued(self._queued_items)
@@ -295,6 +310,8 @@ class DynamicBatcher:
             self._queue.popleft()
             self._queued_items -= head.items
             if head.future.done():  # the client gave up (deadline, disconnect)
+                if _abandoned(head.future):
+                    self._observer.shed("disconnected")
                 continue
             if head.deadline <= now:
                 self._observer.shed("deadline")

@@ -4,6 +4,7 @@ then the batcher."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -11,6 +12,7 @@ from typing import ParamSpec, TypeVar
 from fastapi import Request
 
 from app.config import Settings
+from app.connection import on_client_gone
 from app.inference.batcher import DynamicBatcher, Served
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
 from app.inference.codec import Decoded
@@ -74,6 +76,8 @@ async def run_inference(
         decoded.items,
         time.monotonic() + timeout_s,
         client_deadline=client_deadline,
+        # The connection calls it when the client goes away (app/connection.py).
+        on_abandon=functools.partial(on_client_gone, request.scope),
     )
     if cache is not None and key is not None and served.version == manifest.version:
         await cache.put(key, served.outputs)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from models.registry import ModelRegistry
 from tests.support.models import MODEL, register_slow
-from tests.support.process import Load, Outcome, running
+from tests.support.process import INFER_BODY, Load, Outcome, metric, running
 
 DEADLINE_S = 0.2
 CLIENTS = 32
@@ -118,3 +121,52 @@ def test_under_overload_admitted_requests_are_served_rather_than_timed_out(
 ) -> None:
     admitted = len(overload.with_status(200)) + len(overload.with_status(504))
     assert len(overload.with_status(504)) <= 0.1 * admitted
+
+
+def test_a_queued_request_whose_client_went_away_is_dropped_and_logged_499(
+    tmp_path: Path, slow_registry: Path
+) -> None:
+    """Clients that give up (their own timeout) must not cost the model a forward pass each."""
+    env = {"FRAMEWORM_MAX_BATCH_SIZE": "1", "FRAMEWORM_REQUEST_TIMEOUT_MS": "30000"}
+    body = json.dumps(INFER_BODY).encode()
+
+    def request(request_id: str) -> bytes:
+        return (
+            b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    with running(tmp_path, slow_registry, env) as server:
+        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+        try:
+            for sock in busy:  # about a second of forward passes, one item each
+                sock.sendall(request("busy"))
+            time.sleep(0.2)
+            for i in range(3):  # queued behind them; the clients go away at once
+                with socket.create_connection(("127.0.0.1", server.port)) as gone:
+                    gone.sendall(request(f"gone-{i}"))
+                    time.sleep(0.05)
+            for sock in busy:
+                sock.settimeout(30)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        finally:
+            for sock in busy:
+                sock.close()
+
+        async def counts() -> tuple[float, float]:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                shed = await metric(client, "frameworm_requests_shed_total", reason="disconnected")
+                return shed, await metric(client, "frameworm_batch_size_count")
+
+        shed, batches = asyncio.run(counts())
+        # Gone before the server read the body, a request ends there; gone once queued, it is
+        # dropped from the queue (counted as shed). Either way the model never runs it.
+        assert shed <= 3
+        assert batches == 10
+    statuses = {
+        entry["request_id"]: entry["status"]
+        for entry in (json.loads(line) for line in server.logs().splitlines() if "gone-" in line)
+        if "status" in entry
+    }
+    assert statuses == {"gone-0": 499, "gone-1": 499, "gone-2": 499}

@@ -440,3 +440,38 @@ def test_bad_bounds_are_refused(options: dict[str, Any]) -> None:
     settings.update(options)
     with pytest.raises(ValueError, match="must be"):
         DynamicBatcher(lambda: None, **settings)
+
+
+def test_a_queued_request_whose_client_went_away_never_reaches_the_model() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+    shed: list[str] = []
+
+    class Observer:
+        def queued(self, depth_items: int) -> None: ...
+
+        def admitted(self, change: int) -> None: ...
+
+        def shed(self, reason: str) -> None:
+            shed.append(reason)
+
+        def batch_done(self, *args: object, **kwargs: object) -> None: ...
+
+    async def main() -> None:
+        batcher = make_batcher(runner, observer=Observer())
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()  # the model is busy: the next request waits in the queue
+        gone: list[Callable[[], None]] = []
+        queued = asyncio.create_task(batcher.submit(items(2.0), 1, later(), on_abandon=gone.append))
+        await asyncio.sleep(0)
+        assert len(gone) == 1
+        gone[0]()  # the connection was lost
+        with pytest.raises(Problem, check=is_problem("client-closed-request")):
+            await queued
+        assert runner.gate is not None
+        runner.gate.set()
+        await in_flight
+        await batcher.close(1)
+
+    run(main)
+    assert [b[0].ravel().tolist() for b in runner.batches] == [[1.0]]
+    assert shed == ["disconnected"]
