@@ -221,6 +221,9 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
         loop="uvloop",
         # httptools, with a limit on the request head and on a write the client does not read.
         http=bounded_protocol(settings.max_header_kb * 1024, settings.write_stall_s),
+        # No WebSocket routes: an upgrade request is served as plain HTTP (404 or 405, with the
+        # security headers and the access log), not answered 403 bare by the WebSocket layer.
+        ws="none",
         lifespan="on",
         log_config=None,
         access_log=False,

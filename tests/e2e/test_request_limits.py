@@ -360,3 +360,18 @@ def test_a_head_just_under_the_limit_is_served(server: HardenedServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + pad + b"\r\n")
         assert read_status(sock)[0] == 200
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http_with_the_usual_headers(
+    server: HardenedServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /infer HTTP/1.1\r\nHost: test\r\n" + AUTH + b"Connection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        status, raw = read_status(sock)
+    assert status == 405, raw  # what GET /infer is, upgrade or not
+    assert b"x-content-type-options: nosniff" in raw.lower()
+    assert b"application/problem+json" in raw
