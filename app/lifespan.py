@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Send
 
 from app.config import Settings
 from app.inference.batcher import DynamicBatcher
@@ -149,3 +150,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await asyncio.to_thread(host.close)
         if gpu is not None:
             await asyncio.to_thread(gpu.stop)
+
+
+def quiet_forced_exit(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """The lifespan's channel, with a forced exit reported in one line.
+
+    A second signal makes uvicorn exit at once: it skips the lifespan shutdown and cancels the
+    lifespan task, which Starlette reports as a failed shutdown with the cancellation's
+    traceback, logged as an error. The exit was asked for; its one line says what it skipped.
+    """
+    cancelled = False
+
+    async def receive_noting_cancellation() -> Message:
+        nonlocal cancelled
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+
+    async def send_quietly(message: Message) -> None:
+        if cancelled and message["type"] == "lifespan.shutdown.failed":
+            log.warning("forced exit: the drain's hooks and the model release were skipped")
+            message = {"type": "lifespan.shutdown.failed", "message": ""}  # uvicorn logs none
+        await send(message)
+
+    return receive_noting_cancellation, send_quietly

@@ -9,13 +9,13 @@ import logging
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import health, infer, metrics, v2
 from app.api.direct import DirectRoutes
 from app.config import Settings
 from app.errors import install_error_handlers
-from app.lifespan import Lifecycle, lifespan
+from app.lifespan import Lifecycle, lifespan, quiet_forced_exit
 from app.middleware.auth import APIKeyMiddleware
 from app.middleware.context import RequestContextMiddleware
 from app.middleware.limits import RequestLimitsMiddleware
@@ -39,6 +39,11 @@ TRACE_FLUSH_S = 3.0
 
 
 class FramewormApp(FastAPI):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            receive, send = quiet_forced_exit(receive, send)
+        await super().__call__(scope, receive, send)
+
     def build_middleware_stack(self) -> ASGIApp:
         # Wrap Starlette's own error layer, so that even a 500 carries the request id and the
         # security headers, and is counted.

@@ -213,6 +213,9 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(
         assert time.monotonic() - signalled < long_delay_s / 2
     assert draining.status_code == 200
     assert code == 0, server.logs()
+    logs = server.logs()
+    assert "forced exit: the drain's hooks and the model release were skipped" in logs, logs
+    assert '"level":"error"' not in logs.replace(" ", ""), logs  # no traceback: it was asked for
 
 
 def test_a_body_still_arriving_at_the_shutdown_deadline_gets_a_503_problem_not_a_500(
