@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # TF32 on CUDA: faster float32 convolutions and matmuls, about 1e-3 relative error.
     cuda_tf32: bool = False
     seed_demo: bool = Field(default=True, description="seed the demo models into an empty registry")
+    # TorchScript carries code; its manifest's `trusted` flag is only as safe as write access
+    # to the registry, so a server loads it only when its operator says so too.
+    allow_torchscript: bool = False
     follow_stage: bool = False
     follow_interval_s: float = Field(default=5.0, gt=0)
     load_retries: int = Field(default=3, ge=1)

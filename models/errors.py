@@ -56,9 +56,21 @@ class IntegrityError(RegistryError):
         super().__init__(message)
 
 
+class CorruptObjectError(RegistryError, ValueError):
+    """A registry object (an index or a manifest) that does not parse, or whose content does not
+    match where it is stored: a manifest under a/1.0.0 that names b 2.0.0 would point at b's
+    artefact. The message names the key."""
+
+
 class ArtefactError(RegistryError):
     """An artefact that cannot be loaded safely or does not fit its signature."""
 
 
 class GoldenCheckError(RegistryError):
     """The model's output for a golden input is not the expected one."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one bounded line (torch's and pydantic's span many)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.export.pt2_archive._package import load_pt2
 
-from models.errors import ArtefactError
+from models.errors import ArtefactError, first_line
 from models.families import build_model
 from models.manifest import ModelManifest, Signature
 from models.tensors import FLOAT_DTYPES, TORCH_DTYPES, example_inputs, generate
@@ -120,6 +121,9 @@ def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device
     module = build_model(manifest.family, manifest.family_config)
     try:
         state = load_safetensors(data)
+    except SafetensorError as exc:  # not a safetensors file: "header too large", ...
+        raise ArtefactError(f"not a safetensors file: {first_line(exc)}") from None
+    try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise ArtefactError(
@@ -297,8 +301,3 @@ def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> 
                 raise ArtefactError(
                     f"output {spec.name!r} is {out.dtype}, the signature says {spec.dtype}"
                 )
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

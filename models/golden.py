@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.errors import GoldenCheckError, RegistryError
-from models.formats import LoadedModel, first_line
+from models.errors import GoldenCheckError, RegistryError, first_line
+from models.formats import LoadedModel
 from models.manifest import GoldenCheck, Signature
 from models.tensors import from_value, generate
 

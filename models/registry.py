@@ -22,16 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from models.errors import (
     ArtefactError,
     ConflictError,
+    CorruptObjectError,
     IntegrityError,
     InvalidNameError,
     ModelNotFoundError,
     StageError,
     VersionExistsError,
+    first_line,
 )
 from models.formats import LoadedModel, check_signature, load_model
 from models.golden import run_golden_checks
@@ -53,7 +55,7 @@ from models.stages import (
     move_alias,
     rollback_target,
 )
-from models.store import Store, open_store, sha256_bytes
+from models.store import Store, open_store, sha256_bytes, sha256_file
 
 # Index writes that only add (register) retry a lost compare-and-swap this many times.
 INDEX_ATTEMPTS = 5
@@ -61,7 +63,7 @@ INDEX_ATTEMPTS = 5
 
 class VerifyResult(BaseModel):
     name: str
-    version: str
+    version: str | None  # None: the model's index itself could not be read
     ok: bool
     detail: str
 
@@ -75,19 +77,35 @@ class ModelRegistry:
         return [name for name in self.store.list("") if self.store.read(f"{name}/index.json")]
 
     def index(self, name: str) -> ModelIndex:
-        raw = self.store.read(f"{check_name_safe(name)}/index.json")
+        key = f"{check_name_safe(name)}/index.json"
+        raw = self.store.read(key)
         if raw is None:
             raise ModelNotFoundError(name)
-        return ModelIndex.model_validate_json(raw)
+        return parse_index(raw, key, name)
 
     def manifest(self, name: str, version: str) -> ModelManifest:
         """The stored manifest, even of a version whose registration has not finished (which
-        copying between registries needs); `resolve` serves only registered versions."""
+        copying between registries needs); `resolve` serves only registered versions.
+
+        Refused (CorruptObjectError) unless it names the name and version it is stored under:
+        the artefact's key is built from the manifest, so an edited manifest could otherwise
+        point at another model's artefact, whose sha256 it would then also carry.
+        """
         check_version_safe(version)
-        raw = self.store.read(f"{check_name_safe(name)}/{version}/manifest.json")
+        key = f"{check_name_safe(name)}/{version}/manifest.json"
+        raw = self.store.read(key)
         if raw is None:
             raise ModelNotFoundError(name, version=version)
-        return ModelManifest.model_validate_json(raw)
+        try:
+            manifest = ModelManifest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"{key} is unreadable: {validation_message(exc)}") from None
+        if (manifest.name, manifest.version) != (name, version):
+            raise CorruptObjectError(
+                f"{key} names {manifest.name} {manifest.version}, not the version it is stored "
+                "as; refused (edited or copied by hand?)"
+            )
+        return manifest
 
     def resolve(
         self, name: str, stage: Stage = "production", version: str | None = None
@@ -131,15 +149,39 @@ class ModelRegistry:
             model.release()
         return manifest
 
+    def verify_artefact(self, manifest: ModelManifest) -> None:
+        """Raise IntegrityError unless the artefact's sha256 is the registered one.
+
+        Reads the file in chunks: checking a large artefact must not hold it in memory (a
+        restore runs in a small init container); `artefact_bytes` is for loading.
+        """
+        key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
+        try:
+            actual = sha256_file(self.store.local_path(key))
+        except FileNotFoundError:
+            raise IntegrityError(key, manifest.sha256, None) from None
+        if actual != manifest.sha256:
+            raise IntegrityError(key, manifest.sha256, actual)
+
     def verify(self, name: str, version: str | None = None) -> list[VerifyResult]:
-        index = self.index(name)
+        """One result per version. A version whose manifest or artefact is missing, unreadable
+        or tampered with is a failed result naming it, and the others are still checked; an
+        unreadable index is one failed result (version None)."""
+        try:
+            index = self.index(name)
+        except CorruptObjectError as exc:
+            return [VerifyResult(name=name, version=None, ok=False, detail=str(exc))]
         versions = [version] if version else index.versions
         results = []
         for v in versions:
             try:
-                self.artefact_bytes(self._registered_manifest(index, v))
+                self.verify_artefact(self._registered_manifest(index, v))
                 results.append(VerifyResult(name=name, version=v, ok=True, detail="sha256 ok"))
-            except IntegrityError as exc:
+            except (IntegrityError, CorruptObjectError, InvalidNameError) as exc:
+                results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
+            except ModelNotFoundError as exc:
+                if version is not None:
+                    raise  # the version asked for is not registered: not a damaged registry
                 results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
         return results
 
@@ -191,8 +233,8 @@ class ModelRegistry:
                 description=description,
                 metadata=metadata or {},
             )
-        except ValueError as exc:
-            raise ArtefactError(str(exc)) from None
+        except ValidationError as exc:
+            raise ArtefactError(validation_message(exc)) from None
         model = load_model(manifest, data, torch.device("cpu"))
         check_signature(model)
         run_golden_checks(model)
@@ -326,7 +368,7 @@ class ModelRegistry:
             raw = self.store.read(key)
             if raw is None and not create:
                 raise ModelNotFoundError(name)
-            index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=name)
+            index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
             if expected_revision is not None and index.revision != expected_revision:
                 raise ConflictError(
                     f"{name} is at revision {index.revision}, not {expected_revision}; "
@@ -354,3 +396,28 @@ def check_version_safe(version: str) -> str:
         return check_version(version)
     except ValueError as exc:
         raise InvalidNameError(str(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """pydantic's report (many lines, with a URL) as one line: the first field and its problem."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return first_line(exc)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+def parse_index(raw: bytes, key: str, name: str) -> ModelIndex:
+    """A stored index, refused unless it parses and names the model it is stored under."""
+    try:
+        index = ModelIndex.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptObjectError(f"{key} is unreadable: {validation_message(exc)}") from None
+    if index.name != name:
+        raise CorruptObjectError(
+            f"{key} names model {index.name!r}, not the model it is stored as; refused"
+        )
+    return index

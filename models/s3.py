@@ -221,6 +221,15 @@ class S3Store:
             meta.write_text(json.dumps({"etag": etag, "sha256": digest}), encoding="utf-8")
         return path
 
+    def forget_local_copy(self, key: str) -> None:
+        """Delete the cached copy of an object (and its ETag record), if there is one."""
+        path = self._cache.joinpath(*check_key(key).split("/"))
+        if not path.parent.is_dir():
+            return
+        with FileLock(str(path) + ".lock", timeout=300):
+            path.with_name(path.name + ".etag.json").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
     @staticmethod
     def _cached_copy_is_current(path: Path, meta: Path, etag: str) -> bool:
         try:

@@ -64,6 +64,11 @@ class Store(Protocol):
     def list(self, prefix: str) -> list[str]:
         """Names directly under a key prefix ("" for the root)."""
 
+    def forget_local_copy(self, key: str) -> None:
+        """Drop the local copy `local_path` made of a remote object (a no-op for local stores):
+        once an artefact is copied elsewhere, a cached copy would only hold a second full copy
+        of it on disk."""
+
 
 class LocalStore:
     """A directory. Compare-and-swap is a file lock around read-compare-rename."""
@@ -114,6 +119,9 @@ class LocalStore:
         if not path.is_file():
             raise FileNotFoundError(key)
         return path
+
+    def forget_local_copy(self, key: str) -> None:
+        """The file is the object itself: nothing to drop."""
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root

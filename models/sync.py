@@ -20,7 +20,7 @@ from typing import Literal
 
 from models.errors import ConflictError, IntegrityError, ModelNotFoundError, RegistryError
 from models.manifest import STAGES, ModelManifest, version_key
-from models.registry import INDEX_ATTEMPTS, ModelRegistry
+from models.registry import INDEX_ATTEMPTS, ModelRegistry, parse_index
 from models.stages import ModelIndex, StageEvent, default_actor
 from models.store import sha256_file
 
@@ -125,7 +125,7 @@ def _copy_version(
     if existing is not None:
         _check_same(existing, manifest, target)
         try:
-            target.artefact_bytes(existing)
+            target.verify_artefact(existing)
             return "present"
         except IntegrityError:
             pass  # an interrupted or damaged copy: send the artefact again
@@ -147,7 +147,11 @@ def _copy_version(
         existing = target.manifest(name, version)  # created meanwhile by another copy
         _check_same(existing, manifest, target)
     target.store.put_file(artefact_key, path)
-    target.artefact_bytes(target.manifest(name, version))  # raises IntegrityError on mismatch
+    # Hashed in chunks, never read whole: a pull must fit a small init container.
+    target.verify_artefact(target.manifest(name, version))  # IntegrityError on mismatch
+    # A remote source downloaded the artefact into its cache just for this copy: drop it, or a
+    # pull leaves a second full copy of every artefact on the disk.
+    source.store.forget_local_copy(artefact_key)
     return "copied" if existing is None else "repaired"
 
 
@@ -179,7 +183,8 @@ def _merge_index(
     key = f"{source_index.name}/index.json"
     for _ in range(INDEX_ATTEMPTS):
         raw = target.store.read(key)
-        index = ModelIndex.model_validate_json(raw) if raw else ModelIndex(name=source_index.name)
+        name = source_index.name
+        index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
         before = index.model_dump_json()
         _add_versions(index, versions, actor, reason)
         moves = _follow_stages(index, source_index, actor, reason) if stages else []

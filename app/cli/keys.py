@@ -13,20 +13,24 @@ import typer
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from app.production import APIKeyAuth
+from app.production.keys import MAX_EXPIRES_IN_S
 from app.production.keystore import KeyFileError, ReadOnlyKeyStoreError
 
 keys_app = typer.Typer(help="API keys: shown once at creation, stored only as a keyed hash.")
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """ "90d", "12h", "30m", "45s" -> seconds."""
+    """ "90d", "12h", "30m", "45s" -> seconds, at most 100 years."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         fail(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 90d)")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _SECONDS[match.group(2)]
+    if not 0 < seconds <= MAX_EXPIRES_IN_S:
+        fail(f"invalid duration {text!r}: must be above 0 and at most 100 years (36500d)")
+    return seconds
 
 
 @contextmanager
@@ -40,11 +44,12 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _when(seconds: float | None) -> str | None:
-    return (
-        None
-        if seconds is None
-        else datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-    )
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # past year 9999: a key from before the bound
+        return f"{seconds:.0f} (unix time)"
 
 
 @keys_app.command()

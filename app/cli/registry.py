@@ -13,6 +13,7 @@ from app.config import Settings
 from models.manifest import ArtefactFormat, GoldenCheck, Signature, Stage
 from models.registry import ModelRegistry
 from models.stages import rollback_target
+from models.store import LocalStore
 
 registry_app = typer.Typer(
     help="Model versions, stage aliases (staging, production) and their history.",
@@ -29,8 +30,18 @@ ActorOption = Annotated[str | None, typer.Option("--actor", help="Who does this 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
 
 
-def open_registry(location: str | None) -> ModelRegistry:
-    return ModelRegistry(location or Settings().registry)
+def open_registry(location: str | None, *, must_exist: bool = False) -> ModelRegistry:
+    """The registry at LOCATION (default FRAMEWORM_REGISTRY).
+
+    `must_exist` for commands that only read: a local registry that is not there is an error,
+    not an empty registry, or a mistyped path would pass `verify` as a clean backup. Writers
+    (register, a copy's target, the server) create it.
+    """
+    registry = ModelRegistry(location or Settings().registry)
+    store = registry.store
+    if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
+        fail(f"no registry at {store.url}: the directory does not exist")
+    return registry
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -103,7 +114,7 @@ def _format_from_suffix(path: Path) -> ArtefactFormat:
 def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
     """Every model with its versions and stages."""
     with errors_as_one_line():
-        reg = open_registry(registry)
+        reg = open_registry(registry, must_exist=True)
         rows = []
         for name in reg.list_models():
             index = reg.index(name)
@@ -121,7 +132,7 @@ def show(
 ) -> None:
     """A version's manifest (the production version's when VERSION is left out)."""
     with errors_as_one_line():
-        reg = open_registry(registry)
+        reg = open_registry(registry, must_exist=True)
         manifest = reg.resolve(name, version=version)
         data = manifest.model_dump(mode="json")
         data["status"] = reg.index(name).status(manifest.version)
@@ -215,7 +226,7 @@ def verify(
 ) -> None:
     """Recompute artefact sha256s; exit 1 when any does not match."""
     with errors_as_one_line():
-        reg = open_registry(registry)
+        reg = open_registry(registry, must_exist=True)
         names = [name] if name else reg.list_models()
         results = [r for n in names for r in reg.verify(n, version)]
         rows = [r.model_dump() for r in results]
@@ -228,7 +239,8 @@ def verify(
 def history(name: str, registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
     """Every registration and stage move of NAME, oldest first."""
     with errors_as_one_line():
-        rows = [e.model_dump(mode="json") for e in open_registry(registry).history(name)]
+        reg = open_registry(registry, must_exist=True)
+        rows = [e.model_dump(mode="json") for e in reg.history(name)]
         columns = ("at", "action", "stage", "from_version", "version", "actor", "reason")
         emit(rows, as_json, lambda: _table(rows, columns))
 

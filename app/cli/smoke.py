@@ -6,6 +6,7 @@ names the failing ones. Standard library HTTP only, so it runs from any image wi
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -47,7 +48,7 @@ class Answer:
 
 
 class Unreachable(Exception):
-    """No HTTP answer at all: refused, timed out, DNS, TLS."""
+    """No HTTP answer at all: refused, timed out, DNS, TLS, a port that does not speak HTTP."""
 
 
 class SmokeClient:
@@ -90,6 +91,12 @@ class SmokeClient:
             if isinstance(reason, socket.timeout | TimeoutError):
                 raise Unreachable(f"no answer within {self.timeout:g} s") from None
             raise Unreachable(f"unreachable: {reason}") from None
+        except http.client.HTTPException as exc:  # after OSError: RemoteDisconnected is both
+            # Something answered, but not in HTTP (an SSH or database port, a TLS port asked
+            # for http://): BadStatusLine, LineTooLong, IncompleteRead.
+            detail = str(exc).strip()[:80]
+            reason = f"{type(exc).__name__} {detail!r}" if detail else type(exc).__name__
+            raise Unreachable(f"not an HTTP answer: {reason}") from None
         return Answer(status, data, (time.perf_counter() - started) * 1000)
 
 

@@ -28,7 +28,7 @@ from app.inference.runner import (
     set_cuda_math,
     warmup_batch_sizes,
 )
-from models.errors import RegistryError
+from models.errors import ArtefactError, RegistryError
 from models.golden import run_golden_checks
 from models.manifest import ModelManifest
 from models.registry import ModelRegistry
@@ -153,6 +153,13 @@ class ModelHost:
         if manifest is None:
             manifest = self.registry.resolve(
                 self.settings.model, self.settings.stage, self.settings.model_version
+            )
+        if manifest.format == "torchscript" and not self.settings.allow_torchscript:
+            # Anyone who can write the registry can mark an artefact trusted; loading code is
+            # the operator's decision, per server.
+            raise ArtefactError(
+                f"{manifest.name} {manifest.version} is TorchScript, which carries code: "
+                "refused (set FRAMEWORM_ALLOW_TORCHSCRIPT=true to serve TorchScript)"
             )
         runner = ModelRunner(self.registry.load(manifest, self.device))  # sha256 verified
         try:

@@ -55,7 +55,13 @@ def _from_result(result: Any) -> HealthStatus:
         if callable(close):
             close()
         return HealthStatus(False, "async check: use the async API (ais_ready, areport)")
-    return HealthStatus(bool(result), "" if result else "check returned a falsy value")
+    try:
+        healthy = bool(result)
+    except Exception as exc:  # no truth value (a numpy array, a pandas Series): no verdict
+        return HealthStatus(
+            False, f"check returned a {type(result).__name__} with no truth value: {exc}"
+        )
+    return HealthStatus(healthy, "" if healthy else "check returned a falsy value")
 
 
 def _from_exception(name: str, exc: BaseException) -> HealthStatus:

@@ -38,6 +38,9 @@ FailureReason = Literal["missing", "malformed", "unknown", "bad_secret", "revoke
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
 _KEY = re.compile(r"([a-z][a-z0-9]{0,15})_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
 _MAX_TOKEN = 1024
+# A longer expiry is a typo, and past year 9999 no datetime can show it: one such record made
+# every listing of the keys fail.
+MAX_EXPIRES_IN_S = 36_500 * 86_400  # 100 years
 BOOTSTRAP_OWNER = "bootstrap"
 
 
@@ -155,8 +158,9 @@ class APIKeyAuth:
             raise ValueError(f"scopes must be a non-empty subset of {SCOPES}")
         if isinstance(expires_in, timedelta):
             expires_in = expires_in.total_seconds()
-        if expires_in is not None and expires_in <= 0:
-            raise ValueError("expires_in must be positive")
+        if expires_in is not None and not 0 < expires_in <= MAX_EXPIRES_IN_S:
+            # `not 0 < x`, so NaN is refused too.
+            raise ValueError("expires_in must be positive and at most 100 years (36500d)")
         if rate_limit is not None:
             parse_limit(rate_limit)  # ValueError when malformed
         now = time.time()

@@ -10,6 +10,12 @@ Two ways to drive it:
   state and return at once; a background thread waits for in-flight work, runs the hooks and
   then chains to the handler that was installed before (or the default action). A second
   signal during the drain chains at once.
+
+  A signal an asyncio loop took with `loop.add_signal_handler` (aiohttp, hypercorn) reaches the
+  loop through its wakeup fd whatever Python-level handler is installed, so replacing that
+  handler would not stop the loop's own shutdown. Called from a coroutine on that loop,
+  `start()` replaces the loop's callback instead (the loop's saved callback is the one chained
+  to after the drain); otherwise it refuses, saying how to drive the drain from the loop.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ ServerCallback = Callable[["GracefulShutdown"], None]
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LoopCallback = tuple[asyncio.AbstractEventLoop, Callable[..., Any], tuple[Any, ...]]
 
 _server_lock = threading.Lock()
 _server_callback: ServerCallback | None = None
@@ -114,6 +121,7 @@ class GracefulShutdown:
         self._handlers_started = False
         self._started = False
         self._previous: dict[int, SignalHandler] = {}
+        self._loop_previous: dict[int, LoopCallback] = {}
         self._drain_thread: threading.Thread | None = None
 
     # -- registration -------------------------------------------------------------------
@@ -253,13 +261,38 @@ class GracefulShutdown:
         if server is not None:
             server(self)
             return
-        if threading.current_thread() is not threading.main_thread():
+        try:
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError(
+                    "GracefulShutdown.start() needs the main thread without a server"
+                )
+            # Decide for every signal before touching any: a refusal changes nothing.
+            taken = {sig: _loop_callback(sig) for sig in SIGNALS}
+            for sig, callback in taken.items():
+                if callback is None and _is_loop_handler(signal.getsignal(sig)):
+                    raise RuntimeError(
+                        f"{signal.Signals(sig).name} is handled by an asyncio event loop "
+                        "(loop.add_signal_handler), which shuts down on it whatever handler "
+                        "start() installs: call start() from a coroutine running on that loop, "
+                        "or from the loop's own handler call begin(), await "
+                        "wait_for_inflight() and await run_handlers() before shutting down"
+                    )
+        except RuntimeError:
             with self._lock:
                 self._started = False
-            raise RuntimeError("GracefulShutdown.start() needs the main thread without a server")
-        for sig in SIGNALS:
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._on_signal)
+            raise
+        for sig, callback in taken.items():
+            if callback is not None:
+                self._loop_previous[sig] = callback
+                callback[0].add_signal_handler(sig, self._on_loop_signal, sig)
+            else:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+
+    def _on_loop_signal(self, signum: int) -> None:
+        # On the loop, in place of the callback it had: as _on_signal, but chaining goes back
+        # to that callback, on the loop.
+        self._on_signal(signum, None)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs on the main thread: only flip state and start the drain thread; waiting here
@@ -288,11 +321,22 @@ class GracefulShutdown:
         self.wait_for_inflight_blocking(self.timeout)
         self.run_handlers_blocking(self.handler_timeout)
         logger.info("drain finished in %.1fs", time.monotonic() - started)
+        taken = self._loop_previous.get(signum)
+        if taken is not None:
+            # The loop's own callback (its shutdown) runs on the loop, as the signal would have.
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                taken[0].call_soon_threadsafe(self._chain, signum, None)
+            return
         # Re-deliver to the main thread: the chained handler must run there (default SIGINT
         # raises KeyboardInterrupt in it), and our handler now sees the drain as done.
         signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
+        taken = self._loop_previous.get(signum)
+        if taken is not None:
+            _, callback, args = taken
+            callback(*args)
+            return
         previous = self._previous.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_IGN:
             return
@@ -309,5 +353,37 @@ class GracefulShutdown:
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+        for sig, (loop, callback, args) in self._loop_previous.items():
+            handle = getattr(loop, "_signal_handlers", {}).get(sig)
+            if not loop.is_closed() and getattr(handle, "_callback", None) == self._on_loop_signal:
+                loop.add_signal_handler(sig, callback, *args)
+        self._loop_previous.clear()
         with self._lock:
             self._started = False
+
+
+def _loop_callback(sig: int) -> LoopCallback | None:
+    """The running loop's callback for `sig` if it took the signal with add_signal_handler.
+
+    asyncio keeps no public record of it: its Unix loop holds a Handle per signal in
+    `_signal_handlers`. A loop that keeps them elsewhere (uvloop) gives None.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    handlers = getattr(loop, "_signal_handlers", None)
+    handle = handlers.get(sig) if isinstance(handlers, dict) else None
+    callback = getattr(handle, "_callback", None)
+    args = getattr(handle, "_args", None)
+    if handle is None or getattr(handle, "_cancelled", False) or not callable(callback):
+        return None
+    return loop, callback, tuple(args or ())
+
+
+def _is_loop_handler(handler: SignalHandler) -> bool:
+    """Whether the Python-level handler is an event loop's placeholder: the signal really goes
+    to that loop through its wakeup fd (asyncio's `_sighandler_noop`, uvloop's own method)."""
+    if getattr(handler, "__name__", None) == "_sighandler_noop":
+        return getattr(handler, "__module__", "").startswith("asyncio")
+    return isinstance(getattr(handler, "__self__", None), asyncio.AbstractEventLoop)

@@ -6,11 +6,14 @@ rule, never the value: request content does not reach error bodies or logs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
+
+from .hooks import is_async_callable
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,18 @@ def _size_bytes(value: Any) -> int | None:
     return None
 
 
+def _accepted(field: str, result: Any) -> bool:
+    """A custom validator's verdict. An awaitable is no verdict (a coroutine is always truthy,
+    so an async validator would pass everything): it fails, and is closed unawaited."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # no "coroutine was never awaited" warning
+        logger.warning("custom validator for %r returned an awaitable; the value fails", field)
+        return False
+    return bool(result)
+
+
 @dataclass(frozen=True)
 class Rule:
     field: str
@@ -98,7 +113,8 @@ class Rule:
             return "is not one of the allowed values"
         if self.custom_validator is not None:
             try:
-                accepted = bool(self.custom_validator(value))
+                result = self.custom_validator(value)
+                accepted = _accepted(self.field, result)
             except Exception as exc:  # a validator that raises rejects the value
                 logger.debug("custom validator for %r raised %s", self.field, type(exc).__name__)
                 accepted = False
@@ -189,6 +205,11 @@ class RequestValidator:
                 raise ValueError(f"rule for {field_name!r}: {name} must not be negative")
         if custom_validator is not None and not callable(custom_validator):
             raise TypeError(f"rule for {field_name!r}: custom_validator must be callable")
+        if custom_validator is not None and is_async_callable(custom_validator):
+            # validate() is synchronous: an async validator's coroutine is never run.
+            raise TypeError(
+                f"rule for {field_name!r}: custom_validator must be a plain function, not async"
+            )
         self._rules[field_name] = Rule(
             field=field_name,
             required=required,

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from models.errors import ArtefactError
+from models.errors import ArtefactError, first_line
 
 
 class FamilyBuilder(Protocol):
@@ -37,5 +37,7 @@ def build_model(family: str, config: dict[str, Any]) -> nn.Module:
     builder: FamilyBuilder = getattr(importlib.import_module(module_name), attr)
     try:
         return builder(**config)
-    except TypeError as exc:
-        raise ArtefactError(f"bad config for family {family!r}: {exc}") from None
+    # A config is data from the registry or the command line: torch and the builders refuse
+    # bad values with these (a negative size is a RuntimeError), never as a crash of the caller.
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError) as exc:
+        raise ArtefactError(f"bad config for family {family!r}: {first_line(exc)}") from None

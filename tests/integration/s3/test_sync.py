@@ -129,3 +129,48 @@ def test_the_cli_backup_and_restore_forms(s3_url: str, tmp_path: Path) -> None:
     assert json.loads(out)[0]["versions"] == [{"version": "1.0.0", "action": "copied"}]
     assert ModelRegistry(single).index("cnn-digits").aliases["production"] is None
     assert "present" in run("push", "cnn-digits", "--to", s3_url, registry=source)
+
+
+def _cached_artefacts(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("model.*") if not p.name.endswith(".lock"))
+
+
+def test_a_pull_from_s3_leaves_no_second_copy_of_the_artefacts_in_the_cache(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    push(local, ModelRegistry(s3_url), "tiny")
+    cache = tmp_path / "pull-cache"
+    source = ModelRegistry(S3Store(s3_url, cache_dir=cache))
+    target = ModelRegistry(tmp_path / "pulled")
+    report = pull(source, target, "tiny")
+    assert [c.action for c in report.versions] == ["copied", "copied"]
+    assert [r.ok for r in target.verify("tiny")] == [True, True]
+    assert _cached_artefacts(cache) == []
+    # The cache still works for loading (serving from S3) after its copy was dropped.
+    manifest = source.resolve("tiny", version="1.0.0")
+    assert len(source.artefact_bytes(manifest)) == manifest.size_bytes
+    assert _cached_artefacts(cache) == ["model.safetensors", "model.safetensors.etag.json"]
+
+
+def test_forgetting_an_object_that_was_never_cached_does_nothing(
+    s3_url: str, tmp_path: Path
+) -> None:
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    store.forget_local_copy("tiny/1.0.0/model.safetensors")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_cli_pull_drops_the_cached_copies(
+    local: ModelRegistry, s3_url: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    push(local, ModelRegistry(s3_url), "tiny")
+    cache = Path(s3_env["XDG_CACHE_HOME"])
+    for path in cache.rglob("model.*"):  # what the push's own check of the remote cached
+        path.unlink()
+    result = CliRunner().invoke(
+        cli,
+        ["registry", "pull", "tiny", "--from", s3_url],
+        env={"FRAMEWORM_REGISTRY": str(tmp_path / "pulled")},
+    )
+    assert result.exit_code == 0, result.output
+    assert _cached_artefacts(cache) == []

@@ -54,3 +54,33 @@ def test_a_development_server_refuses_a_corrupt_key_file_in_one_line(
     assert result.exit_code == 1, result.output
     [line] = result.output.splitlines()
     assert line.startswith(f"error: cannot read key file {keys}"), line
+
+
+@pytest.mark.parametrize("duration", ["99999999999999d", "36501d", "0d", "9" * 5000 + "s"])
+def test_an_expiry_beyond_a_hundred_years_or_none_at_all_is_refused_in_one_line(
+    keys: Path, duration: str
+) -> None:
+    code, output = frameworm("create", "bob", "--expires-in", duration)
+    assert code == 1
+    [line] = output.splitlines()
+    assert line.startswith("error: "), line
+    assert not keys.exists() or json.loads(keys.read_text())["keys"] == []
+    assert frameworm("list")[0] == 0
+
+
+def test_a_hundred_year_key_is_created_and_listed(keys: Path) -> None:
+    assert frameworm("create", "bob", "--expires-in", "36500d")[0] == 0
+    code, output = frameworm("list", "--json")
+    assert code == 0, output
+    [row] = json.loads(output)
+    assert row["expires"] is not None
+
+
+def test_a_key_file_holding_an_expiry_past_year_9999_still_lists(keys: Path) -> None:
+    assert frameworm("create", "bob")[0] == 0
+    data = json.loads(keys.read_text())
+    data["keys"][0]["expires"] = 1e16  # written before expiries were bounded
+    keys.write_text(json.dumps(data))
+    code, output = frameworm("list")
+    assert code == 0, output
+    assert "expires 10000000000000000 (unix time)" in output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,3 +185,34 @@ def test_zeros_request_sets_batch_one_and_bool_zeros() -> None:
     assert body == {
         "inputs": [{"name": "m", "datatype": "BOOL", "shape": [1, 3], "data": [False] * 3}]
     }
+
+
+def test_a_port_that_does_not_speak_http_fails_every_check_in_one_line_each() -> None:
+    # An SSH server's greeting is no HTTP status line: http.client raises BadStatusLine, which
+    # is no OSError.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def greet() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(cli, ["smoke", f"http://127.0.0.1:{port}", "--timeout", "2"])
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 7, lines
+    assert all(line.startswith("FAIL") for line in lines[:6]), lines
+    assert "FAIL  healthz         not an HTTP answer: BadStatusLine 'SSH-2.0-OpenSSH_9.6'" in lines
+    assert lines[6].startswith("error: smoke failed: healthz, readyz")

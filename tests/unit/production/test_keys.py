@@ -192,6 +192,10 @@ def test_list_keys_shows_records_without_secrets(auth: APIKeyAuth) -> None:
         {"user_id": "a", "scopes": ("root",)},
         {"user_id": "a", "scopes": ()},
         {"user_id": "a", "expires_in": 0},
+        {"user_id": "a", "expires_in": float("nan")},
+        {"user_id": "a", "expires_in": float("inf")},
+        {"user_id": "a", "expires_in": 36_501 * 86_400},
+        {"user_id": "a", "expires_in": 1e300},
         {"user_id": "a", "rate_limit": "lots"},
     ],
 )

@@ -378,3 +378,71 @@ def test_a_hook_that_closes_an_async_client_runs_on_the_servers_loop(
 
     assert asyncio.run(main()) == ["lambda", "callable"]
     assert caplog.records == []
+
+
+def test_start_refuses_a_signal_a_loop_took_when_it_cannot_take_over(
+    restore_signals: None,
+) -> None:
+    # The loop took SIGTERM, but start() runs outside it: no loop callback to replace, and a
+    # Python-level handler would not stop the loop's own shutdown.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        shutdown = GracefulShutdown()
+        with pytest.raises(RuntimeError, match=r"SIGTERM is handled by an asyncio event loop.*"):
+            shutdown.start()
+        # Nothing was changed, and a later start() may try again.
+        assert signal.getsignal(signal.SIGINT) is not shutdown._on_signal
+        loop.remove_signal_handler(signal.SIGTERM)
+        shutdown.start()
+        assert signal.getsignal(signal.SIGTERM) == shutdown._on_signal
+        shutdown.stop()
+    finally:
+        loop.close()
+
+
+def test_start_refuses_a_signal_uvloop_took(restore_signals: None) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    refused: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        try:
+            GracefulShutdown().start()
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    uvloop.run(main())
+    assert len(refused) == 1
+    assert "call begin(), await wait_for_inflight() and await run_handlers()" in refused[0]
+
+
+def test_start_on_the_loop_replaces_its_callback_and_stop_puts_it_back(
+    restore_signals: None,
+) -> None:
+    calls: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, calls.append, "loop")
+        shutdown = GracefulShutdown(timeout=5)
+        shutdown.register_handler(lambda: calls.append("hook"))
+        shutdown.start()
+        try:
+            signal.raise_signal(signal.SIGTERM)
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if "loop" in calls:
+                    break
+            assert calls == ["hook", "loop"]
+        finally:
+            shutdown.stop()
+        signal.raise_signal(signal.SIGTERM)  # the loop's own callback again, directly
+        await asyncio.sleep(0.05)
+        assert calls == ["hook", "loop", "loop"]
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    asyncio.run(main())

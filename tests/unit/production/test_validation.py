@@ -187,3 +187,34 @@ def test_allowed_values_never_match_a_bool_to_an_int_or_back(flag: bool) -> None
     assert errors_of(flags, {"on": int(flag)}) == [
         FieldError("on", "is not one of the allowed values")
     ]
+
+
+def test_an_async_custom_validator_is_refused_when_the_rule_is_added() -> None:
+    async def is_even(value: int) -> bool:
+        return value % 2 == 0
+
+    class AsyncCheck:
+        async def __call__(self, value: int) -> bool:
+            return True
+
+    for check in (is_even, AsyncCheck()):
+        with pytest.raises(TypeError, match="not async"):
+            RequestValidator().add_rule("n", custom_validator=check)  # type: ignore[arg-type]
+
+
+def test_a_custom_validator_returning_an_awaitable_fails_the_field_and_closes_it(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    created: list[Any] = []
+
+    async def verdict() -> bool:
+        return True
+
+    def sneaky(value: object) -> Any:  # a plain function handing back a coroutine
+        created.append(verdict())
+        return created[-1]
+
+    validator = RequestValidator().add_rule("n", custom_validator=sneaky)
+    assert errors_of(validator, {"n": 1}) == [FieldError("n", "failed validation")]
+    assert created[0].cr_frame is None  # closed, never awaited
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

@@ -1,0 +1,180 @@
+"""`frameworm registry` fails in one line, never a traceback, and never passes on a typo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
+
+
+def frameworm(registry: Path, *argv: str) -> tuple[int, list[str]]:
+    """Run the command; return its exit code and output lines, after checking it did not crash."""
+    result = CliRunner().invoke(cli, ["registry", *argv], env={"FRAMEWORM_REGISTRY": str(registry)})
+    # An exception escaping the command is what prints a traceback outside the test runner.
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+    return result.exit_code, result.output.splitlines()
+
+
+@pytest.fixture
+def signature(tmp_path: Path) -> Path:
+    path = tmp_path / "signature.json"
+    path.write_text(TINY_SIGNATURE.model_dump_json())
+    return path
+
+
+def register(tmp_path: Path, artefact: Path, *options: str) -> tuple[int, list[str]]:
+    return frameworm(tmp_path / "registry", "register", "m", "1.0.0", str(artefact), *options)
+
+
+@pytest.mark.parametrize(
+    ("family", "config", "message"),
+    [
+        (
+            "cnn",
+            {
+                "in_channels": 1,
+                "height": 8,
+                "width": 8,
+                "channels": [4],
+                "pool": [False],
+                "hidden": -1,
+                "classes": 3,
+                "softmax": False,
+            },
+            "error: bad config for family 'cnn': Trying to create tensor with negative dimension",
+        ),
+        ("mlp", {**TINY_CONFIG, "hidden": [-1]}, "error: bad config for family 'mlp': "),
+    ],
+    ids=["negative-hidden", "negative-layer"],
+)
+def test_a_family_config_the_constructor_refuses_fails_in_one_line(
+    tmp_path: Path, signature: Path, family: str, config: dict[str, object], message: str
+) -> None:
+    code, lines = register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        f"--family={family}",
+        f"--family-config={json.dumps(config)}",
+    )
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(message), lines[0]
+
+
+def test_a_file_that_is_not_safetensors_fails_in_one_line(tmp_path: Path, signature: Path) -> None:
+    artefact = tmp_path / "model.bin"
+    artefact.write_bytes(b"\xff" * 64)  # its first 8 bytes read as a huge header length
+    code, lines = register(
+        tmp_path,
+        artefact,
+        "--format=safetensors",
+        f"--signature={signature}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+    )
+    assert code == 1
+    assert lines == ["error: not a safetensors file: Error while deserializing: header too large"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--family=mlp", "--family-config=[1]"], "family_config: Input should be a valid dict"),
+        (
+            ["--family=mlp", f"--family-config={json.dumps(TINY_CONFIG)}", "--metadata=[1]"],
+            "metadata: Input should be a valid dict",
+        ),
+        (["--format=torchscript"], "TorchScript artefacts carry code: register them with trusted"),
+    ],
+    ids=["family-config", "metadata", "untrusted-torchscript"],
+)
+def test_a_manifest_field_refused_by_validation_is_named_in_one_line(
+    tmp_path: Path, signature: Path, options: list[str], message: str
+) -> None:
+    code, lines = register(
+        tmp_path, write_tiny_mlp(tmp_path / "m.safetensors"), f"--signature={signature}", *options
+    )
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines[0]
+    assert "pydantic" not in lines[0]
+
+
+@pytest.fixture
+def registry(tmp_path: Path, signature: Path) -> Path:
+    """A registry with m 1.0.0, 2.0.0 and 3.0.0, registered through the CLI."""
+    root = tmp_path / "registry"
+    for seed, version in enumerate(("1.0.0", "2.0.0", "3.0.0")):
+        code, lines = frameworm(
+            root,
+            "register",
+            "m",
+            version,
+            str(write_tiny_mlp(tmp_path / f"m{seed}.safetensors", seed=seed)),
+            f"--signature={signature}",
+            "--family=mlp",
+            f"--family-config={json.dumps(TINY_CONFIG)}",
+        )
+        assert code == 0, lines
+    return root
+
+
+def test_verify_names_a_broken_manifest_and_still_checks_the_rest(registry: Path) -> None:
+    (registry / "m" / "3.0.0" / "manifest.json").write_text("{broken")
+    code, lines = frameworm(registry, "verify", "--json")
+    assert code == 1
+    rows = {row["version"]: row for row in json.loads("\n".join(lines))}
+    assert rows["1.0.0"]["ok"] and rows["2.0.0"]["ok"]
+    assert not rows["3.0.0"]["ok"]
+    assert rows["3.0.0"]["detail"].startswith("m/3.0.0/manifest.json is unreadable")
+
+
+def test_verify_names_a_broken_index(registry: Path) -> None:
+    (registry / "m" / "index.json").write_text('{"name": "m", "versions": 3}')
+    code, lines = frameworm(registry, "verify")
+    assert code == 1
+    [_header, row] = lines
+    assert row.split()[:3] == ["m", "-", "False"]
+    assert "m/index.json is unreadable: versions: Input should be a valid array" in row
+
+
+@pytest.mark.parametrize("command", [["verify"], ["list"], ["show", "m"], ["history", "m"]])
+def test_read_commands_refuse_a_registry_directory_that_does_not_exist(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "regsitry"
+    code, lines = frameworm(missing, *command)
+    assert code == 1
+    assert lines == [f"error: no registry at {missing}: the directory does not exist"]
+    assert not missing.exists()
+
+
+def test_register_still_creates_a_new_registry(tmp_path: Path, signature: Path) -> None:
+    fresh = tmp_path / "new" / "registry"
+    code, lines = frameworm(
+        fresh,
+        "register",
+        "m",
+        "1.0.0",
+        str(write_tiny_mlp(tmp_path / "m.safetensors")),
+        f"--signature={signature}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+    )
+    assert code == 0, lines
+    assert frameworm(fresh, "list")[0] == 0
+    code, lines = frameworm(fresh, "verify")
+    assert code == 0
+    assert lines[1].split()[:3] == ["m", "1.0.0", "True"]
+
+
+def test_an_empty_existing_registry_lists_none(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert frameworm(tmp_path / "empty", "list") == (0, ["(none)"])
+    assert frameworm(tmp_path / "empty", "verify") == (0, ["(none)"])
