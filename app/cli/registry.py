@@ -33,9 +33,10 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why, for the histor
 def open_registry(location: str | None, *, must_exist: bool = False) -> ModelRegistry:
     """The registry at LOCATION (default FRAMEWORM_REGISTRY).
 
-    `must_exist` for commands that only read: a local registry that is not there is an error,
-    not an empty registry, or a mistyped path would pass `verify` as a clean backup. Writers
-    (register, a copy's target, the server) create it.
+    `must_exist` for commands that only read (a copy's source too): a local registry that is
+    not there is an error, not an empty registry, or a mistyped path would pass `verify` as a
+    clean backup, or a restore as an empty one. Writers (register, a copy's target, the server)
+    create it.
     """
     registry = ModelRegistry(location or Settings().registry)
     store = registry.store
@@ -308,7 +309,7 @@ def push(
     """Copy versions of NAME (or --all models) from --registry to --to, sha256-verified."""
     with errors_as_one_line():
         _copy(
-            open_registry(registry),
+            open_registry(registry, must_exist=True),
             ModelRegistry(to),
             name,
             version,
@@ -335,7 +336,7 @@ def pull(
     """Copy versions of NAME (or --all models) from --from into --registry, sha256-verified."""
     with errors_as_one_line():
         _copy(
-            ModelRegistry(source),
+            open_registry(source, must_exist=True),
             open_registry(registry),
             name,
             version,

@@ -25,6 +25,8 @@ def test_copy_commands_refuse_ambiguous_or_empty_requests(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
     here, other = tmp_path / "here", tmp_path / "other"
+    here.mkdir()
+    other.mkdir()
     argv = [a.format(here=here, other=other) for a in args]
     result = CliRunner().invoke(cli, ["registry", *argv], env={"FRAMEWORM_REGISTRY": str(here)})
     assert result.exit_code == 1
@@ -32,6 +34,7 @@ def test_copy_commands_refuse_ambiguous_or_empty_requests(
 
 
 def test_copying_an_empty_registry_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(
         cli,
         ["registry", "push", "--all", "--to", str(tmp_path / "backup")],
@@ -39,3 +42,19 @@ def test_copying_an_empty_registry_says_so(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "(no models)"
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_a_source_directory_that_does_not_exist_is_an_error_not_an_empty_copy(
+    command: str, tmp_path: Path
+) -> None:
+    """A mistyped path must not pass as an empty backup or an empty restore."""
+    here, missing = tmp_path / "here", tmp_path / "typo"
+    here.mkdir()
+    if command == "push":
+        argv, env = ["push", "--all", "--to", str(here)], {"FRAMEWORM_REGISTRY": str(missing)}
+    else:
+        argv, env = ["pull", "--all", "--from", str(missing)], {"FRAMEWORM_REGISTRY": str(here)}
+    result = CliRunner().invoke(cli, ["registry", *argv], env=env)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: no registry at {missing}: the directory does not exist"
