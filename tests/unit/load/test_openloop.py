@@ -94,7 +94,9 @@ def test_fixed_rate_over_keep_alive_connections() -> None:
     assert (s.scheduled, s.ok, s.errors, s.timeouts, dict(s.non2xx)) == (200, 200, 0, 0, {})
     assert tiny.requests == 200 and tiny.bodies[0] == b'{"x": 1}'
     assert tiny.connections == run.connects == 8  # kept alive, never reopened
-    assert s.achieved_rps == pytest.approx(400, rel=0.05)
+    # Never above the offered rate; the slack below is for responses a loaded machine delays
+    # past the window's end (5% is the last 25 ms of sends).
+    assert 0.8 * 400 <= s.achieved_rps <= 400
     assert 0 < s.latency.p50_us < 50_000 and s.latency.count == 200
     assert 0.5 <= run.wall_s < 1.5
 
