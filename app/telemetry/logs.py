@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import re
@@ -66,7 +67,7 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     and the writer thread writes them together: every `interval_s`, at once past `max_pending`
     lines or for a warning or worse, and on `close()` (logging's exit hook calls it).
 
-    The thread that logs (the event loop, for access lines) only appends to a list. It never
+    The thread that logs (the event loop, for access lines) only appends to a deque. It never
     writes, so a stdout nobody reads (a stalled pipe, a full disk) cannot stop the server: the
     writer blocks instead, and past `max_pending` x DROP_FACTOR waiting lines new ones are
     dropped and counted, and the count is logged once lines flow again. A line the stream cannot
@@ -84,9 +85,14 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         max_pending: int = MAX_PENDING_LINES,
     ) -> None:
         super().__init__(stream)
-        self._pending: list[str] = []
+        # Appended to by any thread, emptied by the one writing: deque's append and popleft are
+        # atomic, so taking a batch needs no lock that a logging thread could hold. (logging's
+        # exit hook calls flush and close holding the handler's lock: a writer that then
+        # waited for it while holding _write_lock deadlocked the process's exit.)
+        self._pending: collections.deque[str] = collections.deque()
         self._max_pending = max_pending
         self._dropped = 0
+        self._dropped_lock = threading.Lock()  # held alone, never while taking another
         self._write_lock = threading.Lock()  # one batch at a time reaches the stream
         self._wake = threading.Event()
         self._closing = False
@@ -98,13 +104,13 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str) -> None:
         """A line formatted elsewhere (see `log_fields`), written with the next batch."""
-        with self.lock or contextlib.nullcontext():
-            if len(self._pending) >= self._max_pending * self.DROP_FACTOR:
+        pending = self._pending
+        if len(pending) >= self._max_pending * self.DROP_FACTOR:
+            with self._dropped_lock:
                 self._dropped += 1  # the writer is stuck: keep memory bounded
-                return
-            self._pending.append(line)
-            full = len(self._pending) >= self._max_pending
-        if full:
+            return
+        pending.append(line)
+        if len(pending) >= self._max_pending:
             self._wake.set()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -127,8 +133,11 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
     def _take(self) -> tuple[list[str], int]:
-        with self.lock or contextlib.nullcontext():
-            lines, self._pending = self._pending, []
+        """The lines waiting, oldest first (only the thread holding _write_lock takes)."""
+        pending, lines = self._pending, []
+        while pending:
+            lines.append(pending.popleft())
+        with self._dropped_lock:
             dropped, self._dropped = self._dropped, 0
         return lines, dropped
 

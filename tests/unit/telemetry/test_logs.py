@@ -157,6 +157,29 @@ def test_a_stuck_stream_never_blocks_the_logging_thread_and_drops_are_reported()
     assert dropped["message"] == "25 log line(s) dropped: the log stream was not taking them"
 
 
+def test_logging_s_exit_hook_cannot_deadlock_with_the_writer() -> None:
+    """logging.shutdown flushes and closes each handler holding the handler's lock. A writer
+    that had started a batch then waited for that lock, and the exit hung for good."""
+    stream = CountingStream()
+    handler = BatchedStreamHandler(stream, interval_s=3600, max_pending=1)
+
+    def exit_hook() -> None:  # what logging.shutdown does with each handler
+        handler.acquire()
+        try:
+            handler.write_line("last")  # wakes the writer, which starts a batch
+            time.sleep(0.2)
+            handler.flush()
+            handler.close()
+        finally:
+            handler.release()
+
+    exiting = threading.Thread(target=exit_hook, daemon=True)
+    exiting.start()
+    exiting.join(5)
+    assert not exiting.is_alive(), "the exit hook and the writer deadlocked"
+    assert stream.getvalue() == "last\n"
+
+
 def test_a_line_the_stream_cannot_encode_is_escaped_and_the_batch_survives() -> None:
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
