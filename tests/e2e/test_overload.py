@@ -123,11 +123,25 @@ def test_under_overload_admitted_requests_are_served_rather_than_timed_out(
     assert len(overload.with_status(504)) <= 0.1 * admitted
 
 
+BUSY = 20
+
+
+def scrape_queue_depth(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("frameworm_queue_depth"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_queued_request_whose_client_went_away_is_dropped_and_logged_499(
     tmp_path: Path, slow_registry: Path
 ) -> None:
     """Clients that give up (their own timeout) must not cost the model a forward pass each."""
-    env = {"FRAMEWORM_MAX_BATCH_SIZE": "1", "FRAMEWORM_REQUEST_TIMEOUT_MS": "30000"}
+    env = {
+        "FRAMEWORM_MAX_BATCH_SIZE": "1",
+        "FRAMEWORM_REQUEST_TIMEOUT_MS": "30000",
+        "FRAMEWORM_TORCH_THREADS": "1",
+    }
     body = json.dumps(INFER_BODY).encode()
 
     def request(request_id: str) -> bytes:
@@ -138,11 +152,15 @@ def test_a_queued_request_whose_client_went_away_is_dropped_and_logged_499(
         )
 
     with running(tmp_path, slow_registry, env) as server:
-        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(BUSY)]
         try:
-            for sock in busy:  # about a second of forward passes, one item each
+            for sock in busy:  # about two seconds of forward passes, one item each
                 sock.sendall(request("busy"))
-            time.sleep(0.2)
+            with httpx.Client(base_url=server.url) as client:
+                deadline = time.monotonic() + 10
+                while scrape_queue_depth(client) < BUSY // 2:  # the model is busy for a while
+                    assert time.monotonic() < deadline, "the busy requests never queued"
+                    time.sleep(0.02)
             for i in range(3):  # queued behind them; the clients go away at once
                 with socket.create_connection(("127.0.0.1", server.port)) as gone:
                     gone.sendall(request(f"gone-{i}"))
@@ -163,7 +181,7 @@ def test_a_queued_request_whose_client_went_away_is_dropped_and_logged_499(
         # Gone before the server read the body, a request ends there; gone once queued, it is
         # dropped from the queue (counted as shed). Either way the model never runs it.
         assert shed <= 3
-        assert batches == 10
+        assert batches == BUSY
     statuses = {
         entry["request_id"]: entry["status"]
         for entry in (json.loads(line) for line in server.logs().splitlines() if "gone-" in line)
