@@ -38,11 +38,20 @@ _GONE = object()  # in place of the function once the client has gone
 
 
 def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:
-    """Have `call` called when the request's client goes away: at once if it already has."""
+    """Have `call` called when the request's client goes away: at once if it already has.
+
+    Call `forget_client_gone` once the answer is there: uvicorn keeps a keep-alive
+    connection's last scope until its next request, and `call` may hold on to the answer.
+    """
     if scope.get(ON_CLIENT_GONE) is _GONE:
         call()
     else:
         scope[ON_CLIENT_GONE] = call
+
+
+def forget_client_gone(scope: MutableMapping[str, Any]) -> None:
+    if scope.get(ON_CLIENT_GONE) is not _GONE:
+        scope.pop(ON_CLIENT_GONE, None)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -71,6 +80,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # Serving no WebSockets (ws="none") is deliberate: an upgrade request is plain HTTP.
+        # uvicorn would log two warnings per such request, one of them wrong.
+        log.debug("an upgrade request served as plain HTTP", extra=self._who())
 
     def on_headers_complete(self) -> None:
         # A head that ends in the chunk it started in (up to uvloop's 256 KB read) never

@@ -66,12 +66,18 @@ class Lifecycle:
             other.begin()
         return self.shutdown.begin()
 
-    async def shed_stragglers(self) -> int:
-        """The app-side shutdown deadline: answer everything still waiting with 503 now."""
-        shed = await self.batcher.close(timeout_s=0) if self.batcher else 0
+    async def shed_stragglers(self) -> tuple[int, int]:
+        """The app-side shutdown deadline: answer everything still waiting with 503 now.
+
+        Returns the batcher's queued items, then the other requests answered (a body still
+        arriving, a request being decoded).
+        """
+        items = await self.batcher.close(timeout_s=0) if self.batcher else 0
+        await asyncio.sleep(0)  # the requests just failed answer themselves: not counted again
+        requests = 0
         for answer_waiting in self.at_shutdown_deadline:
-            shed += await answer_waiting()
-        return shed
+            requests += await answer_waiting()
+        return items, requests
 
 
 async def _load(

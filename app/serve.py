@@ -119,9 +119,13 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def _shed_stragglers(self) -> None:
-        shed = await self.lifecycle.shed_stragglers()
-        if shed:
-            log.warning("shutdown deadline: answered %d waiting item(s) with 503", shed)
+        items, requests = await self.lifecycle.shed_stragglers()
+        if items or requests:
+            log.warning(
+                "shutdown deadline: answered %d queued item(s) and %d other request(s) with 503",
+                items,
+                requests,
+            )
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()

@@ -384,10 +384,12 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
                 outcomes.append((pending, True))
-            elif not pending.future.cancelled() and not pending.client_deadline:
+            elif not (
+                pending.future.cancelled() or _abandoned(pending.future) or pending.client_deadline
+            ):
                 # Answered 504 while its batch ran: late, which rollout health counts against
-                # the version. A cancelled one (the client went away) says nothing about it,
-                # nor does one that missed a deadline shorter than the server's.
+                # the version. One whose client went away says nothing about it, nor does one
+                # that missed a deadline shorter than the server's.
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
 

@@ -12,7 +12,7 @@ from typing import ParamSpec, TypeVar
 from fastapi import Request
 
 from app.config import Settings
-from app.connection import on_client_gone
+from app.connection import forget_client_gone, on_client_gone
 from app.inference.batcher import DynamicBatcher, Served
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
 from app.inference.codec import Decoded
@@ -71,14 +71,17 @@ async def run_inference(
             served = Served(outputs, manifest.version)
             request.state.served_model, request.state.served_version = manifest.name, served.version
             return served
-    served = await batcher.submit(
-        decoded.arrays,
-        decoded.items,
-        time.monotonic() + timeout_s,
-        client_deadline=client_deadline,
-        # The connection calls it when the client goes away (app/connection.py).
-        on_abandon=functools.partial(on_client_gone, request.scope),
-    )
+    try:
+        served = await batcher.submit(
+            decoded.arrays,
+            decoded.items,
+            time.monotonic() + timeout_s,
+            client_deadline=client_deadline,
+            # The connection calls it when the client goes away (app/connection.py).
+            on_abandon=functools.partial(on_client_gone, request.scope),
+        )
+    finally:
+        forget_client_gone(request.scope)
     if cache is not None and key is not None and served.version == manifest.version:
         await cache.put(key, served.outputs)
     request.state.served_model, request.state.served_version = manifest.name, served.version

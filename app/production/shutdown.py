@@ -14,8 +14,9 @@ Two ways to drive it:
   A signal an asyncio loop took with `loop.add_signal_handler` (aiohttp, hypercorn) reaches the
   loop through its wakeup fd whatever Python-level handler is installed, so replacing that
   handler would not stop the loop's own shutdown. Called from a coroutine on that loop,
-  `start()` replaces the loop's callback instead (the loop's saved callback is the one chained
-  to after the drain); otherwise it refuses, saying how to drive the drain from the loop.
+  `start()` replaces the loop's callback instead: the drain runs as a task on that loop (async
+  hooks run where the service's objects live), then the loop's saved callback, once; a second
+  signal calls it at once. Elsewhere it refuses, saying how to drive the drain from the loop.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class GracefulShutdown:
         self._started = False
         self._previous: dict[int, SignalHandler] = {}
         self._loop_previous: dict[int, LoopCallback] = {}
+        self._loop_drain: asyncio.Task[None] | None = None  # referenced until done
+        self._loop_chained = False
         self._drain_thread: threading.Thread | None = None
 
     # -- registration -------------------------------------------------------------------
@@ -290,9 +293,29 @@ class GracefulShutdown:
                 signal.signal(sig, self._on_signal)
 
     def _on_loop_signal(self, signum: int) -> None:
-        # On the loop, in place of the callback it had: as _on_signal, but chaining goes back
-        # to that callback, on the loop.
-        self._on_signal(signum, None)
+        # On the loop, in place of the callback it had. The drain is a task on that loop, so
+        # async hooks run where the service's objects live; the loop's own callback (its
+        # shutdown) follows it, once, or at once on a second signal.
+        if self._loop_drain is not None:
+            self._chain_loop_once(signum)
+            return
+        self.begin()
+        logger.info("received %s; draining", signal.Signals(signum).name)
+        self._loop_drain = asyncio.get_running_loop().create_task(self._drain_on_loop(signum))
+
+    async def _drain_on_loop(self, signum: int) -> None:
+        started = time.monotonic()
+        await self.wait_for_inflight(self.timeout)
+        await self.run_handlers(self.handler_timeout)
+        logger.info("drain finished in %.1fs", time.monotonic() - started)
+        self._chain_loop_once(signum)
+
+    def _chain_loop_once(self, signum: int) -> None:
+        if self._loop_chained:
+            return
+        self._loop_chained = True
+        _, callback, args = self._loop_previous[signum]
+        callback(*args)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs on the main thread: only flip state and start the drain thread; waiting here
@@ -321,22 +344,11 @@ class GracefulShutdown:
         self.wait_for_inflight_blocking(self.timeout)
         self.run_handlers_blocking(self.handler_timeout)
         logger.info("drain finished in %.1fs", time.monotonic() - started)
-        taken = self._loop_previous.get(signum)
-        if taken is not None:
-            # The loop's own callback (its shutdown) runs on the loop, as the signal would have.
-            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
-                taken[0].call_soon_threadsafe(self._chain, signum, None)
-            return
         # Re-deliver to the main thread: the chained handler must run there (default SIGINT
         # raises KeyboardInterrupt in it), and our handler now sees the drain as done.
         signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
-        taken = self._loop_previous.get(signum)
-        if taken is not None:
-            _, callback, args = taken
-            callback(*args)
-            return
         previous = self._previous.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_IGN:
             return
@@ -358,6 +370,7 @@ class GracefulShutdown:
             if not loop.is_closed() and getattr(handle, "_callback", None) == self._on_loop_signal:
                 loop.add_signal_handler(sig, callback, *args)
         self._loop_previous.clear()
+        self._loop_drain, self._loop_chained = None, False
         with self._lock:
             self._started = False
 

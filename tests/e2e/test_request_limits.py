@@ -375,3 +375,6 @@ def test_a_websocket_upgrade_is_answered_as_plain_http_with_the_usual_headers(
     assert status == 405, raw  # what GET /infer is, upgrade or not
     assert b"x-content-type-options: nosniff" in raw.lower()
     assert b"application/problem+json" in raw
+    # Deliberate, so not warned about (uvicorn logged two warnings, one of them wrong).
+    assert "Unsupported upgrade request" not in server.logs()
+    assert "No supported WebSocket library" not in server.logs()

@@ -446,3 +446,43 @@ def test_start_on_the_loop_replaces_its_callback_and_stop_puts_it_back(
         loop.remove_signal_handler(signal.SIGTERM)
 
     asyncio.run(main())
+
+
+def test_taking_over_a_loop_s_signal_runs_async_hooks_on_that_loop_and_chains_once(
+    restore_signals: None,
+) -> None:
+    """An aiohttp-style hook awaits the service's own tasks: it must run on the service's
+    loop. A second signal calls the loop's shutdown at once, and the drain's end not again."""
+    calls: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker = asyncio.create_task(asyncio.sleep(60))
+        loop.add_signal_handler(signal.SIGTERM, calls.append, "loop")
+        shutdown = GracefulShutdown(timeout=5)
+
+        @shutdown.on_shutdown
+        async def stop_worker() -> None:
+            assert asyncio.get_running_loop() is loop
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)  # the service's own task
+            calls.append("hook")
+
+        shutdown.start()
+        try:
+            with shutdown.track_request():
+                signal.raise_signal(signal.SIGTERM)
+                await asyncio.sleep(0.05)
+                signal.raise_signal(signal.SIGTERM)  # impatient: the loop's shutdown now
+                await asyncio.sleep(0.05)
+                assert calls == ["loop"]
+            for _ in range(200):  # the tracked work is done: the drain runs the hook
+                await asyncio.sleep(0.01)
+                if "hook" in calls:
+                    break
+            await asyncio.sleep(0.05)
+            assert calls == ["loop", "hook"]  # not the loop's callback a second time
+        finally:
+            shutdown.stop()
+
+    asyncio.run(main())

@@ -475,3 +475,30 @@ def test_a_queued_request_whose_client_went_away_never_reaches_the_model() -> No
     run(main)
     assert [b[0].ravel().tolist() for b in runner.batches] == [[1.0]]
     assert shed == ["disconnected"]
+
+
+def test_a_client_gone_while_its_batch_runs_says_nothing_about_the_version() -> None:
+    """Rollout health counts a request answered late against the version; one whose client
+    left mid-forward is no failure of the version's."""
+    runner = FakeRunner(gate=asyncio.Event())
+    outcomes: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = lambda version, ok, seconds: outcomes.append((version, ok))
+        gone: list[Callable[[], None]] = []
+        leaving = asyncio.create_task(
+            batcher.submit(items(1.0), 1, later(), on_abandon=gone.append)
+        )
+        staying = asyncio.create_task(batcher.submit(items(2.0), 1, later()))
+        await runner.started.wait()  # the leaving one is in the batch now running
+        gone[0]()
+        assert runner.gate is not None
+        runner.gate.set()
+        with pytest.raises(Problem, check=is_problem("client-closed-request")):
+            await leaving
+        await staying
+        await batcher.close(1)
+
+    run(main)
+    assert outcomes == [("9.9.9", True)]
