@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from models.registry import ModelRegistry
-from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
+from tests.support.models import MODEL, register_mlp
 
 
 @pytest.fixture
@@ -17,37 +17,29 @@ def registry(tmp_path: Path) -> ModelRegistry:
     """Production promoted to 1.0.0, then 2.0.0: rollback goes back to 1.0.0."""
     registry = ModelRegistry(tmp_path / "registry")
     for i, version in enumerate(("1.0.0", "2.0.0")):
-        registry.register(
-            "m",
-            version,
-            write_tiny_mlp(tmp_path / f"{i}.safetensors", seed=i),
-            format="safetensors",
-            family="mlp",
-            family_config=TINY_CONFIG,
-            signature=TINY_SIGNATURE,
-        )
-        registry.promote("m", version, "production")
+        register_mlp(registry, version, tmp_path, seed=i)
+        registry.promote(MODEL, version, "production")
     return registry
 
 
 def rollback(registry: ModelRegistry, *options: str) -> tuple[int, list[str]]:
     result = CliRunner().invoke(
-        cli, ["registry", "rollback", "m", *options, f"--registry={registry.store.url}"]
+        cli, ["registry", "rollback", MODEL, *options, f"--registry={registry.store.url}"]
     )
     assert isinstance(result.exception, SystemExit | None), repr(result.exception)
     return result.exit_code, result.output.splitlines()
 
 
 def tamper(registry: ModelRegistry, version: str) -> None:
-    artefact = Path(registry.store.url) / "m" / version / "model.safetensors"
+    artefact = Path(registry.store.url) / MODEL / version / "model.safetensors"
     data = bytearray(artefact.read_bytes())
     data[-1] ^= 0xFF
     artefact.write_bytes(bytes(data))
 
 
 def test_a_rollback_onto_a_sound_version_moves_production(registry: ModelRegistry) -> None:
-    assert rollback(registry) == (0, ["m: production -> 1.0.0"])
-    assert registry.index("m").aliases["production"] == "1.0.0"
+    assert rollback(registry) == (0, [f"{MODEL}: production -> 1.0.0"])
+    assert registry.index(MODEL).aliases["production"] == "1.0.0"
 
 
 def test_a_rollback_onto_a_tampered_version_is_refused_and_moves_nothing(
@@ -57,9 +49,9 @@ def test_a_rollback_onto_a_tampered_version_is_refused_and_moves_nothing(
     code, lines = rollback(registry)
     assert code == 1
     assert len(lines) == 1 and "tampered" in lines[0]
-    assert registry.index("m").aliases["production"] == "2.0.0"
+    assert registry.index(MODEL).aliases["production"] == "2.0.0"
 
 
 def test_skip_checks_rolls_back_without_loading(registry: ModelRegistry) -> None:
     tamper(registry, "1.0.0")
-    assert rollback(registry, "--skip-checks") == (0, ["m: production -> 1.0.0"])
+    assert rollback(registry, "--skip-checks") == (0, [f"{MODEL}: production -> 1.0.0"])
