@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class RegistryError(Exception):
     """Base class: a registry operation could not be done as asked."""
@@ -74,3 +76,15 @@ def first_line(exc: BaseException) -> str:
     """An exception's message as one bounded line (torch's and pydantic's span many)."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def validation_message(exc: ValidationError) -> str:
+    """pydantic's report (many lines, with a URL) as one line: the first field and its problem."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return first_line(exc)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"

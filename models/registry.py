@@ -33,7 +33,7 @@ from models.errors import (
     ModelNotFoundError,
     StageError,
     VersionExistsError,
-    first_line,
+    validation_message,
 )
 from models.formats import LoadedModel, check_signature, load_model
 from models.golden import run_golden_checks
@@ -53,6 +53,7 @@ from models.stages import (
     StageEvent,
     default_actor,
     move_alias,
+    parse_index,
     rollback_target,
 )
 from models.store import Store, open_store, sha256_bytes, sha256_file
@@ -396,28 +397,3 @@ def check_version_safe(version: str) -> str:
         return check_version(version)
     except ValueError as exc:
         raise InvalidNameError(str(exc)) from None
-
-
-def validation_message(exc: ValidationError) -> str:
-    """pydantic's report (many lines, with a URL) as one line: the first field and its problem."""
-    errors = exc.errors(include_url=False)
-    if not errors:
-        return first_line(exc)
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}" if where else f"{message}{more}"
-
-
-def parse_index(raw: bytes, key: str, name: str) -> ModelIndex:
-    """A stored index, refused unless it parses and names the model it is stored under."""
-    try:
-        index = ModelIndex.model_validate_json(raw)
-    except ValidationError as exc:
-        raise CorruptObjectError(f"{key} is unreadable: {validation_message(exc)}") from None
-    if index.name != name:
-        raise CorruptObjectError(
-            f"{key} names model {index.name!r}, not the model it is stored as; refused"
-        )
-    return index

@@ -13,8 +13,9 @@ import getpass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.errors import CorruptObjectError, validation_message
 from models.manifest import STAGES, Stage, utcnow
 
 Action = Literal["register", "promote", "rollback", "archive"]
@@ -121,3 +122,16 @@ def _leave_staging(staging: list[str], version: str) -> None:
         staging.clear()  # staging itself was cleared: its stack ends here
     else:
         staging[:] = [v for v in staging if v != version]
+
+
+def parse_index(raw: bytes, key: str, name: str) -> ModelIndex:
+    """A stored index, refused unless it parses and names the model it is stored under."""
+    try:
+        index = ModelIndex.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptObjectError(f"{key} is unreadable: {validation_message(exc)}") from None
+    if index.name != name:
+        raise CorruptObjectError(
+            f"{key} names model {index.name!r}, not the model it is stored as; refused"
+        )
+    return index

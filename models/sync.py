@@ -20,8 +20,8 @@ from typing import Literal
 
 from models.errors import ConflictError, IntegrityError, ModelNotFoundError, RegistryError
 from models.manifest import STAGES, ModelManifest, version_key
-from models.registry import INDEX_ATTEMPTS, ModelRegistry, parse_index
-from models.stages import ModelIndex, StageEvent, default_actor
+from models.registry import INDEX_ATTEMPTS, ModelRegistry
+from models.stages import ModelIndex, StageEvent, default_actor, parse_index
 from models.store import sha256_file
 
 CopyAction = Literal["copied", "present", "repaired"]

@@ -27,7 +27,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from opentelemetry import trace
@@ -39,49 +38,13 @@ from app.inference.batch_spans import (
     sampled_trace_id,
     traced_forward,
 )
+from app.inference.observer import BatchObserver, NoObserver
 from app.inference.runner import ModelRunner
 
 log = logging.getLogger("frameworm.batcher")
 
 ADMISSION_HEADROOM = 1.25
 RECENT_BATCHES = 16
-
-
-class BatchObserver(Protocol):
-    """What the batcher reports (metrics, traces); `telemetry.metrics` implements it."""
-
-    def queued(self, depth_items: int) -> None: ...
-    def admitted(self, delta: int) -> None: ...
-    def shed(self, reason: str) -> None: ...
-    def batch_done(
-        self,
-        runner: ModelRunner,
-        items: int,
-        seconds: float,
-        waits: list[float],
-        trace_ids: list[str | None] | None = None,
-    ) -> None: ...
-
-
-class _NoObserver:
-    def queued(self, depth_items: int) -> None:
-        pass
-
-    def admitted(self, delta: int) -> None:
-        pass
-
-    def shed(self, reason: str) -> None:
-        pass
-
-    def batch_done(
-        self,
-        runner: ModelRunner,
-        items: int,
-        seconds: float,
-        waits: list[float],
-        trace_ids: list[str | None] | None = None,
-    ) -> None:
-        pass
 
 
 @dataclass
@@ -133,7 +96,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_items = max_queue_items
-        self._observer: BatchObserver = observer or _NoObserver()
+        self._observer: BatchObserver = observer or NoObserver()
         self._tracer = tracer
         # Per request: (version, succeeded, seconds since it was queued); for rollout health.
         self.outcome_listener: Callable[[str, bool, float], None] | None = None

@@ -32,6 +32,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from .hooks import Handler, call_bounded, wait_in_daemon_thread
+from .loop_signals import LoopCallback, is_loop_handler, loop_callback
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ ServerCallback = Callable[["GracefulShutdown"], None]
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-LoopCallback = tuple[asyncio.AbstractEventLoop, Callable[..., Any], tuple[Any, ...]]
 
 _server_lock = threading.Lock()
 _server_callback: ServerCallback | None = None
@@ -270,9 +270,9 @@ class GracefulShutdown:
                     "GracefulShutdown.start() needs the main thread without a server"
                 )
             # Decide for every signal before touching any: a refusal changes nothing.
-            taken = {sig: _loop_callback(sig) for sig in SIGNALS}
+            taken = {sig: loop_callback(sig) for sig in SIGNALS}
             for sig, callback in taken.items():
-                if callback is None and _is_loop_handler(signal.getsignal(sig)):
+                if callback is None and is_loop_handler(signal.getsignal(sig)):
                     raise RuntimeError(
                         f"{signal.Signals(sig).name} is handled by an asyncio event loop "
                         "(loop.add_signal_handler), which shuts down on it whatever handler "
@@ -373,30 +373,3 @@ class GracefulShutdown:
         self._loop_drain, self._loop_chained = None, False
         with self._lock:
             self._started = False
-
-
-def _loop_callback(sig: int) -> LoopCallback | None:
-    """The running loop's callback for `sig` if it took the signal with add_signal_handler.
-
-    asyncio keeps no public record of it: its Unix loop holds a Handle per signal in
-    `_signal_handlers`. A loop that keeps them elsewhere (uvloop) gives None.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    handlers = getattr(loop, "_signal_handlers", None)
-    handle = handlers.get(sig) if isinstance(handlers, dict) else None
-    callback = getattr(handle, "_callback", None)
-    args = getattr(handle, "_args", None)
-    if handle is None or getattr(handle, "_cancelled", False) or not callable(callback):
-        return None
-    return loop, callback, tuple(args or ())
-
-
-def _is_loop_handler(handler: SignalHandler) -> bool:
-    """Whether the Python-level handler is an event loop's placeholder: the signal really goes
-    to that loop through its wakeup fd (asyncio's `_sighandler_noop`, uvloop's own method)."""
-    if getattr(handler, "__name__", None) == "_sighandler_noop":
-        return getattr(handler, "__module__", "").startswith("asyncio")
-    return isinstance(getattr(handler, "__self__", None), asyncio.AbstractEventLoop)

@@ -123,7 +123,7 @@ class Metrics:
             registry=r,
         )
 
-    # ------------------------------------------------------------------ BatchObserver
+    # ------------------------------------------------------------ BatchObserver (observer.py)
     def queued(self, depth_items: int) -> None:
         self._queue_depth.set(depth_items)
 
