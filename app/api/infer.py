@@ -14,7 +14,13 @@ from starlette.responses import Response
 
 from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, request_id_of
-from app.inference.codec import Inputs, check_parameters, encode_infer_json, read_infer_json
+from app.inference.codec import (
+    Inputs,
+    check_parameters,
+    encode_infer_json,
+    may_hold_booleans,
+    read_infer_json,
+)
 from app.inference.compression import decompressed, is_identity
 from app.inference.images import EncodedImage
 from app.inference.service import off_the_loop_if_large, run_inference
@@ -140,7 +146,7 @@ async def read_multipart(request: Request, signature: Signature) -> Inputs:
                 raw = await part.read()
                 inputs.images[name] = [EncodedImage(name, raw, spec.image, part.content_type)]
             else:
-                inputs.add_json(name, _json_part(name, part))
+                inputs.add_json(name, _json_part(name, part), may_hold_booleans(part))
         inputs.parameters = check_parameters(signature, parameters)
         return inputs
     finally:

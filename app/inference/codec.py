@@ -94,7 +94,28 @@ def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: 
         raise Problem("invalid-input", f"input {name!r} has values out of range; {expected}")
 
 
-def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+def may_hold_booleans(json: bytes | str) -> bool:
+    """False when the JSON text has no `true` or `false` literal, so no value in it is a boolean:
+    the common case, found at C speed, which skips `holds_boolean`'s walk over every element."""
+    if isinstance(json, str):
+        return "true" in json or "false" in json
+    return b"true" in json or b"false" in json
+
+
+def holds_boolean(values: list[Any]) -> bool:
+    """Whether a nested list has a boolean anywhere. numpy turns `[true, 0.5]` into floats and
+    `[true, 2]` into integers, so a JSON type error would pass as 1.0 or 1 unless looked for."""
+    for value in values:
+        if value is True or value is False:
+            return True
+        if isinstance(value, list) and holds_boolean(value):
+            return True
+    return False
+
+
+def array_from_json(
+    name: str, value: Any, spec: TensorSpec, may_hold_bools: bool = True
+) -> np.ndarray:
     if not isinstance(value, list):
         raise Problem(
             "invalid-input", f"input {name!r} must be a nested list; expected {describe(spec)}"
@@ -106,6 +127,11 @@ def array_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     if array is None or array.dtype == object or array.dtype.kind in "USO":
         raise Problem(
             "invalid-input", f"input {name!r} is ragged or not numeric; expected {describe(spec)}"
+        )
+    if may_hold_bools and array.dtype.kind != "b" and holds_boolean(value):
+        raise Problem(
+            "invalid-input",
+            f"input {name!r} mixes booleans with numbers; expected {describe(spec)}",
         )
     return check_array(name, array, spec)
 
@@ -149,15 +175,16 @@ class Inputs:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, list[EncodedImage]] = field(default_factory=dict)
 
-    def add_json(self, name: str, value: Any) -> None:
-        """A known input's JSON value: a nested list, or one or more image objects."""
+    def add_json(self, name: str, value: Any, may_hold_bools: bool = True) -> None:
+        """A known input's JSON value: a nested list, or one or more image objects.
+        `may_hold_bools` is `may_hold_booleans` of the JSON text the value was parsed from."""
         spec = self.signature.input(name)
         if isinstance(value, dict):
             self.images[name] = images_from_json(name, [value], spec)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             self.images[name] = images_from_json(name, value, spec)
         else:
-            self.arrays[name] = array_from_json(name, value, spec)
+            self.arrays[name] = array_from_json(name, value, spec, may_hold_bools)
 
     def decode(self) -> Decoded:
         if self.images:
@@ -316,8 +343,9 @@ def read_infer_json(
             + ", ".join(describe(s) for s in signature.inputs),
         )
     read = Inputs(signature, params)
+    may_hold_bools = may_hold_booleans(body)
     for name, value in inputs.items():
-        read.add_json(name, value)
+        read.add_json(name, value, may_hold_bools)
     return read
 
 

@@ -22,6 +22,8 @@ from app.inference.codec import (
     check_array,
     check_json_shape,
     check_parameters,
+    holds_boolean,
+    may_hold_booleans,
 )
 from models.manifest import Dtype, Signature
 
@@ -120,8 +122,9 @@ def decode_request(
 
     arrays: dict[str, np.ndarray] = {}
     offset = 0
+    may_hold_bools = may_hold_booleans(header_bytes)
     for i, item in enumerate(header.get("inputs", [])):
-        name, array, used = _decode_input(signature, i, item, binary, offset)
+        name, array, used = _decode_input(signature, i, item, binary, offset, may_hold_bools)
         offset += used
         if name in arrays:
             raise Problem("invalid-input", f"input {quoted(name)} is given twice")
@@ -143,7 +146,12 @@ def decode_request(
 
 
 def _decode_input(
-    signature: Signature, index: int, item: Any, binary: bytes, offset: int
+    signature: Signature,
+    index: int,
+    item: Any,
+    binary: bytes,
+    offset: int,
+    may_hold_bools: bool,
 ) -> tuple[str, np.ndarray, int]:
     if not isinstance(item, dict):
         raise Problem("invalid-input", f"inputs[{index}] must be an object")
@@ -184,8 +192,11 @@ def _decode_input(
         given = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise mismatch from None
-    # Data must be of its declared datatype's kind: 1.5 declared INT64 is refused, not cut.
+    # Data must be of its declared datatype's kind: 1.5 declared INT64 is refused, not cut, and
+    # true among FP32 numbers is refused, not read as 1.0.
     if given.dtype.kind not in _KINDS_OF[dtype.kind] or given.size != count:
+        raise mismatch
+    if may_hold_bools and given.dtype.kind != "b" and holds_boolean(data):
         raise mismatch
     return name, check_array(name, _reshaped(name, given, shape), spec), 0
 

@@ -87,6 +87,16 @@ def test_a_multipart_json_field_is_taken_as_a_nested_list(cnn: AppClient) -> Non
     assert predicted(response.json()) == [2]
 
 
+def test_a_boolean_among_the_pixels_is_422(cnn: AppClient) -> None:
+    image = pixels(2)
+    image[0][0][14][14] = True
+    response = cnn.post("/infer", json={"inputs": {"image": image}})
+    assert response.status_code == 422
+    assert "mixes booleans with numbers" in response.json()["detail"]
+    field = multipart({"image": orjson.dumps(image).decode()})
+    assert cnn.post("/infer", **field).status_code == 422
+
+
 @pytest.mark.parametrize(
     ("data", "files", "code"),
     [

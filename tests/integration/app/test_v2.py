@@ -148,6 +148,14 @@ def test_an_unknown_datatype_is_422_with_the_error_member(cnn: AppClient) -> Non
     assert "FP32" in response.json()["error"]
 
 
+def test_a_boolean_among_fp32_data_is_422(cnn: AppClient) -> None:
+    document = json_request(1)
+    document["inputs"][0]["data"][100] = True
+    response = cnn.post(INFER, json=document)
+    assert response.status_code == 422
+    assert "does not match shape and datatype" in response.json()["error"]
+
+
 def test_a_text_content_type_is_415(cnn: AppClient) -> None:
     response = cnn.post(INFER, content=b"{}", headers={"content-type": "text/plain"})
     assert response.status_code == 415

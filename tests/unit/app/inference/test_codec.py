@@ -18,6 +18,8 @@ from app.inference.codec import (
     check_array,
     check_parameters,
     encode_infer_json,
+    holds_boolean,
+    may_hold_booleans,
     read_infer_json,
 )
 from models.demo import demo_model, sample_png
@@ -109,6 +111,35 @@ def test_numeric_specs_refuse_booleans() -> None:
         array_from_json("x", [[True, False, True]], spec("float32"))
     with refused():
         array_from_json("x", [[True, False, True]], spec("int64"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+@pytest.mark.parametrize(
+    "value",
+    [[[True, 2, 3]], [[1.5, 2.0, False]], [[1, 2, 3], [4, True, 6]]],
+    ids=["bool-first", "bool-last", "bool-in-a-later-row"],
+)
+def test_booleans_mixed_with_numbers_are_refused(dtype: Dtype, value: list[Any]) -> None:
+    # numpy would read them as 1.0 and 0 without a word.
+    with refused() as caught:
+        array_from_json("x", value, spec(dtype))
+    assert "mixes booleans with numbers" in caught.value.detail
+
+
+def test_a_body_without_boolean_literals_skips_the_element_walk() -> None:
+    assert may_hold_booleans(b'{"inputs": {"x": [[1, 2, 3]]}}') is False
+    assert may_hold_booleans('{"p": true}') is True
+    # The walk is what refuses: told the text has no literal, a caller gets numpy's reading.
+    assert array_from_json("x", [[True, 2, 3]], spec(), may_hold_bools=False).tolist() == [
+        [1.0, 2.0, 3.0]
+    ]
+
+
+def test_a_json_body_mixing_booleans_into_numbers_is_refused() -> None:
+    with refused():
+        decode_infer_json(signature(), b'{"inputs": {"x": [[1, true, 3]]}}')
+    assert holds_boolean([[1, 2], [3, [4, False]]])
+    assert not holds_boolean([[1, 2], [3, [4, 0]]])
 
 
 @pytest.mark.parametrize(

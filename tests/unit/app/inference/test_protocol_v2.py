@@ -78,6 +78,18 @@ def test_an_integer_datatype_is_accepted_for_a_float_input() -> None:
     assert request.decoded.arrays[0].dtype == np.float32
 
 
+@pytest.mark.parametrize("datatype", ["FP32", "INT64"])
+def test_booleans_mixed_into_numeric_data_are_refused(datatype: str) -> None:
+    # numpy reads [true, 2.5] as [1.0, 2.5]: a JSON type error would pass unseen.
+    with refused():
+        decode_request(SIG, header(x_input(datatype=datatype, data=[True] + [2] * 5)), None)
+    # Booleans in the parameters alone leave numeric data alone.
+    request = decode_request(
+        SIG, header(x_input(data=list(range(6))), parameters={"binary_data_output": True}), None
+    )
+    np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
+
+
 def test_fractional_data_under_an_integer_datatype_is_refused() -> None:
     sig = Signature(
         inputs=(TensorSpec(name="x", dtype="int64", shape=(-1, 3)),),
