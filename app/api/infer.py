@@ -12,13 +12,14 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from app.config import Settings
 from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, request_id_of
 from app.inference.codec import (
     Inputs,
+    check_json_shape,
     check_parameters,
     encode_infer_json,
-    may_hold_booleans,
     read_infer_json,
 )
 from app.inference.compression import decompressed, is_identity
@@ -92,7 +93,7 @@ async def infer(request: Request) -> Response:
     elif media_type == "multipart/form-data":
         if not is_identity(encoding):
             raise Problem("unsupported-media-type", "a multipart body cannot be sent compressed")
-        inputs = await read_multipart(request, signature)
+        inputs = await read_multipart(request, signature, settings)
     else:
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
     # Decoding images is slow CPU work: in a worker thread, so the loop serves other requests
@@ -117,7 +118,7 @@ async def infer(request: Request) -> Response:
 DIRECT_ROUTES = [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is infer]
 
 
-async def read_multipart(request: Request, signature: Signature) -> Inputs:
+async def read_multipart(request: Request, signature: Signature, settings: Settings) -> Inputs:
     """One part per input, named after it: image files, or JSON arrays; `parameters` as JSON."""
     limit = len(signature.inputs) + 1
     try:
@@ -133,7 +134,7 @@ async def read_multipart(request: Request, signature: Signature) -> Inputs:
                 raise Problem("invalid-input", f"part {quoted(name)} is given twice")
             names.add(name)
             if name == "parameters":
-                parameters = _json_part(name, part)
+                parameters, _ = _json_part(name, part, settings)
                 if not isinstance(parameters, dict):
                     raise Problem("invalid-input", "the 'parameters' part must be a JSON object")
                 continue
@@ -146,17 +147,20 @@ async def read_multipart(request: Request, signature: Signature) -> Inputs:
                 raw = await part.read()
                 inputs.images[name] = [EncodedImage(name, raw, spec.image, part.content_type)]
             else:
-                inputs.add_json(name, _json_part(name, part), may_hold_booleans(part))
+                inputs.add_json(name, *_json_part(name, part, settings))
         inputs.parameters = check_parameters(signature, parameters)
         return inputs
     finally:
         await form.close()
 
 
-def _json_part(name: str, part: str | UploadFile) -> Any:
+def _json_part(name: str, part: str | UploadFile, settings: Settings) -> tuple[Any, bool]:
+    """A JSON field, checked as a JSON body is; with whether it may hold a boolean."""
     if not isinstance(part, str):
         raise Problem("invalid-input", f"part {quoted(name)} must be a form field, not a file")
+    text = part.encode()
+    may_hold_bools = check_json_shape(text, settings.max_json_depth, settings.max_json_elements)
     try:
-        return orjson.loads(part)
+        return orjson.loads(text), may_hold_bools
     except orjson.JSONDecodeError:
         raise Problem("malformed-request", f"part {quoted(name)} is not valid JSON") from None

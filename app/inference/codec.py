@@ -94,22 +94,18 @@ def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: 
         raise Problem("invalid-input", f"input {name!r} has values out of range; {expected}")
 
 
-def may_hold_booleans(json: bytes | str) -> bool:
-    """False when the JSON text has no `true` or `false` literal, so no value in it is a boolean:
-    the common case, found at C speed, which skips `holds_boolean`'s walk over every element."""
-    if isinstance(json, str):
-        return "true" in json or "false" in json
-    return b"true" in json or b"false" in json
-
-
 def holds_boolean(values: list[Any]) -> bool:
     """Whether a nested list has a boolean anywhere. numpy turns `[true, 0.5]` into floats and
-    `[true, 2]` into integers, so a JSON type error would pass as 1.0 or 1 unless looked for."""
-    for value in values:
-        if value is True or value is False:
+    `[true, 2]` into integers, so a JSON type error would pass as 1.0 or 1 unless looked for.
+    A walk over every element: callers skip it when `check_json_shape` found no literal."""
+    pending = [values]
+    while pending:
+        level = pending.pop()
+        kinds = set(map(type, level))  # twice as fast as a Python loop over the elements
+        if bool in kinds:
             return True
-        if isinstance(value, list) and holds_boolean(value):
-            return True
+        if list in kinds:
+            pending.extend(value for value in level if type(value) is list)
     return False
 
 
@@ -177,7 +173,7 @@ class Inputs:
 
     def add_json(self, name: str, value: Any, may_hold_bools: bool = True) -> None:
         """A known input's JSON value: a nested list, or one or more image objects.
-        `may_hold_bools` is `may_hold_booleans` of the JSON text the value was parsed from."""
+        `may_hold_bools` is what `check_json_shape` said of the text it was parsed from."""
         spec = self.signature.input(name)
         if isinstance(value, dict):
             self.images[name] = images_from_json(name, [value], spec)
@@ -255,27 +251,37 @@ def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str
     return values
 
 
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# What the checks before parsing look at: the brackets, and the letters of `true` and `false`.
+# One translate keeps just these; a numeric body shrinks to its brackets (and an "e" per
+# exponent), whatever its size.
+_BRACKETS = b"[]{}"
+_BOOLEAN_LETTERS = b"truefals"
+_NOT_SKELETON = bytes(b for b in range(256) if b not in _BRACKETS + _BOOLEAN_LETTERS)
 _DEPTH_STEP = np.zeros(256, dtype=np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1  # open a level
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1  # close one
 
 
-def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> None:
-    """Refuse absurd nesting and element counts before parsing, at C speed.
+def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> bool:
+    """Refuse absurd nesting and element counts before parsing, at C speed. Returns whether the
+    JSON may hold a boolean (a `true` or `false` literal), so that `holds_boolean`'s walk over
+    every element runs only then.
 
-    Brackets inside strings are counted too, which can only over-estimate: the worst case is
-    a 4xx for a pathological string, never a deep structure let through.
+    Both are read off the text without parsing it, which can only over-estimate: brackets and
+    letters inside strings count too. The worst case is a 4xx for a pathological string or a
+    walk that finds nothing, never a deep structure or a boolean let through.
     """
     # Each element takes at least two bytes ("0,"): a shorter body cannot have too many.
     if len(body) >= 2 * max_elements and body.count(b",") + 1 > max_elements:
         raise Problem("payload-too-large", f"the JSON has more than {max_elements} elements")
-    brackets = body.translate(None, _NOT_BRACKETS)
-    if len(brackets) <= max_depth:
-        return  # cannot be deeper than the number of brackets: the common case
-    depth = np.cumsum(_DEPTH_STEP[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int32)
-    if int(depth.max()) > max_depth:
-        raise Problem("malformed-request", f"the JSON is nested deeper than {max_depth} levels")
+    skeleton = body.translate(None, _NOT_SKELETON)
+    # Letters of strings and exponents may join into "true" here: a walk for nothing.
+    may_hold_bools = b"true" in skeleton or b"false" in skeleton
+    if len(skeleton) > max_depth:  # no deeper than its number of brackets: the common case
+        steps = _DEPTH_STEP[np.frombuffer(skeleton, dtype=np.uint8)]
+        if int(np.cumsum(steps, dtype=np.int32).max()) > max_depth:
+            raise Problem("malformed-request", f"the JSON is nested deeper than {max_depth} levels")
+    return may_hold_bools
 
 
 def assemble(
@@ -317,7 +323,7 @@ def read_infer_json(
     signature: Signature, body: bytes, max_depth: int = 32, max_elements: int = 4_000_000
 ) -> Inputs:
     """POST /infer JSON: {"inputs": {NAME: nested list | image}, "parameters": {...}}."""
-    check_json_shape(body, max_depth, max_elements)
+    may_hold_bools = check_json_shape(body, max_depth, max_elements)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -343,7 +349,6 @@ def read_infer_json(
             + ", ".join(describe(s) for s in signature.inputs),
         )
     read = Inputs(signature, params)
-    may_hold_bools = may_hold_booleans(body)
     for name, value in inputs.items():
         read.add_json(name, value, may_hold_bools)
     return read

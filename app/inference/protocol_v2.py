@@ -23,7 +23,6 @@ from app.inference.codec import (
     check_json_shape,
     check_parameters,
     holds_boolean,
-    may_hold_booleans,
 )
 from models.manifest import Dtype, Signature
 
@@ -92,7 +91,7 @@ def decode_request(
     max_elements: int = 4_000_000,
 ) -> V2Request:
     header_bytes, binary = split_body(body, header_length)
-    check_json_shape(header_bytes, max_depth, max_elements)
+    may_hold_bools = check_json_shape(header_bytes, max_depth, max_elements)
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError:
@@ -122,7 +121,6 @@ def decode_request(
 
     arrays: dict[str, np.ndarray] = {}
     offset = 0
-    may_hold_bools = may_hold_booleans(header_bytes)
     for i, item in enumerate(header.get("inputs", [])):
         name, array, used = _decode_input(signature, i, item, binary, offset, may_hold_bools)
         offset += used

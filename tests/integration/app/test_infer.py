@@ -97,6 +97,13 @@ def test_a_boolean_among_the_pixels_is_422(cnn: AppClient) -> None:
     assert cnn.post("/infer", **field).status_code == 422
 
 
+def test_a_multipart_json_field_nested_past_the_depth_limit_is_400(cnn: AppClient) -> None:
+    deep = "[" * 40 + "0" + "]" * 40  # FRAMEWORM_MAX_JSON_DEPTH is 32 by default
+    response = cnn.post("/infer", **multipart({"image": deep}))
+    assert response.status_code == 400
+    assert "nested deeper than 32 levels" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("data", "files", "code"),
     [

@@ -16,10 +16,10 @@ from app.inference.codec import (
     array_from_json,
     assemble,
     check_array,
+    check_json_shape,
     check_parameters,
     encode_infer_json,
     holds_boolean,
-    may_hold_booleans,
     read_infer_json,
 )
 from models.demo import demo_model, sample_png
@@ -126,9 +126,30 @@ def test_booleans_mixed_with_numbers_are_refused(dtype: Dtype, value: list[Any])
     assert "mixes booleans with numbers" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    ("text", "may_hold_bools"),
+    [
+        (b'{"inputs": {"x": [[1, 2, 3]]}}', False),
+        (b'{"inputs": {"x": [[1e-05, 2.5E+3, 3]]}, "parameters": {"steps": 4}}', False),
+        (b'{"inputs": {"x": [[1, true, 3]]}}', True),
+        (b'{"parameters": {"flag":false}}', True),
+        (b'{"t": 1, "rue": 2}', True),  # letters of strings may join: a walk for nothing
+    ],
+)
+def test_the_shape_check_says_whether_a_boolean_may_be_there(
+    text: bytes, may_hold_bools: bool
+) -> None:
+    assert check_json_shape(text, 32, 1000) is may_hold_bools
+
+
+def test_the_depth_limit_counts_brackets_not_the_letters_kept_beside_them() -> None:
+    letters = b'{"a": "' + b"truefalse" * 20 + b'", "x": [[[1]]]}'
+    check_json_shape(letters, 4, 1000)  # 4 levels deep, 180 letters kept
+    with refused("malformed-request"):
+        check_json_shape(b'{"x": [[[[1]]]]}', 4, 1000)
+
+
 def test_a_body_without_boolean_literals_skips_the_element_walk() -> None:
-    assert may_hold_booleans(b'{"inputs": {"x": [[1, 2, 3]]}}') is False
-    assert may_hold_booleans('{"p": true}') is True
     # The walk is what refuses: told the text has no literal, a caller gets numpy's reading.
     assert array_from_json("x", [[True, 2, 3]], spec(), may_hold_bools=False).tolist() == [
         [1.0, 2.0, 3.0]
