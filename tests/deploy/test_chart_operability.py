@@ -497,11 +497,31 @@ def test_one_replica_on_readwriteonce_renders_and_the_backup_joins_its_node() ->
     assert _selects(term["labelSelector"], server_labels)
 
 
+def test_on_readwriteonce_a_rolling_update_starts_the_new_pod_on_the_claims_node() -> None:
+    user_term = {"labelSelector": {"matchLabels": {"cache": "warm"}}, "topologyKey": "zone"}
+    user_affinity = {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+        "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [user_term]},
+    }
+    manifests = render_values(
+        {"replicaCount": 1, "registry": {"source": "pvc"}, "affinity": user_affinity}
+    )
+    deployment = one(manifests, "Deployment")
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == user_affinity["nodeAffinity"]  # the user's, kept
+    user, own = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert user == user_term
+    assert own["topologyKey"] == "kubernetes.io/hostname"
+    assert _selects(own["labelSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
 def test_readwritemany_allows_replicas_autoscaling_and_a_free_backup() -> None:
     manifests = render("prestop")  # ReadWriteMany, 2 replicas, backup
     assert one(manifests, "Deployment")["spec"]["replicas"] == 2
     spec = one(manifests, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "affinity" not in spec
+    assert "affinity" not in server_pod_spec(manifests)  # free to spread over nodes
     render_values(
         {
             "registry": {"source": "pvc", "pvc": {"accessModes": ["ReadWriteMany"]}},

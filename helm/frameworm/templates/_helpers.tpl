@@ -112,6 +112,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* .Values.affinity, plus, for a registry claim that mounts on one node only, a required
+     affinity of the server pods to each other's node. A rolling update starts the new pod
+     before it stops the old one (maxUnavailable 0); scheduled on another node, it would wait
+     for the claim for ever (Multi-Attach error) and the rollout would never finish. The first
+     pod has no pod to join, and the scheduler lets a pod that matches its own term through. */}}
+{{- define "frameworm.affinity" -}}
+{{- $affinity := deepCopy .Values.affinity }}
+{{- if and (eq .Values.registry.source "pvc") (include "frameworm.registry.singleNode" .) }}
+{{- $term := dict "labelSelector" (dict "matchLabels" (include "frameworm.selectorLabels" . | fromYaml)) "topologyKey" "kubernetes.io/hostname" }}
+{{- $podAffinity := get $affinity "podAffinity" | default dict }}
+{{- $required := get $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" | default list }}
+{{- $_ := set $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" (append $required $term) }}
+{{- $_ := set $affinity "podAffinity" $podAffinity }}
+{{- end }}
+{{- toYaml $affinity }}
+{{- end }}
+
 {{/* TCP port of registry.s3EndpointUrl for the egress policy: its explicit port, else 80 for
      http and 443 for https. Empty when no endpoint is set. */}}
 {{- define "frameworm.s3EndpointPort" -}}
@@ -456,7 +473,7 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- with include "frameworm.affinity" . | fromYaml }}
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
