@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import health, infer, metrics, v2
+from app.api import health, infer, v2
+from app.api import metrics as metrics_api
 from app.api.direct import DirectRoutes
 from app.config import Settings
 from app.errors import install_error_handlers
@@ -36,6 +37,8 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/r
 PUBLIC_PATHS = PROBE_PATHS | {"/v2", "/metrics"}
 QUIET_PATHS = PROBE_PATHS | {"/metrics"}
 TRACE_FLUSH_S = 3.0
+# The routes every app serves; /metrics's router is added when metrics are on.
+ROUTERS = (health.router, infer.router, v2.router)
 
 
 class FramewormApp(FastAPI):
@@ -69,6 +72,7 @@ def build_middleware(
                 HttpMetricsMiddleware,
                 registry=metrics.registry,
                 buckets=LATENCY_BUCKETS,
+                handlers=route_templates(*ROUTERS, metrics_api.router),
                 excluded_paths=QUIET_PATHS,
             )
         )
@@ -132,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # A path one slash off a route is 404, not a 307 whose Location comes from the client's
+        # Host header (and which clients follow resending their API key).
+        redirect_slashes=False,
         # FastAPI's own OpenTelemetry layer switches itself on once a global tracer provider
         # exists, and would trace every request (probes too) a second time, unsampled ones
         # included. Tracing here is the OTel ASGI middleware behind TraceSampling.
@@ -149,10 +156,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings, app.state.metrics, tracing, app.state.lifecycle
     )
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(infer.router)
-    app.include_router(v2.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.state.direct_routes = [*infer.DIRECT_ROUTES, *v2.DIRECT_ROUTES]
     if settings.metrics_enabled:
-        app.include_router(metrics.router)
+        app.include_router(metrics_api.router)
     return app
+
+
+def route_templates(*routers: APIRouter) -> frozenset[str]:
+    """Every path template the routers serve (prefixes included), e.g. /v2/models/{name}."""
+    return frozenset(
+        path for router in routers for r in router.routes if (path := getattr(r, "path", ""))
+    )

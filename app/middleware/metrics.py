@@ -12,8 +12,11 @@ request; its recorder alone cost about 50 µs a request on this kind of machine,
 rest of the telemetry. Here the route comes from `scope["route"]` after the response (set by
 FastAPI's router and by the direct inference routes), the labelled children are looked up once
 per (method, handler, status class), and the instrumentator's route resolution is used only for
-requests answered before routing (401, 413, 429), which are rare. A request that matches no
-route is not recorded, and an unknown method is counted as `other`: labels stay bounded.
+requests answered before routing (401, 413, 429), which are rare. Labels stay bounded: a
+handler must be one of the app's route templates (the instrumentator's resolution answers with
+the raw path for a path one slash away from a route, so `/v2/models/<anything>/` refused
+unauthenticated would have made new series), a request that matches none is not recorded, and
+an unknown method is counted as `other`.
 Sampled requests put their trace id on the latency histogram as an exemplar.
 """
 
@@ -109,9 +112,11 @@ class HttpMetricsMiddleware:
         *,
         registry: CollectorRegistry,
         buckets: tuple[float, ...],
+        handlers: frozenset[str],
         excluded_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.handlers = handlers - excluded_paths  # the route templates a label may name
         self.excluded_paths = excluded_paths  # probes and /metrics: by exact path or template
         self.metrics = HttpMetrics(registry, buckets)
 
@@ -135,7 +140,7 @@ class HttpMetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None)
             handler = route or get_route_name(Request(scope), should_include_root_path=False)
-            if handler is not None and handler not in self.excluded_paths:
+            if handler in self.handlers:
                 self.metrics.observe(
                     scope["method"],
                     handler,

@@ -69,3 +69,32 @@ def test_metrics_are_served_with_the_token(guarded: tuple[AppClient, str], schem
     client, _ = guarded
     response = client.get("/metrics", headers={"authorization": f"{scheme} {METRICS_TOKEN}"})
     assert response.status_code == 200
+
+
+def test_a_path_one_slash_off_a_route_is_404_not_a_redirect(
+    guarded: tuple[AppClient, str],
+) -> None:
+    # A 307 would take its Location from the client's Host header, and clients follow it
+    # resending their key.
+    client, key = guarded
+    response = client.post(
+        "/infer/", json=GENERATE, headers={"x-api-key": key, "host": "evil.example"}
+    )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_made_up_paths_refused_without_a_key_add_no_metrics_series(
+    guarded: tuple[AppClient, str],
+) -> None:
+    client, _ = guarded
+    metrics = {"authorization": f"Bearer {METRICS_TOKEN}"}
+    for i in range(3):
+        assert client.get(f"/v2/models/made-up-{i}/").status_code == 401
+    text = client.get("/metrics", headers=metrics).text
+    assert "made-up" not in text
+    # Refused before routing under a real route, the request is counted by its template.
+    client.post("/v2/models/vae-digits-decoder/infer", json={})
+    text = client.get("/metrics", headers=metrics).text
+    assert 'handler="/v2/models/{name}/infer",method="POST",status="4xx"' in text

@@ -36,7 +36,11 @@ def instrumented(refuse: bool = False) -> tuple[Any, CollectorRegistry]:
 
     registry = CollectorRegistry()
     middleware = HttpMetricsMiddleware(
-        refusing, registry=registry, buckets=LATENCY_BUCKETS, excluded_paths=frozenset({"/healthz"})
+        refusing,
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
+        handlers=frozenset({"/items/{item}", "/healthz"}),
+        excluded_paths=frozenset({"/healthz"}),
     )
     return middleware, registry
 
@@ -88,3 +92,14 @@ def test_an_unknown_method_is_counted_as_other() -> None:
     send(asgi, "BREW", "/items/7")
     assert 'method="other"' in exposition(registry)
     assert "BREW" not in exposition(registry)
+
+
+def test_a_path_one_slash_off_a_route_refused_before_routing_makes_no_series() -> None:
+    # The instrumentator's resolution names such a path itself (FastAPI would redirect it):
+    # one new series per path a client without a key makes up.
+    asgi, registry = instrumented(refuse=True)
+    for i in range(3):
+        assert send(asgi, "POST", f"/items/made-up-{i}/").status_code == 401
+    text = exposition(registry)
+    assert "made-up" not in text
+    assert "http_requests_total{" not in text
