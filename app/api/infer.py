@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
@@ -121,8 +122,16 @@ DIRECT_ROUTES = [r for r in router.routes if isinstance(r, APIRoute) and r.endpo
 async def read_multipart(request: Request, signature: Signature, settings: Settings) -> Inputs:
     """One part per input, named after it: image files, or JSON arrays; `parameters` as JSON."""
     limit = len(signature.inputs) + 1
+    # Read whole first (the limits layer has bounded it): the parser takes a body cut short
+    # for complete and drops the part it was in, so a truncated request would be served
+    # without its last part. Request.form() then parses the body kept here.
+    if not _is_complete_multipart(await request.body(), request.headers["content-type"]):
+        raise Problem("malformed-request", "the multipart body ends before its closing boundary")
     try:
-        form = await request.form(max_files=limit, max_fields=limit)
+        # A JSON field may take the whole body (Starlette's default stops fields at 1 MB).
+        form = await request.form(
+            max_files=limit, max_fields=limit, max_part_size=settings.max_body_bytes
+        )
     except Exception:  # python-multipart raises several types for malformed bodies
         raise Problem("malformed-request", "the multipart body cannot be parsed") from None
     try:
@@ -152,6 +161,12 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
         return inputs
     finally:
         await form.close()
+
+
+def _is_complete_multipart(body: bytes, content_type: str) -> bool:
+    """Whether the body holds its close delimiter, "--BOUNDARY--" (RFC 2046, 5.1.1)."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    return boundary is not None and b"--" + boundary + b"--" in body
 
 
 def _json_part(name: str, part: str | UploadFile, settings: Settings) -> tuple[Any, bool]:

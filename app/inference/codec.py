@@ -178,6 +178,8 @@ class Inputs:
         if isinstance(value, dict):
             self.images[name] = images_from_json(name, [value], spec)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
+            # Before any decoding: each image is an item, and too many are refused anyway.
+            check_items(len(value), self.signature)
             self.images[name] = images_from_json(name, value, spec)
         else:
             self.arrays[name] = array_from_json(name, value, spec, may_hold_bools)
@@ -311,12 +313,16 @@ def assemble(
         raise Problem(
             "invalid-input", "all inputs must have the same size along the batch dimension"
         )
+    check_items(items, signature)
+    return Decoded(ordered, items, parameters, random)
+
+
+def check_items(items: int, signature: Signature) -> None:
     if items > signature.max_items_per_request:
         raise Problem(
             "invalid-input",
             f"{items} items in one request; at most {signature.max_items_per_request} are allowed",
         )
-    return Decoded(ordered, items, parameters, random)
 
 
 def read_infer_json(

@@ -145,6 +145,25 @@ def test_multipart_parameters_drive_generation(decoder: AppClient) -> None:
     assert len(response.json()["outputs"]["image"]) == 3
 
 
+def test_a_multipart_body_cut_short_is_400_not_served_without_its_last_part(
+    decoder: AppClient,
+) -> None:
+    complete = multipart({"parameters": '{"batch_size": 2, "seed": 1}'})
+    assert decoder.post("/infer", **complete).status_code == 200
+    cut = complete["content"].removesuffix(b"--frameworm-test-boundary--\r\n")
+    response = decoder.post("/infer", content=cut, headers=complete["headers"])
+    assert response.status_code == 400
+    assert "closing boundary" in response.json()["detail"]
+
+
+def test_a_multipart_json_field_over_a_megabyte_is_read(cnn: AppClient) -> None:
+    # Starlette stops form fields at 1 MB by default; the body limit is what applies.
+    field = orjson.dumps(pixels(4)).decode() + " " * 1_200_000
+    response = cnn.post("/infer", **multipart({"image": field}))
+    assert response.status_code == 200, response.text
+    assert predicted(response.json()) == [4]
+
+
 def test_a_multipart_body_that_cannot_be_parsed_is_400(cnn: AppClient) -> None:
     headers = {"content-type": "multipart/form-data"}  # no boundary
     response = cnn.post("/infer", content=b"--zzz\r\nbroken", headers=headers)

@@ -323,6 +323,15 @@ def test_more_items_than_max_items_per_request_are_refused() -> None:
     assert "at most 2" in caught.value.detail
 
 
+def test_too_many_images_are_refused_before_any_is_decoded() -> None:
+    # Junk that would fail to decode: refused for the count, so nothing was decoded first.
+    junk = {"b64": "not base64 at all!", "content_type": "image/png"}
+    limit = CNN.max_items_per_request
+    with refused() as caught:
+        read_infer_json(CNN, body({"inputs": {"image": [junk] * (limit + 1)}}))
+    assert f"{limit + 1} items in one request; at most {limit}" in caught.value.detail
+
+
 def test_input_values_are_never_echoed_in_the_detail() -> None:
     with refused() as caught:
         decode_infer_json(signature(), body({"inputs": {"x": [[123456789, 987654321]]}}))
