@@ -36,6 +36,14 @@ from models.registry import ModelRegistry
 # Failures a load reports in one line (registry, store, artefact, golden check, device).
 EXPECTED_LOAD_ERRORS = (RegistryError, OSError, ValueError, RuntimeError)
 
+
+def kind_of(exc: BaseException) -> str:
+    """What `/readyz?verbose` (public) says of a failure: the exception's type only. Its text
+    may hold paths, digests, endpoints or whatever a model's code put there: that goes to the
+    log, for operators."""
+    return f"{type(exc).__name__} (details in the server log)"
+
+
 log = logging.getLogger("frameworm.model")
 
 State = Literal["loading", "ready", "failed"]
@@ -96,9 +104,15 @@ class ModelHost:
             try:
                 runner = await self.prepare_async()
             except Exception as exc:  # a user's model may raise anything: never die silently
-                self.reason = f"loading failed (attempt {attempt} of {attempts}): {exc}"
+                self.reason = f"loading failed (attempt {attempt} of {attempts}): {kind_of(exc)}"
                 # The traceback too, where the cause is not the registry's or the artefact's.
-                log.error(self.reason, exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS))
+                log.error(
+                    "loading failed (attempt %d of %d): %s",
+                    attempt,
+                    attempts,
+                    exc,
+                    exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS),
+                )
                 if attempt < attempts:
                     await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
                 continue

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app.config import Settings
-from app.inference.host import EXPECTED_LOAD_ERRORS, ModelHost
+from app.inference.host import EXPECTED_LOAD_ERRORS, ModelHost, kind_of
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
 from models.errors import RegistryError
@@ -135,8 +135,8 @@ class StageFollower:
                 )
             runner = await self.host.prepare_async(manifest)
         except Exception as exc:  # refused, not retried: the same bytes would fail the same way
-            self.refused[version] = str(exc)
-            self.last_event = f"refused {version}: {exc}"
+            self.refused[version] = kind_of(exc)
+            self.last_event = f"refused {version}: {kind_of(exc)}"
             log.error(
                 "not switching to %s %s: %s",
                 self.settings.model,

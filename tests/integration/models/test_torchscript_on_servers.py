@@ -67,7 +67,9 @@ def test_a_server_refuses_a_trusted_torchscript_version_by_default(
     with caplog.at_level(logging.ERROR, logger="frameworm.model"):
         asyncio.run(refusing.start())
     assert refusing.state == "failed"
-    assert "scripted 1.0.0 is TorchScript, which carries code: refused" in refusing.reason
+    assert "ArtefactError" in refusing.reason
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("scripted 1.0.0 is TorchScript, which carries code: refused" in m for m in messages)
     assert caplog.records and not any(record.exc_info for record in caplog.records)
 
 

@@ -92,6 +92,8 @@ def test_a_load_failing_with_an_unexpected_error_fails_the_host_and_logs_the_tra
     monkeypatch.setattr(host, "settings", host.settings.model_copy(update={"load_retries": 1}))
     asyncio.run(host.start())
     assert host.state == "failed" and host.failed.is_set()
-    assert "unsupported ScalarType" in host.reason
+    # The reason is public (/readyz?verbose): the exception's type, its text in the log only.
+    assert host.reason == "loading failed (attempt 1 of 1): TypeError (details in the server log)"
     (record,) = [r for r in caplog.records if r.name == "frameworm.model"]
+    assert "unsupported ScalarType" in record.getMessage()
     assert record.exc_info is not None  # the traceback is in the log, for whoever debugs it
