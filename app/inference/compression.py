@@ -33,19 +33,29 @@ def decompressed(body: bytes, content_encoding: str | None, max_bytes: int) -> b
             "unsupported-media-type",
             f"Content-Encoding {coding[:40]!r} is not supported; send gzip or deflate",
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error:
-        raise Problem("malformed-request", f"the body is not valid {coding} data") from None
-    if len(data) > max_bytes:
-        raise Problem(
-            "payload-too-large",
-            f"the body is larger than {max_bytes / (1024 * 1024):g} MB once decompressed",
-        )
-    if not inflater.eof or inflater.unused_data:
-        raise Problem("malformed-request", f"the body is not valid {coding} data")
-    return data
+    # A gzip body may be several members one after the other (RFC 1952 2.2; `cat a.gz b.gz`),
+    # which decompress to their contents joined; a zlib stream is one.
+    members = []
+    produced = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(rest, max_bytes + 1 - produced)
+        except zlib.error:
+            raise Problem("malformed-request", f"the body is not valid {coding} data") from None
+        produced += len(data)
+        if produced > max_bytes:
+            raise Problem(
+                "payload-too-large",
+                f"the body is larger than {max_bytes / (1024 * 1024):g} MB once decompressed",
+            )
+        members.append(data)
+        rest = inflater.unused_data
+        if not inflater.eof or (rest and wbits == zlib.MAX_WBITS):
+            raise Problem("malformed-request", f"the body is not valid {coding} data")
+        if not rest:
+            return members[0] if len(members) == 1 else b"".join(members)
 
 
 def _coding(content_encoding: str | None) -> str:
