@@ -57,7 +57,7 @@ def check_array(name: str, value: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise Problem("invalid-input", f"input {name!r} is empty; {expected}")
     if target.kind == "f" and value.dtype.kind in "fiu" and _finite_within(value, target):
         return value.astype(target, copy=False)  # the common case, in two reductions
-    _check_range(name, value, target, expected)
+    check_range(name, value, target, expected)
     array = value.astype(target, copy=False)
     if spec.dtype in FLOAT_DTYPES and not spec.allow_non_finite and not np.isfinite(array).all():
         raise Problem("invalid-input", f"input {name!r} contains NaN or infinity, not allowed")
@@ -74,7 +74,7 @@ def _finite_within(value: np.ndarray, target: np.dtype[Any]) -> bool:
     return bool(-high <= value.min() and value.max() <= high)
 
 
-def _check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: str) -> None:
+def check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: str) -> None:
     """Values must fit the target dtype: a cast would wrap integers or overflow floats."""
     if value.dtype == target or value.dtype.kind == "b" or value.size == 0:
         return

@@ -22,6 +22,7 @@ from app.inference.codec import (
     check_array,
     check_json_shape,
     check_parameters,
+    check_range,
     holds_boolean,
 )
 from models.manifest import Dtype, Signature
@@ -196,6 +197,8 @@ def _decode_input(
         raise mismatch
     if may_hold_bools and given.dtype.kind != "b" and holds_boolean(data):
         raise mismatch
+    # And within its declared datatype's range: 300 declared INT8 is refused, not passed on.
+    check_range(name, given, dtype, f"declared {datatype}")
     return name, check_array(name, _reshaped(name, given, shape), spec), 0
 
 

@@ -90,6 +90,16 @@ def test_booleans_mixed_into_numeric_data_are_refused(datatype: str) -> None:
     np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
 
 
+@pytest.mark.parametrize(("datatype", "value"), [("INT8", 300), ("UINT8", -5), ("INT16", 40_000)])
+def test_data_outside_its_declared_datatype_is_refused(datatype: str, value: int) -> None:
+    # The model takes float32, which holds 300; the client said INT8, which does not.
+    with refused() as caught:
+        decode_request(SIG, header(x_input(datatype=datatype, data=[value] + [0] * 5)), None)
+    assert f"out of range; declared {datatype}" in caught.value.detail
+    fits = decode_request(SIG, header(x_input(datatype=datatype, data=[7] * 6)), None)
+    assert fits.decoded.arrays[0].tolist() == [[7.0] * 3] * 2
+
+
 def test_fractional_data_under_an_integer_datatype_is_refused() -> None:
     sig = Signature(
         inputs=(TensorSpec(name="x", dtype="int64", shape=(-1, 3)),),
