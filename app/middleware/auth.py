@@ -10,6 +10,7 @@ while; valid keys from that address keep working.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 
@@ -48,7 +49,6 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        client = _client_address(scope)
         token = _token(scope)
         try:
             result = await self.auth.authenticate(token)
@@ -58,8 +58,9 @@ class APIKeyMiddleware:
             )
             return
         if isinstance(result, AuthFailure):
+            client = client_address(scope)
             self._failed(client, token, result.reason)
-            if not self.failures.allow(client):
+            if not self.failures.allow(failure_bucket(client)):
                 # Guessing from this address: refused for a while (a valid key still works,
                 # so clients sharing the address behind a NAT are not locked out).
                 await send_problem(
@@ -101,7 +102,22 @@ def _token(scope: Scope) -> str | None:
     return api_key or bearer
 
 
-def _client_address(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
     # uvicorn has already applied X-Forwarded-For when the peer is a trusted proxy.
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+def failure_bucket(address: str) -> str:
+    """Whose failed authentications are counted together: an IPv4 address, or an IPv6 /64.
+    One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so a budget per
+    address would give it 2**64 budgets."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown", or a unix socket path
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -393,6 +394,22 @@ def test_repeated_failures_from_one_address_are_refused_with_429_but_a_valid_key
         auth, "POST", "/infer", digit_document(), {**address, "x-api-key": auth.keys.valid}
     )
     assert status == 200, body
+
+
+def test_ipv6_addresses_of_one_64_share_one_budget_of_failures(auth: Auth) -> None:
+    # One host usually holds its whole /64: a budget per address would be 2**64 budgets.
+    prefix = "2001:db8:" + uuid.uuid4().hex[:4]
+    statuses = [
+        send(
+            auth,
+            "POST",
+            "/infer",
+            None,
+            {"x-forwarded-for": f"{prefix}::{i + 1:x}", "x-api-key": "nope"},
+        )[0]
+        for i in range(6)
+    ]
+    assert statuses == [401] * 5 + [429]
 
 
 @pytest.mark.parametrize(
