@@ -436,3 +436,11 @@ def test_outputs_are_encoded_by_name_with_model_version_and_request_id() -> None
         "outputs": {"y": [[0.25, 0.75]]},
         "request_id": "rid",
     }
+
+
+def test_a_repeated_name_keeps_its_last_value_and_a_number_past_float64_is_400() -> None:
+    # What the README promises of JSON that RFC 8259 leaves to the receiver.
+    repeated = b'{"inputs": {"x": [[9, 9, 9]], "x": [[1, 2, 3]]}}'
+    assert decode_infer_json(signature(), repeated).arrays[0].tolist() == [[1.0, 2.0, 3.0]]
+    with refused("malformed-request"):
+        decode_infer_json(signature(), b'{"inputs": {"x": [[1e400, 2, 3]]}}')
