@@ -6,6 +6,7 @@ Served as `frameworm serve` or `uvicorn --factory app.main:create_app`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from starlette.middleware import Middleware
@@ -37,6 +38,24 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/r
 PUBLIC_PATHS = PROBE_PATHS | {"/v2", "/metrics"}
 QUIET_PATHS = PROBE_PATHS | {"/metrics"}
 TRACE_FLUSH_S = 3.0
+# How the OpenAPI document says a request authenticates (app.middleware.auth): the same API key
+# in either header; /metrics has a bearer token of its own (FRAMEWORM_METRICS_TOKEN).
+API_KEY_SCHEMES: dict[str, dict[str, str]] = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "bearerApiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the API key, as Authorization: Bearer <key>",
+    },
+}
+METRICS_SCHEME: dict[str, dict[str, str]] = {
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "FRAMEWORM_METRICS_TOKEN, for /metrics only",
+    }
+}
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # The routes every app serves; /metrics's router is added when metrics are on.
 ROUTERS = (health.router, infer.router, v2.router)
 
@@ -56,6 +75,36 @@ class FramewormApp(FastAPI):
         for middleware in reversed(self.state.middleware):
             app = middleware.cls(app, *middleware.args, **middleware.kwargs)
         return app
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document (built once, cached by FastAPI), with how each route is
+        authenticated added once to each document built."""
+        document = super().openapi()
+        if document is not getattr(self.state, "secured_openapi", None):
+            document_security(document, self.state.settings)
+            self.state.secured_openapi = document
+        return document
+
+
+def document_security(document: dict[str, Any], settings: Settings) -> None:
+    """securitySchemes and each operation's `security`, as the server enforces them: with auth
+    on, an API key (in either header) on every path but the public ones; the metrics token on
+    /metrics when one is set; nothing else (auth off: no key is claimed anywhere)."""
+    paths: dict[str, dict[str, Any]] = document.get("paths", {})
+    api_key: list[dict[str, list[str]]] = (
+        [{name: []} for name in API_KEY_SCHEMES] if settings.auth_enabled else []
+    )
+    token = settings.metrics_token is not None and "/metrics" in paths
+    metrics: list[dict[str, list[str]]] = [{name: []} for name in METRICS_SCHEME] if token else []
+    for path, item in paths.items():
+        # A list of requirements: any one of them is enough.
+        required = metrics if path == "/metrics" else [] if path in PUBLIC_PATHS else api_key
+        for method, operation in item.items():
+            if method in _METHODS and required:
+                operation["security"] = required
+    schemes = (API_KEY_SCHEMES if api_key else {}) | (METRICS_SCHEME if metrics else {})
+    if schemes:
+        document.setdefault("components", {})["securitySchemes"] = schemes
 
 
 def build_middleware(

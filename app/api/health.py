@@ -16,11 +16,9 @@ router = APIRouter(tags=["health"])
 _NO_STORE = {"cache-control": "no-store"}
 
 
-class ProbeResponse(Response):
-    """A probe's JSON answer; to HEAD (load balancers probe with it), the same status and
-    headers, Content-Length included, without the body (RFC 9110 9.3.2)."""
-
-    media_type = "application/json"
+class HeadResponse(Response):
+    """An answer to a route that takes GET and HEAD: to HEAD, the same status and headers,
+    Content-Length included, without the body (RFC 9110 9.3.2)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "HEAD":
@@ -30,6 +28,12 @@ class ProbeResponse(Response):
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         await send({"type": "http.response.body", "body": b""})
+
+
+class ProbeResponse(HeadResponse):
+    """A probe's JSON answer (load balancers probe with HEAD too)."""
+
+    media_type = "application/json"
 
 
 def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
@@ -72,6 +76,21 @@ async def healthz() -> Response:
     "/readyz",
     summary="Readiness: model loaded, warm and checked; not draining",
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
+    # Read as a flag by the handler (present or not), so FastAPI does not parse it: declared
+    # here only, where a `bool` parameter would refuse the bare `?verbose` with a 422.
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "verbose",
+                "in": "query",
+                "required": False,
+                "allowEmptyValue": True,
+                "description": "a flag, given without a value (`/readyz?verbose`; any value "
+                "counts the same): the answer lists each check with its verdict and reason",
+                "schema": {"type": "string"},
+            }
+        ]
+    },
 )
 @router.api_route("/readyz", methods=["GET", "HEAD"], include_in_schema=False)
 async def readyz(request: Request, host: HostDep) -> Response:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
+from app.api.health import HeadResponse
 from app.deps import SettingsDep
-from app.errors import Problem
+from app.errors import Problem, problem_responses
 from app.telemetry.metrics import Metrics
 
 router = APIRouter(tags=["observability"])
@@ -17,7 +18,24 @@ router = APIRouter(tags=["observability"])
 _WWW_AUTHENTICATE = {"www-authenticate": 'Bearer realm="frameworm-metrics"'}
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+_TEXT = {"schema": {"type": "string"}}
+
+
+# The hidden route (registered first) serves GET and HEAD, so a 405 there names both methods;
+# the route above it documents GET alone: HEAD stays out of the OpenAPI document.
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Prometheus text format, or OpenMetrics (with exemplars) when the Accept "
+    "header asks for application/openmetrics-text. No API key; a bearer token when "
+    "FRAMEWORM_METRICS_TOKEN is set.",
+    response_class=PlainTextResponse,  # documents text/plain; the handler sends its own type
+    responses={
+        200: {"content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT}},
+        **problem_responses(401),
+    },
+)
+@router.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
 async def metrics(request: Request, settings: SettingsDep) -> Response:
     token = settings.metrics_token
     if token is not None:
@@ -34,4 +52,4 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
             )
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render(request.headers.get("accept", ""))
-    return Response(body, headers={"content-type": content_type})
+    return HeadResponse(body, headers={"content-type": content_type})

@@ -9,14 +9,20 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app.api.health import ProbeResponse, readiness
+from app.api.health import HeadResponse, ProbeResponse, readiness
 from app.config import Settings
 from app.deps import HostDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
 from app.inference.batcher import DynamicBatcher
 from app.inference.compression import decompressed
 from app.inference.host import ModelHost
-from app.inference.protocol_v2 import DATATYPES, decode_request, encode_response
+from app.inference.protocol_v2 import (
+    DATATYPES,
+    NUMPY_OF,
+    OUTPUT_PARAMETERS,
+    decode_request,
+    encode_response,
+)
 from app.inference.runner import ModelRunner
 from app.inference.service import off_the_loop_if_large, run_inference
 from models.manifest import TensorSpec
@@ -31,7 +37,8 @@ SERVER_METADATA = {
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
+    # The GET routes here answer HEAD too: the same status and headers, no body.
+    return HeadResponse(orjson.dumps(body), status, media_type="application/json")
 
 
 def _serving(
@@ -59,13 +66,15 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": list(spec.shape)}
 
 
+# On each GET route, the hidden route (registered first) serves GET and HEAD, so a 405 there
+# names both methods; the route above it documents GET alone: HEAD stays out of the OpenAPI
+# document.
 @router.get("", summary="Server metadata")
+@router.api_route("", methods=["GET", "HEAD"], include_in_schema=False)
 async def server_metadata() -> Response:
     return _json(SERVER_METADATA)
 
 
-# The hidden route (registered first) serves GET and HEAD, so a 405 there names both methods;
-# the route above it documents GET alone: HEAD stays out of the OpenAPI document.
 @router.get("/health/live", summary="Server liveness")
 @router.api_route("/health/live", methods=["GET", "HEAD"], include_in_schema=False)
 async def live() -> Response:
@@ -88,16 +97,161 @@ READY_RESPONSES = {
     **MODEL_RESPONSES,
     503: {"description": "Not ready", "content": {"application/json": {}}},
 }
-INFER_RESPONSES = problem_responses(*GUARD_STATUSES, 400, 404, 415, 422, 500, 504)
+
+# The inference request and answer as app.inference.protocol_v2 reads and writes them.
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+_BINARY = {"type": "string", "format": "binary"}
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+V2_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "description": "echoed in the answer"},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": _SHAPE,
+                    "datatype": {"type": "string", "enum": list(NUMPY_OF)},
+                    "data": {
+                        "type": "array",
+                        "description": "the values, row-major, flat or nested; left out when "
+                        "parameters.binary_data_size is given",
+                    },
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            "binary_data_size": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "the input's bytes (little-endian, row-major) "
+                                "follow the JSON header in an application/octet-stream body",
+                            }
+                        },
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "description": "the outputs wanted, each once; left out or empty: all of them",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {n: {"type": "boolean"} for n in sorted(OUTPUT_PARAMETERS)},
+                    },
+                },
+            },
+        },
+        "parameters": {
+            "type": "object",
+            "description": "the model's own parameters (its signature's), and the protocol's: "
+            "binary_data_output, timeout, and priority and headers (accepted, not used); "
+            "sequence batching (sequence_id, sequence_start, sequence_end) is refused",
+            "properties": {
+                "binary_data_output": {
+                    "type": "boolean",
+                    "description": "every output as binary (application/octet-stream answer)",
+                },
+                "timeout": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "microseconds; 0 means none",
+                },
+            },
+            "additionalProperties": True,
+        },
+        # Triton's binary-extension example names the model in the body; the route decides.
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+    },
+}
+V2_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_name", "model_version", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string", "description": "the request's id, when it had one"},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "datatype": {"type": "string", "enum": sorted(set(DATATYPES.values()))},
+                    "shape": _SHAPE,
+                    "data": {"type": "array", "description": "the values, flat, row-major"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+    },
+}
+INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": _HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "the length of the JSON header, when binary tensor data follows it",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "JSON, or (binary tensor data extension) the JSON header followed by "
+        f"the inputs' bytes, its length in {_HEADER_LENGTH}; a missing Content-Type is read "
+        "as either; gzip or deflate Content-Encoding is accepted",
+        "content": {
+            "application/json": {"schema": V2_REQUEST_SCHEMA},
+            "application/octet-stream": {"schema": _BINARY},
+        },
+    },
+}
+INFER_RESPONSES = {
+    200: {
+        "description": "The outputs: JSON, or the JSON header followed by the outputs' bytes "
+        "when any output is asked for as binary",
+        "headers": {
+            _HEADER_LENGTH: {
+                "description": "the JSON header's length (application/octet-stream only)",
+                "schema": {"type": "integer"},
+            }
+        },
+        "content": {
+            "application/json": {"schema": V2_RESPONSE_SCHEMA},
+            "application/octet-stream": {"schema": _BINARY},
+        },
+    },
+    **problem_responses(*GUARD_STATUSES, 400, 404, 415, 422, 500, 504),
+}
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=MODEL_RESPONSES)
+@router.api_route("/models/{name}", methods=["GET", "HEAD"], include_in_schema=False)
 async def model_metadata(request: Request, name: str) -> Response:
     return _metadata(_serving(request, name, None)[0])
 
 
 @router.get(
     "/models/{name}/versions/{version}", summary="Model version metadata", responses=MODEL_RESPONSES
+)
+@router.api_route(
+    "/models/{name}/versions/{version}", methods=["GET", "HEAD"], include_in_schema=False
 )
 async def version_metadata(request: Request, name: str, version: str) -> Response:
     return _metadata(_serving(request, name, version)[0])
@@ -117,6 +271,7 @@ def _metadata(runner: ModelRunner) -> Response:
 
 
 @router.get("/models/{name}/ready", summary="Model readiness", responses=READY_RESPONSES)
+@router.api_route("/models/{name}/ready", methods=["GET", "HEAD"], include_in_schema=False)
 async def model_ready(host: HostDep, name: str) -> Response:
     return _ready(host, name, None)
 
@@ -125,6 +280,9 @@ async def model_ready(host: HostDep, name: str) -> Response:
     "/models/{name}/versions/{version}/ready",
     summary="Model version readiness",
     responses=READY_RESPONSES,
+)
+@router.api_route(
+    "/models/{name}/versions/{version}/ready", methods=["GET", "HEAD"], include_in_schema=False
 )
 async def version_ready(host: HostDep, name: str, version: str) -> Response:
     return _ready(host, name, version)
@@ -139,7 +297,12 @@ def _ready(host: ModelHost, name: str, version: str | None) -> Response:
     return _json({"name": name, "ready": True})
 
 
-@router.post("/models/{name}/infer", summary="Inference", responses=INFER_RESPONSES)
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+)
 async def model_infer(request: Request, name: str) -> Response:
     return await _infer(request, *_serving(request, name, None))
 
@@ -148,6 +311,7 @@ async def model_infer(request: Request, name: str) -> Response:
     "/models/{name}/versions/{version}/infer",
     summary="Inference on a version",
     responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, *_serving(request, name, version))

@@ -25,6 +25,23 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# Swagger UI at /docs (served only with FRAMEWORM_ENABLE_DOCS=true) is the one page here a
+# browser renders, and under `default-src 'none'` it stays blank: FastAPI's page loads Swagger
+# UI's script and stylesheet from cdn.jsdelivr.net, starts it with an inline script and shows
+# a favicon from fastapi.tiangolo.com; Swagger UI then sets inline styles, draws data: icons
+# and fetches /openapi.json (and sends "Try it out" requests) to this origin. So that page, and
+# no other response, gets a policy allowing just that. 'unsafe-inline' is needed because the
+# inline script has no nonce (and its hash would change with the title, the URL and FastAPI's
+# version); the page shows nothing taken from the request. Framing stays refused.
+DOCS_CSP = (
+    b"default-src 'none'; script-src https://cdn.jsdelivr.net 'unsafe-inline'; "
+    b"style-src https://cdn.jsdelivr.net 'unsafe-inline'; "
+    b"img-src https://fastapi.tiangolo.com data:; connect-src 'self'; frame-ancestors 'none'"
+)
+DOCS_SECURITY_HEADERS = [
+    (name, DOCS_CSP if name == b"content-security-policy" else value)
+    for name, value in SECURITY_HEADERS
+]
 _REPLACED = {name for name, _ in SECURITY_HEADERS} | {b"server", b"x-request-id"}
 # scope["state"] key: headers inner layers add to whatever response the request gets.
 RESPONSE_HEADERS = "response_headers"
@@ -71,7 +88,7 @@ class RequestContextMiddleware:
                 name_span_by_route(scope)
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k not in _REPLACED]
-                headers += SECURITY_HEADERS
+                headers += DOCS_SECURITY_HEADERS if _is_docs(scope) else SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
                 headers += state.get(RESPONSE_HEADERS, ())
                 message = {**message, "headers": headers}
@@ -112,6 +129,12 @@ class RequestContextMiddleware:
                 "span_id": span_id,
             },
         )
+
+
+def _is_docs(scope: Scope) -> bool:
+    """The docs page: its path, on an app that serves docs (FastAPI's docs_url is None when
+    they are off; Starlette puts the app in the scope before any middleware runs)."""
+    return scope["path"] == "/docs" and getattr(scope.get("app"), "docs_url", None) == "/docs"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

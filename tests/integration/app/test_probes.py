@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.production import APIKeyAuth
 from models.demo import seed_demo
 from models.registry import ModelRegistry
 from tests.integration.app.apps import AppClient, app_settings, running_app, wait_ready
@@ -133,3 +134,62 @@ def test_head_on_readyz_is_503_like_get_once_the_drain_begins(seeded_registry: P
         v2_head = client.request("HEAD", "/v2/health/ready")
     assert (head.status_code, head.content) == (503, b"")
     assert (v2_head.status_code, v2_head.content) == (503, b"")
+
+
+GET_ROUTES = [
+    "/v2",
+    "/v2/models/cnn-digits",
+    "/v2/models/cnn-digits/versions/1.0.0",
+    "/v2/models/cnn-digits/ready",
+    "/v2/models/cnn-digits/versions/1.0.0/ready",
+    "/metrics",
+]
+
+
+@pytest.mark.parametrize("path", GET_ROUTES)
+def test_head_on_a_get_route_answers_as_get_without_the_body(cnn: AppClient, path: str) -> None:
+    get, head = cnn.get(path), cnn.request("HEAD", path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # the metrics change between two scrapes
+        changing = dict.fromkeys(["x-request-id", "ratelimit-remaining", "ratelimit-reset"], "")
+        assert {**head.headers, **changing} == {**get.headers, **changing}
+        assert int(head.headers["content-length"]) == len(get.content)
+
+
+@pytest.mark.parametrize("path", ["/v2/models/nope", "/v2/models/cnn-digits/versions/9.9.9/ready"])
+def test_head_on_another_model_is_404_like_get(cnn: AppClient, path: str) -> None:
+    assert cnn.request("HEAD", path).status_code == cnn.get(path).status_code == 404
+
+
+@pytest.mark.parametrize("path", GET_ROUTES)
+def test_a_405_on_a_get_route_names_get_and_head(cnn: AppClient, path: str) -> None:
+    response = cnn.request("PUT", path)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_head_is_authenticated_like_get(
+    seeded_registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    token = "metrics-token-0123456789"
+    settings = app_settings(
+        seeded_registry,
+        auth_enabled=True,
+        api_keys_file=tmp_path_factory.mktemp("keys") / "api-keys.json",
+        api_key_pepper="p" * 40,
+        metrics_token=token,
+    )
+    key = APIKeyAuth(settings=settings).create_key("alice")
+    guarded = GET_ROUTES[1:-1]
+    with running_app(settings) as client:
+        anonymous = {p: client.request("HEAD", p).status_code for p in GET_ROUTES}
+        with_key = [client.request("HEAD", p, headers={"x-api-key": key}) for p in guarded]
+        bearer = [
+            client.request("HEAD", p, headers={"authorization": f"Bearer {key}"}) for p in guarded
+        ]
+        scrape = client.request("HEAD", "/metrics", headers={"authorization": f"Bearer {token}"})
+    assert anonymous == {"/v2": 200, **dict.fromkeys(guarded, 401), "/metrics": 401}
+    assert [(r.status_code, r.content) for r in with_key + bearer] == [(200, b"")] * 8
+    assert (scrape.status_code, scrape.content) == (200, b"")
