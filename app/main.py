@@ -107,8 +107,19 @@ def document_security(document: dict[str, Any], settings: Settings) -> None:
         document.setdefault("components", {})["securitySchemes"] = schemes
 
 
+def auth_failure_limiter(settings: Settings) -> TokenBucketLimiter:
+    """Failed authentications per client (FRAMEWORM_AUTH_FAILURE_LIMIT): one budget shared by
+    API keys and the metrics token, so neither can be guessed at the other's expense."""
+    limit = parse_limit(settings.auth_failure_limit)
+    return TokenBucketLimiter(capacity=limit.amount, refill_rate=limit.amount / limit.get_expiry())
+
+
 def build_middleware(
-    settings: Settings, metrics: Metrics | None, tracing: Middleware | None, lifecycle: Lifecycle
+    settings: Settings,
+    metrics: Metrics | None,
+    tracing: Middleware | None,
+    lifecycle: Lifecycle,
+    failures: TokenBucketLimiter,
 ) -> list[Middleware]:
     """The middleware, in request order: the first here sees a request first."""
     public = PUBLIC_PATHS | ({"/docs", "/openapi.json"} if settings.enable_docs else set())
@@ -126,15 +137,12 @@ def build_middleware(
             )
         )
     if settings.auth_enabled:
-        failures = parse_limit(settings.auth_failure_limit)
         stack.append(
             Middleware(
                 APIKeyMiddleware,
                 auth=APIKeyAuth(settings=settings),
                 public_paths=frozenset(public),
-                failures=TokenBucketLimiter(
-                    capacity=failures.amount, refill_rate=failures.amount / failures.get_expiry()
-                ),
+                failures=failures,
                 metrics=metrics,
             )
         )
@@ -201,8 +209,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if tracing is not None:
         # Spans are flushed in the drain, within a bound that fits the shutdown budget.
         app.state.lifecycle.shutdown.register_handler(lambda: shutdown_tracing(TRACE_FLUSH_S))
+    app.state.auth_failures = auth_failure_limiter(settings)
     app.state.middleware = build_middleware(
-        settings, app.state.metrics, tracing, app.state.lifecycle
+        settings, app.state.metrics, tracing, app.state.lifecycle, app.state.auth_failures
     )
     install_error_handlers(app)
     for router in ROUTERS:

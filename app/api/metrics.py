@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hmac
+import logging
+from typing import NoReturn
 
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
 from app.api.health import HeadResponse
 from app.deps import SettingsDep
-from app.errors import Problem, problem_responses
+from app.errors import Problem, problem_responses, retry_after
+from app.middleware.auth import client_address, failure_bucket
 from app.telemetry.metrics import Metrics
 
+log = logging.getLogger("frameworm.auth")
 router = APIRouter(tags=["observability"])
 
 # The metrics token is not an API key: its 401 names a realm (protection space) of its own.
@@ -32,7 +36,7 @@ _TEXT = {"schema": {"type": "string"}}
     response_class=PlainTextResponse,  # documents text/plain; the handler sends its own type
     responses={
         200: {"content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT}},
-        **problem_responses(401),
+        **problem_responses(401, 429),
     },
 )
 @router.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
@@ -45,11 +49,19 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), expected.encode()
         ):
-            raise Problem(
-                "unauthorized",
-                "a valid metrics bearer token is required",
-                headers=_WWW_AUTHENTICATE,
-            )
+            _refuse(request)
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render(request.headers.get("accept", ""))
     return HeadResponse(body, headers={"content-type": content_type})
+
+
+def _refuse(request: Request) -> NoReturn:
+    """401; past the client's budget of failed authentications (the one API keys use), 429."""
+    client = client_address(request.scope)
+    request.app.state.metrics.auth_failures.labels("metrics_token").inc()
+    log.info("authentication failed", extra={"reason": "metrics_token", "client": client})
+    if not request.app.state.auth_failures.allow(failure_bucket(client)):
+        raise Problem("rate-limited", "too many failed authentications", headers=retry_after(10))
+    raise Problem(
+        "unauthorized", "a valid metrics bearer token is required", headers=_WWW_AUTHENTICATE
+    )

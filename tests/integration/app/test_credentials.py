@@ -98,3 +98,27 @@ def test_made_up_paths_refused_without_a_key_add_no_metrics_series(
     client.post("/v2/models/vae-digits-decoder/infer", json={})
     text = client.get("/metrics", headers=metrics).text
     assert 'handler="/v2/models/{name}/infer",method="POST",status="4xx"' in text
+
+
+def test_guessing_the_metrics_token_spends_the_budget_of_failed_authentications(
+    seeded_registry: Path, tmp_path: Path
+) -> None:
+    settings = app_settings(
+        seeded_registry,
+        model="vae-digits-decoder",
+        auth_enabled=True,
+        api_keys_file=tmp_path / "api-keys.json",
+        api_key_pepper=PEPPER,
+        metrics_token=METRICS_TOKEN,
+        auth_failure_limit="3/minute",
+    )
+    with running_app(settings) as client:
+        wrong = {"authorization": "Bearer guess"}
+        statuses = [client.get("/metrics", headers=wrong).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        # One budget: API keys from the same address are refused 429 too, valid ones aside.
+        assert (
+            client.post("/infer", json=GENERATE, headers={"x-api-key": "nope"}).status_code == 429
+        )
+        text = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
+    assert 'frameworm_auth_failures_total{reason="metrics_token"} 4.0' in text
