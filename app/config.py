@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # connections, it must exceed the proxy's own idle timeout (ingress-nginx: 60 s), or the
     # proxy sends a request on a connection the server is closing and answers 502.
     keep_alive_s: float = Field(default=5.0, gt=0)
+    # Once its first byte has arrived, the request line and headers must be whole within this
+    # (nginx's client_header_timeout): a client trickling a head cannot hold a connection.
+    header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_json_depth: int = Field(default=32, ge=2)
     max_json_elements: int = Field(default=4_000_000, ge=1)
@@ -197,6 +200,8 @@ class Settings(BaseSettings):
         ):
             # The failed-authentication limit slows guessing; it cannot save a short key.
             problems.append("the bootstrap API key is shorter than 32 characters")
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 32:
+            problems.append("the metrics token is shorter than 32 characters")
         if self.enable_docs:
             problems.append("the OpenAPI docs are on (FRAMEWORM_ENABLE_DOCS=true)")
         if problems:

@@ -1,4 +1,4 @@
-"""The HTTP connection: uvicorn's httptools protocol, with two bounds it does not have.
+"""The HTTP connection: uvicorn's httptools protocol, with the bounds it does not have.
 
 - The request head (request line and headers) is limited: httptools accepts any size and
   joins a header value by copying it whole for every piece that arrives, so one 200 MB header
@@ -9,6 +9,16 @@
   concurrency slots for good. When writing has been paused (the client's window and the
   transport's buffer full) for `write_stall_s`, the connection is aborted: the request ends as
   a disconnect and its slot is free again.
+- Waiting is limited in time: uvicorn arms its keep-alive timer only after a response and drops
+  it at the first byte of the next request, so a connection that sent nothing, or half a head,
+  stayed open for good (slowloris). A connection waiting for a request (new, or after a
+  response) closes after `timeout_keep_alive` without a byte; a head, once begun, must be whole
+  within `header_timeout_s` (answered 408 and closed otherwise). The body has its own deadline
+  in the app (RequestLimitsMiddleware).
+
+Errors of the protocol itself (a request httptools cannot parse, a head over the limit, a head
+too slow) are problem responses like the app's, with its security headers, and close the
+connection.
 
 A client that goes away is noticed: the app hands `on_client_gone` a function for a request,
 and when the connection is lost (or aborted for a stalled write) before that request is
@@ -27,14 +37,21 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from app.errors import PROBLEM_CONTENT_TYPE, problem_body
+from app.middleware.context import SECURITY_HEADERS
 
 log = logging.getLogger("frameworm.connection")
 
 ON_CLIENT_GONE = "frameworm.on_client_gone"
 _GONE = object()  # in place of the function once the client has gone
+MAX_URL_BYTES = 65535  # httptools.parse_url refuses longer ones
 
 
 def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:
@@ -58,6 +75,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Set per server by `bounded_protocol`; these defaults are the settings' defaults.
     max_head_bytes = 64 * 1024
     write_stall_s = 30.0
+    header_timeout_s = 10.0
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -65,6 +83,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk_bytes = 0  # of the chunk being parsed
         self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
+        self._head_open = False  # a request head has begun and not ended
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ waiting
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn's keep-alive timer, armed for a new connection too: the first byte drops it.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        # A head that began before the timer was armed (pipelined) has its own deadline.
+        if not self._head_open and not self.transport.is_closing():
+            wait = self.timeout_keep_alive
+            log.debug("no request for %gs; connection closed", wait, extra=self._who())
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True  # the head timer is armed after the chunk, if the head is open
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # pipelined requests wait: the server is not reading, for now
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+            return
+        limit = self.header_timeout_s
+        log.info("a request head not whole in %gs; answered 408", limit, extra=self._who())
+        self._close_with(408, "request-timeout", f"the request head took over {limit:g} s")
+
+    def _end_head(self) -> None:
+        self._head_open = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     # ------------------------------------------------------------------ request head
     def data_received(self, data: bytes) -> None:
@@ -80,6 +137,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
+        # Armed once per head that spans chunks (one that ends where it began costs no timer).
+        if self._head_open and self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _unsupported_upgrade_warning(self) -> None:
         # Serving no WebSockets (ws="none") is deliberate: an upgrade request is plain HTTP.
@@ -87,13 +147,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.debug("an upgrade request served as plain HTTP", extra=self._who())
 
     def on_headers_complete(self) -> None:
+        self._end_head()
         # A head that ends in the chunk it started in (up to uvloop's 256 KB read) never
         # counted above. Measured here, only when this chunk could have carried it past the
-        # limit; such a request is answered by `_refuse_whole_head` instead of the app.
-        if self._head_bytes + self._chunk_bytes > self.max_head_bytes and self._head_size() > (
-            self.max_head_bytes
-        ):
-            app, self.app = self.app, self._refuse_whole_head
+        # limit; such a request is answered by `_refuse_whole_head` instead of the app. So is
+        # a URL that httptools cannot parse for its length (under a limit raised past 64 KB).
+        limit = self.max_head_bytes
+        over = self._head_bytes + self._chunk_bytes > limit and self._head_size() > limit
+        if over or len(self.url) > MAX_URL_BYTES:
+            detail = (
+                f"the request line and headers are over {limit // 1024} KB"
+                if over
+                else "the request line is over 64 KB"
+            )
+            app, self.app = self.app, self._refuse_whole_head(detail)
+            self.url = b"/"  # not needed to refuse it, and not parsed if over 64 KB
             try:
                 super().on_headers_complete()
             finally:
@@ -112,40 +180,47 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         """A head still arriving, over the limit: answered 431 at once, the connection closed."""
-        log.warning(
-            "a request head over %d bytes; answered 431", self.max_head_bytes, extra=self._who()
-        )
-        if self.cycle is None or self.cycle.response_complete:  # not in a pipelined response
-            body = self._too_large_body()
-            head = [
-                b"HTTP/1.1 431 Request Header Fields Too Large",
-                b"content-type: " + PROBLEM_CONTENT_TYPE.encode(),
-                b"content-length: " + str(len(body)).encode(),
-                b"connection: close",
-            ]
-            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        limit = self.max_head_bytes
+        log.warning("a request head over %d bytes; answered 431", limit, extra=self._who())
+        detail = f"the request line and headers are over {limit // 1024} KB"
+        self._close_with(431, "headers-too-large", detail)
+
+    def _refuse_whole_head(self, detail: str) -> ASGI3Application:
+        """The app for a head that arrived whole, too large: 431 in its turn, then closed."""
+
+        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+            log.warning("a request head too large (%s); answered 431", detail, extra=self._who())
+            body = problem_body("headers-too-large", detail, None)
+            headers = _problem_headers(body)
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        return cast(ASGI3Application, refuse)
+
+    # ------------------------------------------------------------------ protocol errors
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to anything httptools cannot parse (a bad Content-Length, both it and
+        # chunked, a bad chunk, a NUL or a folded header, an unknown method, HTTP/2's preface)
+        # is text/plain: a problem, with no echo of what was sent. uvicorn has logged it.
+        self._close_with(400, "malformed-request", "the request is not valid HTTP/1.1")
+
+    def _close_with(self, status: int, code: str, detail: str) -> None:
+        """Answer with a problem, when that answer is next on the wire, and close."""
+        unanswered = [cycle for cycle in self._open if not cycle.response_complete]
+        # An error in the body of the newest request answers that request (if it has not begun
+        # answering); one in a new head answers a request after every one already open.
+        in_body = not self._head_open and self.cycle is not None and self.cycle.more_body
+        if not unanswered or (
+            in_body and unanswered == [self.cycle] and not self.cycle.response_started
+        ):
+            body = problem_body(code, detail, None)
+            headers = [*self.server_state.default_headers, *_problem_headers(body)]
+            lines = [STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers)]
+            self.transport.write(b"".join(lines) + b"\r\n" + body)
+        for cycle in unanswered:  # their answers can no longer be written
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.close()
-
-    async def _refuse_whole_head(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A head that arrived whole, over the limit: answered 431 in its turn, then closed."""
-        log.warning(
-            "a request head over %d bytes; answered 431", self.max_head_bytes, extra=self._who()
-        )
-        body = self._too_large_body()
-        headers = [
-            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 431, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    def _too_large_body(self) -> bytes:
-        return problem_body(
-            "headers-too-large",
-            f"the request line and headers are over {self.max_head_bytes // 1024} KB",
-            None,
-        )
 
     # ------------------------------------------------------------------ stalled writes
     def pause_writing(self) -> None:
@@ -159,6 +234,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_stall()
+        self._end_head()
+        self._unset_keepalive_if_required()  # uvicorn does only on a clean close
         self._clients_gone()
         super().connection_lost(exc)
 
@@ -195,7 +272,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
 
 
-def bounded_protocol(max_head_bytes: int, write_stall_s: float) -> type[BoundedHttpToolsProtocol]:
+def _problem_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """A problem response's headers: those of the app's own errors, and the connection closes."""
+    return [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *SECURITY_HEADERS,
+    ]
+
+
+def bounded_protocol(
+    max_head_bytes: int, write_stall_s: float, header_timeout_s: float = 10.0
+) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for one server's settings (uvicorn instantiates it per connection)."""
-    attributes = {"max_head_bytes": max_head_bytes, "write_stall_s": write_stall_s}
+    attributes = {
+        "max_head_bytes": max_head_bytes,
+        "write_stall_s": write_stall_s,
+        "header_timeout_s": header_timeout_s,
+    }
     return type("FramewormHttpProtocol", (BoundedHttpToolsProtocol,), attributes)

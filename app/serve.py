@@ -35,6 +35,7 @@ import tempfile
 import threading
 from collections.abc import Generator
 from types import FrameType
+from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -165,9 +166,26 @@ def ensure_a_key(settings: Settings) -> None:
     )
 
 
+def check_rate_limit_is_shared(settings: Settings) -> None:
+    """Several workers with in-memory rate limits: each counts alone, so a key gets its limit
+    once per worker. Warned about in development; in production, refused (ValueError)."""
+    storage = urlsplit(settings.rate_limit_storage.removeprefix("async+")).scheme
+    if settings.workers < 2 or not settings.rate_limit_enabled or storage != "memory":
+        return
+    problem = (
+        f"{settings.workers} workers each keep their own in-memory rate limits, so a key may "
+        f"make {settings.workers} times FRAMEWORM_RATE_LIMIT; set FRAMEWORM_RATE_LIMIT_STORAGE "
+        "to a redis:// URL shared by the workers"
+    )
+    if settings.env == "production":
+        raise ValueError(problem + " (or serve with one worker)")
+    log.warning(problem)
+
+
 def run(settings: Settings) -> int:
     """Serve until drained; the process exit code."""
     configure_logging(settings.log_format, settings.log_level)
+    check_rate_limit_is_shared(settings)
     ensure_a_key(settings)
     # Bound before anything starts (the model load included), and by us: on a taken port
     # uvicorn exits 3 itself, which here means that the model could not be loaded.
@@ -223,8 +241,11 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        # httptools, with a limit on the request head and on a write the client does not read.
-        http=bounded_protocol(settings.max_header_kb * 1024, settings.write_stall_s),
+        # httptools, with limits on the request head (its size, and its time once begun), on
+        # a connection that sends nothing (timeout_keep_alive) and on an unread write.
+        http=bounded_protocol(
+            settings.max_header_kb * 1024, settings.write_stall_s, settings.header_timeout_s
+        ),
         # No WebSocket routes: an upgrade request is served as plain HTTP (404 or 405, with the
         # security headers and the access log), not answered 403 bare by the WebSocket layer.
         ws="none",

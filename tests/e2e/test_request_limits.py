@@ -2,8 +2,9 @@
 
 One server (auth on with a bootstrap key, a 1 s body deadline, 2 concurrent requests at
 most, a 2 s write stall, a 1.5 s keep-alive) takes oversized, chunked, slow, nested and
-decompression-bomb requests, oversized headers and clients that never read; after each test it
-must still classify a digit.
+decompression-bomb requests, oversized headers and request lines and clients that never read;
+after each test it must still classify a digit. (Head deadlines and protocol errors:
+test_connection_deadlines.py.)
 """
 
 from __future__ import annotations
@@ -342,22 +343,43 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_setting(
         assert 1.2 < time.monotonic() - idle_from < 4  # the default would be 5 s
 
 
-@pytest.mark.parametrize("header_kb", [65, 70, 200])
-def test_a_head_over_the_limit_that_arrives_in_one_piece_is_431_too(
-    server: HardenedServer, client: httpx.Client, header_kb: int
-) -> None:
-    """A head that starts and ends in one read was never counted piece by piece."""
-    pad = b"X-Pad: " + b"a" * (header_kb * 1024) + b"\r\n"
+def refused_head(server: HardenedServer, request: bytes) -> tuple[int, bytes]:
+    """Send a head in one piece; the status and all of the 431 answer that the server sends."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + pad + b"\r\n")
+        sock.sendall(request)
         status, raw = read_status(sock)
         # The body may follow the head in a later segment; past it the server closes (a reset,
         # when it closed before reading all that was sent).
         with contextlib.suppress(ConnectionResetError):
             while b"headers-too-large" not in raw and (chunk := sock.recv(65536)):
                 raw += chunk
+    return status, raw
+
+
+@pytest.mark.parametrize("header_kb", [65, 70, 200])
+def test_a_head_over_the_limit_that_arrives_in_one_piece_is_431_too(
+    server: HardenedServer, client: httpx.Client, header_kb: int
+) -> None:
+    """A head that starts and ends in one read was never counted piece by piece."""
+    pad = b"X-Pad: " + b"a" * (header_kb * 1024) + b"\r\n"
+    status, raw = refused_head(server, b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + pad + b"\r\n")
     assert status == 431, raw
     assert b"headers-too-large" in raw and b"connection: close" in raw.lower()
+
+
+@pytest.mark.parametrize("url_kb", [65, 100, 200])
+def test_a_request_line_over_the_limit_is_431_whatever_httptools_can_parse(
+    server: HardenedServer, client: httpx.Client, url_kb: int
+) -> None:
+    """A URL over 64 KiB is more than httptools parses: in one read, the head was answered 400
+    (text/plain) before its size was looked at."""
+    url = b"/healthz?q=" + b"a" * (url_kb * 1024)
+    status, raw = refused_head(server, b"GET " + url + b" HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert status == 431, raw
+    head = raw.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"content-type: application/problem+json" in head and b"connection: close" in head
+    assert b"x-content-type-options: nosniff" in head and b"cache-control: no-store" in head
+    assert b"headers-too-large" in raw
 
 
 def test_a_head_just_under_the_limit_is_served(server: HardenedServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_production_with_auth_a_long_pepper_and_no_docs_is_accepted() -> None:
         pytest.param({"api_key_pepper": "short"}, "shorter than 32", id="short-pepper"),
         pytest.param(
             {"bootstrap_api_key": "k"}, "bootstrap API key is shorter", id="short-bootstrap-key"
+        ),
+        pytest.param(
+            {"metrics_token": "guessable"}, "metrics token is shorter", id="short-metrics-token"
         ),
         pytest.param({"enable_docs": True}, "docs are on", id="docs-on"),
     ],
@@ -171,3 +175,61 @@ def test_cuda_without_cuda_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) 
         Settings(device="cuda")
     assert Settings(device="cpu").device == "cpu"
     assert Settings(device="auto").device == "auto"
+
+
+def test_the_header_timeout_comes_from_its_variable_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().header_timeout_s == 10.0
+    monkeypatch.setenv("FRAMEWORM_HEADER_TIMEOUT_S", "2.5")
+    assert Settings().header_timeout_s == 2.5
+    with pytest.raises(ValidationError):
+        Settings(header_timeout_s=0)
+
+
+def test_several_workers_with_in_memory_rate_limits_are_warned_about_in_development(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from app.serve import check_rate_limit_is_shared
+
+    with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
+        check_rate_limit_is_shared(Settings(workers=3))
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "3 times FRAMEWORM_RATE_LIMIT" in record.getMessage()
+    assert "FRAMEWORM_RATE_LIMIT_STORAGE" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"workers": 1}, id="one-worker"),
+        pytest.param({"workers": 2, "rate_limit_storage": "redis://r:6379/0"}, id="redis"),
+        pytest.param({"workers": 2, "rate_limit_enabled": False}, id="rate-limits-off"),
+    ],
+)
+def test_shared_or_single_process_rate_limits_are_not_warned_about(
+    overrides: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.serve import check_rate_limit_is_shared
+
+    with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
+        check_rate_limit_is_shared(Settings(**overrides))
+        check_rate_limit_is_shared(production(**overrides))
+    assert caplog.records == []
+
+
+def test_production_refuses_to_serve_several_workers_with_in_memory_rate_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused before anything starts: no socket is bound, no worker spawned (the CLI prints
+    the ValueError as its one error line)."""
+    from app import serve
+
+    def must_not_listen(settings: Settings) -> None:
+        raise AssertionError("the server went on to listen")
+
+    monkeypatch.setattr(serve, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(serve, "listening_socket", must_not_listen)
+    with pytest.raises(ValueError, match="2 workers each keep their own in-memory rate limits"):
+        serve.run(production(workers=2))
