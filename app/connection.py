@@ -85,6 +85,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stall: asyncio.TimerHandle | None = None
         self._head_open = False  # a request head has begun and not ended
         self._head_timer: asyncio.TimerHandle | None = None
+        self._discard_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ waiting
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -105,6 +106,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_open = True  # the head timer is armed after the chunk, if the head is open
+
+    def on_message_complete(self) -> None:
+        # uvicorn leaves `more_body` set on a request answered before its body ended (a 401, a
+        # 413): the connection would count as in a body for good, its next heads unmeasured.
+        if self.cycle is not None and self.cycle.response_complete:
+            self.cycle.more_body = False
+        super().on_message_complete()
+
+    def _after_data(self) -> None:
+        """Bytes came that opened no head: keep a deadline on the connection. uvicorn drops
+        its keep-alive timer at any byte and arms it again only after an answer."""
+        cycle = self.cycle
+        if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
+            return  # the app is at work on a request, under its own deadlines
+        if cycle is not None and cycle.more_body:
+            # Answered early, its body still coming and thrown away (nginx's lingering close):
+            # for at most the header timeout from its first byte after the answer.
+            if self._discard_timer is None:
+                self._discard_timer = self.loop.call_later(
+                    self.header_timeout_s, self._discard_timed_out
+                )
+            return
+        self._cancel_discard()
+        if self.timeout_keep_alive_task is None and not self.pipeline:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _discard_timed_out(self) -> None:
+        self._discard_timer = None
+        if not self.transport.is_closing():
+            limit = self.header_timeout_s
+            log.info("an answered request's body not over in %gs; closed", limit, extra=self._who())
+            self.transport.close()
+
+    def _cancel_discard(self) -> None:
+        if self._discard_timer is not None:
+            self._discard_timer.cancel()
+            self._discard_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -138,8 +178,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
         # Armed once per head that spans chunks (one that ends where it began costs no timer).
-        if self._head_open and self._head_timer is None and not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        if self._head_open:
+            if self._head_timer is None and not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        else:
+            self._after_data()
 
     def _unsupported_upgrade_warning(self) -> None:
         # Serving no WebSockets (ws="none") is deliberate: an upgrade request is plain HTTP.
@@ -235,6 +278,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_stall()
         self._end_head()
+        self._cancel_discard()
         self._unset_keepalive_if_required()  # uvicorn does only on a clean close
         self._clients_gone()
         super().connection_lost(exc)

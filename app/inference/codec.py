@@ -269,9 +269,11 @@ def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> bool:
     JSON may hold a boolean (a `true` or `false` literal), so that `holds_boolean`'s walk over
     every element runs only then.
 
-    Both are read off the text without parsing it, which can only over-estimate: brackets and
-    letters inside strings count too. The worst case is a 4xx for a pathological string or a
-    walk that finds nothing, never a deep structure or a boolean let through.
+    Both are read off the text without parsing it, brackets and letters inside strings
+    included. A boolean is never missed (its letters stay together). The depth is exact for
+    documents without brackets in strings; closing brackets in a string can hide nesting from
+    it, up to what orjson parses at all (1,024 levels), and numpy refuses arrays of more than
+    64 dimensions (422): a hidden depth costs a 4xx later, never a crash.
     """
     # Each element takes at least two bytes ("0,"): a shorter body cannot have too many.
     if len(body) >= 2 * max_elements and body.count(b",") + 1 > max_elements:
@@ -279,7 +281,8 @@ def check_json_shape(body: bytes, max_depth: int, max_elements: int) -> bool:
     skeleton = body.translate(None, _NOT_SKELETON)
     # Letters of strings and exponents may join into "true" here: a walk for nothing.
     may_hold_bools = b"true" in skeleton or b"false" in skeleton
-    if len(skeleton) > max_depth:  # no deeper than its number of brackets: the common case
+    # No deeper than its number of opening brackets: the common case, with no numpy call.
+    if skeleton.count(b"[") + skeleton.count(b"{") > max_depth:
         steps = _DEPTH_STEP[np.frombuffer(skeleton, dtype=np.uint8)]
         if int(np.cumsum(steps, dtype=np.int32).max()) > max_depth:
             raise Problem("malformed-request", f"the JSON is nested deeper than {max_depth} levels")

@@ -14,6 +14,7 @@ from app.errors import Problem
 
 # RFC 9110 8.4.1: "deflate" is the zlib format (RFC 1950), which is what zlib.compress writes.
 _IDENTITY = ("", "identity")
+MAX_GZIP_MEMBERS = 16
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -34,11 +35,17 @@ def decompressed(body: bytes, content_encoding: str | None, max_bytes: int) -> b
             f"Content-Encoding {coding[:40]!r} is not supported; send gzip or deflate",
         )
     # A gzip body may be several members one after the other (RFC 1952 2.2; `cat a.gz b.gz`),
-    # which decompress to their contents joined; a zlib stream is one.
-    members = []
+    # which decompress to their contents joined; a zlib stream is one. Each member hands the
+    # rest of the body on as a copy (`unused_data`), so their number is bounded: 10 MB of empty
+    # 20-byte members would otherwise hold the event loop for a minute and a half.
+    members: list[bytes] = []
     produced = 0
     rest = body
     while True:
+        if len(members) == MAX_GZIP_MEMBERS:
+            raise Problem(
+                "malformed-request", f"the body has more than {MAX_GZIP_MEMBERS} gzip members"
+            )
         inflater = zlib.decompressobj(wbits)
         try:
             data = inflater.decompress(rest, max_bytes + 1 - produced)

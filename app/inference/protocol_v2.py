@@ -26,6 +26,7 @@ from app.inference.codec import (
     holds_boolean,
 )
 from models.manifest import Dtype, Signature
+from models.tensors import NUMPY_DTYPES
 
 DATATYPES: dict[Dtype, str] = {
     "float32": "FP32",
@@ -186,20 +187,29 @@ def _decode_input(
     data = item.get("data")
     if not isinstance(data, list):
         raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
+    given = _json_data(name, data, datatype, count, may_hold_bools)
+    # Within its declared datatype's range too: 300 declared INT8 is refused, not passed on.
+    # (Declared as the model's own dtype, the usual case, check_array checks just that.)
+    if dtype != NUMPY_DTYPES[spec.dtype]:
+        check_range(name, given, dtype, f"declared {datatype}")
+    return name, check_array(name, _reshaped(name, given, shape), spec), 0
+
+
+def _json_data(
+    name: str, data: list[Any], datatype: str, count: int, may_hold_bools: bool
+) -> np.ndarray:
+    """An input's JSON `data` as an array of its declared datatype's kind and `count` values:
+    1.5 declared INT64 is refused, not cut, and true among FP32 numbers, not read as 1.0."""
     mismatch = Problem("invalid-input", f"input {name!r}: data does not match shape and datatype")
     try:
         given = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise mismatch from None
-    # Data must be of its declared datatype's kind: 1.5 declared INT64 is refused, not cut, and
-    # true among FP32 numbers is refused, not read as 1.0.
-    if given.dtype.kind not in _KINDS_OF[dtype.kind] or given.size != count:
+    if given.dtype.kind not in _KINDS_OF[NUMPY_OF[datatype].kind] or given.size != count:
         raise mismatch
     if may_hold_bools and given.dtype.kind != "b" and holds_boolean(data):
         raise mismatch
-    # And within its declared datatype's range: 300 declared INT8 is refused, not passed on.
-    check_range(name, given, dtype, f"declared {datatype}")
-    return name, check_array(name, _reshaped(name, given, shape), spec), 0
+    return given
 
 
 _KINDS_OF = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}

@@ -94,7 +94,10 @@ def test_helm_test_checks_the_served_model_and_sends_the_metrics_token(values_se
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"settings": {"model": "resnet-tiny"}, "secrets": {"metricsToken": "t0ken"}},
+        {
+            "settings": {"model": "resnet-tiny"},
+            "secrets": {"metricsToken": "t0ken-0123456789abcdef0123456789abcdef"},
+        },
         {
             "settings": {"model": "resnet-tiny"},
             "secrets": {"existingSecret": "mine", "existingSecretKeys": ["metrics-token"]},
@@ -716,7 +719,7 @@ def test_no_cache_volume_without_s3() -> None:
 PINNED_SECRETS = {
     "apiKeyPepper": "p" * 40,
     "bootstrapApiKey": "fw_" + "k" * 40,
-    "metricsToken": "scrape-token-1",
+    "metricsToken": "scrape-token-1-0123456789abcdef0123456789",
 }
 
 
@@ -730,7 +733,7 @@ def _pod_annotations(overrides: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.parametrize(
     "change",
     [
-        {"secrets": {"metricsToken": "scrape-token-2"}},
+        {"secrets": {"metricsToken": "scrape-token-2-0123456789abcdef0123456789"}},
         {"secrets": {"apiKeyPepper": "q" * 40}},
         {"secrets": {"bootstrapApiKey": "fw_" + "j" * 40}},
         {"redis": {"enabled": True}, "secrets": {"redisUrl": "redis://:pw@redis:6379/0"}},

@@ -377,9 +377,17 @@ def test_the_chart_made_secret_always_protects_metrics(overrides: dict[str, Any]
 
 
 def test_a_given_metrics_token_is_the_one_the_secret_holds() -> None:
-    manifests = render_values({"secrets": {"metricsToken": "given-token"}})
+    token = "given-token-0123456789abcdef0123456789"
+    manifests = render_values({"secrets": {"metricsToken": token}})
     data = one(manifests, "Secret")["data"]
-    assert base64.b64decode(data["metrics-token"]).decode() == "given-token"
+    assert base64.b64decode(data["metrics-token"]).decode() == token
+
+
+def test_a_metrics_token_the_app_would_refuse_in_production_fails_the_render() -> None:
+    with pytest.raises(helm.HelmError, match="metricsToken is shorter than 32"):
+        render_values({"secrets": {"metricsToken": "short-token"}})
+    # Outside production the app takes it, and so does the chart.
+    render_values({"secrets": {"metricsToken": "short-token"}, "settings": {"env": "development"}})
 
 
 def test_an_existing_secret_without_a_metrics_token_is_refused_behind_an_ingress() -> None:

@@ -189,6 +189,53 @@ def test_a_slow_head_within_the_timeout_and_a_body_after_it_are_served(
     assert read_response(connect) == 200
 
 
+def answered_early(sock: socket.socket, length: int) -> None:
+    """A POST without a key announcing `length` body bytes: answered 401 before its body."""
+    sock.sendall(b"POST /infer HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % length)
+    assert read_response(sock) == 401
+
+
+def test_the_body_of_a_request_answered_early_cannot_keep_the_connection_open(
+    connect: socket.socket,
+) -> None:
+    """Every byte within the keep-alive, the body as a whole past the header timeout."""
+    answered_early(connect, 100_000)
+    started = time.monotonic()
+    with contextlib.suppress(OSError):  # the server closes while bytes are still coming
+        while time.monotonic() - started < HEADER_TIMEOUT_S + MARGIN_S:
+            connect.sendall(b"x")
+            time.sleep(0.2)
+            if select.select([connect], [], [], 0)[0]:  # closed
+                break
+    data, _ = until_closed(connect, MARGIN_S)
+    assert data == b""
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + MARGIN_S + 0.5
+
+
+def test_after_a_request_answered_early_the_connection_idles_under_the_keep_alive(
+    connect: socket.socket,
+) -> None:
+    answered_early(connect, 10)
+    connect.sendall(b"0123456789")  # the rest of its body: thrown away, the connection idle
+    data, waited = until_closed(connect, KEEP_ALIVE_S + MARGIN_S)
+    assert data == b"" and waited < KEEP_ALIVE_S + MARGIN_S
+
+
+def test_after_a_request_answered_early_the_next_head_is_still_measured(
+    connect: socket.socket,
+) -> None:
+    answered_early(connect, 10)
+    connect.sendall(b"0123456789GET /healthz HTTP/1.1\r\nHost: test\r\n")
+    with contextlib.suppress(OSError):  # the server closes while the head is still coming
+        for _ in range(20):  # 200 KB of headers in pieces, past the 128 KB limit
+            connect.sendall(b"X-Pad: " + b"p" * 10_240 + b"\r\n")
+            time.sleep(0.01)
+    data, _ = until_closed(connect, MARGIN_S)
+    ((status, head, body),) = responses(data)
+    assert status == 431, data
+    assert_problem(head, body, 431, "headers-too-large")
+
+
 MALFORMED = {
     "bad-content-length": b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n",
     "length-and-chunked": (

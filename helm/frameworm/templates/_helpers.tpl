@@ -173,6 +173,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $data "api-key-pepper" ($s.apiKeyPepper | b64enc | default (get $previous "api-key-pepper") | default (randAlphaNum 64 | b64enc)) }}
 {{- $_ := set $data "bootstrap-api-key" ($s.bootstrapApiKey | b64enc | default (get $previous "bootstrap-api-key") | default (printf "fw_%s" (randAlphaNum 40) | b64enc)) }}
 {{- /* /metrics is public without a token once an Ingress routes / to the Service. */}}
+{{- if and $s.metricsToken (lt (len $s.metricsToken) 32) (eq (toString .Values.settings.env) "production") }}
+{{- fail "secrets.metricsToken is shorter than 32 characters, which the app refuses in production (FRAMEWORM_ENV=production): use a longer one, or leave it empty for a generated one" }}
+{{- end }}
 {{- $_ := set $data "metrics-token" ($s.metricsToken | b64enc | default (get $previous "metrics-token") | default (randAlphaNum 48 | b64enc)) }}
 {{- if .Values.redis.enabled }}
 {{- $_ := set $data "redis-url" (required "secrets.redisUrl is required with redis.enabled=true and the chart-made Secret (the pods read FRAMEWORM_REDIS_URL_FILE from its redis-url key); or set secrets.existingSecret to a Secret with a redis-url key" $s.redisUrl | b64enc) }}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from app.errors import Problem
-from app.inference.compression import decompressed, is_identity
+from app.inference.compression import MAX_GZIP_MEMBERS, decompressed, is_identity
 
 BODY = b'{"inputs": {"x": [[0.5, 0.25]]}}' * 10
 
@@ -58,6 +58,16 @@ def test_a_gzip_body_of_several_members_is_their_contents_joined() -> None:
     assert decompressed(members, "gzip", len(BODY)) == BODY
     with refused("payload-too-large"):  # the limit holds across members
         decompressed(members, "gzip", len(BODY) - 1)
+
+
+def test_more_gzip_members_than_the_bound_are_a_400_at_once() -> None:
+    # Each member copies the rest of the body: unbounded, empty members held the loop for
+    # a time growing with the square of the body's size.
+    assert decompressed(gzip.compress(b"") * MAX_GZIP_MEMBERS, "gzip", 1024) == b""
+    many = gzip.compress(b"") * 500_000  # 10 MB
+    with refused("malformed-request") as caught:
+        decompressed(many, "gzip", 10 * 1024 * 1024)
+    assert f"more than {MAX_GZIP_MEMBERS} gzip members" in caught.value.detail
 
 
 @pytest.mark.parametrize(
