@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the benchmark's peers import the model families in venvs without pydantic
+    from pydantic import ValidationError
 
 
 class RegistryError(Exception):
