@@ -23,7 +23,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
-from torch.export.pt2_archive._package import load_pt2
 
 from models.errors import ArtefactError, first_line
 from models.families import build_model
@@ -133,6 +132,10 @@ def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device
 
 
 def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
+    # Imported here: torch.export's serialisation takes 2 s to import, a third of a server's
+    # cold start, for a format most registries never hold.
+    from torch.export.pt2_archive._package import load_pt2
+
     refuse_pickled_entries(data)
     try:
         # load_pt2, not torch.export.load: on a RuntimeError the latter retries the bytes as a
