@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import logging
 from typing import NoReturn
 
 from fastapi import APIRouter, Request
@@ -12,10 +11,9 @@ from starlette.responses import PlainTextResponse, Response
 from app.api.health import HeadResponse
 from app.deps import SettingsDep
 from app.errors import Problem, problem_responses, retry_after
-from app.middleware.auth import client_address, failure_bucket
+from app.middleware.auth import over_failure_budget
 from app.telemetry.metrics import Metrics
 
-log = logging.getLogger("frameworm.auth")
 router = APIRouter(tags=["observability"])
 
 # The metrics token is not an API key: its 401 names a realm (protection space) of its own.
@@ -57,10 +55,8 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
 
 def _refuse(request: Request) -> NoReturn:
     """401; past the client's budget of failed authentications (the one API keys use), 429."""
-    client = client_address(request.scope)
-    request.app.state.metrics.auth_failures.labels("metrics_token").inc()
-    log.info("authentication failed", extra={"reason": "metrics_token", "client": client})
-    if not request.app.state.auth_failures.allow(failure_bucket(client)):
+    state = request.app.state
+    if over_failure_budget(request.scope, state.auth_failures, state.metrics, "metrics_token"):
         raise Problem("rate-limited", "too many failed authentications", headers=retry_after(10))
     raise Problem(
         "unauthorized", "a valid metrics bearer token is required", headers=_WWW_AUTHENTICATE

@@ -58,9 +58,11 @@ class APIKeyMiddleware:
             )
             return
         if isinstance(result, AuthFailure):
-            client = client_address(scope)
-            self._failed(client, token, result.reason)
-            if not self.failures.allow(failure_bucket(client)):
+            match = _KEY_ID.match(token or "")
+            key_id = match.group(1) if match else None
+            if over_failure_budget(
+                scope, self.failures, self.metrics, result.reason, key_id=key_id
+            ):
                 # Guessing from this address: refused for a while (a valid key still works,
                 # so clients sharing the address behind a NAT are not locked out).
                 await send_problem(
@@ -78,15 +80,6 @@ class APIKeyMiddleware:
         scope.setdefault("state", {})["principal"] = result
         await self.app(scope, receive, send)
 
-    def _failed(self, client: str, token: str | None, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.auth_failures.labels(reason).inc()
-        match = _KEY_ID.match(token or "")
-        log.info(
-            "authentication failed",
-            extra={"reason": reason, "key_id": match.group(1) if match else None, "client": client},
-        )
-
 
 def _token(scope: Scope) -> str | None:
     api_key = bearer = None
@@ -100,6 +93,23 @@ def _token(scope: Scope) -> str | None:
                 bearer = credentials.strip()
     # An empty X-API-Key (a client's unset variable) is no key: it must not hide the bearer.
     return api_key or bearer
+
+
+def over_failure_budget(
+    scope: Scope,
+    failures: TokenBucketLimiter,
+    metrics: Metrics | None,
+    reason: str,
+    **log_fields: str | None,
+) -> bool:
+    """Record a failed authentication (the metric, a log line naming the client); True once
+    the client's budget of failures is spent (then 429 rather than 401). API keys and the
+    metrics token spend the same budget."""
+    client = client_address(scope)
+    if metrics is not None:
+        metrics.auth_failures.labels(reason).inc()
+    log.info("authentication failed", extra={"reason": reason, **log_fields, "client": client})
+    return not failures.allow(failure_bucket(client))
 
 
 def client_address(scope: Scope) -> str:
