@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from app.config import Settings
 from app.production import APIKeyAuth
 from tests.integration.app.apps import AppClient, app_settings, running_app
 
@@ -14,18 +16,24 @@ PEPPER = "p" * 40
 METRICS_TOKEN = "metrics-token-0123456789"
 
 
+def guarded_settings(registry: Path, keys_dir: Path, **overrides: Any) -> Settings:
+    """Auth on, with a pepper and a metrics token; the decoder, which needs no input."""
+    return app_settings(
+        registry,
+        model="vae-digits-decoder",
+        auth_enabled=True,
+        api_keys_file=keys_dir / "api-keys.json",
+        api_key_pepper=PEPPER,
+        metrics_token=METRICS_TOKEN,
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="module")
 def guarded(
     seeded_registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[AppClient, str]]:
-    settings = app_settings(
-        seeded_registry,
-        model="vae-digits-decoder",
-        auth_enabled=True,
-        api_keys_file=tmp_path_factory.mktemp("keys") / "api-keys.json",
-        api_key_pepper=PEPPER,
-        metrics_token=METRICS_TOKEN,
-    )
+    settings = guarded_settings(seeded_registry, tmp_path_factory.mktemp("keys"))
     key = APIKeyAuth(settings=settings).create_key("alice")
     with running_app(settings) as client:
         yield client, key
@@ -103,15 +111,7 @@ def test_made_up_paths_refused_without_a_key_add_no_metrics_series(
 def test_guessing_the_metrics_token_spends_the_budget_of_failed_authentications(
     seeded_registry: Path, tmp_path: Path
 ) -> None:
-    settings = app_settings(
-        seeded_registry,
-        model="vae-digits-decoder",
-        auth_enabled=True,
-        api_keys_file=tmp_path / "api-keys.json",
-        api_key_pepper=PEPPER,
-        metrics_token=METRICS_TOKEN,
-        auth_failure_limit="3/minute",
-    )
+    settings = guarded_settings(seeded_registry, tmp_path, auth_failure_limit="3/minute")
     with running_app(settings) as client:
         wrong = {"authorization": "Bearer guess"}
         statuses = [client.get("/metrics", headers=wrong).status_code for _ in range(4)]
