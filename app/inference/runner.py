@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import queue
@@ -17,6 +18,12 @@ import torch
 from models.formats import LoadedModel
 from models.manifest import ModelManifest, Signature
 from models.tensors import NUMPY_DTYPES, TORCH_DTYPES
+
+log = logging.getLogger("frameworm.model")
+
+# How long closing a version waits for its last forward pass: as long as each shutdown hook
+# (app.lifespan), so the termination grace period the chart derives covers it.
+RELEASE_WAIT_S = 5.0
 
 
 def pick_device(setting: str) -> torch.device:
@@ -139,9 +146,11 @@ class ModelRunner:
             )
         ]
         outputs = self.model.forward(tensors)
-        # numpy has no bfloat16; everything else keeps its dtype.
+        # numpy has no bfloat16; everything else keeps its dtype. Row-major, whatever layout the
+        # model computed in (a channels-last convolution answers NHWC strides): encoders and
+        # the result cache take C order.
         return [
-            (o.float() if o.dtype == torch.bfloat16 else o).detach().to("cpu").numpy()
+            (o.float() if o.dtype == torch.bfloat16 else o).detach().to("cpu").contiguous().numpy()
             for o in outputs
         ]
 
@@ -161,11 +170,25 @@ class ModelRunner:
             torch.cuda.synchronize(self.model.device)
         return self.batch_seconds
 
-    def close(self) -> None:
-        """Release after the last batch: the executor finishes what it has, then the weights go."""
+    def close(self, timeout_s: float = RELEASE_WAIT_S) -> None:
+        """Release after the last batch: the thread finishes what it has, then the weights go.
+
+        A forward pass still running after `timeout_s` (a hung kernel, a model stuck in a loop)
+        keeps its weights, since freeing them under it could crash the process, and the
+        shutdown goes on without it: the thread is a daemon and ends with the process.
+        """
         if self._thread is not None:
             self._jobs.put(None)  # after the jobs already queued
-            self._thread.join()
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning(
+                    "%s %s: a forward pass is still running after %.0f s; its weights stay "
+                    "until the process exits",
+                    self.manifest.name,
+                    self.manifest.version,
+                    timeout_s,
+                )
+                return
             self._thread = None  # the thread refers back to this runner: no cycle left behind
         self.model.release()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +84,40 @@ def test_a_closed_runner_leaves_no_thread_behind_and_refuses_further_batches(
     with pytest.raises(RuntimeError, match="was released"):
         asyncio.run(runner.run([x]))
     runner.close()
+
+
+def test_closing_does_not_wait_for_ever_on_a_hung_forward_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    manifest = register_mlp(registry, "1.0.0", tmp_path, seed=0)
+    runner = ModelRunner(registry.load(manifest, "cpu"))
+    stuck, unstick = threading.Event(), threading.Event()
+    forward = runner.model.forward
+
+    def hung_forward(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        stuck.set()
+        unstick.wait()
+        return forward(inputs)
+
+    runner.model.forward = hung_forward  # type: ignore[method-assign,assignment]
+    loop = asyncio.new_event_loop()
+    try:
+        job = loop.create_task(runner.run([np.zeros((1, 4), dtype=np.float32)]))
+        loop.run_until_complete(asyncio.sleep(0))  # the job reaches the forward thread
+        assert stuck.wait(5)
+        started = time.monotonic()
+        runner.close(timeout_s=0.2)
+        assert time.monotonic() - started < 2
+        assert "a forward pass is still running" in caplog.text
+        unstick.set()  # the pass ends; its batch is answered, then the thread stops
+        (y,) = loop.run_until_complete(job)
+        assert y.shape == (1, 3)
+        runner._thread.join(5)  # type: ignore[union-attr]
+        assert not runner._thread.is_alive()  # type: ignore[union-attr]
+    finally:
+        unstick.set()
+        loop.close()
 
 
 def test_freezing_the_startup_heap_keeps_it_out_of_full_collections() -> None:
