@@ -308,7 +308,9 @@ def assemble(
         elif spec.generate is not None and "batch_size" in parameters:
             seed = parameters.get("seed")
             random = random or seed is None
-            ordered.append(generate(spec, int(parameters["batch_size"]), seed).numpy())
+            drawn = generate(spec, int(parameters["batch_size"]), seed)
+            # In its wire dtype, as a request would send it: numpy has no bfloat16.
+            ordered.append((drawn.float() if spec.dtype == "bfloat16" else drawn).numpy())
         else:
             raise Problem("invalid-input", f"missing input; expected {describe(spec)}")
     items = ordered[0].shape[0]
