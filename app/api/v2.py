@@ -62,6 +62,11 @@ def _this_version(runner: ModelRunner, version: str | None) -> None:
         raise Problem("model-not-found", "this server does not serve that model version")
 
 
+def _this_version_answered(version: str, pinned: str | None) -> None:
+    if pinned is not None and version != pinned:
+        raise Problem("model-not-found", "that model version stopped serving during the request")
+
+
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": DATATYPES[spec.dtype], "shape": list(spec.shape)}
 
@@ -314,7 +319,7 @@ async def model_infer(request: Request, name: str) -> Response:
     openapi_extra=INFER_OPENAPI,
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, *_serving(request, name, version))
+    return await _infer(request, *_serving(request, name, version), pinned=version)
 
 
 # Served by app.api.direct.DirectRoutes (POST); FastAPI documents them and answers other methods.
@@ -330,7 +335,9 @@ async def _infer(
     runner: ModelRunner,
     batcher: DynamicBatcher,
     settings: Settings,
+    pinned: str | None = None,
 ) -> Response:
+    """`pinned`: the version the route named; the answer must come from it."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     # Stock clients send JSON, octet-stream (binary extension) or no content type at all.
     if media_type not in ("", "application/json", "application/octet-stream"):
@@ -357,6 +364,8 @@ async def _infer(
     served = await run_inference(
         request, runner, batcher, v2.decoded, timeout_s, client_deadline=client_deadline
     )
+    # A switch while the request waited in the queue: the batch ran on the version now served.
+    _this_version_answered(served.version, pinned)
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )

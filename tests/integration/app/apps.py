@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -23,6 +23,7 @@ from app.config import Settings
 from app.main import create_app
 
 READY_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 def app_settings(registry: Path, **overrides: Any) -> Settings:
@@ -73,6 +74,10 @@ class AppClient:
 
     def post(self, url: str, **options: Any) -> httpx.Response:
         return self.request("POST", url, **options)
+
+    def run(self, scenario: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+        """`scenario(client)` on the app's event loop: for requests that must overlap."""
+        return self._portal.call(scenario, self._client)
 
     def close(self) -> None:
         self._portal.call(self._client.aclose)

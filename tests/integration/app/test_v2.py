@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 from PIL import Image
 
 from models.demo import sample_png
-from tests.integration.app.apps import AppClient
+from models.registry import ModelRegistry
+from tests.integration.app.apps import AppClient, app_settings, running_app
+from tests.support.models import MODEL, register_mlp, register_slow
 
 INFER = "/v2/models/cnn-digits/infer"
 
@@ -227,3 +232,35 @@ def test_fp16_infinity_as_binary_data_is_422(cnn: AppClient) -> None:
     response = cnn.post(INFER, **binary_body({"inputs": [item]}, data))
     assert response.status_code == 422
     assert "NaN or infinity" in response.json()["error"]
+
+
+def test_a_version_pinned_request_is_never_answered_by_the_next_version(tmp_path: Path) -> None:
+    """Requests to /versions/1.0.0 still queued when 2.0.0 takes over are 404, not 2.0.0's."""
+    registry = ModelRegistry(tmp_path / "registry")
+    register_slow(registry, "1.0.0", tmp_path, seed=1, size=300)  # a batch takes a while
+    registry.promote(MODEL, "1.0.0", "production")
+    register_mlp(registry, "2.0.0", tmp_path, seed=2)
+    settings = app_settings(
+        tmp_path / "registry",
+        model=MODEL,
+        follow_stage=True,
+        follow_interval_s=3600,  # switched by hand below
+        max_batch_size=1,
+        warmup=False,
+        request_timeout_ms=60_000,
+    )
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -0.25, 1.0, 0.0]}
+
+    async def switch_while_queued(http: httpx.AsyncClient) -> list[httpx.Response]:
+        url = f"/v2/models/{MODEL}/versions/1.0.0/infer"
+        sent = [asyncio.create_task(http.post(url, json={"inputs": [tensor]})) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        assert await client.state["follower"].switch_to("2.0.0")
+        return await asyncio.gather(*sent)
+
+    with running_app(settings) as client:
+        answers = client.run(switch_while_queued)
+
+    outcomes = {(a.status_code, a.json().get("model_version")) for a in answers}
+    assert outcomes <= {(200, "1.0.0"), (404, None)}
+    assert (404, None) in outcomes  # some were still queued at the switch
