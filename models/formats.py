@@ -102,10 +102,26 @@ class LoadedModel:
         return kept
 
     def release(self) -> None:
-        """Drop the weights; the device memory is returned once the last batch is done."""
-        self._module = None
+        """Drop the weights; call it once no forward pass runs. Device memory goes back too."""
+        module, self._module = self._module, None
+        if isinstance(module, nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+            _drop_tensors(module)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _drop_tensors(module: nn.Module) -> None:
+    """Unhook every tensor a module holds: parameters, buffers and plain tensor attributes.
+
+    Dropping the last reference is not enough for a module in reference cycles (a torch.export
+    program's is) once the server has frozen its startup heap (`gc.freeze()`): the collector
+    never visits frozen objects, and the first version's weights would stay for good.
+    """
+    for sub in module.modules():
+        sub._parameters.clear()
+        sub._buffers.clear()
+        for name in [n for n, value in vars(sub).items() if isinstance(value, torch.Tensor)]:
+            delattr(sub, name)
 
 
 def load_model(manifest: ModelManifest, data: bytes, device: torch.device) -> LoadedModel:
