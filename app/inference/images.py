@@ -104,7 +104,7 @@ def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
     spec = image.spec
     try:
         opened.load()
-        converted = opened.convert(spec.mode)
+        converted = _eight_bit(opened).convert(spec.mode)
         if converted.size != (spec.width, spec.height):
             converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
     except (
@@ -115,3 +115,16 @@ def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
     if spec.invert:
         array = np.float32(255 * spec.scale) - array
     return array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _eight_bit(opened: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (a PNG's: Pillow opens it as I;16 or I) scaled to 8-bit L.
+
+    Pillow's `convert` clips such values instead of scaling them: everything above 255 would
+    turn white, and the model would answer for another picture. The high byte is what an 8-bit
+    image of the same picture holds. Other modes convert as they are.
+    """
+    if not (opened.mode.startswith("I;16") or opened.mode == "I"):
+        return opened
+    pixels = np.asarray(opened).astype(np.int64) >> 8
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")

@@ -81,6 +81,15 @@ def test_an_rgb_spec_gives_three_channels() -> None:
     assert array.shape == (3, 28, 28)
 
 
+def test_a_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
+    eight = np.asarray(Image.open(io.BytesIO(sample_png(3))).convert("L"))
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # 0..255 -> 0..65535, the same image
+    assert sixteen.mode.startswith("I;16")
+    from_sixteen = decode_image("image", encoded(sixteen), SPEC, "image/png")
+    from_eight = decode_image("image", sample_png(3), SPEC, "image/png")
+    assert np.array_equal(from_sixteen, from_eight)
+
+
 def test_invert_flips_the_scale() -> None:
     spec = SPEC.model_copy(update={"invert": True})
     array = decode_image("image", encoded(Image.new("L", (28, 28), 0)), spec, "image/png")
