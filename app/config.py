@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     cpu_channels_last: bool = True
     result_cache: Literal["off", "memory", "redis"] = "off"
     result_cache_entries: int = Field(default=10_000, ge=1)
+    result_cache_max_mb: int = Field(default=256, ge=1)
     result_cache_ttl_s: int = Field(default=3600, ge=1)
 
     # Request limits

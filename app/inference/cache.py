@@ -3,8 +3,9 @@
 Keyed by model name, version, parameters and a hash of the decoded input arrays (dtype and
 shape included), so results are never shared across versions. Only manifests marked
 `deterministic` are cached: a generative model drawing from a seedless RNG is not. In memory it
-is an LRU bounded in entries; with Redis it is shared by replicas, with a TTL, and a slow or
-down Redis is a miss (bounded by a short timeout), never an error.
+is an LRU bounded in entries and in bytes; with Redis it is shared by replicas, with a TTL, and
+a slow or down Redis, or an entry it cannot read, is a miss (bounded by a short timeout), never
+an error.
 """
 
 from __future__ import annotations
@@ -56,8 +57,14 @@ class ResultCache(Protocol):
 
 
 class MemoryCache:
-    def __init__(self, max_entries: int) -> None:
+    """An LRU bounded in entries and in the bytes of the outputs it keeps (whichever binds
+    first): outputs vary from a few bytes to megabytes a request, so entries alone bound
+    nothing. An entry larger than the byte bound is not kept."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._entries: OrderedDict[str, list[np.ndarray]] = OrderedDict()
 
     async def get(self, key: str) -> list[np.ndarray] | None:
@@ -67,18 +74,28 @@ class MemoryCache:
         return outputs
 
     async def put(self, key: str, outputs: list[np.ndarray]) -> None:
+        size = sum(out.nbytes for out in outputs)
+        if size > self.max_bytes:
+            return
         # A request's outputs are views of its whole batch's: a copy keeps only its own rows
         # alive, and read-only copies keep one hit from changing what the next one gets.
         kept = [np.array(out, copy=True) for out in outputs]
         for out in kept:
             out.flags.writeable = False
+        self._drop(key)
         self._entries[key] = kept
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.nbytes += size
+        while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))  # the least recently used
+
+    def _drop(self, key: str) -> None:
+        dropped = self._entries.pop(key, None)
+        if dropped is not None:
+            self.nbytes -= sum(out.nbytes for out in dropped)
 
     async def close(self) -> None:
         self._entries.clear()
+        self.nbytes = 0
 
 
 class RedisCache:
@@ -96,7 +113,13 @@ class RedisCache:
         except Exception as exc:  # down or slow: a miss
             log.debug("result cache read failed: %s", type(exc).__name__)
             return None
-        return _unpack(blob) if isinstance(blob, bytes) and blob else None
+        if not isinstance(blob, bytes) or not blob:
+            return None
+        try:
+            return _unpack(blob)
+        except (ValueError, TypeError, orjson.JSONDecodeError):  # not ours, or another layout
+            log.warning("result cache entry %s is unreadable: a miss", key[:16])
+            return None
 
     async def put(self, key: str, outputs: list[np.ndarray]) -> None:
         try:

@@ -33,7 +33,9 @@ def build_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | No
             settings.redis_url.get_secret_value(), settings.result_cache_ttl_s
         )
     else:
-        inner = MemoryCache(settings.result_cache_entries)
+        inner = MemoryCache(
+            settings.result_cache_entries, settings.result_cache_max_mb * 1024 * 1024
+        )
     return CountingCache(inner, metrics)
 
 

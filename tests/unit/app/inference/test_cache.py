@@ -11,6 +11,7 @@ from models.manifest import ModelManifest, Signature, TensorSpec
 from tests.support import free_port
 from tests.support.redis import RedisServer, redis_server  # noqa: F401  # fixture
 
+MB = 1024 * 1024
 SIGNATURE = Signature(
     inputs=(TensorSpec(name="x", shape=(-1, 2)),), outputs=(TensorSpec(name="y", shape=(-1, 2)),)
 )
@@ -56,7 +57,7 @@ def test_outputs_survive_packing_with_their_dtypes_and_shapes() -> None:
 
 def test_the_memory_cache_evicts_the_least_recently_used_entry() -> None:
     async def main() -> list[bool]:
-        cache = MemoryCache(max_entries=2)
+        cache = MemoryCache(max_entries=2, max_bytes=MB)
         one = [np.zeros(1)]
         await cache.put("a", one)
         await cache.put("b", one)
@@ -69,7 +70,7 @@ def test_the_memory_cache_evicts_the_least_recently_used_entry() -> None:
 
 def test_the_memory_cache_keeps_a_read_only_copy_of_a_request_s_rows_not_its_batch() -> None:
     batch = np.arange(320, dtype=np.float32).reshape(32, 10)  # a whole batch's outputs
-    cache = MemoryCache(max_entries=4)
+    cache = MemoryCache(max_entries=4, max_bytes=MB)
 
     async def main() -> list[np.ndarray] | None:
         await cache.put("k", [batch[3:4]])  # one request's rows: a view of the batch
@@ -112,9 +113,45 @@ def test_an_unreachable_redis_is_a_miss_not_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("entries", [1, 3])
 def test_the_memory_cache_never_holds_more_than_its_bound(entries: int) -> None:
     async def main() -> int:
-        cache = MemoryCache(max_entries=entries)
+        cache = MemoryCache(max_entries=entries, max_bytes=MB)
         for i in range(10):
             await cache.put(str(i), [np.zeros(1)])
         return sum([await cache.get(str(i)) is not None for i in range(10)])
 
     assert asyncio.run(main()) == entries
+
+
+def test_the_memory_cache_never_holds_more_bytes_than_its_bound() -> None:
+    async def main() -> tuple[list[bool], int]:
+        cache = MemoryCache(max_entries=100, max_bytes=2500)
+        for key in "abc":
+            await cache.put(key, [np.zeros(100)])  # 800 bytes each
+        await cache.get("a")  # "b" is now the least recently used
+        await cache.put("d", [np.zeros(100)])
+        await cache.put("huge", [np.zeros(1000)])  # 8,000 bytes: never kept
+        kept = [await cache.get(k) is not None for k in ("a", "b", "c", "d", "huge")]
+        return kept, cache.nbytes
+
+    assert asyncio.run(main()) == ([True, False, True, True, False], 2400)
+
+
+def test_storing_a_key_again_replaces_its_bytes() -> None:
+    async def main() -> int:
+        cache = MemoryCache(max_entries=10, max_bytes=MB)
+        await cache.put("k", [np.zeros(100)])
+        await cache.put("k", [np.zeros(10)])
+        return cache.nbytes
+
+    assert asyncio.run(main()) == 80
+
+
+def test_an_unreadable_redis_entry_is_a_miss_not_an_error(redis_server: RedisServer) -> None:  # noqa: F811
+    async def main() -> list[np.ndarray] | None:
+        cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
+        try:
+            await cache._client.set("frameworm:result:k", b"\x00\x00\x00\x05[[1]x")
+            return await cache.get("k")
+        finally:
+            await cache.close()
+
+    assert asyncio.run(main()) is None
