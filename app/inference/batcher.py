@@ -40,6 +40,7 @@ from app.inference.batch_spans import (
 )
 from app.inference.observer import BatchObserver, NoObserver
 from app.inference.runner import ModelRunner
+from models.errors import ArtefactError
 
 log = logging.getLogger("frameworm.batcher")
 
@@ -297,22 +298,11 @@ class DynamicBatcher:
                 _fail(pending, Problem("not-ready", "no model is loaded", headers=retry_after(1)))
             return
         items = sum(p.items for p in batch)
-        arrays = (
-            batch[0].arrays
-            if len(batch) == 1
-            else [np.concatenate(parts) for parts in zip(*(p.arrays for p in batch), strict=True)]
-        )
         start = time.monotonic()
         self.in_flight_items = items
+        # Whatever goes wrong from here fails this batch's requests alone: the loop goes on.
         try:
-            if self._tracer is None or not any(sampled(p.span) for p in batch):
-                outputs = await runner.run(arrays)
-            else:
-                dispatched = time.time_ns()
-                for pending in batch:
-                    pending.dispatched_ns = dispatched
-                spans = [p.span for p in batch]
-                outputs = await traced_forward(self._tracer, runner, arrays, spans, items)
+            outputs = await self._forward(runner, batch, items)
         except asyncio.CancelledError:
             # close() ran out of time mid-batch: these requests still get an answer.
             for pending in batch:
@@ -355,6 +345,29 @@ class DynamicBatcher:
                 # that missed a deadline shorter than the server's.
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
+
+    async def _forward(
+        self, runner: ModelRunner, batch: list[_Pending], items: int
+    ) -> list[np.ndarray]:
+        """The batch's requests joined, run (traced when one of them is sampled), checked."""
+        arrays = (
+            batch[0].arrays
+            if len(batch) == 1
+            else [np.concatenate(parts) for parts in zip(*(p.arrays for p in batch), strict=True)]
+        )
+        if self._tracer is None or not any(sampled(p.span) for p in batch):
+            outputs = await runner.run(arrays)
+        else:
+            dispatched = time.time_ns()
+            for pending in batch:
+                pending.dispatched_ns = dispatched
+            spans = [p.span for p in batch]
+            outputs = await traced_forward(self._tracer, runner, arrays, spans, items)
+        # Split by rows next: a model answering another number (a reduction over the batch,
+        # say) would hand requests each other's rows, or none.
+        if any(out.shape[:1] != (items,) for out in outputs):
+            raise ArtefactError(f"the model answered {items} items with other row counts")
+        return outputs
 
     def _report_outcomes(self, runner: ModelRunner, outcomes: list[tuple[_Pending, bool]]) -> None:
         listener = self.outcome_listener

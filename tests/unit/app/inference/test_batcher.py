@@ -353,6 +353,47 @@ def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_suc
     assert served.outputs[0].tolist() == [[6.0]]
 
 
+@dataclass
+class OneRowRunner(FakeRunner):
+    """Answers one row whatever the batch holds (a reduction over the batch dimension)."""
+
+    async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [a.sum(axis=0, keepdims=True) for a in await super().run(arrays)]
+
+
+@pytest.mark.parametrize(
+    ("runner", "second"),
+    [
+        (OneRowRunner(), items(2.0)),  # rows that do not split back into the requests
+        (FakeRunner(), [np.zeros((1, 2), dtype=np.float32)]),  # parts that do not concatenate
+    ],
+    ids=["rows", "concatenate"],
+)
+def test_a_batch_that_cannot_be_split_or_joined_is_500_and_the_batcher_goes_on(
+    runner: FakeRunner, second: list[np.ndarray]
+) -> None:
+    async def main() -> tuple[list[BaseException | Served], Served]:
+        batcher = make_batcher(runner, max_delay_s=0.05)
+        runner.gate = asyncio.Event()  # the first request holds the model: the next two queue
+        first = asyncio.ensure_future(batcher.submit(items(0.0), 1, later()))
+        await runner.started.wait()
+        queued = [batcher.submit(items(1.0), 1, later()), batcher.submit(second, 1, later())]
+        gathered = asyncio.gather(*queued, return_exceptions=True)
+        await asyncio.sleep(0)
+        runner.gate.set()
+        await first
+        failed: list[BaseException | Served] = await gathered
+        served = await batcher.submit(items(3.0), 1, later())
+        await batcher.close(1)
+        return failed, served
+
+    failed, served = run(main)
+    for outcome in failed:
+        assert isinstance(outcome, Problem)
+        assert (outcome.code, outcome.status) == ("internal-error", 500)
+    assert served.outputs[0].tolist() == [[6.0]]
+
+
 def test_without_a_loaded_model_requests_are_503_not_ready() -> None:
     async def main() -> None:
         batcher = make_batcher(None)
