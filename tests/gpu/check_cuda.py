@@ -8,6 +8,9 @@
    FRAMEWORM_CUDA_TF32 would cost in accuracy.
 2. Starts `frameworm serve` with FRAMEWORM_DEVICE=cuda, checks /readyz, sends load for a while
    and prints the NVML gauges from /metrics as they move.
+3. Releases models loaded on the device after a startup-style heap freeze (a safetensors demo
+   model and a .pt2 program, whose module holds reference cycles) and checks that every byte
+   of their tensors is given back.
 Prints one table per step; exits non-zero when a check fails. Timings: `python -m
 tests.load.bench --device cuda` (the benchmark, with the model alone in float16, a CUDA graph
 and torch.compile).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import io
 import json
 import os
@@ -39,7 +43,9 @@ from models.demo.catalog import sample_png
 from models.formats import LoadedModel
 from models.golden import run_golden_checks
 from models.registry import ModelRegistry
+from models.tensors import example_inputs
 from tests.support import free_port
+from tests.support.models import MODEL, register_slow
 
 
 def digits() -> torch.Tensor:
@@ -151,6 +157,32 @@ def watch_gauges(root: Path, seconds: float) -> bool:
         server.wait(30)
 
 
+def release_frees_the_device(registry: ModelRegistry, root: Path) -> bool:
+    """Each model's CUDA tensors are all gone once it is released, as after a rollout."""
+    ok = True
+    print("| model | format | MiB while loaded | bytes left after release |")
+    print("|---|---|---|---|")
+    register_slow(registry, "1.0.0", root, seed=0, size=4)  # a .pt2 program
+    registry.promote(MODEL, "1.0.0", "production")
+    for name in ("cnn-digits", MODEL):
+        manifest = registry.resolve(name)
+        gc.collect()
+        baseline = torch.cuda.memory_allocated()
+        model = registry.load(manifest, "cuda")
+        model.forward(example_inputs(manifest.signature, 2))
+        loaded = torch.cuda.memory_allocated() - baseline
+        gc.freeze()  # as the server does once its first version is ready
+        try:
+            model.release()
+            gc.collect()
+            left = torch.cuda.memory_allocated() - baseline
+        finally:
+            gc.unfreeze()
+        ok = ok and left == 0
+        print(f"| {name} | {manifest.format} | {loaded / 2**20:.1f} | {left} |")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20)
@@ -165,8 +197,12 @@ def main() -> int:
         seed_demo(registry)
         outputs_match = compare_devices(registry)
         gauges_moved = watch_gauges(root, args.seconds)
-    print(f"outputs match: {outputs_match}; GPU gauges seen: {gauges_moved}")
-    return 0 if outputs_match and gauges_moved else 1
+        released = release_frees_the_device(registry, root)
+    print(
+        f"outputs match: {outputs_match}; GPU gauges seen: {gauges_moved}; "
+        f"device memory released: {released}"
+    )
+    return 0 if outputs_match and gauges_moved and released else 1
 
 
 if __name__ == "__main__":
