@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Environment = Literal["development", "production"]
 KeyStoreKind = Literal["file", "redis", "hashed-file"]
@@ -30,15 +31,28 @@ SECRET_FIELDS = (
 )
 
 
-def _read_secret_files(values: dict[str, Any]) -> dict[str, Any]:
-    for field in SECRET_FIELDS:
-        path = os.environ.get(f"FRAMEWORM_{field.upper()}_FILE")
-        if path:
-            try:
-                values[field] = Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"FRAMEWORM_{field.upper()}_FILE cannot be read: {exc}") from None
-    return values
+class SecretFiles(PydanticBaseSettingsSource):
+    """`FRAMEWORM_<NAME>_FILE` for each secret, set in the environment or in the `.env` file the
+    settings read (the dotenv source's variables); the file's content is the value."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.dotenv_vars: dict[str, str | None] = getattr(dotenv, "env_vars", {})
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads them all at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field in SECRET_FIELDS:
+            name = f"FRAMEWORM_{field.upper()}_FILE"
+            path = os.environ.get(name) or self.dotenv_vars.get(name.lower())
+            if path:
+                try:
+                    values[field] = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{name} cannot be read: {exc}") from None
+        return values
 
 
 class Settings(BaseSettings):
@@ -51,6 +65,8 @@ class Settings(BaseSettings):
         frozen=True,
         # Validation errors must never print the input: it holds the secrets.
         hide_input_in_errors=True,
+        # A timeout or size of inf passes `gt=0` and breaks arithmetic later (int(inf)).
+        allow_inf_nan=False,
     )
 
     env: Environment = "development"
@@ -98,7 +114,7 @@ class Settings(BaseSettings):
     result_cache_ttl_s: int = Field(default=3600, ge=1)
 
     # Request limits
-    max_body_mb: float = Field(default=10.0, gt=0)
+    max_body_mb: float = Field(default=10.0, ge=0.001)  # at least about a KB
     max_header_kb: int = Field(default=64, ge=1)
     write_stall_s: float = Field(default=30.0, gt=0)
     # Idle keep-alive connections close after this. Behind a proxy that reuses upstream
@@ -143,10 +159,43 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=5.0, ge=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
 
-    @model_validator(mode="before")
     @classmethod
-    def _secret_files(cls, values: Any) -> Any:
-        return _read_secret_files(values) if isinstance(values, dict) else values
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A secret's _FILE wins over its plain variable, wherever either is set.
+        secret_files = SecretFiles(settings_cls, dotenv_settings)
+        return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("rate_limit", "auth_failure_limit")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a limit such as 100/minute") from None
+        return value
+
+    @model_validator(mode="after")
+    def _redis_is_given(self) -> Settings:
+        users = [
+            name
+            for name, uses in (
+                ("FRAMEWORM_RESULT_CACHE=redis", self.result_cache == "redis"),
+                ("FRAMEWORM_API_KEY_STORE=redis", self.api_key_store == "redis"),
+            )
+            if uses
+        ]
+        if users and self.redis_url is None:
+            raise ValueError(f"{' and '.join(users)} needs FRAMEWORM_REDIS_URL")
+        return self
 
     @field_validator("forwarded_allow_ips")
     @classmethod

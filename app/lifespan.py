@@ -118,6 +118,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             gpu = GpuSampler(metrics.registry, nvml)
             gpu.start()
     follower = None
+    if settings.follow_stage and settings.model_version is not None:
+        log.warning(
+            "FRAMEWORM_FOLLOW_STAGE is ignored: FRAMEWORM_MODEL_VERSION pins %s (and with it "
+            "automatic rollback)",
+            settings.model_version,
+        )
     if settings.follow_stage and settings.model_version is None:
         follower = StageFollower(host, settings, metrics)
         batcher.outcome_listener = follower.record

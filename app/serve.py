@@ -156,6 +156,11 @@ def ensure_a_key(settings: Settings) -> None:
             "no API key exists: set FRAMEWORM_BOOTSTRAP_API_KEY_FILE or create one "
             "with `frameworm keys create OWNER`"
         )
+    if settings.api_key_store == "hashed-file":  # read-only: a Secret mounts it
+        raise ValueError(
+            "the hashed-file key store holds no usable key: set FRAMEWORM_BOOTSTRAP_API_KEY_FILE "
+            "or put a key in its Secret"
+        )
     key = auth.create_key("bootstrap", scopes=("infer", "admin"))
     log.warning("no API key existed: created a bootstrap key (development only)")
     print(  # noqa: T201  # shown once, on the console, never logged

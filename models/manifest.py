@@ -191,5 +191,8 @@ class ModelManifest(_Strict):
         if self.format == "safetensors" and not self.family:
             raise ValueError("a safetensors artefact needs a model family")
         if self.format == "torchscript" and not self.trusted:
-            raise ValueError("TorchScript artefacts carry code: register them with trusted=True")
+            raise ValueError(
+                "TorchScript artefacts carry code: register them as trusted "
+                "(--trusted, or trusted=True)"
+            )
         return self

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -14,7 +12,6 @@ from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from app.production import APIKeyAuth
 from app.production.keys import MAX_EXPIRES_IN_S
-from app.production.keystore import KeyFileError, ReadOnlyKeyStoreError
 
 keys_app = typer.Typer(help="API keys: shown once at creation, stored only as a keyed hash.")
 
@@ -31,16 +28,6 @@ def parse_duration(text: str) -> float:
     if not 0 < seconds <= MAX_EXPIRES_IN_S:
         fail(f"invalid duration {text!r}: must be above 0 and at most 100 years (36500d)")
     return seconds
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """errors_as_one_line, and the key store's refusals: a corrupt or a read-only key file."""
-    with errors_as_one_line():
-        try:
-            yield
-        except (KeyFileError, ReadOnlyKeyStoreError) as exc:
-            fail(str(exc))
 
 
 def _when(seconds: float | None) -> str | None:
@@ -61,7 +48,7 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a key for OWNER and print it once; only its hash is stored."""
-    with _one_line_errors():
+    with errors_as_one_line():
         auth = APIKeyAuth(settings=Settings())
         key = auth.create_key(
             owner,
@@ -80,7 +67,7 @@ def create(
 @keys_app.command("list")
 def list_keys(as_json: bool = JsonOption) -> None:
     """Every key's id, owner, scopes and state (never the key)."""
-    with _one_line_errors():
+    with errors_as_one_line():
         records = APIKeyAuth(settings=Settings()).list_keys()
         rows = [
             {
@@ -111,7 +98,7 @@ def list_keys(as_json: bool = JsonOption) -> None:
 @keys_app.command()
 def revoke(key_id: str) -> None:
     """Revoke a key by its id; running servers refuse it within seconds (at once with Redis)."""
-    with _one_line_errors():
+    with errors_as_one_line():
         if not APIKeyAuth(settings=Settings()).revoke_id(key_id):
             fail(f"no key with id {key_id}")
         typer.echo(f"revoked {key_id}")

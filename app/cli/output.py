@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 import typer
 from pydantic import ValidationError
 
-from app.production.keystore import KeyFileError
-from models.errors import RegistryError
+from app.production.keystore import KeyFileError, ReadOnlyKeyStoreError
+from models.errors import RegistryError, validation_message
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
@@ -31,11 +31,29 @@ def errors_as_one_line() -> Iterator[None]:
     """Expected failures end the command with one clear line and a non-zero exit, no traceback."""
     try:
         yield
-    except (RegistryError, KeyFileError, ValueError, OSError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            fail(f"{where}: {first['msg']}" if where else first["msg"])
+    except ValidationError as exc:
+        fail(settings_message(exc) if exc.title == "Settings" else validation_message(exc))
+    except (RegistryError, KeyFileError, ReadOnlyKeyStoreError, ValueError, OSError) as exc:
         fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        fail(f"Redis: {exc}")
+
+
+def settings_message(exc: ValidationError) -> str:
+    """Every settings problem at once, each named as the operator set it (FRAMEWORM_PORT)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"FRAMEWORM_{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+def _is_redis_error(exc: Exception) -> bool:
+    """A Redis key store or cache that cannot be reached (redis is imported only when used)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.RedisError)

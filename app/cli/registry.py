@@ -52,6 +52,13 @@ def _read_json(path: Path, what: str) -> Any:
         fail(f"cannot read {what} {path}: {exc}")
 
 
+def _json_option(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        fail(f"{option} is not JSON: {exc}")
+
+
 @registry_app.command()
 def register(
     name: str,
@@ -80,7 +87,7 @@ def register(
             format=fmt,
             signature=Signature.model_validate(_read_json(signature, "signature")),
             family=family,
-            family_config=json.loads(family_config),
+            family_config=_json_option(family_config, "--family-config"),
             golden=tuple(
                 GoldenCheck.model_validate(g)
                 for g in (_read_json(golden, "golden") if golden else [])
@@ -88,7 +95,7 @@ def register(
             deterministic=deterministic,
             trusted=trusted,
             description=description,
-            metadata=json.loads(metadata),
+            metadata=_json_option(metadata, "--metadata"),
             actor=actor,
         )
         emit(

@@ -117,7 +117,7 @@ def test_an_unreadable_secret_file_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("FRAMEWORM_API_KEY_PEPPER_FILE", str(tmp_path / "missing"))
-    with pytest.raises(ValidationError, match="FRAMEWORM_API_KEY_PEPPER_FILE cannot be read"):
+    with pytest.raises(ValueError, match="FRAMEWORM_API_KEY_PEPPER_FILE cannot be read"):
         Settings()
 
 
@@ -233,3 +233,46 @@ def test_production_refuses_to_serve_several_workers_with_in_memory_rate_limits(
     monkeypatch.setattr(serve, "listening_socket", must_not_listen)
     with pytest.raises(ValueError, match="2 workers each keep their own in-memory rate limits"):
         serve.run(production(workers=2))
+
+
+def test_a_secret_file_named_in_the_env_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / "pepper").write_text("f" * 40, encoding="utf-8")
+    (tmp_path / ".env").write_text(
+        f"FRAMEWORM_ENV=production\nFRAMEWORM_API_KEY_PEPPER_FILE={tmp_path / 'pepper'}\n",
+        encoding="utf-8",
+    )
+    settings = Settings()  # reads ./.env (the fixture's working directory)
+    assert settings.api_key_pepper is not None
+    assert settings.api_key_pepper.get_secret_value() == "f" * 40
+    assert Settings(_env_file=None).api_key_pepper is None  # no .env, no file named
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("shutdown_timeout_s", "inf"),
+        ("max_body_mb", "inf"),
+        ("request_timeout_ms", "1e309"),
+        ("max_body_mb", "1e-9"),  # less than a byte
+    ],
+)
+def test_infinite_or_vanishing_sizes_and_timeouts_are_refused(field: str, value: str) -> None:
+    values: dict[str, Any] = {field: value}
+    with pytest.raises(ValidationError, match=field):
+        Settings(**values)
+
+
+@pytest.mark.parametrize("field", ["rate_limit", "auth_failure_limit"])
+def test_a_limit_that_does_not_parse_is_refused_at_start(field: str) -> None:
+    values: dict[str, Any] = {field: "lots"}
+    with pytest.raises(ValidationError, match="'lots' is not a limit such as 100/minute"):
+        Settings(**values)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"result_cache": "redis"}, {"api_key_store": "redis", "auth_enabled": True}]
+)
+def test_what_needs_redis_is_refused_without_its_url(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="needs FRAMEWORM_REDIS_URL"):
+        Settings(**overrides)
+    Settings(**overrides, redis_url="redis://127.0.0.1:6379/0")

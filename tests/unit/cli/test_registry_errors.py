@@ -67,6 +67,20 @@ def test_a_family_config_the_constructor_refuses_fails_in_one_line(
     assert lines[0].startswith(message), lines[0]
 
 
+@pytest.mark.parametrize("option", ["--family-config", "--metadata"])
+def test_an_option_that_is_not_json_is_named(tmp_path: Path, signature: Path, option: str) -> None:
+    code, lines = register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        "--family=mlp",
+        f"{option}={{bad",
+    )
+    assert code == 1
+    [line] = lines
+    assert line.startswith(f"error: {option} is not JSON: "), line
+
+
 def test_a_file_that_is_not_safetensors_fails_in_one_line(tmp_path: Path, signature: Path) -> None:
     artefact = tmp_path / "model.bin"
     artefact.write_bytes(b"\xff" * 64)  # its first 8 bytes read as a huge header length
@@ -90,7 +104,10 @@ def test_a_file_that_is_not_safetensors_fails_in_one_line(tmp_path: Path, signat
             ["--family=mlp", f"--family-config={json.dumps(TINY_CONFIG)}", "--metadata=[1]"],
             "metadata: Input should be a valid dict",
         ),
-        (["--format=torchscript"], "TorchScript artefacts carry code: register them with trusted"),
+        (
+            ["--format=torchscript"],
+            "TorchScript artefacts carry code: register them as trusted (--trusted",
+        ),
     ],
     ids=["family-config", "metadata", "untrusted-torchscript"],
 )
