@@ -182,6 +182,10 @@ def _decode_input(
                 "invalid-input", f"input {name!r}: binary_data_size does not fit its shape"
             )
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
+        # A BOOL is one byte, 0 or 1 (Triton's encoding); numpy would keep any other byte as
+        # a "true" that compares unequal to True.
+        if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+            raise Problem("invalid-input", f"input {name!r}: BOOL bytes must be 0 or 1")
         # A copy: torch needs writable memory, and the request body must not be kept alive.
         return name, check_array(name, _reshaped(name, array, shape).copy(), spec), size
     data = item.get("data")

@@ -222,6 +222,25 @@ def test_binary_inputs_decode_to_writable_arrays() -> None:
     assert decode_request(SIG, body, length).decoded.arrays[0].flags.writeable
 
 
+BOOL_SIG = Signature(
+    inputs=(TensorSpec(name="x", dtype="bool", shape=(-1, 3)),),
+    outputs=(TensorSpec(name="y", shape=(-1, 1)),),
+)
+
+
+def bool_request(raw: bytes) -> tuple[bytes, str]:
+    item = x_input(shape=[1, 3], datatype="BOOL", parameters={"binary_data_size": 3})
+    return with_binary(header(item), raw)
+
+
+def test_bool_binary_data_is_bytes_of_0_and_1() -> None:
+    request = decode_request(BOOL_SIG, *bool_request(b"\x01\x00\x01"))
+    assert request.decoded.arrays[0].tolist() == [[True, False, True]]
+    with refused() as caught:
+        decode_request(BOOL_SIG, *bool_request(b"\x01\x02\x00"))
+    assert "BOOL bytes must be 0 or 1" in caught.value.detail
+
+
 def test_two_binary_inputs_are_read_in_order() -> None:
     sig = Signature(
         inputs=(
