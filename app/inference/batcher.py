@@ -68,6 +68,9 @@ class _Pending:
     span: trace.SpanContext | None = None
     enqueued_ns: int = 0
     dispatched_ns: int = 0
+    # Counted in the queue's items until a batch takes it or its waiter gives up, first of the
+    # two: the deque entry of a request given up stays until the loop reaches it.
+    queued: bool = True
 
 
 def _abandon(future: asyncio.Future[Served]) -> None:
@@ -136,12 +139,13 @@ class DynamicBatcher:
         abandoned = 0
         while self._queue:
             pending = self._queue.popleft()
-            abandoned += pending.items
+            if pending.queued:
+                abandoned += pending.items
+            self._unqueue(pending)
             _fail(
                 pending,
                 Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
             )
-        self._queued_items = 0
         return abandoned
 
     @property
@@ -224,6 +228,15 @@ class DynamicBatcher:
         finally:
             expiry.cancel()
             self._observer.admitted(-1)
+            if pending.queued:  # gave up (deadline, client gone, cancelled) while still queued
+                self._unqueue(pending)
+                pending.arrays = []  # its entry waits in the deque: keep it small
+                self._observer.queued(self._queued_items)
+
+    def _unqueue(self, pending: _Pending) -> None:
+        if pending.queued:
+            pending.queued = False
+            self._queued_items -= pending.items
 
     def _expire(self, future: asyncio.Future[Served]) -> None:
         if not future.done():
@@ -269,10 +282,10 @@ class DynamicBatcher:
         items = 0
         while self._queue:
             head = self._queue[0]
-            if batch and items + head.items > self.max_batch_size:
+            if batch and items + head.items > self.max_batch_size and not head.future.done():
                 break
             self._queue.popleft()
-            self._queued_items -= head.items
+            self._unqueue(head)
             if head.future.done():  # the client gave up (deadline, disconnect)
                 if _abandoned(head.future):
                     self._observer.shed("disconnected")

@@ -221,6 +221,36 @@ def test_a_request_that_expires_in_the_queue_is_504_before_the_model_runs() -> N
     assert seen == [1.0, 5.0]
 
 
+def test_requests_given_up_in_the_queue_stop_counting_against_it_at_once() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> tuple[int, Served]:
+        batcher = make_batcher(runner, max_queue_items=4)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        expiring = [batcher.submit(items(7.0), 1, later(0.05)) for _ in range(2)]
+        gone = asyncio.create_task(batcher.submit(items(8.0, 8.0), 2, later()))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client went away
+        await asyncio.gather(*expiring, gone, return_exceptions=True)
+        queued = batcher.queued_items  # the model is still busy: nothing was taken
+        # The queue has room for 4 items again, though the entries wait in the deque.
+        waiting = asyncio.create_task(batcher.submit(items(2.0, 3.0, 4.0, 5.0), 4, later()))
+        await asyncio.sleep(0)
+        assert runner.gate is not None
+        runner.gate.set()
+        await in_flight
+        served = await waiting
+        await batcher.close(1)
+        return queued, served
+
+    queued, served = run(main)
+    assert queued == 0
+    assert served.outputs[0].ravel().tolist() == [4.0, 6.0, 8.0, 10.0]
+    seen = [float(v) for batch in runner.batches for v in batch[0].ravel()]
+    assert 7.0 not in seen and 8.0 not in seen
+
+
 def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() -> None:
     runner = FakeRunner(gate=asyncio.Event())
 
