@@ -11,6 +11,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -181,6 +182,20 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a limit such as 100/minute") from None
+        return value
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here (sentry-sdk would refuse it only once the app is built, after the port
+        # is bound); the DSN holds a key, so the message never shows it.
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not (
+            parts.username and parts.hostname and parts.path.strip("/")
+        ):
+            raise ValueError("not a Sentry DSN of the form https://KEY@HOST/PROJECT")
         return value
 
     @model_validator(mode="after")

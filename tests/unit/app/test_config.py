@@ -276,3 +276,14 @@ def test_what_needs_redis_is_refused_without_its_url(overrides: dict[str, Any]) 
     with pytest.raises(ValidationError, match="needs FRAMEWORM_REDIS_URL"):
         Settings(**overrides)
     Settings(**overrides, redis_url="redis://127.0.0.1:6379/0")
+
+
+@pytest.mark.parametrize("dsn", ["notadsn", "https://o1.ingest.sentry.io/5", "ftp://k@host/5"])
+def test_a_sentry_dsn_that_is_not_one_is_refused_without_showing_it(dsn: str) -> None:
+    with pytest.raises(ValidationError, match="not a Sentry DSN") as caught:
+        Settings(sentry_dsn=dsn)
+    assert dsn not in str(caught.value)
+
+
+def test_a_sentry_dsn_is_accepted() -> None:
+    assert Settings(sentry_dsn="https://key@o1.ingest.sentry.io/5").sentry_dsn is not None
