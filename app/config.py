@@ -56,6 +56,16 @@ class SecretFiles(PydanticBaseSettingsSource):
         return values
 
 
+def _is_limit(text: str) -> bool:
+    from limits import parse  # as the rate limiter reads it (app.production.ratelimit)
+
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Settings(BaseSettings):
     """Every setting of the server, with its default. README's table lists them all."""
 
@@ -173,17 +183,6 @@ class Settings(BaseSettings):
         secret_files = SecretFiles(settings_cls, dotenv_settings)
         return init_settings, secret_files, env_settings, dotenv_settings, file_secret_settings
 
-    @field_validator("rate_limit", "auth_failure_limit")
-    @classmethod
-    def _limit(cls, value: str) -> str:
-        from limits import parse
-
-        try:
-            parse(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a limit such as 100/minute") from None
-        return value
-
     @field_validator("sentry_dsn")
     @classmethod
     def _dsn(cls, value: SecretStr | None) -> SecretStr | None:
@@ -199,12 +198,22 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _redis_is_given(self) -> Settings:
+    def _what_is_used_is_complete(self) -> Settings:
+        """Settings that only matter when their feature is on are checked only then."""
+        limits = {"FRAMEWORM_AUTH_FAILURE_LIMIT": self.auth_failure_limit}  # always in use
+        if self.rate_limit_enabled:
+            limits["FRAMEWORM_RATE_LIMIT"] = self.rate_limit
+        for name, value in limits.items():
+            if not _is_limit(value):
+                raise ValueError(f"{name}: {value!r} is not a limit such as 100/minute")
         users = [
             name
             for name, uses in (
                 ("FRAMEWORM_RESULT_CACHE=redis", self.result_cache == "redis"),
-                ("FRAMEWORM_API_KEY_STORE=redis", self.api_key_store == "redis"),
+                (
+                    "FRAMEWORM_API_KEY_STORE=redis",
+                    self.auth_enabled and self.api_key_store == "redis",
+                ),
             )
             if uses
         ]

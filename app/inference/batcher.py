@@ -256,8 +256,14 @@ class DynamicBatcher:
                 continue
             await self._maybe_wait_to_fill()
             batch = self._take()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run(batch)
+            except Exception:  # past the batch's own guard (telemetry, listeners): log, go on
+                log.exception("the batcher failed after a batch of %d requests", len(batch))
+                for pending in batch:
+                    _fail(pending, Problem("internal-error", "the server failed on this batch"))
 
     async def _maybe_wait_to_fill(self) -> None:
         if self._closing or self._queued_items >= self.max_batch_size or self.max_delay_s == 0:
@@ -313,7 +319,7 @@ class DynamicBatcher:
         items = sum(p.items for p in batch)
         start = time.monotonic()
         self.in_flight_items = items
-        # Whatever goes wrong from here fails this batch's requests alone: the loop goes on.
+        # A failure from here fails this batch's requests alone (500); the loop goes on.
         try:
             outputs = await self._forward(runner, batch, items)
         except asyncio.CancelledError:

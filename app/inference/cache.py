@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -41,12 +42,18 @@ def _pack(outputs: list[np.ndarray]) -> bytes:
 
 
 def _unpack(blob: bytes) -> list[np.ndarray]:
+    """What `_pack` wrote; ValueError for anything else (another layout, a stray value)."""
     size = int.from_bytes(blob[:4], "big")
     offset, outputs = 4 + size, []
-    for dtype, shape in orjson.loads(blob[4 : 4 + size]):
-        array = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset)
+    for dtype_name, shape in orjson.loads(blob[4 : 4 + size]):
+        dtype = np.dtype(dtype_name)
+        if dtype.kind not in "biuf" or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError("not a packed output")
+        array = np.frombuffer(blob, dtype=dtype, count=math.prod(shape), offset=offset)
         outputs.append(array.reshape(shape))
         offset += array.nbytes
+    if offset != len(blob):
+        raise ValueError("not a packed output")
     return outputs
 
 
@@ -117,7 +124,7 @@ class RedisCache:
             return None
         try:
             return _unpack(blob)
-        except (ValueError, TypeError, orjson.JSONDecodeError):  # not ours, or another layout
+        except Exception:  # not ours, another layout: numpy and orjson raise several types
             log.warning("result cache entry %s is unreadable: a miss", key[:16])
             return None
 

@@ -126,5 +126,7 @@ def _eight_bit(opened: Image.Image) -> Image.Image:
     """
     if not (opened.mode.startswith("I;16") or opened.mode == "I"):
         return opened
-    pixels = np.asarray(opened).astype(np.int64) >> 8
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")
+    pixels = np.asarray(opened) >> 8  # in place of a wider copy: a 4096 x 4096 image is 32 MB
+    if pixels.dtype.itemsize > 2:  # mode I holds 32-bit values: clip what 16 bits cannot hold
+        np.clip(pixels, 0, 255, out=pixels)
+    return Image.fromarray(pixels.astype(np.uint8), mode="L")

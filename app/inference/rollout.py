@@ -168,7 +168,8 @@ class StageFollower:
                 time.monotonic() + self.settings.rollback_window_s,
             )
         else:
-            await asyncio.to_thread(previous.close)  # waits for its last in-flight batch
+            # Its thread releases it after its last in-flight batch; this waits, bounded.
+            await asyncio.to_thread(previous.close)
         return True
 
     # ------------------------------------------------------------------ health after a switch

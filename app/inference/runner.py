@@ -135,6 +135,8 @@ class ModelRunner:
                 outcome = exc
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, future, outcome)
+        # Closed: the last pass is done, so the weights can go, however long it took.
+        self.model.release()
 
     def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         # Arrays come in their wire dtypes; bfloat16 travels as float32 (numpy has no bfloat16)
@@ -173,24 +175,26 @@ class ModelRunner:
     def close(self, timeout_s: float = RELEASE_WAIT_S) -> None:
         """Release after the last batch: the thread finishes what it has, then the weights go.
 
-        A forward pass still running after `timeout_s` (a hung kernel, a model stuck in a loop)
-        keeps its weights, since freeing them under it could crash the process, and the
-        shutdown goes on without it: the thread is a daemon and ends with the process.
+        The forward thread releases them itself once its last pass ends, however long that
+        takes; this waits for it at most `timeout_s`, so that a hung pass (a stuck kernel, a
+        model in a loop) cannot hold a shutdown: the thread is a daemon and ends with the
+        process.
         """
-        if self._thread is not None:
-            self._jobs.put(None)  # after the jobs already queued
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning(
-                    "%s %s: a forward pass is still running after %.0f s; its weights stay "
-                    "until the process exits",
-                    self.manifest.name,
-                    self.manifest.version,
-                    timeout_s,
-                )
-                return
-            self._thread = None  # the thread refers back to this runner: no cycle left behind
-        self.model.release()
+        thread = self._thread
+        if thread is None:
+            self.model.release()
+            return
+        self._jobs.put(None)  # after the jobs already queued
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning(
+                "%s %s: a forward pass is still running after %g s; its weights go when it ends",
+                self.manifest.name,
+                self.manifest.version,
+                timeout_s,
+            )
+            return
+        self._thread = None  # the thread refers back to this runner: no cycle left behind
 
 
 def wire_examples(signature: Signature, batch_size: int) -> list[np.ndarray]:

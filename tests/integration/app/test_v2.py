@@ -254,7 +254,9 @@ def test_a_version_pinned_request_is_never_answered_by_the_next_version(tmp_path
     async def switch_while_queued(http: httpx.AsyncClient) -> list[httpx.Response]:
         url = f"/v2/models/{MODEL}/versions/1.0.0/infer"
         sent = [asyncio.create_task(http.post(url, json={"inputs": [tensor]})) for _ in range(20)]
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):
+            while client.state["batcher"].queued_items < 5:  # some wait behind the one running
+                await asyncio.sleep(0.001)
         assert await client.state["follower"].switch_to("2.0.0")
         return await asyncio.gather(*sent)
 

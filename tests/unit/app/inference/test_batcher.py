@@ -424,6 +424,27 @@ def test_a_batch_that_cannot_be_split_or_joined_is_500_and_the_batcher_goes_on(
     assert served.outputs[0].tolist() == [[6.0]]
 
 
+def test_a_listener_that_raises_does_not_stop_the_batcher() -> None:
+    runner = FakeRunner()
+    calls: list[bool] = []
+
+    def listener(version: str, ok: bool, seconds: float) -> None:
+        calls.append(ok)
+        if len(calls) == 1:
+            raise RuntimeError("the listener broke")
+
+    async def main() -> Served:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = listener
+        await batcher.submit(items(1.0), 1, later())  # answered before the listener is told
+        served = await batcher.submit(items(3.0), 1, later(2.0))
+        await batcher.close(1)
+        return served
+
+    assert run(main).outputs[0].tolist() == [[6.0]]
+    assert calls == [True, True]
+
+
 def test_without_a_loaded_model_requests_are_503_not_ready() -> None:
     async def main() -> None:
         batcher = make_batcher(None)

@@ -145,11 +145,29 @@ def test_storing_a_key_again_replaces_its_bytes() -> None:
     assert asyncio.run(main()) == 80
 
 
-def test_an_unreadable_redis_entry_is_a_miss_not_an_error(redis_server: RedisServer) -> None:  # noqa: F811
+def packed(header: str, data: bytes = b"") -> bytes:
+    return len(header).to_bytes(4, "big") + header.encode() + data
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        packed("[[1]x"),  # not JSON
+        packed('[["<f4", [-3]]]', bytes(64)),  # a negative dimension
+        packed('[["<U2", [1]]]', bytes(8)),  # not a numeric dtype
+        packed('[["<f4", [1000000000000000000]]]'),  # more than the blob holds
+        packed('[["<f4", [1]]]', bytes(6)),  # bytes left over
+    ],
+    ids=["not-json", "negative", "text", "too-large", "left-over"],
+)
+def test_an_unreadable_redis_entry_is_a_miss_not_an_error(
+    redis_server: RedisServer,  # noqa: F811
+    blob: bytes,
+) -> None:
     async def main() -> list[np.ndarray] | None:
         cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
         try:
-            await cache._client.set("frameworm:result:k", b"\x00\x00\x00\x05[[1]x")
+            await cache._client.set("frameworm:result:k", blob)
             return await cache.get("k")
         finally:
             await cache.close()

@@ -110,11 +110,13 @@ def test_closing_does_not_wait_for_ever_on_a_hung_forward_pass(
         runner.close(timeout_s=0.2)
         assert time.monotonic() - started < 2
         assert "a forward pass is still running" in caplog.text
-        unstick.set()  # the pass ends; its batch is answered, then the thread stops
+        assert runner.model._module is not None  # not freed under the running pass
+        unstick.set()  # the pass ends; its batch is answered, then the thread releases, stops
         (y,) = loop.run_until_complete(job)
         assert y.shape == (1, 3)
         runner._thread.join(5)  # type: ignore[union-attr]
         assert not runner._thread.is_alive()  # type: ignore[union-attr]
+        assert runner.model._module is None
     finally:
         unstick.set()
         loop.close()
