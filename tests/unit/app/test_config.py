@@ -287,3 +287,11 @@ def test_a_sentry_dsn_that_is_not_one_is_refused_without_showing_it(dsn: str) ->
 
 def test_a_sentry_dsn_is_accepted() -> None:
     assert Settings(sentry_dsn="https://key@o1.ingest.sentry.io/5").sentry_dsn is not None
+
+
+def test_settings_of_a_feature_that_is_off_are_not_checked() -> None:
+    """A redis key store with auth off, a rate limit string with rate limiting off: unused."""
+    assert Settings(auth_enabled=False, api_key_store="redis").redis_url is None
+    assert Settings(rate_limit_enabled=False, rate_limit="").rate_limit == ""
+    with pytest.raises(ValidationError, match="FRAMEWORM_AUTH_FAILURE_LIMIT"):
+        Settings(rate_limit_enabled=False, auth_failure_limit="lots")  # in use even then
