@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any, cast
@@ -154,8 +155,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
             return
         limit = self.header_timeout_s
-        log.info("a request head not whole in %gs; answered 408", limit, extra=self._who())
-        self._close_with(408, "request-timeout", f"the request head took over {limit:g} s")
+        answered = self._close_with(
+            408, "request-timeout", f"the request head took over {limit:g} s"
+        )
+        log.info("a request head not whole in %gs; answered 408", limit, extra=answered)
 
     def _end_head(self) -> None:
         self._head_open = False
@@ -224,17 +227,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         """A head still arriving, over the limit: answered 431 at once, the connection closed."""
         limit = self.max_head_bytes
-        log.warning("a request head over %d bytes; answered 431", limit, extra=self._who())
         detail = f"the request line and headers are over {limit // 1024} KB"
-        self._close_with(431, "headers-too-large", detail)
+        answered = self._close_with(431, "headers-too-large", detail)
+        log.warning("a request head over %d bytes; answered 431", limit, extra=answered)
 
     def _refuse_whole_head(self, detail: str) -> ASGI3Application:
         """The app for a head that arrived whole, too large: 431 in its turn, then closed."""
 
         async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-            log.warning("a request head too large (%s); answered 431", detail, extra=self._who())
-            body = problem_body("headers-too-large", detail, None)
-            headers = _problem_headers(body)
+            request_id = uuid.uuid4().hex
+            extra = {**self._who(), "request_id": request_id}
+            log.warning("a request head too large (%s); answered 431", detail, extra=extra)
+            body = problem_body("headers-too-large", detail, request_id)
+            headers = [*_problem_headers(body), (b"x-request-id", request_id.encode())]
             await send({"type": "http.response.start", "status": 431, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
@@ -244,11 +249,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to anything httptools cannot parse (a bad Content-Length, both it and
         # chunked, a bad chunk, a NUL or a folded header, an unknown method, HTTP/2's preface)
-        # is text/plain: a problem, with no echo of what was sent. uvicorn has logged it.
-        self._close_with(400, "malformed-request", "the request is not valid HTTP/1.1")
+        # is text/plain: a problem, with no echo of what was sent. uvicorn has logged it; the
+        # line here adds the request id the client was given.
+        answered = self._close_with(400, "malformed-request", "the request is not valid HTTP/1.1")
+        log.info("a request that is not valid HTTP/1.1; answered 400", extra=answered)
 
-    def _close_with(self, status: int, code: str, detail: str) -> None:
-        """Answer with a problem, when that answer is next on the wire, and close."""
+    def _close_with(self, status: int, code: str, detail: str) -> dict[str, str | None]:
+        """Answer with a problem, when that answer is next on the wire, and close.
+
+        No middleware ran, so the request id is made here, for the client to quote; returned
+        with the client's address as the `extra` of the caller's log line.
+        """
+        who = self._who()
         unanswered = [cycle for cycle in self._open if not cycle.response_complete]
         # An error in the body of the newest request answers that request (if it has not begun
         # answering); one in a new head answers a request after every one already open.
@@ -256,14 +268,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not unanswered or (
             in_body and unanswered == [self.cycle] and not self.cycle.response_started
         ):
-            body = problem_body(code, detail, None)
-            headers = [*self.server_state.default_headers, *_problem_headers(body)]
+            request_id = who["request_id"] = uuid.uuid4().hex
+            body = problem_body(code, detail, request_id)
+            headers = [
+                *self.server_state.default_headers,
+                *_problem_headers(body),
+                (b"x-request-id", request_id.encode()),
+            ]
             lines = [STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers)]
             self.transport.write(b"".join(lines) + b"\r\n" + body)
         for cycle in unanswered:  # their answers can no longer be written
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+        return who
 
     # ------------------------------------------------------------------ stalled writes
     def pause_writing(self) -> None:

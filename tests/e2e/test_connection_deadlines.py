@@ -105,6 +105,8 @@ def assert_problem(head: bytes, body: bytes, status: int, code: str) -> None:
         assert header in head, (header, head)
     problem = json.loads(body)
     assert (problem["status"], problem["code"]) == (status, code), problem
+    # An id the client can quote, the same in the header and the body.
+    assert f"x-request-id: {problem['request_id']}".encode() in head.split(b"\r\n"), head
 
 
 def logged_for(server: HardenedServer, message: str, sock: socket.socket) -> list[dict[str, str]]:
@@ -138,6 +140,7 @@ def test_a_head_that_stops_halfway_is_answered_408_and_closed_after_the_header_t
         time.sleep(0.05)
     (record,) = records
     assert record["level"] == "info" and "exception" not in record, record
+    assert record["request_id"] == json.loads(body)["request_id"]  # the client's to quote
 
 
 def test_a_head_trickled_a_byte_at_a_time_is_cut_off_at_the_header_timeout(
