@@ -26,7 +26,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from opentelemetry import trace
@@ -39,6 +38,7 @@ from app.inference.batch_spans import (
     traced_forward,
 )
 from app.inference.observer import BatchObserver, NoObserver
+from app.inference.pending import Pending, Served, abandon, abandoned, fail
 from app.inference.runner import ModelRunner
 from models.errors import ArtefactError
 
@@ -46,41 +46,6 @@ log = logging.getLogger("frameworm.batcher")
 
 ADMISSION_HEADROOM = 1.25
 RECENT_BATCHES = 16
-
-
-@dataclass
-class Served:
-    outputs: list[np.ndarray]
-    version: str
-
-
-@dataclass
-class _Pending:
-    arrays: list[np.ndarray]
-    items: int
-    deadline: float
-    future: asyncio.Future[Served]
-    enqueued: float = field(default_factory=time.monotonic)
-    # The deadline is the client's own, shorter than the server's: missing it says nothing
-    # about the version (a client could otherwise fail any version it likes).
-    client_deadline: bool = False
-    # Only when tracing is on: the request's span, and wall-clock times for the queue span.
-    span: trace.SpanContext | None = None
-    enqueued_ns: int = 0
-    dispatched_ns: int = 0
-    # Counted in the queue's items until a batch takes it or its waiter gives up, first of the
-    # two: the deque entry of a request given up stays until the loop reaches it.
-    queued: bool = True
-
-
-def _abandon(future: asyncio.Future[Served]) -> None:
-    if not future.done():
-        future.set_exception(Problem("client-closed-request", "the client went away"))
-
-
-def _abandoned(future: asyncio.Future[Served]) -> bool:
-    problem = None if future.cancelled() else future.exception()
-    return isinstance(problem, Problem) and problem.code == "client-closed-request"
 
 
 class DynamicBatcher:
@@ -104,7 +69,7 @@ class DynamicBatcher:
         self._tracer = tracer
         # Per request: (version, succeeded, seconds since it was queued); for rollout health.
         self.outcome_listener: Callable[[str, bool, float], None] | None = None
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._queued_items = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +107,7 @@ class DynamicBatcher:
             if pending.queued:
                 abandoned += pending.items
             self._unqueue(pending)
-            _fail(
+            fail(
                 pending,
                 Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
             )
@@ -206,12 +171,12 @@ class DynamicBatcher:
                 headers=retry_after(wait),
             )
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        pending = _Pending(arrays, items, deadline, future, now, client_deadline)
+        pending = Pending(arrays, items, deadline, future, now, client_deadline)
         if self._tracer is not None:
             pending.span = trace.get_current_span().get_span_context()
             pending.enqueued_ns = time.time_ns()
         if on_abandon is not None:
-            on_abandon(lambda: _abandon(future))
+            on_abandon(lambda: abandon(future))
         self._queue.append(pending)
         self._queued_items += items
         self._observer.queued(self._queued_items)
@@ -233,7 +198,7 @@ class DynamicBatcher:
                 pending.arrays = []  # its entry waits in the deque: keep it small
                 self._observer.queued(self._queued_items)
 
-    def _unqueue(self, pending: _Pending) -> None:
+    def _unqueue(self, pending: Pending) -> None:
         if pending.queued:
             pending.queued = False
             self._queued_items -= pending.items
@@ -263,7 +228,7 @@ class DynamicBatcher:
             except Exception:  # past the batch's own guard (telemetry, listeners): log, go on
                 log.exception("the batcher failed after a batch of %d requests", len(batch))
                 for pending in batch:
-                    _fail(pending, Problem("internal-error", "the server failed on this batch"))
+                    fail(pending, Problem("internal-error", "the server failed on this batch"))
 
     async def _maybe_wait_to_fill(self) -> None:
         if self._closing or self._queued_items >= self.max_batch_size or self.max_delay_s == 0:
@@ -282,9 +247,9 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[Pending]:
         now = time.monotonic()
-        batch: list[_Pending] = []
+        batch: list[Pending] = []
         items = 0
         while self._queue:
             head = self._queue[0]
@@ -293,12 +258,12 @@ class DynamicBatcher:
             self._queue.popleft()
             self._unqueue(head)
             if head.future.done():  # the client gave up (deadline, disconnect)
-                if _abandoned(head.future):
+                if abandoned(head.future):
                     self._observer.shed("disconnected")
                 continue
             if head.deadline <= now:
                 self._observer.shed("deadline")
-                _fail(
+                fail(
                     head,
                     Problem(
                         "deadline-exceeded", "the request's deadline passed while it was queued"
@@ -310,11 +275,11 @@ class DynamicBatcher:
         self._observer.queued(self._queued_items)
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[Pending]) -> None:
         runner = self._runner()
         if runner is None:
             for pending in batch:
-                _fail(pending, Problem("not-ready", "no model is loaded", headers=retry_after(1)))
+                fail(pending, Problem("not-ready", "no model is loaded", headers=retry_after(1)))
             return
         items = sum(p.items for p in batch)
         start = time.monotonic()
@@ -325,7 +290,7 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             # close() ran out of time mid-batch: these requests still get an answer.
             for pending in batch:
-                _fail(
+                fail(
                     pending,
                     Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
                 )
@@ -335,7 +300,7 @@ class DynamicBatcher:
             for pending in batch:
                 problem = Problem("internal-error", "the model failed on this batch")
                 problem.__cause__ = exc  # for error tracking; never shown to the client
-                _fail(pending, problem)
+                fail(pending, problem)
             self._report_outcomes(runner, [(p, False) for p in batch])
             return
         finally:
@@ -349,7 +314,7 @@ class DynamicBatcher:
         self._observer.batch_done(runner, items, seconds, waits, trace_ids)
         version = runner.manifest.version
         offset = 0
-        outcomes: list[tuple[_Pending, bool]] = []
+        outcomes: list[tuple[Pending, bool]] = []
         for pending in batch:
             part = [out[offset : offset + pending.items] for out in outputs]
             offset += pending.items
@@ -357,7 +322,7 @@ class DynamicBatcher:
                 pending.future.set_result(Served(part, version))
                 outcomes.append((pending, True))
             elif not (
-                pending.future.cancelled() or _abandoned(pending.future) or pending.client_deadline
+                pending.future.cancelled() or abandoned(pending.future) or pending.client_deadline
             ):
                 # Answered 504 while its batch ran: late, which rollout health counts against
                 # the version. One whose client went away says nothing about it, nor does one
@@ -366,7 +331,7 @@ class DynamicBatcher:
         self._report_outcomes(runner, outcomes)
 
     async def _forward(
-        self, runner: ModelRunner, batch: list[_Pending], items: int
+        self, runner: ModelRunner, batch: list[Pending], items: int
     ) -> list[np.ndarray]:
         """The batch's requests joined, run (traced when one of them is sampled), checked."""
         arrays = (
@@ -388,15 +353,10 @@ class DynamicBatcher:
             raise ArtefactError(f"the model answered {items} items with other row counts")
         return outputs
 
-    def _report_outcomes(self, runner: ModelRunner, outcomes: list[tuple[_Pending, bool]]) -> None:
+    def _report_outcomes(self, runner: ModelRunner, outcomes: list[tuple[Pending, bool]]) -> None:
         listener = self.outcome_listener
         if listener is None:
             return
         now = time.monotonic()
         for pending, ok in outcomes:
             listener(runner.manifest.version, ok, now - pending.enqueued)
-
-
-def _fail(pending: _Pending, problem: Problem) -> None:
-    if not pending.future.done():
-        pending.future.set_exception(problem)

@@ -13,9 +13,10 @@ from fastapi import Request
 
 from app.config import Settings
 from app.connection import forget_client_gone, on_client_gone
-from app.inference.batcher import DynamicBatcher, Served
+from app.inference.batcher import DynamicBatcher
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
 from app.inference.codec import Decoded
+from app.inference.pending import Served
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
 

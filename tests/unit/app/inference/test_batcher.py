@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from app.errors import Problem
-from app.inference.batcher import DynamicBatcher, Served
+from app.inference.batcher import DynamicBatcher
+from app.inference.pending import Served
 from app.inference.runner import ModelRunner
 
 T = TypeVar("T")

@@ -1,0 +1,52 @@
+"""A request waiting in the batcher (`Pending`), what it gets back (`Served`), how it ends early."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from opentelemetry import trace
+
+from app.errors import Problem
+
+
+@dataclass
+class Served:
+    outputs: list[np.ndarray]
+    version: str
+
+
+@dataclass
+class Pending:
+    arrays: list[np.ndarray]
+    items: int
+    deadline: float
+    future: asyncio.Future[Served]
+    enqueued: float = field(default_factory=time.monotonic)
+    # The deadline is the client's own, shorter than the server's: missing it says nothing
+    # about the version (a client could otherwise fail any version it likes).
+    client_deadline: bool = False
+    # Only when tracing is on: the request's span, and wall-clock times for the queue span.
+    span: trace.SpanContext | None = None
+    enqueued_ns: int = 0
+    dispatched_ns: int = 0
+    # Counted in the queue's items until a batch takes it or its waiter gives up, first of the
+    # two: the deque entry of a request given up stays until the loop reaches it.
+    queued: bool = True
+
+
+def abandon(future: asyncio.Future[Served]) -> None:
+    if not future.done():
+        future.set_exception(Problem("client-closed-request", "the client went away"))
+
+
+def abandoned(future: asyncio.Future[Served]) -> bool:
+    problem = None if future.cancelled() else future.exception()
+    return isinstance(problem, Problem) and problem.code == "client-closed-request"
+
+
+def fail(pending: Pending, problem: Problem) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(problem)
