@@ -48,7 +48,7 @@ def _serving(
     loads: the 503 of a model still loading is for the model this server will serve."""
     _this_model(name, request.state.settings)
     context = inference_context(request)
-    _this_version(context[0], version)
+    _this_version(context[0].manifest.version, version)
     return context
 
 
@@ -57,14 +57,12 @@ def _this_model(name: str, settings: Settings) -> None:
         raise Problem("model-not-found", "this server does not serve that model")
 
 
-def _this_version(runner: ModelRunner, version: str | None) -> None:
-    if version is not None and version != runner.manifest.version:
-        raise Problem("model-not-found", "this server does not serve that model version")
-
-
-def _this_version_answered(version: str, pinned: str | None) -> None:
-    if pinned is not None and version != pinned:
-        raise Problem("model-not-found", "that model version stopped serving during the request")
+def _this_version(
+    served: str, version: str | None, detail: str = "this server does not serve that model version"
+) -> None:
+    """404 when the route names a version (`version`) other than the one `served`."""
+    if version is not None and version != served:
+        raise Problem("model-not-found", detail)
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
@@ -298,7 +296,7 @@ def _ready(host: ModelHost, name: str, version: str | None) -> Response:
     runner = host.runner
     if runner is None:
         return _json({"name": name, "ready": False}, 503)
-    _this_version(runner, version)
+    _this_version(runner.manifest.version, version)
     return _json({"name": name, "ready": True})
 
 
@@ -365,7 +363,7 @@ async def _infer(
         request, runner, batcher, v2.decoded, timeout_s, client_deadline=client_deadline
     )
     # A switch while the request waited in the queue: the batch ran on the version now served.
-    _this_version_answered(served.version, pinned)
+    _this_version(served.version, pinned, "that model version stopped serving during the request")
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )
