@@ -98,12 +98,15 @@ LAYERS_OFF = {
 # "Everything on": an API key on every request, a rate limit that is checked but does not bind,
 # request validation, metrics, JSON access logs at info, tracing at the default ratio (0.01)
 # exported over OTLP/HTTP to a sink in this process.
-BENCH_KEY = "fw-benchmark-bootstrap-key-0123456789abcdef"
+# The key is an issued one, looked up in the server's key file and its secret's HMAC compared,
+# as every client's is (write_bench_key); not the bootstrap key, which skips both.
+BENCH_KEY_ID = "be4c4be4c4be4c40"
+BENCH_KEY = f"fw_{BENCH_KEY_ID}_benchmark-secret-0123456789abcdef0123456789"
+BENCH_PEPPER = "benchmark-pepper-0123456789abcdef0123456789"
 OTLP_SINK = "sink"  # replaced by the sink's URL when the server is launched
 EVERYTHING_ON = {
     "FRAMEWORM_AUTH_ENABLED": "true",
-    "FRAMEWORM_BOOTSTRAP_API_KEY": BENCH_KEY,
-    "FRAMEWORM_API_KEY_PEPPER": "benchmark-pepper-0123456789abcdef0123456789",
+    "FRAMEWORM_API_KEY_PEPPER": BENCH_PEPPER,
     "FRAMEWORM_RATE_LIMIT_ENABLED": "true",
     # Checked on every request but never binding; a one-second window keeps the moving
     # window's per-key event list as short as a real limit would.
@@ -239,6 +242,11 @@ class Workspace:
     registry: Path  # the two benchmark models
     demo_registry: Path  # the demo models, for cold start
 
+    @property
+    def keys_file(self) -> Path:
+        """The servers' API key file, holding BENCH_KEY."""
+        return self.root / "api-keys.json"
+
 
 def _frameworm(config: ServerConfig, port: int, ws: Workspace) -> Launch:
     from tests.load.models import BENCH_MODELS
@@ -248,7 +256,7 @@ def _frameworm(config: ServerConfig, port: int, ws: Workspace) -> Launch:
         "FRAMEWORM_REGISTRY": str(ws.registry),
         "FRAMEWORM_MODEL": BENCH_MODELS[config.model].name,
         "FRAMEWORM_PORT": str(port),
-        "FRAMEWORM_API_KEYS_FILE": str(ws.root / "api-keys.json"),
+        "FRAMEWORM_API_KEYS_FILE": str(ws.keys_file),
         **config.env,
     }
     if env.get("FRAMEWORM_OTLP_ENDPOINT") == OTLP_SINK:
@@ -1058,7 +1066,7 @@ def bench_cold_start(run: int, opts: Options, ws: Workspace) -> list[ColdRow]:
             "FRAMEWORM_REGISTRY": str(ws.demo_registry),
             "FRAMEWORM_MODEL": "cnn-digits",
             "FRAMEWORM_PORT": str(port),
-            "FRAMEWORM_API_KEYS_FILE": str(ws.root / "api-keys.json"),
+            "FRAMEWORM_API_KEYS_FILE": str(ws.keys_file),
             **opts.server_env,
         }
         launch = Launch(list(FRAMEWORM_SERVE), env, ws.root)
@@ -1084,6 +1092,21 @@ def _tail(path: Path, chars: int = 400) -> str:
 
 
 # ---------------------------------------------------------------- the sweep
+def write_bench_key(keys_file: Path) -> None:
+    """Add BENCH_KEY's record (infer scope, no rate limit of its own) to a key file, as
+    `frameworm keys create` would have stored it: the HMAC of its secret under BENCH_PEPPER."""
+    import hashlib
+    import hmac
+
+    from app.production.keystore import FileKeyStore, KeyRecord
+
+    store = FileKeyStore(keys_file)
+    if store.get(BENCH_KEY_ID) is None:
+        secret = BENCH_KEY.split("_", 2)[2]
+        digest = hmac.new(BENCH_PEPPER.encode(), secret.encode(), hashlib.sha256).hexdigest()
+        store.add(KeyRecord(BENCH_KEY_ID, "benchmark", ("infer",), time.time(), digest))
+
+
 def prepare_workspace(root: Path, need_demo: bool) -> Workspace:
     from models.registry import ModelRegistry
     from tests.load.models import register_benchmark_models
@@ -1091,6 +1114,7 @@ def prepare_workspace(root: Path, need_demo: bool) -> Workspace:
     ws = Workspace(root, root / "registry", root / "demo-registry")
     print(f"registering the benchmark models in {ws.registry}", flush=True)
     register_benchmark_models(ws.registry)
+    write_bench_key(ws.keys_file)
     if need_demo:
         from models.demo import seed_demo
 

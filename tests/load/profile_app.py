@@ -33,7 +33,14 @@ import orjson
 from app.config import Settings
 from app.main import create_app
 from app.telemetry.logs import configure_logging
-from tests.load.bench import BENCH_KEY, EVERYTHING_ON, LAYERS_OFF, ONE_THREAD, otlp_sink_url
+from tests.load.bench import (
+    BENCH_KEY,
+    EVERYTHING_ON,
+    LAYERS_OFF,
+    ONE_THREAD,
+    otlp_sink_url,
+    write_bench_key,
+)
 from tests.load.models import BENCH_MODELS, digit_input, register_benchmark_models
 
 # "on" and "off" are the benchmark's; the others are "off" plus one layer, to price each alone.
@@ -185,6 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Path(tmp) / "registry"
         register_benchmark_models(registry)
+        write_bench_key(registry.parent / "keys.json")
         for layers in args.layers.split(","):
             asyncio.run(measure(args, layers, registry))
 
