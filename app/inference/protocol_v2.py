@@ -23,9 +23,10 @@ from app.inference.codec import (
     check_json_shape,
     check_parameters,
     check_range,
+    describe,
     holds_boolean,
 )
-from models.manifest import Dtype, Signature
+from models.manifest import Dtype, Signature, TensorSpec
 from models.tensors import NUMPY_DTYPES
 
 DATATYPES: dict[Dtype, str] = {
@@ -79,7 +80,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     # Digits only: int() would also take "+118", " 118 " and "1_18".
     if not (header_length.isascii() and header_length.isdigit()):
         raise Problem("malformed-request", "Inference-Header-Content-Length is not an integer")
-    size = int(header_length)
+    # More digits than the body's length has is more than the body (and past 4,300 digits,
+    # int() refuses the text altogether).
+    if len(header_length.lstrip("0")) > len(str(len(body))):
+        raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
+    size = int(header_length.lstrip("0") or "0")
     if not 0 < size <= len(body):
         raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
     return body[:size], body[size:]
@@ -103,9 +108,8 @@ def decode_request(
     unknown = set(header) - REQUEST_FIELDS
     if unknown:
         raise Problem("invalid-input", f"unknown field(s) {quoted_list(unknown)}")
-    params = header.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise Problem("invalid-input", "'parameters' must be an object")
+    params = _object_or_empty(header.get("parameters"), "'parameters'")
+    _check_protocol_fields(header, params)
     if any(params.get(name) for name in SEQUENCE_PARAMETERS):
         raise Problem(
             "invalid-input",
@@ -135,10 +139,9 @@ def decode_request(
         raise Problem("invalid-input", "binary data left over after the declared inputs")
 
     wanted, binary_out = _requested_outputs(signature, header.get("outputs"), params)
-    request_id = header.get("id")
     return V2Request(
         decoded=decoded,
-        id=request_id if isinstance(request_id, str) else None,
+        id=header.get("id"),
         timeout_s=_timeout(params.get("timeout")),
         outputs=wanted,
         binary=binary_out,
@@ -155,13 +158,40 @@ def _decode_input(
 ) -> tuple[str, np.ndarray, int]:
     if not isinstance(item, dict):
         raise Problem("invalid-input", f"inputs[{index}] must be an object")
-    name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
+    name = item.get("name")
     if not isinstance(name, str):
         raise Problem("invalid-input", f"inputs[{index}].name must be a string")
     try:
         spec = signature.input(name)
     except KeyError:
         return name, np.zeros(0), 0  # assemble reports unknown inputs with the expected list
+    shape, datatype = _shape_and_datatype(name, item, spec)
+    # A Python int, which cannot wrap: an absurd count is one that no data matches, refused below.
+    count = math.prod(shape)
+    size = _object_or_empty(item.get("parameters"), f"input {name!r}: parameters").get(
+        "binary_data_size"
+    )
+    if size is not None:
+        if "data" in item:
+            raise Problem(
+                "invalid-input", f"input {name!r}: give 'data' or binary_data_size, not both"
+            )
+        array = _binary_data(name, binary, offset, size, NUMPY_OF[datatype], count)
+        # A copy: torch needs writable memory, and the request body must not be kept alive.
+        return name, check_array(name, _reshaped(name, array, shape).copy(), spec), size
+    data = item.get("data")
+    if not isinstance(data, list):
+        raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
+    given = _json_data(name, data, datatype, count, may_hold_bools)
+    # Within its declared datatype's range too: 300 declared INT8 is refused, not passed on.
+    # (Declared as the model's own dtype, the usual case, check_array checks just that.)
+    if NUMPY_OF[datatype] != NUMPY_DTYPES[spec.dtype]:
+        check_range(name, given, NUMPY_OF[datatype], f"declared {datatype}")
+    return name, check_array(name, _reshaped(name, given, shape), spec), 0
+
+
+def _shape_and_datatype(name: str, item: dict[str, Any], spec: TensorSpec) -> tuple[list[int], str]:
+    shape, datatype = item.get("shape"), item.get("datatype")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise Problem(
             "invalid-input", f"input {name!r}: shape must be a list of non-negative integers"
@@ -172,31 +202,28 @@ def _decode_input(
             f"input {name!r}: datatype {str(datatype)[:16]!r} is not supported here; "
             f"the model takes {DATATYPES[spec.dtype]}",
         )
-    dtype = NUMPY_OF[datatype]
-    # A Python int, which cannot wrap: an absurd count is one that no data matches, refused below.
-    count = math.prod(shape)
-    size = _parameters_of(item, f"input {name!r}").get("binary_data_size")
-    if size is not None:
-        if not _is_count(size) or size != count * dtype.itemsize or offset + size > len(binary):
-            raise Problem(
-                "invalid-input", f"input {name!r}: binary_data_size does not fit its shape"
-            )
-        array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
-        # A BOOL is one byte, 0 or 1 (Triton's encoding); numpy would keep any other byte as
-        # a "true" that compares unequal to True.
-        if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
-            raise Problem("invalid-input", f"input {name!r}: BOOL bytes must be 0 or 1")
-        # A copy: torch needs writable memory, and the request body must not be kept alive.
-        return name, check_array(name, _reshaped(name, array, shape).copy(), spec), size
-    data = item.get("data")
-    if not isinstance(data, list):
-        raise Problem("invalid-input", f"input {name!r} needs 'data' or binary_data_size")
-    given = _json_data(name, data, datatype, count, may_hold_bools)
-    # Within its declared datatype's range too: 300 declared INT8 is refused, not passed on.
-    # (Declared as the model's own dtype, the usual case, check_array checks just that.)
-    if dtype != NUMPY_DTYPES[spec.dtype]:
-        check_range(name, given, dtype, f"declared {datatype}")
-    return name, check_array(name, _reshaped(name, given, shape), spec), 0
+    if len(shape) != len(spec.shape):
+        # Before the caller takes the shape's product: of a long list of huge dimensions that
+        # takes seconds (each step multiplies a bigger integer), all on the event loop.
+        raise Problem(
+            "invalid-input",
+            f"input {name!r} has {len(shape)} dimensions; expected {describe(spec)}",
+        )
+    return shape, datatype
+
+
+def _binary_data(
+    name: str, binary: bytes, offset: int, size: Any, dtype: np.dtype[Any], count: int
+) -> np.ndarray:
+    """The input's bytes from the binary part of the body, as a read-only view."""
+    if not _is_count(size) or size != count * dtype.itemsize or offset + size > len(binary):
+        raise Problem("invalid-input", f"input {name!r}: binary_data_size does not fit its shape")
+    array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
+    # A BOOL is one byte, 0 or 1 (Triton's encoding); numpy would keep any other byte as a
+    # "true" that compares unequal to True.
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise Problem("invalid-input", f"input {name!r}: BOOL bytes must be 0 or 1")
+    return array
 
 
 def _json_data(
@@ -231,13 +258,25 @@ def _reshaped(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
         raise Problem("invalid-input", f"input {name!r}: shape is too large") from None
 
 
-def _parameters_of(item: dict[str, Any], where: str) -> dict[str, Any]:
-    parameters = item.get("parameters")
-    if parameters is None:
+def _object_or_empty(value: Any, what: str) -> dict[str, Any]:
+    """A `parameters` object; absent or null is none."""
+    if value is None:
         return {}
-    if not isinstance(parameters, dict):
-        raise Problem("invalid-input", f"{where}: parameters must be an object")
-    return parameters
+    if not isinstance(value, dict):
+        raise Problem("invalid-input", f"{what} must be an object")
+    return value
+
+
+def _check_protocol_fields(header: dict[str, Any], params: dict[str, Any]) -> None:
+    """The protocol's own fields, typed as it defines them: a value of another type is refused,
+    not ignored (`"binary_data_output": "yes"` would otherwise answer in JSON)."""
+    for name in ("id", "model_name", "model_version"):
+        if name in header and not isinstance(header[name], str):
+            raise Problem("invalid-input", f"'{name}' must be a string")
+    if "binary_data_output" in params and not isinstance(params["binary_data_output"], bool):
+        raise Problem("invalid-input", "parameter 'binary_data_output' must be true or false")
+    if "priority" in params and not _is_count(params["priority"]):
+        raise Problem("invalid-input", "parameter 'priority' must be a non-negative integer")
 
 
 def _requested_outputs(
@@ -258,7 +297,7 @@ def _requested_outputs(
         if name in wanted:
             raise Problem("invalid-input", f"outputs[{i}]: output {name!r} is requested twice")
         wanted.append(name)
-        parameters = _parameters_of(out, f"outputs[{i}]")
+        parameters = _object_or_empty(out.get("parameters"), f"outputs[{i}]: parameters")
         unsupported = set(parameters) - OUTPUT_PARAMETERS
         if unsupported:
             # e.g. class_count (Triton's classification extension): answering with the plain
@@ -269,6 +308,8 @@ def _requested_outputs(
                 f"supported: {sorted(OUTPUT_PARAMETERS)}",
             )
         flag = parameters.get("binary_data")
+        if flag is not None and not isinstance(flag, bool):
+            raise Problem("invalid-input", f"outputs[{i}]: binary_data must be true or false")
         if flag is True or (flag is None and all_binary):
             binary.add(name)
     return wanted, binary

@@ -129,7 +129,7 @@ def test_a_malformed_input_entry_is_refused(item: Any) -> None:
 
 @pytest.mark.parametrize(
     "shape",
-    [[2**32, 2**32], [2**63, 2], [2**64 - 1, 2**64 - 1, 3]],
+    [[2**32, 2**32], [2**63, 2], [2**64 - 1, 2**64 - 1]],
     ids=["wraps-to-0", "wraps-negative", "huge"],
 )
 def test_a_shape_whose_element_count_overflows_int64_is_refused(shape: list[int]) -> None:
@@ -142,7 +142,7 @@ def test_a_shape_whose_element_count_overflows_int64_is_refused(shape: list[int]
     assert "binary_data_size" in caught.value.detail
 
 
-@pytest.mark.parametrize("shape", [[2**63, 0], [0, 2**63, 3], [2**62, 0, 3]])
+@pytest.mark.parametrize("shape", [[2**63, 0], [0, 2**63], [0, 2**64 - 1]])
 def test_a_shape_numpy_cannot_take_is_refused_even_when_its_count_fits(shape: list[int]) -> None:
     with refused() as caught:
         decode_request(SIG, header(x_input(shape=shape, data=[])), None)
@@ -310,10 +310,32 @@ def test_nan_in_binary_data_is_refused() -> None:
     assert "NaN" in caught.value.detail
 
 
-@pytest.mark.parametrize("length", ["abc", "0", "-1", "100000", "+14", " 14", "14 ", "1_4", "١٤"])
+@pytest.mark.parametrize(
+    "length",
+    [
+        "abc",
+        "0",
+        "000",
+        "-1",
+        "100000",
+        "+14",
+        " 14",
+        "14 ",
+        "1_4",
+        "١٤",
+        "9" * 4400,
+        "1" + "0" * 4400,
+    ],
+)
 def test_a_bad_inference_header_content_length_is_a_400(length: str) -> None:
+    """4,400 digits were a 500: int() refuses text past 4,300 digits."""
     with refused("malformed-request"):
         split_body(b'{"inputs": []}', length)
+
+
+def test_an_inference_header_content_length_with_leading_zeros_is_read() -> None:
+    for length in ("0014", "0" * 4400 + "14"):
+        assert split_body(b'{"inputs": []}xyz', length) == (b'{"inputs": []}', b"xyz")
 
 
 def test_without_a_header_length_the_whole_body_is_the_header() -> None:
@@ -408,9 +430,63 @@ def test_model_parameters_drive_generated_inputs() -> None:
     assert request.decoded.arrays[0].shape == (3, 16)
 
 
-def test_the_request_id_is_kept_only_when_it_is_a_string() -> None:
+def test_the_request_id_is_kept() -> None:
     assert decode_request(SIG, header(x_input(data=[0] * 6), id="r1"), None).id == "r1"
-    assert decode_request(SIG, header(x_input(data=[0] * 6), id=5), None).id is None
+    assert decode_request(SIG, header(x_input(data=[0] * 6)), None).id is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"id": 5}, "'id'"),
+        ({"id": {"a": 1}}, "'id'"),
+        ({"model_name": 7}, "'model_name'"),
+        ({"model_version": 1}, "'model_version'"),
+        ({"parameters": []}, "'parameters'"),
+        ({"parameters": False}, "'parameters'"),
+        ({"parameters": {"binary_data_output": "yes"}}, "binary_data_output"),
+        ({"parameters": {"binary_data_output": 1}}, "binary_data_output"),
+        ({"parameters": {"priority": "high"}}, "priority"),
+        ({"parameters": {"priority": -1}}, "priority"),
+        ({"outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]}, "binary_data"),
+    ],
+)
+def test_protocol_fields_of_another_type_are_refused_not_ignored(
+    fields: dict[str, Any], named: str
+) -> None:
+    """Ignored, `"binary_data_output": "yes"` answered JSON and `"id": 5` was dropped from the
+    answer, whose id the protocol echoes as a string."""
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), **fields), None)
+    assert named in caught.value.detail
+
+
+def test_protocol_fields_of_the_right_type_are_accepted() -> None:
+    fields = {
+        "id": "r1",
+        "model_name": "m",
+        "model_version": "1",
+        "parameters": {"binary_data_output": False, "priority": 2},
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    request = decode_request(SIG, header(x_input(data=[0] * 6), **fields), None)
+    assert (request.id, request.outputs, request.binary) == ("r1", ["y"], {"y"})
+    assert decode_request(SIG, header(x_input(data=[0] * 6), parameters=None), None).id is None
+
+
+def test_an_input_with_both_data_and_binary_data_size_is_refused() -> None:
+    document = header(x_input(data=[0] * 6, parameters={"binary_data_size": 24}))
+    with refused() as caught:
+        decode_request(SIG, *with_binary(document, ROWS.tobytes()))
+    assert "not both" in caught.value.detail
+
+
+def test_a_shape_of_the_wrong_rank_is_refused_before_its_size_is_computed() -> None:
+    """The product of 30,000 huge dimensions took 5 s on the event loop (a 630 KB body)."""
+    shape = [2**62] * 30_000 + [7]
+    with refused() as caught:
+        decode_request(SIG, header(x_input(shape=shape, data=[0.0])), None)
+    assert "has 30001 dimensions; expected x: float32[-1, 3]" in caught.value.detail
 
 
 # ------------------------------------------------------------------ outputs
