@@ -45,7 +45,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from app.errors import PROBLEM_CONTENT_TYPE, problem_body
+from app.errors import PROBLEM_CONTENT_TYPE, is_v2_path, problem_body
 from app.middleware.context import SECURITY_HEADERS
 
 log = logging.getLogger("frameworm.connection")
@@ -206,7 +206,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 if over
                 else "the request line is over 64 KB"
             )
-            app, self.app = self.app, self._refuse_whole_head(detail)
+            app, self.app = self.app, self._refuse_whole_head(detail, _is_v2_target(self.url))
             self.url = b"/"  # not needed to refuse it, and not parsed if over 64 KB
             try:
                 super().on_headers_complete()
@@ -231,14 +231,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         answered = self._close_with(431, "headers-too-large", detail)
         log.warning("a request head over %d bytes; answered 431", limit, extra=answered)
 
-    def _refuse_whole_head(self, detail: str) -> ASGI3Application:
-        """The app for a head that arrived whole, too large: 431 in its turn, then closed."""
+    def _refuse_whole_head(self, detail: str, v2: bool) -> ASGI3Application:
+        """The app for a head that arrived whole, too large: 431 in its turn, then closed.
+        `v2`: the request was for the v2 protocol, whose clients read the `error` member."""
 
         async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
             request_id = uuid.uuid4().hex
             extra = {**self._who(), "request_id": request_id}
             log.warning("a request head too large (%s); answered 431", detail, extra=extra)
-            body = problem_body("headers-too-large", detail, request_id)
+            body = problem_body("headers-too-large", detail, request_id, v2=v2)
             headers = [*_problem_headers(body), (b"x-request-id", request_id.encode())]
             await send({"type": "http.response.start", "status": 431, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -269,7 +270,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             in_body and unanswered == [self.cycle] and not self.cycle.response_started
         ):
             request_id = who["request_id"] = uuid.uuid4().hex
-            body = problem_body(code, detail, request_id)
+            # The answer is for the request in its body, or for the head being read.
+            v2 = (
+                is_v2_path(self.cycle.scope["path"])
+                if in_body and self.cycle is not None
+                else _is_v2_target(self.url)
+            )
+            body = problem_body(code, detail, request_id, v2=v2)
             headers = [
                 *self.server_state.default_headers,
                 *_problem_headers(body),
@@ -332,6 +339,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _who(self) -> dict[str, str | None]:
         return {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
+
+
+def _is_v2_target(url: bytes) -> bool:
+    """Whether a request target (as much of it as was read) is a v2 protocol path; the
+    absolute form (`http://host/v2/...`) included."""
+    path = url.partition(b"?")[0]
+    if not path.startswith(b"/"):
+        path = b"/" + path.partition(b"://")[2].partition(b"/")[2]
+    return is_v2_path(path.decode("latin-1"))
 
 
 def _problem_headers(body: bytes) -> list[tuple[bytes, bytes]]:

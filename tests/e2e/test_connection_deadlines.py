@@ -280,3 +280,52 @@ def test_a_url_httptools_cannot_parse_under_a_raised_head_limit_is_431(
     assert status == 431, data
     assert_problem(head, body, 431, "headers-too-large")
     assert b"request line is over 64 KB" in body
+
+
+V2_INFER = b"/v2/models/cnn-digits/infer"
+V2_ANSWERED_BY_THE_CONNECTION = {
+    # (what is sent, the status): each refused before any middleware or route ran.
+    "bad-chunk-in-body": (
+        b"POST " + V2_INFER + b" HTTP/1.1\r\nHost: t\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n",
+        400,
+    ),
+    "bad-header-in-head": (b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n", 400),
+    "head-over-the-limit": (
+        b"POST " + V2_INFER + b" HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 130 * 1024 + b"\r\n\r\n",
+        431,
+    ),
+    "absolute-form-target": (
+        b"GET http://t/v2/health/ready HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",
+        400,
+    ),
+    "half-a-head": (b"POST " + V2_INFER + b" HTTP/1.1\r\nHost: t\r\n", 408),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    V2_ANSWERED_BY_THE_CONNECTION.values(),
+    ids=V2_ANSWERED_BY_THE_CONNECTION.keys(),
+)
+def test_a_v2_request_refused_by_the_connection_has_the_protocols_error_member(
+    connect: socket.socket, request_bytes: bytes, status: int
+) -> None:
+    """tritonclient reads `error` from every v2 error body; without it, a 431 raised KeyError
+    in the client instead of the server's reason."""
+    with contextlib.suppress(ConnectionResetError):  # closed before all 130 KB were read
+        connect.sendall(request_bytes)
+    data, _ = until_closed(connect, HEADER_TIMEOUT_S + MARGIN_S)
+    ((answered, _, body),) = responses(data)
+    assert answered == status, data
+    problem = json.loads(body)
+    assert problem["error"] == problem["detail"], problem
+
+
+def test_a_non_v2_request_refused_by_the_connection_has_no_error_member(
+    connect: socket.socket,
+) -> None:
+    connect.sendall(MALFORMED["bad-chunk"])
+    data, _ = until_closed(connect, 10)
+    ((_, _, body),) = responses(data)
+    assert "error" not in json.loads(body)
