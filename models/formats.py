@@ -27,6 +27,7 @@ from torch import nn
 from models.errors import ArtefactError, first_line
 from models.families import build_model
 from models.manifest import ModelManifest, Signature
+from models.pt2_ops import refuse_unsafe_ops
 from models.tensors import FLOAT_DTYPES, TORCH_DTYPES, example_inputs, generate
 
 Forward = Callable[..., Any]
@@ -157,9 +158,13 @@ def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.devic
         # load_pt2, not torch.export.load: on a RuntimeError the latter retries the bytes as a
         # legacy archive, whose state it unpickles. Here any failure is final.
         program = load_pt2(io.BytesIO(data)).exported_programs[_PT2_MODEL]
+    except Exception as exc:  # torch raises many types (AssertionError too) for a bad archive
+        raise ArtefactError(f"not a loadable torch.export archive: {first_line(exc)}") from None
+    refuse_unsafe_ops(program)  # before anything of it runs
+    try:
         # An exported program is already in inference form: GraphModule.eval() is not supported.
         module: Forward = program.module().to(device)
-    except Exception as exc:  # torch raises many types (AssertionError too) for a bad archive
+    except Exception as exc:
         raise ArtefactError(f"not a loadable torch.export archive: {first_line(exc)}") from None
     return module
 

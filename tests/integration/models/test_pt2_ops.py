@@ -1,0 +1,145 @@
+"""A torch.export program may call tensor math only: not files, printing or Python.
+
+torch's loader resolves a node's target by name, so an archive with no pickle in it can still
+call `aten.from_file` (the server's secrets, handed back as an output) or `torch.load`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from models.errors import ArtefactError
+from models.pt2_ops import refuse_unsafe_ops
+from models.registry import ModelRegistry
+from tests.support.artefacts import TINY_SIGNATURE, tiny_mlp
+
+
+def export_tiny(path: Path) -> Path:
+    shapes = ({0: torch.export.Dim("batch")},)
+    program = torch.export.export(tiny_mlp(seed=3), (torch.zeros(2, 4),), dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
+def edit_program(source: Path, target: Path, edit: Any) -> Path:
+    """Copy a .pt2 archive with its program JSON changed by `edit(document)`."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                document = json.loads(data)
+                edit(document)
+                data = json.dumps(document).encode()
+            dst.writestr(item, data)
+    return target
+
+
+def add_to_output(document: dict[str, Any], target: str, inputs: list[dict[str, Any]]) -> None:
+    """Append a node calling `target`, and make the program's output the last output plus it."""
+    graph = document["graph_module"]["graph"]
+    values = graph["tensor_values"]
+    values["smuggled"] = copy.deepcopy(values["p_layers_2_bias"])
+    values["answer"] = copy.deepcopy(values["linear_1"])
+    graph["nodes"] += [
+        {
+            "target": target,
+            "inputs": inputs,
+            "outputs": [{"as_tensor": {"name": "smuggled"}}],
+            "metadata": {},
+            "name": "smuggled",
+        },
+        {
+            "target": "torch.ops.aten.add.Tensor",
+            "inputs": [
+                {"name": "self", "arg": {"as_tensor": {"name": "linear_1"}}, "kind": 1},
+                {"name": "other", "arg": {"as_tensor": {"name": "smuggled"}}, "kind": 1},
+            ],
+            "outputs": [{"as_tensor": {"name": "answer"}}],
+            "metadata": {},
+            "name": "answer",
+        },
+    ]
+    graph["outputs"] = [{"as_tensor": {"name": "answer"}}]
+    spec = document["graph_module"]["signature"]["output_specs"][0]
+    spec["user_output"]["arg"]["as_tensor"]["name"] = "answer"
+
+
+def test_a_program_reading_a_file_with_aten_from_file_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "pepper"
+    secret.write_bytes(b"SECRETPEPPER")  # 12 bytes: three float32 values, one per output
+
+    def read_the_secret(document: dict[str, Any]) -> None:
+        add_to_output(
+            document,
+            "torch.ops.aten.from_file.default",
+            [
+                {"name": "filename", "arg": {"as_string": str(secret)}, "kind": 1},
+                {"name": "shared", "arg": {"as_bool": False}, "kind": 1},
+                {"name": "size", "arg": {"as_int": 3}, "kind": 1},
+                {"name": "dtype", "arg": {"as_scalar_type": 7}, "kind": 2},
+            ],
+        )
+
+    path = edit_program(export_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", read_the_secret)
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match=r"calls 'aten\.from_file\.default'.*not tensor math"):
+        registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
+    assert registry.list_models() == []
+
+
+def test_a_program_calling_torch_load_is_refused(tmp_path: Path) -> None:
+    def unpickle_a_file(document: dict[str, Any]) -> None:
+        add_to_output(
+            document, "torch.load", [{"name": "f", "arg": {"as_string": "/x"}, "kind": 1}]
+        )
+
+    path = edit_program(export_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", unpickle_a_file)
+    registry = ModelRegistry(tmp_path / "registry")
+    # torch's own verifier refuses a plain callable at load; refused either way.
+    with pytest.raises(ArtefactError, match="load"):
+        registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
+
+
+class Branching(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.cond(
+            x.sum() > 0, lambda t: t.relu() + 1, lambda t: t.sin() * 2, (x,)
+        )
+        return out
+
+
+def branching_program() -> torch.export.ExportedProgram:
+    shapes = ({0: torch.export.Dim("batch")},)
+    return torch.export.export(Branching(), (torch.ones(2, 4),), dynamic_shapes=shapes)
+
+
+def test_control_flow_and_size_arithmetic_pass() -> None:
+    refuse_unsafe_ops(branching_program())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [torch.ops.aten._print.default, torch.ops.aten.from_file.default, print, torch.save],
+)
+def test_an_unsafe_call_inside_a_branch_is_refused(target: Any) -> None:
+    program = branching_program()
+    branches = [m for name, m in program.graph_module.named_modules() if name]
+    node = next(n for n in branches[0].graph.nodes if n.op == "call_function")
+    node.target = target
+    with pytest.raises(ArtefactError, match="not tensor math"):
+        refuse_unsafe_ops(program)
+
+
+def test_an_operator_of_another_namespace_is_refused() -> None:
+    program = branching_program()
+    node = next(n for n in program.graph_module.graph.nodes if n.op == "call_function")
+    node.target = torch.ops.profiler._record_function_enter_new.default
+    with pytest.raises(ArtefactError, match="profiler"):
+        refuse_unsafe_ops(program)
