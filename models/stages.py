@@ -91,8 +91,8 @@ def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
     its version, or it was archived), its stack ends there: going back past the clear would
     point staging at production's version or at an archived one, and going back to "none" is
     not a version. Rolling staging back then needs two promotions to staging after the clear.
-    A version that production takes or the archive holds leaves the rest of staging's stack
-    too, for the same reason.
+    A version that production takes or leaves (it is archived then) or that the archive holds
+    leaves the rest of staging's stack too, for the same reason.
     """
     stacks: dict[Stage, list[str]] = {s: [] for s in STAGES}
     for event in ix.history:
@@ -112,8 +112,16 @@ def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
             stack.pop()
         if event.stage == "production":
             _leave_staging(staging, event.version)
+            if event.from_version is not None:  # archived as production left it
+                _leave_staging(staging, event.from_version)
     stack = stacks[stage]
-    return stack[-2] if len(stack) >= 2 else None
+    target = stack[-2] if len(stack) >= 2 else None
+    # What the replay cannot see: a version promoted to staging while production already held
+    # it (production never "took" it). Staging never goes back to production's version or to
+    # an archived one, whatever the history says.
+    if stage == "staging" and (target == ix.aliases.get("production") or target in ix.archived):
+        return None
+    return target
 
 
 def _leave_staging(staging: list[str], version: str) -> None:

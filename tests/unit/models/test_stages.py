@@ -93,3 +93,28 @@ def test_staging_never_rolls_back_onto_a_version_production_took_or_the_archive_
     assert rollback_target(ix, "staging") is None
     promote(ix, "3.0.0", "staging")
     assert rollback_target(ix, "staging") == "2.0.0"
+
+
+def test_staging_never_rolls_back_onto_a_version_production_left_for_the_archive() -> None:
+    """Production leaving 1.1.0 archives it; staging's stack held it from before."""
+    ix = index("1.1.0", "1.2.0", "2.0.0")
+    promote(ix, "1.1.0", "production")
+    promote(ix, "1.1.0", "staging")
+    promote(ix, "1.2.0", "staging")
+    promote(ix, "2.0.0", "production")
+    assert "1.1.0" in ix.archived
+    assert rollback_target(ix, "staging") is None
+
+
+def test_staging_never_rolls_back_onto_the_version_production_holds() -> None:
+    """1.1.0 went to staging while production already held it: production never took it."""
+    ix = index("1.1.0", "1.2.0", "1.3.0")
+    promote(ix, "1.1.0", "production")
+    promote(ix, "1.1.0", "staging")
+    promote(ix, "1.2.0", "staging")
+    assert rollback_target(ix, "staging") is None
+    promote(ix, "1.3.0", "staging")
+    assert rollback_target(ix, "staging") == "1.2.0"
+    rollback(ix, "staging")
+    assert ix.aliases == {"staging": "1.2.0", "production": "1.1.0"}
+    assert rollback_target(ix, "staging") is None
