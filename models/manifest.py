@@ -38,8 +38,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def is_model_name(name: str) -> bool:
+    return NAME_PATTERN.fullmatch(name) is not None and ".." not in name
+
+
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+    if not is_model_name(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

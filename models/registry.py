@@ -46,11 +46,13 @@ from models.manifest import (
     Stage,
     check_name,
     check_version,
+    is_model_name,
     version_key,
 )
 from models.stages import (
     ModelIndex,
     StageEvent,
+    archive_version,
     default_actor,
     move_alias,
     parse_index,
@@ -75,7 +77,8 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ reading
     def list_models(self) -> list[str]:
-        return [name for name in self.store.list("") if self.store.read(f"{name}/index.json")]
+        names = [n for n in self.store.list("") if is_model_name(n)]  # not a stray file, say
+        return [name for name in names if self.store.read(f"{name}/index.json")]
 
     def index(self, name: str) -> ModelIndex:
         key = f"{check_name_safe(name)}/index.json"
@@ -317,15 +320,7 @@ class ModelRegistry:
                 raise StageError(
                     f"{name} {version} is in production: promote or roll back another version first"
                 )
-            if ix.aliases.get("staging") == version:
-                ix.aliases["staging"] = None
-            if version not in ix.archived:
-                ix.archived.append(version)
-            ix.history.append(
-                StageEvent(
-                    actor=actor or default_actor(), action="archive", version=version, reason=reason
-                )
-            )
+            archive_version(ix, version, actor, reason)
 
         return self._update(name, retire)
 

@@ -84,6 +84,17 @@ def move_alias(
     )
 
 
+def archive_version(ix: ModelIndex, version: str, actor: str | None, reason: str) -> None:
+    """Archive `version` (not production's), clearing staging if it pointed there; record it."""
+    if ix.aliases.get("staging") == version:
+        ix.aliases["staging"] = None
+    if version not in ix.archived:
+        ix.archived.append(version)
+    ix.history.append(
+        StageEvent(actor=actor or default_actor(), action="archive", version=version, reason=reason)
+    )
+
+
 def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
     """The version `stage` pointed at before the last move still in force; None when none.
 

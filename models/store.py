@@ -87,7 +87,7 @@ class LocalStore:
     def read(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a file where a folder would be
             return None
 
     def swap(self, key: str, data: bytes, expected: bytes | None) -> bool:

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
+from app.cli.inputs import artefact_format, json_option, read_json
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
-from models.manifest import ArtefactFormat, GoldenCheck, Signature, Stage
+from models.errors import CorruptObjectError
+from models.manifest import GoldenCheck, Signature, Stage
 from models.registry import ModelRegistry
 from models.stages import rollback_target
 from models.store import LocalStore
@@ -45,20 +47,6 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     return registry
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read {what} {path}: {exc}")
-
-
-def _json_option(text: str, option: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        fail(f"{option} is not JSON: {exc}")
-
-
 @registry_app.command()
 def register(
     name: str,
@@ -79,23 +67,23 @@ def register(
 ) -> None:
     """Register an artefact as NAME VERSION after checking it loads and fits its signature."""
     with errors_as_one_line():
-        fmt = _format(format) if format else _format_from_suffix(path)
+        fmt = artefact_format(format, path)
         manifest = open_registry(registry).register(
             name,
             version,
             path,
             format=fmt,
-            signature=Signature.model_validate(_read_json(signature, "signature")),
+            signature=Signature.model_validate(read_json(signature, "signature")),
             family=family,
-            family_config=_json_option(family_config, "--family-config"),
+            family_config=json_option(family_config, "--family-config"),
             golden=tuple(
                 GoldenCheck.model_validate(g)
-                for g in (_read_json(golden, "golden") if golden else [])
+                for g in (read_json(golden, "golden") if golden else [])
             ),
             deterministic=deterministic,
             trusted=trusted,
             description=description,
-            metadata=_json_option(metadata, "--metadata"),
+            metadata=json_option(metadata, "--metadata"),
             actor=actor,
         )
         emit(
@@ -105,19 +93,6 @@ def register(
         )
 
 
-def _format(value: str) -> ArtefactFormat:
-    if value not in ("safetensors", "torch_export", "torchscript"):
-        fail(f"unknown format {value!r}; formats are safetensors, torch_export, torchscript")
-    return value  # type: ignore[return-value]
-
-
-def _format_from_suffix(path: Path) -> ArtefactFormat:
-    formats: dict[str, ArtefactFormat] = {".safetensors": "safetensors", ".pt2": "torch_export"}
-    if path.suffix not in formats:
-        fail(f"cannot tell the format of {path.name}; pass --format")
-    return formats[path.suffix]
-
-
 @registry_app.command("list")
 def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> None:
     """Every model with its versions and stages."""
@@ -125,10 +100,16 @@ def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> 
         reg = open_registry(registry, must_exist=True)
         rows = []
         for name in reg.list_models():
-            index = reg.index(name)
+            try:
+                index = reg.index(name)
+            except CorruptObjectError as exc:  # one model's damage hides none of the others
+                rows.append({"name": name, "version": None, "status": f"unreadable: {exc}"})
+                continue
             for version in index.versions:
                 rows.append({"name": name, "version": version, "status": index.status(version)})
         emit(rows, as_json, lambda: _table(rows, ("name", "version", "status")))
+        if any(row["version"] is None for row in rows):
+            raise typer.Exit(1)
 
 
 @registry_app.command()
@@ -142,8 +123,10 @@ def show(
     with errors_as_one_line():
         reg = open_registry(registry, must_exist=True)
         manifest = reg.resolve(name, version=version)
+        index = reg.index(name)
         data = manifest.model_dump(mode="json")
-        data["status"] = reg.index(name).status(manifest.version)
+        # The index's revision too: what --if-revision compares with.
+        data.update(status=index.status(manifest.version), revision=index.revision)
         emit(data, as_json, lambda: json.dumps(data, indent=2))
 
 

@@ -195,3 +195,41 @@ def test_an_empty_existing_registry_lists_none(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert frameworm(tmp_path / "empty", "list") == (0, ["(none)"])
     assert frameworm(tmp_path / "empty", "verify") == (0, ["(none)"])
+
+
+def test_stray_entries_in_the_registry_root_are_not_models(registry: Path) -> None:
+    """A note beside the models made `list` and `verify` fail with 'Not a directory'; a folder
+    whose name is no model name, with 'invalid model name'."""
+    (registry / "NOTES.txt").write_text("hi")
+    (registry / "Old").mkdir()
+    (registry / "Old" / "index.json").write_text("{}")
+    code, lines = frameworm(registry, "list", "--json")
+    assert code == 0, lines
+    assert {row["name"] for row in json.loads("\n".join(lines))} == {"m"}
+    code, lines = frameworm(registry, "verify", "--json")
+    assert code == 0, lines
+    assert [row["version"] for row in json.loads("\n".join(lines))] == ["1.0.0", "2.0.0", "3.0.0"]
+
+
+def test_list_shows_a_model_with_an_unreadable_index_and_every_other_model(
+    registry: Path, tmp_path: Path
+) -> None:
+    broken = registry / "n"
+    broken.mkdir()
+    (broken / "index.json").write_text("{broken")
+    code, lines = frameworm(registry, "list", "--json")
+    assert code == 1  # damage is not a clean listing
+    rows = json.loads("\n".join(lines))
+    assert [row["version"] for row in rows if row["name"] == "m"] == ["1.0.0", "2.0.0", "3.0.0"]
+    [row] = [row for row in rows if row["name"] == "n"]
+    assert row["version"] is None and row["status"].startswith("unreadable: n/index.json")
+
+
+def test_show_gives_the_revision_that_if_revision_compares_with(registry: Path) -> None:
+    code, lines = frameworm(registry, "show", "m", "1.0.0", "--json")
+    assert code == 0, lines
+    revision = json.loads("\n".join(lines))["revision"]
+    code, lines = frameworm(
+        registry, "promote", "m", "2.0.0", "staging", "--skip-checks", f"--if-revision={revision}"
+    )
+    assert code == 0, lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.manifest import Stage
-from models.stages import ModelIndex, StageEvent, move_alias, rollback_target
+from models.stages import ModelIndex, archive_version, move_alias, rollback_target
 
 
 def index(*versions: str) -> ModelIndex:
@@ -23,11 +23,7 @@ def rollback(ix: ModelIndex, stage: Stage) -> None:
 
 
 def archive(ix: ModelIndex, version: str) -> None:
-    """What ModelRegistry.archive records."""
-    if ix.aliases["staging"] == version:
-        ix.aliases["staging"] = None
-    ix.archived.append(version)
-    ix.history.append(StageEvent(actor="tester", action="archive", version=version))
+    archive_version(ix, version, "tester", "")
 
 
 def test_each_stage_rolls_back_along_its_own_stack() -> None:
