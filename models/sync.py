@@ -11,6 +11,10 @@ The target's model index is merged with compare-and-swap: copied versions are ad
 (`stages=True`): each target alias is then set to the source's (when that version is in the
 target), recorded as a `promote` event, and `archived` follows the source for the versions both
 hold. An alias the source leaves unset is left as it is in the target.
+
+A whole model copied with its stages into a registry that does not have it yet (a restore into
+an empty registry, a first backup) takes the source's index as it is instead, history included:
+rollback replays the history, so synthesised events would leave nothing to roll back to.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def _copy_version(
     if existing is not None:
         _check_same(existing, manifest, target)
         try:
-            target.verify_artefact(existing)
+            _verify_and_forget(target, existing, artefact_key)
             return "present"
         except IntegrityError:
             pass  # an interrupted or damaged copy: send the artefact again
@@ -147,12 +151,22 @@ def _copy_version(
         existing = target.manifest(name, version)  # created meanwhile by another copy
         _check_same(existing, manifest, target)
     target.store.put_file(artefact_key, path)
-    # Hashed in chunks, never read whole: a pull must fit a small init container.
-    target.verify_artefact(target.manifest(name, version))  # IntegrityError on mismatch
+    _verify_and_forget(target, target.manifest(name, version), artefact_key)
     # A remote source downloaded the artefact into its cache just for this copy: drop it, or a
     # pull leaves a second full copy of every artefact on the disk.
     source.store.forget_local_copy(artefact_key)
     return "copied" if existing is None else "repaired"
+
+
+def _verify_and_forget(target: ModelRegistry, manifest: ModelManifest, artefact_key: str) -> None:
+    """IntegrityError unless the target's artefact has the manifest's sha256 (hashed in chunks,
+    never read whole: a pull must fit a small init container). A remote target is checked
+    through a downloaded copy: dropped at once, or a backup would keep the whole registry in
+    the backup job's cache (one artefact at a time is on disk instead)."""
+    try:
+        target.verify_artefact(manifest)
+    finally:
+        target.store.forget_local_copy(artefact_key)
 
 
 def _manifest_or_none(registry: ModelRegistry, name: str, version: str) -> ModelManifest | None:
@@ -184,6 +198,19 @@ def _merge_index(
     for _ in range(INDEX_ATTEMPTS):
         raw = target.store.read(key)
         name = source_index.name
+        if raw is None and stages and set(versions) == set(source_index.versions):
+            # A whole model into a registry without it (a restore, a first backup): the index
+            # as it is, history included, so rollback and the audit trail survive the copy.
+            index = source_index.model_copy(update={"revision": 0}, deep=True)
+            moves = [  # reported, not recorded: the aliases as they now stand
+                StageEvent(actor=actor, action="promote", version=v, stage=stage, reason=reason)
+                for stage, v in index.aliases.items()
+                if v is not None
+            ]
+            index.revision += 1
+            if target.store.swap(key, index.model_dump_json(indent=2).encode(), None):
+                return moves
+            continue  # created meanwhile: merge into it
         index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
         before = index.model_dump_json()
         _add_versions(index, versions, actor, reason)

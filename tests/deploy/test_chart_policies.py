@@ -331,6 +331,11 @@ def test_the_backup_cronjob_pushes_the_pvc_registry_to_s3() -> None:
         "--to",
         "s3://backups/frameworm-registry",
     ]
+    # The S3 copies it checks are downloaded into a volume of their own, not the small /tmp.
+    assert {"name": "XDG_CACHE_HOME", "value": "/var/cache/frameworm"} in container["env"]
+    assert {"name": "cache", "mountPath": "/var/cache/frameworm"} in container["volumeMounts"]
+    volumes = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}} in volumes
     with pytest.raises(helm.HelmError, match=r"registry\.source=pvc"):
         render_values({"backup": {"enabled": True, "s3Uri": "s3://b/p"}})
 

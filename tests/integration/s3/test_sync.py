@@ -13,7 +13,7 @@ from models.demo import seed_demo
 from models.errors import IntegrityError
 from models.registry import ModelRegistry
 from models.s3 import S3Store
-from models.sync import DivergedError, pull, push
+from models.sync import DivergedError, copy_all, pull, push
 from tests.integration.s3.test_registry_on_s3 import register_tiny
 from tests.support.s3 import S3Server
 
@@ -173,4 +173,33 @@ def test_the_cli_pull_drops_the_cached_copies(
         env={"FRAMEWORM_REGISTRY": str(tmp_path / "pulled")},
     )
     assert result.exit_code == 0, result.output
+    assert _cached_artefacts(cache) == []
+
+
+def test_a_backup_and_restore_keep_the_history_so_rollback_still_works(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    """A restore used to hold only 'copied from' events: 'no earlier production version'."""
+    backup = ModelRegistry(s3_url)
+    [report] = copy_all(local, backup, stages=True)
+    assert [(e.stage, e.version) for e in report.stage_moves] == [("production", "1.1.0")]
+    restored = ModelRegistry(tmp_path / "restored")
+    copy_all(backup, restored, stages=True)
+    for copy in (backup, restored):
+        assert copy.index("tiny").history == local.index("tiny").history
+        assert copy.index("tiny").aliases == local.index("tiny").aliases
+    restored.rollback("tiny")
+    assert restored.resolve("tiny").version == "1.0.0"
+
+
+def test_a_backup_to_s3_leaves_no_copy_of_the_artefacts_in_the_cache(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    """The backup checks each artefact it sent (or found) through a download: it was kept, so
+    the backup job's disk held the whole registry."""
+    cache = tmp_path / "backup-cache"
+    target = ModelRegistry(S3Store(s3_url, cache_dir=cache))
+    assert [c.action for c in push(local, target, "tiny").versions] == ["copied", "copied"]
+    assert _cached_artefacts(cache) == []
+    assert [c.action for c in push(local, target, "tiny").versions] == ["present", "present"]
     assert _cached_artefacts(cache) == []
