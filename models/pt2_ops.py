@@ -6,8 +6,9 @@ call `torch.ops.aten.from_file` (read any file the server can, such as the peppe
 credentials, and hand its bytes back as an output), `torch.load` (unpickle a file) or any other
 callable in torch. So every node of the loaded program, and of its subgraphs (the branches of
 `cond`, the bodies of loops), is checked before anything runs: ATen and prims operators except
-those that touch files or print, the control-flow operators torch.export emits, and the
-arithmetic on symbolic sizes (`operator`, `math`, `torch.sym_*`). Anything else is refused.
+those that touch files, print or change process-wide state; the control-flow operators
+torch.export emits; and the arithmetic on symbolic sizes. Anything else is refused. (The size
+expressions themselves are text torch evaluates while loading: models/pt2_symbols.py.)
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ if TYPE_CHECKING:
 # Operator namespaces of tensor math. Others (custom ops, c10d collectives, profiler, quantized
 # engines) are not what an exported model of this server needs, and are not vetted.
 TENSOR_NAMESPACES = frozenset({"aten", "prims"})
-# ATen operators that read or write files, or print: never part of a model's forward.
-IO_OPERATORS = frozenset({"from_file", "save", "_print", "warn"})
+# ATen operators that read or write files, print, or change process-wide state (the random
+# generator other models draw from, cuFFT's plan cache): never part of a model's forward.
+IO_OPERATORS = frozenset(
+    {
+        *("from_file", "save", "_print", "warn"),
+        *("manual_seed", "seed", "_cufft_set_plan_cache_max_size", "_cufft_clear_plan_cache"),
+    }
+)
 # Control flow torch.export emits as higher-order operators; their bodies are checked too.
 CONTROL_FLOW = frozenset(
     {
@@ -42,17 +49,17 @@ CONTROL_FLOW = frozenset(
         "wrap_with_autocast",
     }
 )
-# Python functions an exported graph calls on sizes and scalars: pure, no I/O.
-_PURE_MODULES = (operator, math)
-_SYMBOLIC = frozenset(
+# Python functions an exported graph calls on sizes and scalars (torch's serializer's list, and
+# getitem for operators with several outputs); not `operator` as a whole, whose call,
+# attrgetter and methodcaller reach any object.
+SIZE_ARITHMETIC = frozenset(
     {
-        torch.sym_not,
-        torch.sym_int,
-        torch.sym_float,
-        torch.sym_ite,
-        torch.sym_max,
-        torch.sym_min,
-        torch.sym_sqrt,
+        *(operator.eq, operator.ne, operator.le, operator.ge, operator.lt, operator.gt),
+        *(operator.neg, operator.pos, operator.mul, operator.add, operator.sub, operator.pow),
+        *(operator.floordiv, operator.mod, operator.truediv, operator.and_, operator.or_),
+        *(operator.lshift, operator.rshift, operator.getitem, math.trunc),
+        *(torch.sym_not, torch.sym_int, torch.sym_float, torch.sym_ite, torch.sym_max),
+        *(torch.sym_min, torch.sym_sqrt),
     }
 )
 
@@ -83,11 +90,7 @@ def _allowed(target: Any) -> bool:
         )
     if isinstance(target, torch._ops.HigherOrderOperator):
         return target.name() in CONTROL_FLOW  # type: ignore[no-untyped-call]
-    if target in _SYMBOLIC:
-        return True
-    return any(
-        getattr(module, getattr(target, "__name__", ""), None) is target for module in _PURE_MODULES
-    )
+    return target in SIZE_ARITHMETIC
 
 
 def _name_of(target: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -142,4 +143,45 @@ def test_an_operator_of_another_namespace_is_refused() -> None:
     node = next(n for n in program.graph_module.graph.nodes if n.op == "call_function")
     node.target = torch.ops.profiler._record_function_enter_new.default
     with pytest.raises(ArtefactError, match="profiler"):
+        refuse_unsafe_ops(program)
+
+
+def test_a_size_expression_that_runs_code_is_refused_before_torch_evaluates_it(
+    tmp_path: Path,
+) -> None:
+    """torch's loader evaluates each size expression's text with sympy.sympify: this one ran
+    while the archive loaded, whatever was checked after."""
+    marker = tmp_path / "ran"
+
+    def run_code_on_load(document: dict[str, Any]) -> None:
+        text = json.dumps(document)
+        symbol = "Symbol('s77', positive=True, integer=True)"
+        assert symbol in text, "the batch dimension's expression as torch 2.13 writes it"
+        command = f"__import__('os').system('touch {marker}')"
+        document.clear()
+        document.update(json.loads(text.replace(symbol, command.replace("'", "\\u0027"))))
+
+    path = edit_program(export_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", run_code_on_load)
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match="size expression that is not one"):
+        registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        operator.call,
+        operator.methodcaller("system", "true"),
+        operator.attrgetter("system"),
+        torch.ops.aten.manual_seed.default,
+        torch.ops.aten.seed.default,
+    ],
+    ids=["operator.call", "methodcaller", "attrgetter", "manual_seed", "seed"],
+)
+def test_python_reaching_any_object_and_global_state_ops_are_refused(target: Any) -> None:
+    program = branching_program()
+    node = next(n for n in program.graph_module.graph.nodes if n.op == "call_function")
+    node.target = target
+    with pytest.raises(ArtefactError, match="not tensor math"):
         refuse_unsafe_ops(program)

@@ -1,0 +1,62 @@
+"""Size expressions of a torch.export program are parsed, never evaluated, before torch loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.errors import ArtefactError
+from models.pt2_symbols import refuse_unsafe_expressions
+
+# What torch 2.13 writes for a dynamic batch and arithmetic on it.
+WRITTEN_BY_TORCH = [
+    "Symbol('s77', positive=True, integer=True)",
+    "Add(FloorDiv(Symbol('s77', positive=True, integer=True), Integer(2)), Integer(1))",
+    "Mul(Float('0.5', precision=53), ToFloat(Symbol('s77', positive=True, integer=True)))",
+    "Mul(Integer(-1), Symbol('u0', integer=True))",
+    "StrictLessThan(Integer(1), Symbol('s0', positive=True, integer=True))",
+    "Eq(Mod(Symbol('s0', integer=True), Integer(2)), Integer(0))",
+    "Max(Integer(1), Symbol('s1', integer=True))",
+    "true",
+]
+
+
+def program(*expressions: object) -> bytes:
+    values = {f"v{i}": {"expr_str": e, "hint": None} for i, e in enumerate(expressions)}
+    return json.dumps({"graph_module": {"graph": {"sym_int_values": values}}}).encode()
+
+
+def test_expressions_torch_writes_pass() -> None:
+    refuse_unsafe_expressions(program(*WRITTEN_BY_TORCH))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('true')",
+        "Symbol('s0').__class__",
+        "Integer(1).__class__.__mro__",
+        "os",
+        "Symbol(x)",
+        "Symbol('s0', positive=__import__('os'))",
+        "Symbol('s0', evil=True)",
+        "(lambda: 1)()",
+        "[c for c in ()]",
+        "Function('system')(Integer(1))",
+        "Integer(1) + Integer(2)",
+        "Symbol('a; import os')",
+        "Symbol('s0'",
+        "x" * 5000,
+        5,
+        None,
+    ],
+)
+def test_anything_else_is_refused(text: object) -> None:
+    with pytest.raises(ArtefactError, match="size expression"):
+        refuse_unsafe_expressions(program(*WRITTEN_BY_TORCH, text))
+
+
+def test_a_program_that_is_not_json_is_refused() -> None:
+    with pytest.raises(ArtefactError, match="not JSON"):
+        refuse_unsafe_expressions(b"{")
