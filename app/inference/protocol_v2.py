@@ -62,6 +62,9 @@ SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 # Top-level fields of a request header; Triton's binary-extension example names the model in
 # the body too (the route decides which model serves it, as in Triton).
 REQUEST_FIELDS = {"id", "inputs", "outputs", "parameters", "model_name", "model_version"}
+INPUT_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
+INPUT_PARAMETERS = {"binary_data_size"}
+OUTPUT_FIELDS = {"name", "parameters"}
 OUTPUT_PARAMETERS = {"binary_data"}
 
 
@@ -168,11 +171,9 @@ def _decode_input(
     shape, datatype = _shape_and_datatype(name, item, spec)
     # A Python int, which cannot wrap: an absurd count is one that no data matches, refused below.
     count = math.prod(shape)
-    size = _object_or_empty(item.get("parameters"), f"input {name!r}: parameters").get(
-        "binary_data_size"
-    )
+    size = _input_parameters(name, item).get("binary_data_size")
     if size is not None:
-        if "data" in item:
+        if item.get("data") is not None:
             raise Problem(
                 "invalid-input", f"input {name!r}: give 'data' or binary_data_size, not both"
             )
@@ -270,13 +271,38 @@ def _object_or_empty(value: Any, what: str) -> dict[str, Any]:
 def _check_protocol_fields(header: dict[str, Any], params: dict[str, Any]) -> None:
     """The protocol's own fields, typed as it defines them: a value of another type is refused,
     not ignored (`"binary_data_output": "yes"` would otherwise answer in JSON)."""
+    # null is "not given" (clients built on pydantic send unset fields as null).
     for name in ("id", "model_name", "model_version"):
-        if name in header and not isinstance(header[name], str):
+        if header.get(name) is not None and not isinstance(header[name], str):
             raise Problem("invalid-input", f"'{name}' must be a string")
-    if "binary_data_output" in params and not isinstance(params["binary_data_output"], bool):
+    binary, priority, headers = (
+        params.get(k) for k in ("binary_data_output", "priority", "headers")
+    )
+    if binary is not None and not isinstance(binary, bool):
         raise Problem("invalid-input", "parameter 'binary_data_output' must be true or false")
-    if "priority" in params and not _is_count(params["priority"]):
+    if priority is not None and not _is_count(priority):
         raise Problem("invalid-input", "parameter 'priority' must be a non-negative integer")
+    if headers is not None and not (
+        isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
+    ):
+        raise Problem("invalid-input", "parameter 'headers' must be an object of strings")
+
+
+def _input_parameters(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """An input's parameters; fields and parameters this server does not implement (shared
+    memory) are refused, not ignored: the data would be looked for where it is not."""
+    unknown = set(item) - INPUT_FIELDS
+    if unknown:
+        raise Problem("invalid-input", f"input {name!r}: unknown field(s) {quoted_list(unknown)}")
+    parameters = _object_or_empty(item.get("parameters"), f"input {name!r}: parameters")
+    unsupported = set(parameters) - INPUT_PARAMETERS
+    if unsupported:
+        raise Problem(
+            "invalid-input",
+            f"input {name!r}: unsupported parameter(s) {sorted(unsupported)}; "
+            f"supported: {sorted(INPUT_PARAMETERS)}",
+        )
+    return parameters
 
 
 def _requested_outputs(
@@ -297,6 +323,9 @@ def _requested_outputs(
         if name in wanted:
             raise Problem("invalid-input", f"outputs[{i}]: output {name!r} is requested twice")
         wanted.append(name)
+        unknown = set(out) - OUTPUT_FIELDS
+        if unknown:
+            raise Problem("invalid-input", f"outputs[{i}]: unknown field(s) {quoted_list(unknown)}")
         parameters = _object_or_empty(out.get("parameters"), f"outputs[{i}]: parameters")
         unsupported = set(parameters) - OUTPUT_PARAMETERS
         if unsupported:

@@ -461,6 +461,48 @@ def test_protocol_fields_of_another_type_are_refused_not_ignored(
     assert named in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        (x_input(data=[0] * 6, parameters={"shared_memory_region": "r"}), "shared_memory_region"),
+        (x_input(data=[0] * 6, contents={"fp32_contents": [0] * 6}), "contents"),
+    ],
+)
+def test_input_fields_and_parameters_this_server_lacks_are_refused(
+    item: dict[str, Any], named: str
+) -> None:
+    """Shared memory and the like were ignored: the data is not where the server looked."""
+    with refused() as caught:
+        decode_request(SIG, header(item), None)
+    assert named in caught.value.detail
+
+
+def test_unknown_fields_of_a_requested_output_are_refused() -> None:
+    outputs = [{"name": "y", "datatype": 17}]
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), outputs=outputs), None)
+    assert "'datatype'" in caught.value.detail
+
+
+@pytest.mark.parametrize("headers", [5, "x", {"a": 1}])
+def test_a_headers_parameter_that_is_not_an_object_of_strings_is_refused(headers: Any) -> None:
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), parameters={"headers": headers}), None)
+    assert "headers" in caught.value.detail
+
+
+def test_null_protocol_fields_are_taken_as_not_given() -> None:
+    """Clients built on pydantic send unset fields as null; those requests were served."""
+    nulls = {"id": None, "model_name": None, "model_version": None}
+    params = {"binary_data_output": None, "priority": None, "headers": None, "timeout": None}
+    item = x_input(data=[0] * 6, parameters=None)
+    request = decode_request(SIG, header(item, parameters=params, **nulls), None)
+    assert (request.id, request.binary) == (None, set())
+    binary = x_input(data=None, parameters={"binary_data_size": 24})
+    request = decode_request(SIG, *with_binary(header(binary), ROWS.tobytes()))
+    np.testing.assert_array_equal(request.decoded.arrays[0], ROWS)
+
+
 def test_protocol_fields_of_the_right_type_are_accepted() -> None:
     fields = {
         "id": "r1",
