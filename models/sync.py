@@ -12,9 +12,10 @@ The target's model index is merged with compare-and-swap: copied versions are ad
 target), recorded as a `promote` event, and `archived` follows the source for the versions both
 hold. An alias the source leaves unset is left as it is in the target.
 
-A whole model copied with its stages into a registry that does not have it yet (a restore into
-an empty registry, a first backup) takes the source's index as it is instead, history included:
-rollback replays the history, so synthesised events would leave nothing to roll back to.
+A whole model copied with its stages into a registry whose history of it is the start of the
+source's (none yet: a restore into an empty registry, a first backup; or every earlier backup
+made this way) takes the source's index as it is instead, history included: rollback replays
+the history, so synthesised events would roll back elsewhere than the source, or nowhere.
 """
 
 from __future__ import annotations
@@ -195,26 +196,17 @@ def _merge_index(
     reason: str,
 ) -> list[StageEvent]:
     key = f"{source_index.name}/index.json"
+    whole = stages and set(versions) == set(source_index.versions)
     for _ in range(INDEX_ATTEMPTS):
         raw = target.store.read(key)
         name = source_index.name
-        if raw is None and stages and set(versions) == set(source_index.versions):
-            # A whole model into a registry without it (a restore, a first backup): the index
-            # as it is, history included, so rollback and the audit trail survive the copy.
-            index = source_index.model_copy(update={"revision": 0}, deep=True)
-            moves = [  # reported, not recorded: the aliases as they now stand
-                StageEvent(actor=actor, action="promote", version=v, stage=stage, reason=reason)
-                for stage, v in index.aliases.items()
-                if v is not None
-            ]
-            index.revision += 1
-            if target.store.swap(key, index.model_dump_json(indent=2).encode(), None):
-                return moves
-            continue  # created meanwhile: merge into it
         index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
         before = index.model_dump_json()
-        _add_versions(index, versions, actor, reason)
-        moves = _follow_stages(index, source_index, actor, reason) if stages else []
+        if whole and index.history == source_index.history[: len(index.history)]:
+            moves = _mirror(index, source_index, actor, reason)
+        else:
+            _add_versions(index, versions, actor, reason)
+            moves = _follow_stages(index, source_index, actor, reason) if stages else []
         if index.model_dump_json() == before:
             return []  # already in step: nothing to write, the revision stays
         index.revision += 1
@@ -223,6 +215,21 @@ def _merge_index(
     raise ConflictError(
         f"{source_index.name}'s index in {target.store.url} kept changing; nothing was merged"
     )
+
+
+def _mirror(index: ModelIndex, source: ModelIndex, actor: str, reason: str) -> list[StageEvent]:
+    """Make `index`, whose history is the start of the source's, the source's index: its later
+    events as they happened, so a restore rolls back as the source would."""
+    moves = [  # reported, not recorded: the history has the source's own events
+        StageEvent(actor=actor, action="promote", version=v, stage=stage, reason=reason)
+        for stage, v in source.aliases.items()
+        if v is not None and v != index.aliases.get(stage)
+    ]
+    index.versions = list(source.versions)
+    index.aliases = dict(source.aliases)
+    index.archived = list(source.archived)
+    index.history = list(source.history)
+    return moves
 
 
 def _add_versions(index: ModelIndex, versions: list[str], actor: str, reason: str) -> None:

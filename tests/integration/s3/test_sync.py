@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from models.demo import seed_demo
-from models.errors import IntegrityError
+from models.errors import IntegrityError, StageError
 from models.registry import ModelRegistry
 from models.s3 import S3Store
 from models.sync import DivergedError, copy_all, pull, push
@@ -203,3 +203,36 @@ def test_a_backup_to_s3_leaves_no_copy_of_the_artefacts_in_the_cache(
     assert _cached_artefacts(cache) == []
     assert [c.action for c in push(local, target, "tiny").versions] == ["present", "present"]
     assert _cached_artefacts(cache) == []
+
+
+def test_nightly_backups_keep_following_the_history_so_a_restore_rolls_back_like_the_source(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    """Later backups recorded a source rollback as a promotion: a restore then 'rolled back'
+    to the very version the operator had rolled away from."""
+    backup = ModelRegistry(s3_url)
+    copy_all(local, backup, stages=True)
+    local.rollback("tiny")  # production back to 1.0.0: nothing earlier is left
+    [report] = copy_all(local, backup, stages=True)
+    assert [(e.stage, e.version) for e in report.stage_moves] == [("production", "1.0.0")]
+    assert copy_all(local, backup, stages=True)[0].stage_moves == []  # in step: nothing written
+    restored = ModelRegistry(tmp_path / "restored")
+    copy_all(backup, restored, stages=True)
+    assert restored.index("tiny").history == local.index("tiny").history
+    assert restored.resolve("tiny").version == "1.0.0"
+    with pytest.raises(StageError, match="no earlier production version"):
+        restored.rollback("tiny")
+
+
+def test_a_target_with_a_history_of_its_own_is_merged_not_replaced(
+    local: ModelRegistry, s3_url: str, tmp_path: Path
+) -> None:
+    backup = ModelRegistry(s3_url)
+    copy_all(local, backup, stages=True)
+    backup.promote("tiny", "1.1.0", "staging", reason="the backup's own move")
+    local.rollback("tiny")
+    copy_all(local, backup, stages=True)
+    history = backup.index("tiny").history
+    assert any(e.reason == "the backup's own move" for e in history)
+    assert history[-1].reason == f"copied from {local.store.url}"
+    assert backup.resolve("tiny").version == "1.0.0"
