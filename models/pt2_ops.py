@@ -77,6 +77,14 @@ def refuse_unsafe_ops(program: ExportedProgram) -> None:
                     f"the exported program calls {_name_of(node.target)!r} (node {node.name!r}), "
                     "which is not tensor math; refused"
                 )
+            # A control-flow operator calls what it is handed: its bodies are graphs (get_attr
+            # nodes, checked as modules above), never an operator or a function passed in.
+            handed = _callable_arguments(node)
+            if handed:
+                raise ArtefactError(
+                    f"the exported program hands {_name_of(handed[0])!r} to node {node.name!r} "
+                    "as an argument; refused"
+                )
 
 
 def _allowed(target: Any) -> bool:
@@ -91,6 +99,19 @@ def _allowed(target: Any) -> bool:
     if isinstance(target, torch._ops.HigherOrderOperator):
         return target.name() in CONTROL_FLOW  # type: ignore[no-untyped-call]
     return target in SIZE_ARITHMETIC
+
+
+def _callable_arguments(node: fx.Node) -> list[Any]:
+    """The node's arguments, nested ones too, that are callables (a graph's node is a value)."""
+    handed: list[Any] = []
+
+    def note(value: Any) -> Any:
+        if callable(value) and not isinstance(value, fx.Node):
+            handed.append(value)
+        return value
+
+    fx.node.map_aggregate((node.args, node.kwargs), note)
+    return handed
 
 
 def _name_of(target: Any) -> str:

@@ -41,8 +41,16 @@ FLAGS = frozenset(
     }
 )
 _SYMBOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-_NUMBER_TEXT = re.compile(r"-?[0-9]+(\.[0-9]*)?(e[-+]?[0-9]+)?")
-MAX_CHARS = 4096
+# A Float's digits: sympy computes exactly, so numbers stay the size of a tensor's dimensions.
+_NUMBER_TEXT = re.compile(r"-?[0-9]{1,20}(\.[0-9]{0,20})?(e[-+]?[0-9]{1,3})?")
+MAX_INTEGER = 2**63
+MAX_PRECISION = 128  # bits of a Float
+# Powers and shifts grow numbers exponentially: a literal exponent or shift up to 64, and no
+# power inside another (nested, `Pow(Pow(Integer(2**62), 64), 64)...` is gigabytes of digits).
+EXPONENTIAL = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift", "RShift"})
+MAX_EXPONENT = 64
+MAX_CHARS = 4096  # one expression
+MAX_TOTAL_CHARS = 1 << 20  # all of a program's
 
 
 def refuse_unsafe_expressions(program_json: bytes) -> None:
@@ -51,12 +59,16 @@ def refuse_unsafe_expressions(program_json: bytes) -> None:
         document = json.loads(program_json)
     except ValueError:
         raise ArtefactError("the torch.export program is not JSON") from None
+    total = 0
     for text in _expressions(document):
+        total += len(text) if isinstance(text, str) else 0
         if not isinstance(text, str) or len(text) > MAX_CHARS or not _is_size_expression(text):
             shown = str(text)[:80]
             raise ArtefactError(
                 f"the exported program has a size expression that is not one ({shown!r}); refused"
             )
+        if total > MAX_TOTAL_CHARS:
+            raise ArtefactError("the exported program's size expressions are too long; refused")
 
 
 def _expressions(value: Any) -> Iterator[Any]:
@@ -74,36 +86,74 @@ def _expressions(value: Any) -> Iterator[Any]:
 def _is_size_expression(text: str) -> bool:
     try:
         tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError):
         return False
-    return _allowed(tree.body)
+    return _allowed(tree.body, in_power=False)
 
 
-def _allowed(node: ast.AST) -> bool:
+def _allowed(node: ast.AST, *, in_power: bool) -> bool:
     if isinstance(node, ast.Call):
-        return (
-            isinstance(node.func, ast.Name)
-            and node.func.id in FUNCTIONS
-            and all(_allowed(arg) for arg in node.args)
-            and all(_flag(keyword) for keyword in node.keywords)
+        if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
+            return False
+        power = node.func.id in EXPONENTIAL
+        if power and (in_power or not _small_exponent(node)):
+            return False
+        return all(_allowed(arg, in_power=in_power or power) for arg in node.args) and all(
+            _flag(keyword) for keyword in node.keywords
         )
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, str):  # a symbol's name, or a Float's digits
             return bool(_SYMBOL_NAME.fullmatch(value) or _NUMBER_TEXT.fullmatch(value))
-        return isinstance(value, int | float)  # bool is an int
+        if isinstance(value, int):  # bool is an int
+            return abs(value) <= MAX_INTEGER
+        return isinstance(value, float)
     if isinstance(node, ast.UnaryOp):
-        return isinstance(node.op, ast.USub | ast.UAdd) and _allowed(node.operand)
+        return isinstance(node.op, ast.USub | ast.UAdd) and _allowed(
+            node.operand, in_power=in_power
+        )
     if isinstance(node, ast.Name):
         return node.id in CONSTANTS
     if isinstance(node, ast.Tuple):
-        return all(_allowed(item) for item in node.elts)
+        return all(_allowed(item, in_power=in_power) for item in node.elts)
     return False
 
 
+def _small_exponent(call: ast.Call) -> bool:
+    """The exponent (or shift) is a number up to MAX_EXPONENT, or a size's symbol. Not any
+    expression: sympy simplifies `Add(s0, Integer(10**9), Mul(Integer(-1), s0))` to 10**9."""
+    if len(call.args) != 2 or not isinstance(exponent := call.args[1], ast.Call):
+        return False
+    if not isinstance(exponent.func, ast.Name):
+        return False
+    if exponent.func.id == "Rational":  # a root: Pow(s0, Rational(1, 2))
+        return len(exponent.args) == 2 and all(_small_number(a) for a in exponent.args)
+    if len(exponent.args) != 1:
+        return False
+    value = exponent.args[0]
+    if exponent.func.id == "Symbol":
+        return isinstance(value, ast.Constant) and isinstance(value.value, str)
+    return exponent.func.id in ("Integer", "Float") and _small_number(value)
+
+
+def _small_number(node: ast.AST) -> bool:
+    """A number (or a Float's digits) no larger than MAX_EXPONENT."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
+        return False
+    number = node.value
+    if isinstance(number, str):
+        if _NUMBER_TEXT.fullmatch(number) is None:
+            return False
+        number = float(number)
+    return isinstance(number, int | float) and abs(number) <= MAX_EXPONENT
+
+
 def _flag(keyword: ast.keyword) -> bool:
-    return (
-        keyword.arg in FLAGS
-        and isinstance(keyword.value, ast.Constant)
-        and isinstance(keyword.value.value, int | bool)
-    )
+    if keyword.arg not in FLAGS or not isinstance(keyword.value, ast.Constant):
+        return False
+    value = keyword.value.value
+    if keyword.arg == "precision":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PRECISION
+    return isinstance(value, bool)

@@ -42,8 +42,11 @@ def edit_program(source: Path, target: Path, edit: Any) -> Path:
     return target
 
 
-def add_to_output(document: dict[str, Any], target: str, inputs: list[dict[str, Any]]) -> None:
-    """Append a node calling `target`, and make the program's output the last output plus it."""
+def add_to_output(
+    document: dict[str, Any], target: str, inputs: list[dict[str, Any]], node_name: str = "smuggled"
+) -> None:
+    """Append a node calling `target`, and make the program's output the last output plus it.
+    (A higher-order operator's node is written without a name of its own, as torch does.)"""
     graph = document["graph_module"]["graph"]
     values = graph["tensor_values"]
     values["smuggled"] = copy.deepcopy(values["p_layers_2_bias"])
@@ -54,7 +57,7 @@ def add_to_output(document: dict[str, Any], target: str, inputs: list[dict[str, 
             "inputs": inputs,
             "outputs": [{"as_tensor": {"name": "smuggled"}}],
             "metadata": {},
-            "name": "smuggled",
+            "name": node_name,
         },
         {
             "target": "torch.ops.aten.add.Tensor",
@@ -93,6 +96,49 @@ def test_a_program_reading_a_file_with_aten_from_file_is_refused(tmp_path: Path)
     with pytest.raises(ArtefactError, match=r"calls 'aten\.from_file\.default'.*not tensor math"):
         registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
     assert registry.list_models() == []
+
+
+@pytest.mark.parametrize("wrapper", ["wrap_with_set_grad_enabled", "wrap_with_autocast"])
+def test_an_operator_handed_to_a_control_flow_wrapper_is_refused(
+    tmp_path: Path, wrapper: str
+) -> None:
+    """The wrappers call the function they are handed: given aten.from_file, not a graph, the
+    secret came back in the output while every node's own target passed."""
+    secret = tmp_path / "pepper"
+    secret.write_bytes(b"SECRETPEPPER")
+    leading = (
+        [{"as_bool": False}]
+        if wrapper == "wrap_with_set_grad_enabled"
+        else [{"as_string": "cpu"}, {"as_none": True}, {"as_bool": False}, {"as_none": True}]
+    )
+
+    def read_through_a_wrapper(document: dict[str, Any]) -> None:
+        arguments = [
+            *leading,
+            {"as_operator": "torch.ops.aten.from_file.default"},
+            {"as_string": str(secret)},
+            {"as_bool": False},
+            {"as_int": 3},
+        ]
+        inputs = [{"name": "", "arg": arg, "kind": 1} for arg in arguments]
+        inputs.append({"name": "dtype", "arg": {"as_scalar_type": 7}, "kind": 2})
+        add_to_output(document, f"torch.ops.higher_order.{wrapper}", inputs, node_name="")
+
+    path = edit_program(
+        export_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", read_through_a_wrapper
+    )
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match=r"hands 'aten\.from_file\.default' to node"):
+        registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
+    assert registry.list_models() == []
+
+
+def test_a_function_handed_as_an_argument_is_refused_by_name() -> None:
+    program = branching_program()
+    node = next(n for n in program.graph_module.graph.nodes if n.op == "call_function")
+    node.args = (*node.args, [torch.ops.aten.from_file.default])
+    with pytest.raises(ArtefactError, match=r"hands 'aten\.from_file\.default' to node"):
+        refuse_unsafe_ops(program)
 
 
 def test_a_program_calling_torch_load_is_refused(tmp_path: Path) -> None:

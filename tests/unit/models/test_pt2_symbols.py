@@ -18,6 +18,10 @@ WRITTEN_BY_TORCH = [
     "StrictLessThan(Integer(1), Symbol('s0', positive=True, integer=True))",
     "Eq(Mod(Symbol('s0', integer=True), Integer(2)), Integer(0))",
     "Max(Integer(1), Symbol('s1', integer=True))",
+    "PowByNatural(Symbol('s0', positive=True, integer=True), Integer(2))",
+    "Mul(Symbol('s0', integer=True), Pow(Symbol('s1', integer=True), Integer(-1)))",
+    "Pow(Symbol('s0', positive=True, integer=True), Rational(1, 2))",
+    "LShift(Symbol('s0', integer=True), Symbol('s1', integer=True))",
     "true",
 ]
 
@@ -57,6 +61,34 @@ def test_anything_else_is_refused(text: object) -> None:
         refuse_unsafe_expressions(program(*WRITTEN_BY_TORCH, text))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Pow(Integer(10), Integer(100000000))",
+        "PowByNatural(Integer(10), Integer(65))",
+        "LShift(Integer(1), Integer(1000000000))",
+        "Pow(Pow(Integer(2), Integer(64)), Integer(64))",
+        "Pow(Integer(10), Add(Symbol('s0'), Integer(10000000), Mul(Integer(-1), Symbol('s0'))))",
+        "Pow(Integer(10), Rational(100000, 1))",
+        "Integer(100000000000000000000000)",
+        "Float('1e99999')",
+        "Float('111111111111111111111111111111')",
+        "Float('0.1', precision=3000000)",
+        "Symbol('s0', positive=1)",
+    ],
+)
+def test_numbers_that_would_take_sympy_hours_are_refused(text: str) -> None:
+    """sympy computes exactly while it loads: 10**(10**8) ran for over a minute on one core."""
+    with pytest.raises(ArtefactError, match="size expression"):
+        refuse_unsafe_expressions(program(*WRITTEN_BY_TORCH, text))
+
+
 def test_a_program_that_is_not_json_is_refused() -> None:
     with pytest.raises(ArtefactError, match="not JSON"):
         refuse_unsafe_expressions(b"{")
+
+
+def test_all_of_a_programs_expressions_together_are_bounded() -> None:
+    many = ["Mul(Integer(2), Symbol('s77', positive=True, integer=True))"] * 20_000
+    with pytest.raises(ArtefactError, match="too long"):
+        refuse_unsafe_expressions(program(*many))
