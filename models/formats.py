@@ -28,7 +28,7 @@ from models.errors import ArtefactError, first_line
 from models.families import build_model
 from models.manifest import ModelManifest, Signature
 from models.pt2_ops import refuse_unsafe_ops
-from models.pt2_symbols import refuse_unsafe_expressions
+from models.pt2_program import refuse_code_in_program
 from models.tensors import FLOAT_DTYPES, TORCH_DTYPES, example_inputs, generate
 
 Forward = Callable[..., Any]
@@ -215,7 +215,7 @@ _PT2_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
 
 def refuse_pickled_entries(data: bytes) -> None:
     """Raise ArtefactError unless the .pt2 archive has only entries that load without unpickling
-    (and size expressions that load without running code: models/pt2_symbols.py).
+    (and a program whose loading runs none of its text: models/pt2_program.py).
 
     torch reads the archive through its own zip reader (miniz), which finds entries relative
     to the first entry's top-level folder and matches names case-insensitively. So every entry
@@ -246,8 +246,8 @@ def refuse_pickled_entries(data: bytes) -> None:
             )
         if f"models/{_PT2_MODEL}.json" not in entries:
             raise ArtefactError(f"torch.export archive has no program models/{_PT2_MODEL}.json")
-        # torch's loader evaluates the program's size expressions as Python text.
-        refuse_unsafe_expressions(_read(archive, f"{root}models/{_PT2_MODEL}.json"))
+        # torch's loader turns parts of the program's JSON into Python code and runs it.
+        refuse_code_in_program(_read(archive, f"{root}models/{_PT2_MODEL}.json"))
         for entry in sorted(entries):
             if not _PT2_ENTRY.fullmatch(entry):
                 # !r: a zip entry name may hold a newline or escape codes; the message is one line.

@@ -12,7 +12,6 @@ arithmetic, comparison and logic classes, with numbers, symbol names and flags a
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -53,14 +52,11 @@ MAX_CHARS = 4096  # one expression
 MAX_TOTAL_CHARS = 1 << 20  # all of a program's
 
 
-def refuse_unsafe_expressions(program_json: bytes) -> None:
-    """Raise ArtefactError unless every `expr_str` in the program is a plain size expression."""
-    try:
-        document = json.loads(program_json)
-    except ValueError:
-        raise ArtefactError("the torch.export program is not JSON") from None
+def refuse_unsafe_expressions(program: Any) -> None:
+    """Raise ArtefactError unless every `expr_str` in the program's JSON document is a plain
+    size expression."""
     total = 0
-    for text in _expressions(document):
+    for text in _expressions(program):
         total += len(text) if isinstance(text, str) else 0
         if not isinstance(text, str) or len(text) > MAX_CHARS or not _is_size_expression(text):
             shown = str(text)[:80]

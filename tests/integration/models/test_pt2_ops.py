@@ -231,3 +231,17 @@ def test_python_reaching_any_object_and_global_state_ops_are_refused(target: Any
     node.target = target
     with pytest.raises(ArtefactError, match="not tensor math"):
         refuse_unsafe_ops(program)
+
+
+def test_guards_code_that_runs_a_command_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """torch executes each of guards_code on every forward pass (and registration runs one)."""
+    marker = tmp_path / "ran"
+
+    def add_a_guard(document: dict[str, Any]) -> None:
+        document["guards_code"] = [f"__import__('os').system('touch {marker}') == 0"]
+
+    path = edit_program(export_tiny(tmp_path / "m.pt2"), tmp_path / "evil.pt2", add_a_guard)
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match="guards_code"):
+        registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
+    assert not marker.exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from models.errors import ArtefactError
@@ -26,9 +24,9 @@ WRITTEN_BY_TORCH = [
 ]
 
 
-def program(*expressions: object) -> bytes:
+def program(*expressions: object) -> dict[str, object]:
     values = {f"v{i}": {"expr_str": e, "hint": None} for i, e in enumerate(expressions)}
-    return json.dumps({"graph_module": {"graph": {"sym_int_values": values}}}).encode()
+    return {"graph_module": {"graph": {"sym_int_values": values}}}
 
 
 def test_expressions_torch_writes_pass() -> None:
@@ -81,11 +79,6 @@ def test_numbers_that_would_take_sympy_hours_are_refused(text: str) -> None:
     """sympy computes exactly while it loads: 10**(10**8) ran for over a minute on one core."""
     with pytest.raises(ArtefactError, match="size expression"):
         refuse_unsafe_expressions(program(*WRITTEN_BY_TORCH, text))
-
-
-def test_a_program_that_is_not_json_is_refused() -> None:
-    with pytest.raises(ArtefactError, match="not JSON"):
-        refuse_unsafe_expressions(b"{")
 
 
 def test_all_of_a_programs_expressions_together_are_bounded() -> None:

@@ -1,0 +1,90 @@
+"""What of a torch.export program's JSON torch turns into code is checked before torch reads it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from models.errors import ArtefactError
+from models.pt2_program import refuse_code_in_program
+
+# The input spec torch 2.13 writes for forward(x, y): ((x, y), {}).
+IN_SPEC = json.dumps(
+    [
+        1,
+        {
+            "type": "builtins.tuple",
+            "context": "null",
+            "children_spec": [
+                {
+                    "type": "builtins.tuple",
+                    "context": "null",
+                    "children_spec": [
+                        {"type": None, "context": None, "children_spec": []},
+                        {"type": None, "context": None, "children_spec": []},
+                    ],
+                },
+                {"type": "builtins.dict", "context": "[]", "children_spec": []},
+            ],
+        },
+    ]
+)
+
+
+def program(
+    guards: list[str] | None = None, names: list[Any] | None = None, in_spec: str = IN_SPEC
+) -> bytes:
+    signature = {"in_spec": in_spec, "forward_arg_names": names or ["x", "y"]}
+    document = {
+        "graph_module": {"module_call_graph": [{"fqn": "", "signature": signature}]},
+        "guards_code": guards if guards is not None else [],
+    }
+    return json.dumps(document).encode()
+
+
+def kwargs_spec(*keys: str) -> str:
+    spec = json.loads(IN_SPEC)
+    kwargs = spec[1]["children_spec"][1]
+    kwargs["context"] = json.dumps(list(keys))
+    kwargs["children_spec"] = [{"type": None, "context": None, "children_spec": []} for _ in keys]
+    return json.dumps(spec)
+
+
+def test_what_torch_export_writes_passes() -> None:
+    refuse_code_in_program(program())
+    refuse_code_in_program(program(in_spec=kwargs_spec("mask")))
+
+
+def test_guards_code_is_refused() -> None:
+    """torch pastes each guard into source it executes on every forward pass."""
+    with pytest.raises(ArtefactError, match="guards_code"):
+        refuse_code_in_program(program(guards=["__import__('os').system('id') == 0"]))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["x=__import__('os').system('id')"], ["x", "y); import os; (z"], ["class"], [5]],
+)
+def test_forward_arg_names_that_are_not_identifiers_are_refused(names: list[Any]) -> None:
+    with pytest.raises(ArtefactError, match="not a Python identifier"):
+        refuse_code_in_program(program(names=names))
+
+
+def test_input_spec_keys_that_are_not_identifiers_are_refused() -> None:
+    """A kwargs key is pasted into the generated forward as {'KEY': name}."""
+    key = "a':__import__('os').system('id'),'b"
+    with pytest.raises(ArtefactError, match="not a Python identifier"):
+        refuse_code_in_program(program(in_spec=kwargs_spec(key)))
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", b"[" * 100_000])
+def test_a_program_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
+    with pytest.raises(ArtefactError, match=r"not a JSON object|not JSON"):
+        refuse_code_in_program(raw)
+
+
+def test_an_input_spec_that_is_not_json_is_refused() -> None:
+    with pytest.raises(ArtefactError, match="input spec is not JSON"):
+        refuse_code_in_program(program(in_spec="[1, {"))
