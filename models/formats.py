@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -239,6 +240,13 @@ def refuse_pickled_entries(data: bytes) -> None:
             raise ArtefactError("not a torch.export archive: entries are not in one folder")
         if len({n.lower() for n in names}) != len(names):
             raise ArtefactError("torch.export archive has duplicate entries; refused")
+        # torch.export.save stores every entry as it is: a deflated one is a way to make a
+        # small upload inflate a thousandfold.
+        if any(
+            i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size
+            for i in archive.infolist()
+        ):
+            raise ArtefactError("torch.export archive has compressed entries; refused")
         entries = {n[len(root) :] for n in names}
         if "archive_format" not in entries:
             raise ArtefactError(
@@ -254,18 +262,29 @@ def refuse_pickled_entries(data: bytes) -> None:
                 raise ArtefactError(
                     f"archive entry {entry!r} is not a plain tensor or JSON; refused"
                 )
-        for config, path_name in _PT2_PAYLOADS.items():
-            if config in entries:
-                _check_payload_config(config, _read(archive, root + config), path_name)
-        if _PT2_SAMPLE_INPUTS in entries:
-            # torch loads these with weights_only=True and falls back to full unpickling.
-            sample_inputs = _read(archive, root + _PT2_SAMPLE_INPUTS)
-            try:
-                torch.load(io.BytesIO(sample_inputs), weights_only=True)
-            except Exception:
-                raise ArtefactError(
-                    f"archive entry {_PT2_SAMPLE_INPUTS} needs unpickling; refused"
-                ) from None
+        _check_payloads(archive, root, entries)
+
+
+def _check_payloads(archive: zipfile.ZipFile, root: str, entries: set[str]) -> None:
+    """The tensors' configs (no pickled or oddly stored tensor) and the sample inputs."""
+    for config, path_name in _PT2_PAYLOADS.items():
+        if config in entries:
+            folder = config.rsplit("/", 1)[0] + "/"
+            sizes = {
+                e[len(folder) :]: archive.getinfo(root + e).file_size
+                for e in entries
+                if e.startswith(folder)
+            }
+            _check_payload_config(config, _read(archive, root + config), path_name, sizes)
+    if _PT2_SAMPLE_INPUTS in entries:
+        # torch loads these with weights_only=True and falls back to full unpickling.
+        sample_inputs = _read(archive, root + _PT2_SAMPLE_INPUTS)
+        try:
+            torch.load(io.BytesIO(sample_inputs), weights_only=True)
+        except Exception:
+            raise ArtefactError(
+                f"archive entry {_PT2_SAMPLE_INPUTS} needs unpickling; refused"
+            ) from None
 
 
 def _read(archive: zipfile.ZipFile, name: str) -> bytes:
@@ -275,7 +294,9 @@ def _read(archive: zipfile.ZipFile, name: str) -> bytes:
         raise ArtefactError(f"archive entry {name!r} cannot be read") from None
 
 
-def _check_payload_config(name: str, raw: bytes, path_name: re.Pattern[str]) -> None:
+def _check_payload_config(
+    name: str, raw: bytes, path_name: re.Pattern[str], sizes: dict[str, int]
+) -> None:
     try:
         config = json.loads(raw)["config"]
         items = config.items()
@@ -294,6 +315,19 @@ def _check_payload_config(name: str, raw: bytes, path_name: re.Pattern[str]) -> 
                 f"archive tensor {fqn!r} is not stored as a plain tensor (path_name "
                 f"{str(meta.get('path_name'))[:80]!r}); refused"
             )
+        # torch makes an empty entry a tensor of zeros of the size the config declares.
+        if sizes.get(meta["path_name"]) == 0 and _elements(meta["tensor_meta"]) != 0:
+            raise ArtefactError(f"archive tensor {fqn!r} has no bytes for its size; refused")
+
+
+def _elements(tensor_meta: dict[str, Any]) -> int | None:
+    """The element count a tensor's metadata declares; None when not a plain list of ints."""
+    dims = tensor_meta.get("sizes")
+    if not isinstance(dims, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("as_int"), int) for d in dims
+    ):
+        return None
+    return math.prod(int(d["as_int"]) for d in dims)
 
 
 def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> None:

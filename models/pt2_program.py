@@ -3,12 +3,14 @@
 torch's loader (torch 2.13) does not only build a graph from `models/model.json`:
 - each size expression (`expr_str`) is evaluated with `sympy.sympify` (models/pt2_symbols.py);
 - each of `guards_code` is pasted into generated source and executed, on every forward pass;
-- the module's `forward_arg_names` and the keys of its input spec are pasted into the
-  generated `forward`'s source.
+- the names of the graph's values, the module's `forward_arg_names` and the keys of its input
+  spec are pasted into generated source (an input's as a parameter of `forward`);
+- the input and output specs name types that torch's spec reader imports by module name.
 
 So these are checked, on the JSON, before torch reads it: `guards_code` must be empty (what
-torch.export writes; the server checks inputs against the signature itself), and the names
-must be Python identifiers. The graph's nodes are checked after loading (models/pt2_ops.py).
+torch.export writes; the server checks inputs against the signature itself), names must be
+Python identifiers, and specs may hold only tuples, lists and dicts of tensors. The graph's
+nodes are checked after loading (models/pt2_ops.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from typing import Any
 
 from models.errors import ArtefactError
 from models.pt2_symbols import refuse_unsafe_expressions
+
+# Tables of the graph keyed by a value's name.
+VALUE_TABLES = frozenset(
+    {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"}
+)
+# A spec node's type: a tensor (None), or a container torch.export writes for one.
+SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})
 
 
 def refuse_code_in_program(program_json: bytes) -> None:
@@ -35,41 +44,78 @@ def refuse_code_in_program(program_json: bytes) -> None:
             "the exported program carries guards_code, Python that torch runs on every call; "
             "refused"
         )
+    for name in _names(document):
+        _check_identifier(name)
     graph_module = document.get("graph_module")
     calls = graph_module.get("module_call_graph", []) if isinstance(graph_module, dict) else []
     for entry in calls if isinstance(calls, list) else []:
         signature = entry.get("signature") if isinstance(entry, dict) else None
         if isinstance(signature, dict):
-            _refuse_unsafe_names(signature)
+            for name in signature.get("forward_arg_names") or []:
+                _check_identifier(name)
+            for spec in (signature.get("in_spec"), signature.get("out_spec")):
+                if spec is not None:
+                    _check_spec(spec)
 
 
-def _refuse_unsafe_names(signature: dict[str, Any]) -> None:
-    names = list(signature.get("forward_arg_names") or [])
-    spec = signature.get("in_spec")
-    if spec is not None:
+def _names(value: Any) -> list[Any]:
+    """Every name the graph gives a value (a node, an input, a tensor, a symbol), at any depth:
+    torch writes them into generated source, an input's as a parameter of `forward` (where
+    `x=__import__(...)` would run as a default value)."""
+    names: list[Any] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("name", "as_name"):
+                names.append(item)
+            elif key in VALUE_TABLES and isinstance(item, dict):
+                names += list(item)
+            names += _names(item)
+    elif isinstance(value, list):
+        for item in value:
+            names += _names(item)
+    return names
+
+
+def _check_identifier(name: Any) -> None:
+    # "" is a higher-order operator's node, which torch names itself.
+    if not (isinstance(name, str) and (name == "" or name.isidentifier())) or keyword.iskeyword(
+        name
+    ):
+        raise ArtefactError(
+            f"the exported program names a value {str(name)[:80]!r}, which is not a Python "
+            "identifier; refused"
+        )
+
+
+def _check_spec(text: Any) -> None:
+    """A pytree spec of tuples, lists and dicts keyed by identifiers, as torch.export writes
+    for tensors in and out. torch's spec reader imports any module a spec names (an enum's, a
+    defaultdict's factory) and reads attributes from it: os.environ's values came back in an
+    error message."""
+    try:
+        spec = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise ArtefactError("the exported program's input or output spec is not JSON") from None
+    if not (isinstance(spec, list) and len(spec) == 2 and _plain_spec(spec[1])):
+        raise ArtefactError(
+            "the exported program's input or output spec holds something other than tuples, "
+            "lists and dicts of tensors; refused"
+        )
+
+
+def _plain_spec(node: Any) -> bool:
+    if not isinstance(node, dict) or set(node) - {"type", "context", "children_spec"}:
+        return False
+    kind, context, children = node.get("type"), node.get("context"), node.get("children_spec")
+    if kind not in SPEC_TYPES or not isinstance(children, list):
+        return False
+    if context not in (None, "null"):
         try:
-            names += list(_spec_keys(json.loads(spec)))
-        except (TypeError, ValueError, RecursionError):
-            raise ArtefactError("the exported program's input spec is not JSON") from None
-    for name in names:
-        if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
-            raise ArtefactError(
-                f"the exported program names an input {str(name)[:80]!r}, which is not a "
-                "Python identifier; refused"
-            )
-
-
-def _spec_keys(node: Any) -> list[Any]:
-    """The keys (dict keys, field names) a serialized pytree spec holds, at any depth."""
-    keys: list[Any] = []
-    if isinstance(node, list):
-        for item in node:
-            keys += _spec_keys(item)
-    elif isinstance(node, dict):
-        context = node.get("context")
-        if isinstance(context, str) and context not in ("null", ""):
-            parsed = json.loads(context)
-            keys += parsed if isinstance(parsed, list) else [parsed]
-        for child in node.get("children_spec") or []:
-            keys += _spec_keys(child)
-    return keys
+            keys = json.loads(context) if isinstance(context, str) else None
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(keys, list) or any(
+            not isinstance(k, str) or not k.isidentifier() for k in keys
+        ):
+            return False
+    return all(_plain_spec(child) for child in children)

@@ -48,6 +48,8 @@ MAX_PRECISION = 128  # bits of a Float
 # power inside another (nested, `Pow(Pow(Integer(2**62), 64), 64)...` is gigabytes of digits).
 EXPONENTIAL = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift", "RShift"})
 MAX_EXPONENT = 64
+MAX_CALLS = 32  # one expression
+MAX_ARGUMENTS = 8  # one call
 MAX_CHARS = 4096  # one expression
 MAX_TOTAL_CHARS = 1 << 20  # all of a program's
 
@@ -83,6 +85,11 @@ def _is_size_expression(text: str) -> bool:
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError):
+        return False
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    # sympy's Max of 100 arguments takes 15 s to build (it compares them pairwise): a size's
+    # expression is small, in its calls and in each call's arguments.
+    if len(calls) > MAX_CALLS or any(len(call.args) > MAX_ARGUMENTS for call in calls):
         return False
     return _allowed(tree.body, in_power=False)
 

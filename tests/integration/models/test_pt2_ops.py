@@ -245,3 +245,33 @@ def test_guards_code_that_runs_a_command_is_refused_before_anything_runs(tmp_pat
     with pytest.raises(ArtefactError, match="guards_code"):
         registry.register("evil", "1.0.0", path, format="torch_export", signature=TINY_SIGNATURE)
     assert not marker.exists()
+
+
+def test_a_compressed_entry_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """torch.export.save stores entries as they are; a deflated one inflated 1000x on load."""
+    source = export_tiny(tmp_path / "m.pt2")
+    target = tmp_path / "deflated.pt2"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            deflate = item.filename.endswith("models/model.json")
+            dst.writestr(
+                item.filename,
+                src.read(item.filename),
+                compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED,
+            )
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match="compressed entries"):
+        registry.register("m", "1.0.0", target, format="torch_export", signature=TINY_SIGNATURE)
+
+
+def test_an_empty_weight_entry_for_a_nonempty_tensor_is_refused(tmp_path: Path) -> None:
+    """torch makes an empty entry zeros of the declared size: 12 KB allocated a gigabyte."""
+    source = export_tiny(tmp_path / "m.pt2")
+    target = tmp_path / "empty.pt2"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = b"" if item.filename.endswith("data/weights/weight_0") else src.read(item)
+            dst.writestr(item, data)
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match="has no bytes for its size"):
+        registry.register("m", "1.0.0", target, format="torch_export", signature=TINY_SIGNATURE)

@@ -75,7 +75,7 @@ def test_forward_arg_names_that_are_not_identifiers_are_refused(names: list[Any]
 def test_input_spec_keys_that_are_not_identifiers_are_refused() -> None:
     """A kwargs key is pasted into the generated forward as {'KEY': name}."""
     key = "a':__import__('os').system('id'),'b"
-    with pytest.raises(ArtefactError, match="not a Python identifier"):
+    with pytest.raises(ArtefactError, match="spec holds something other than"):
         refuse_code_in_program(program(in_spec=kwargs_spec(key)))
 
 
@@ -86,5 +86,55 @@ def test_a_program_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
 
 
 def test_an_input_spec_that_is_not_json_is_refused() -> None:
-    with pytest.raises(ArtefactError, match="input spec is not JSON"):
+    with pytest.raises(ArtefactError, match="output spec is not JSON"):
         refuse_code_in_program(program(in_spec="[1, {"))
+
+
+def node_named(name: str) -> bytes:
+    graph = {"nodes": [{"name": "n", "inputs": [{"name": name, "arg": {}}]}]}
+    return json.dumps({"graph_module": {"graph": graph}, "guards_code": []}).encode()
+
+
+@pytest.mark.parametrize("name", ["x=__import__('os').system('id')", "a b", "class", 7])
+def test_value_names_that_are_not_identifiers_are_refused(name: Any) -> None:
+    """An input's name becomes a parameter of the generated forward: `x=...` ran on load."""
+    with pytest.raises(ArtefactError, match="not a Python identifier"):
+        refuse_code_in_program(node_named(name))
+
+
+def test_value_table_keys_that_are_not_identifiers_are_refused() -> None:
+    graph: dict[str, Any] = {"tensor_values": {"x=__import__('os')": {}}}
+    document = {"graph_module": {"graph": graph}, "guards_code": []}
+    with pytest.raises(ArtefactError, match="not a Python identifier"):
+        refuse_code_in_program(json.dumps(document).encode())
+
+
+ENUM_KEY = {"__enum__": True, "fqn": "os:environ", "name": "HOME"}
+LEAF: dict[str, Any] = {"type": None, "context": None, "children_spec": []}
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"type": "builtins.dict", "context": json.dumps([ENUM_KEY]), "children_spec": [LEAF]},
+        {
+            "type": "collections.defaultdict",
+            "context": {"default_factory_module": "this", "default_factory_name": "x"},
+            "children_spec": [LEAF],
+        },
+        {"type": "collections.OrderedDict", "context": "[]", "children_spec": []},
+        {"type": "builtins.dict", "context": '["a-b"]', "children_spec": [LEAF]},
+    ],
+    ids=["enum-key", "defaultdict", "other-type", "odd-key"],
+)
+def test_specs_naming_modules_or_other_types_are_refused(node: dict[str, Any]) -> None:
+    """torch's spec reader imports the module an enum key or a defaultdict names."""
+    spec = json.dumps([1, node])
+    for where in ("in_spec", "out_spec"):
+        signature = {"in_spec": IN_SPEC, "out_spec": IN_SPEC, where: spec, "forward_arg_names": []}
+        document = {
+            "graph_module": {"module_call_graph": [{"fqn": "", "signature": signature}]},
+            "guards_code": [],
+        }
+        with pytest.raises(ArtefactError, match="spec holds something other than"):
+            refuse_code_in_program(json.dumps(document).encode())
