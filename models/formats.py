@@ -29,7 +29,7 @@ from models.errors import ArtefactError, first_line
 from models.families import build_model
 from models.manifest import ModelManifest, Signature
 from models.pt2_ops import refuse_unsafe_ops
-from models.pt2_program import refuse_code_in_program
+from models.pt2_program import check_attribute_path, refuse_code_in_program
 from models.tensors import FLOAT_DTYPES, TORCH_DTYPES, example_inputs, generate
 
 Forward = Callable[..., Any]
@@ -303,6 +303,7 @@ def _check_payload_config(
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ArtefactError(f"archive entry {name} is malformed") from None
     for fqn, meta in items:
+        check_attribute_path(fqn)  # where torch attaches the tensor, written into generated code
         # `is not False`: torch takes any truthy value (the string "false" too) as "unpickle".
         if (
             not isinstance(meta, dict)

@@ -21,6 +21,7 @@ import torch
 from torch import fx
 
 from models.errors import ArtefactError
+from models.pt2_program import check_attribute_path
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -70,6 +71,8 @@ def refuse_unsafe_ops(program: ExportedProgram) -> None:
         if not isinstance(module, fx.GraphModule):
             continue
         for node in module.graph.nodes:
+            if node.op == "get_attr":
+                check_attribute_path(node.target)  # written into the generated code
             if node.op in ("placeholder", "get_attr", "output"):
                 continue
             if node.op != "call_function" or not _allowed(node.target):

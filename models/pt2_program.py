@@ -3,8 +3,10 @@
 torch's loader (torch 2.13) does not only build a graph from `models/model.json`:
 - each size expression (`expr_str`) is evaluated with `sympy.sympify` (models/pt2_symbols.py);
 - each of `guards_code` is pasted into generated source and executed, on every forward pass;
-- the names of the graph's values, the module's `forward_arg_names` and the keys of its input
-  spec are pasted into generated source (an input's as a parameter of `forward`);
+- the names of the graph's values, the module's `forward_arg_names`, the keys of its input
+  spec and the attribute paths of its parameters, buffers and constants are pasted into
+  generated source (an input's name as a parameter of `forward`, a path's segments into
+  `getattr(base, "SEGMENT")`);
 - the input and output specs name types that torch's spec reader imports by module name.
 
 So these are checked, on the JSON, before torch reads it: `guards_code` must be empty (what
@@ -47,13 +49,17 @@ def refuse_code_in_program(program_json: bytes) -> None:
     for name in _names(document):
         _check_identifier(name)
     graph_module = document.get("graph_module")
-    calls = graph_module.get("module_call_graph", []) if isinstance(graph_module, dict) else []
+    if not isinstance(graph_module, dict):
+        graph_module = {}
+    for path in _attribute_paths(graph_module.get("signature")):
+        check_attribute_path(path)
+    calls = graph_module.get("module_call_graph")
     for entry in calls if isinstance(calls, list) else []:
-        signature = entry.get("signature") if isinstance(entry, dict) else None
-        if isinstance(signature, dict):
-            for name in signature.get("forward_arg_names") or []:
+        call = entry.get("signature") if isinstance(entry, dict) else None
+        if isinstance(call, dict):
+            for name in call.get("forward_arg_names") or []:
                 _check_identifier(name)
-            for spec in (signature.get("in_spec"), signature.get("out_spec")):
+            for spec in (call.get("in_spec"), call.get("out_spec")):
                 if spec is not None:
                     _check_spec(spec)
 
@@ -74,6 +80,40 @@ def _names(value: Any) -> list[Any]:
         for item in value:
             names += _names(item)
     return names
+
+
+def _attribute_paths(value: Any) -> list[Any]:
+    """Every attribute path in the program's signature (`layers.0.weight`: a parameter's, a
+    buffer's, a constant's, a mutation's target). torch writes each segment into generated
+    source, one that is not an identifier as `getattr(base, "SEGMENT")`, unescaped."""
+    paths: list[Any] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.endswith("_name") or key == "target":
+                paths.append(item)
+            else:
+                paths += _attribute_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            paths += _attribute_paths(item)
+    return paths
+
+
+def check_attribute_path(path: Any) -> None:
+    """Raise ArtefactError unless `path` is dotted identifiers or indices (`layers.0.weight`)."""
+    if not (
+        isinstance(path, str)
+        and path
+        and all(
+            (part.isidentifier() and not keyword.iskeyword(part))
+            or (part.isascii() and part.isdigit())
+            for part in path.split(".")
+        )
+    ):
+        raise ArtefactError(
+            f"the exported program names an attribute {str(path)[:80]!r}, which is not a "
+            "dotted path of identifiers; refused"
+        )
 
 
 def _check_identifier(name: Any) -> None:

@@ -275,3 +275,34 @@ def test_an_empty_weight_entry_for_a_nonempty_tensor_is_refused(tmp_path: Path) 
     registry = ModelRegistry(tmp_path / "registry")
     with pytest.raises(ArtefactError, match="has no bytes for its size"):
         registry.register("m", "1.0.0", target, format="torch_export", signature=TINY_SIGNATURE)
+
+
+def test_a_parameter_path_that_breaks_out_of_generated_code_is_refused(tmp_path: Path) -> None:
+    """torch wrote the path's last segment into forward as getattr(base, "SEGMENT"): a quote in
+    it ran the rest as Python on every call, registration's included."""
+    marker = tmp_path / "ran"
+    evil = f'layers.0.w", getattr(__import__("os"),"system")("touch {marker}"))#'
+
+    def rename(text: bytes) -> bytes:
+        return text.replace(b'"layers.0.weight"', json.dumps(evil).encode())
+
+    source = export_tiny(tmp_path / "m.pt2")
+    target = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith(("models/model.json", "model_weights_config.json")):
+                data = rename(data)
+            dst.writestr(item, data)
+    registry = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(ArtefactError, match="not a dotted path of identifiers"):
+        registry.register("evil", "1.0.0", target, format="torch_export", signature=TINY_SIGNATURE)
+    assert not marker.exists()
+
+
+def test_a_get_attr_target_that_is_not_a_path_is_refused() -> None:
+    program = branching_program()
+    node = next(n for n in program.graph_module.graph.nodes if n.op == "get_attr")
+    node.target = 'x", print("ran"))#'
+    with pytest.raises(ArtefactError, match="not a dotted path"):
+        refuse_unsafe_ops(program)

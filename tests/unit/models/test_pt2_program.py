@@ -138,3 +138,23 @@ def test_specs_naming_modules_or_other_types_are_refused(node: dict[str, Any]) -
         }
         with pytest.raises(ArtefactError, match="spec holds something other than"):
             refuse_code_in_program(json.dumps(document).encode())
+
+
+def with_parameter(path: Any) -> bytes:
+    spec = {"parameter": {"arg": {"name": "p"}, "parameter_name": path}}
+    signature = {"input_specs": [spec], "output_specs": []}
+    return json.dumps({"graph_module": {"signature": signature}, "guards_code": []}).encode()
+
+
+def test_attribute_paths_of_identifiers_and_indices_pass() -> None:
+    refuse_code_in_program(with_parameter("layers.0.weight"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ['layers.0.w", getattr(__import__("os"),"system")("id"))#', "a..b", "", "a.class", 5],
+)
+def test_attribute_paths_torch_would_write_unescaped_are_refused(path: Any) -> None:
+    """A segment that is not an identifier becomes getattr(base, "SEGMENT") in generated code."""
+    with pytest.raises(ArtefactError, match="not a dotted path of identifiers"):
+        refuse_code_in_program(with_parameter(path))
