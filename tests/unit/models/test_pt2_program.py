@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -158,3 +159,13 @@ def test_attribute_paths_torch_would_write_unescaped_are_refused(path: Any) -> N
     """A segment that is not an identifier becomes getattr(base, "SEGMENT") in generated code."""
     with pytest.raises(ArtefactError, match="not a dotted path of identifiers"):
         refuse_code_in_program(with_parameter(path))
+
+
+@pytest.mark.parametrize("depth", range(900, 1001, 20))
+def test_a_program_nested_as_deep_as_json_allows_is_refused_or_passed_never_crashed(
+    depth: int,
+) -> None:
+    inner = "[" * depth + "]" * depth
+    raw = ('{"graph_module": {"graph": {"nodes": ' + inner + "}}}").encode()
+    with contextlib.suppress(ArtefactError):  # refused is fine; a RecursionError is not
+        refuse_code_in_program(raw)
