@@ -291,16 +291,23 @@ def _check_protocol_fields(header: dict[str, Any], params: dict[str, Any]) -> No
 def _input_parameters(name: str, item: dict[str, Any]) -> dict[str, Any]:
     """An input's parameters; fields and parameters this server does not implement (shared
     memory) are refused, not ignored: the data would be looked for where it is not."""
-    unknown = set(item) - INPUT_FIELDS
+    return _known_parameters(item, f"input {name!r}", INPUT_FIELDS, INPUT_PARAMETERS)
+
+
+def _known_parameters(
+    item: dict[str, Any], where: str, fields: set[str], supported: set[str]
+) -> dict[str, Any]:
+    """`item`'s parameters, after refusing any field or parameter outside those named."""
+    unknown = set(item) - fields
     if unknown:
-        raise Problem("invalid-input", f"input {name!r}: unknown field(s) {quoted_list(unknown)}")
-    parameters = _object_or_empty(item.get("parameters"), f"input {name!r}: parameters")
-    unsupported = set(parameters) - INPUT_PARAMETERS
+        raise Problem("invalid-input", f"{where}: unknown field(s) {quoted_list(unknown)}")
+    parameters = _object_or_empty(item.get("parameters"), f"{where}: parameters")
+    unsupported = set(parameters) - supported
     if unsupported:
         raise Problem(
             "invalid-input",
-            f"input {name!r}: unsupported parameter(s) {sorted(unsupported)}; "
-            f"supported: {sorted(INPUT_PARAMETERS)}",
+            f"{where}: unsupported parameter(s) {sorted(unsupported)}; "
+            f"supported: {sorted(supported)}",
         )
     return parameters
 
@@ -323,19 +330,9 @@ def _requested_outputs(
         if name in wanted:
             raise Problem("invalid-input", f"outputs[{i}]: output {name!r} is requested twice")
         wanted.append(name)
-        unknown = set(out) - OUTPUT_FIELDS
-        if unknown:
-            raise Problem("invalid-input", f"outputs[{i}]: unknown field(s) {quoted_list(unknown)}")
-        parameters = _object_or_empty(out.get("parameters"), f"outputs[{i}]: parameters")
-        unsupported = set(parameters) - OUTPUT_PARAMETERS
-        if unsupported:
-            # e.g. class_count (Triton's classification extension): answering with the plain
-            # tensor would hand back something other than what was asked for.
-            raise Problem(
-                "invalid-input",
-                f"outputs[{i}]: unsupported parameter(s) {sorted(unsupported)}; "
-                f"supported: {sorted(OUTPUT_PARAMETERS)}",
-            )
+        # An unsupported parameter, e.g. class_count (Triton's classification extension), is
+        # refused: answering with the plain tensor would hand back something else than asked.
+        parameters = _known_parameters(out, f"outputs[{i}]", OUTPUT_FIELDS, OUTPUT_PARAMETERS)
         flag = parameters.get("binary_data")
         if flag is not None and not isinstance(flag, bool):
             raise Problem("invalid-input", f"outputs[{i}]: binary_data must be true or false")
