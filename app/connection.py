@@ -18,7 +18,7 @@
 
 Errors of the protocol itself (a request httptools cannot parse, a head over the limit, a head
 too slow) are problem responses like the app's, with its security headers, and close the
-connection.
+connection: in their turn, after the answers to requests pipelined before them.
 
 A client that goes away is noticed: the app hands `on_client_gone` a function for a request,
 and when the connection is lost (or aborted for a stalled write) before that request is
@@ -87,6 +87,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False  # a request head has begun and not ended
         self._head_timer: asyncio.TimerHandle | None = None
         self._discard_timer: asyncio.TimerHandle | None = None
+        # A problem (body, status, request id) to write once the requests before it are answered.
+        self._refusal: tuple[bytes, int, str] | None = None
 
     # ------------------------------------------------------------------ waiting
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -168,6 +170,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # ------------------------------------------------------------------ request head
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # after a refused request nothing is read: the connection closes
         # Where the connection is (a head, a body) is read from uvicorn's own state, before
         # and after parsing: no override of the parser's per-header callbacks.
         cycle = self.cycle
@@ -256,39 +260,67 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.info("a request that is not valid HTTP/1.1; answered 400", extra=answered)
 
     def _close_with(self, status: int, code: str, detail: str) -> dict[str, str | None]:
-        """Answer with a problem, when that answer is next on the wire, and close.
+        """Answer with a problem in its turn on the wire, and close.
 
         No middleware ran, so the request id is made here, for the client to quote; returned
-        with the client's address as the `extra` of the caller's log line.
+        with the client's address as the `extra` of the caller's log line. Requests that came
+        before the refused one are answered first (pipelined): nothing more is read, and the
+        problem is written once the last of them is (`on_response_complete`).
         """
         who = self._who()
-        unanswered = [cycle for cycle in self._open if not cycle.response_complete]
-        # An error in the body of the newest request answers that request (if it has not begun
-        # answering); one in a new head answers a request after every one already open.
+        request_id = who["request_id"] = uuid.uuid4().hex
+        # An error in the body of the newest request answers that request; one in a new head
+        # answers a request after every one already open.
         in_body = not self._head_open and self.cycle is not None and self.cycle.more_body
-        if not unanswered or (
-            in_body and unanswered == [self.cycle] and not self.cycle.response_started
-        ):
-            request_id = who["request_id"] = uuid.uuid4().hex
-            # The answer is for the request in its body, or for the head being read.
-            v2 = (
-                is_v2_path(self.cycle.scope["path"])
-                if in_body and self.cycle is not None
-                else _is_v2_target(self.url)
-            )
-            body = problem_body(code, detail, request_id, v2=v2)
-            headers = [
-                *self.server_state.default_headers,
-                *_problem_headers(body),
-                (b"x-request-id", request_id.encode()),
-            ]
-            lines = [STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers)]
-            self.transport.write(b"".join(lines) + b"\r\n" + body)
+        v2 = (
+            is_v2_path(self.cycle.scope["path"])
+            if in_body and self.cycle is not None
+            else _is_v2_target(self.url)
+        )
+        if in_body and self._drop_pipelined(self.cycle):
+            in_body = False  # its app never ran: refused in its turn, like a head
+        unanswered = [cycle for cycle in self._open if not cycle.response_complete]
+        if unanswered and not in_body:
+            self._refusal = problem_body(code, detail, request_id, v2=v2), status, request_id
+            self._end_head()
+            self.flow.pause_reading()
+            return who
+        # In a body, the only request open is the one whose body failed (uvicorn runs one app
+        # at a time): answered with the problem unless its own answer has begun.
+        if not any(cycle.response_started for cycle in unanswered):
+            self._write_problem(problem_body(code, detail, request_id, v2=v2), status, request_id)
         for cycle in unanswered:  # their answers can no longer be written
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
         return who
+
+    def _drop_pipelined(self, cycle: RequestResponseCycle | None) -> bool:
+        """Take a request whose app has not started out of uvicorn's pipeline."""
+        for entry in self.pipeline:
+            if entry[0] is cycle:
+                self.pipeline.remove(entry)
+                self._open.remove(cycle)
+                return True
+        return False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and all(cycle.response_complete for cycle in self._open):
+            body, status, request_id = self._refusal
+            self._refusal = None
+            if not self.transport.is_closing():  # not closed by a `Connection: close` answer
+                self._write_problem(body, status, request_id)
+            self.transport.close()
+
+    def _write_problem(self, body: bytes, status: int, request_id: str) -> None:
+        headers = [
+            *self.server_state.default_headers,
+            *_problem_headers(body),
+            (b"x-request-id", request_id.encode()),
+        ]
+        lines = [STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers)]
+        self.transport.write(b"".join(lines) + b"\r\n" + body)
 
     # ------------------------------------------------------------------ stalled writes
     def pause_writing(self) -> None:

@@ -269,6 +269,44 @@ def test_a_request_httptools_cannot_parse_is_a_400_problem(
     assert b"echo" not in data.lower() and b"traceback" not in data.lower()  # nothing sent back
 
 
+def infer_request(body: bytes) -> bytes:
+    return (
+        b"POST /infer HTTP/1.1\r\nHost: t\r\nX-API-Key: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (KEY.encode(), len(body), body)
+    )
+
+
+@pytest.mark.parametrize("refused", MALFORMED.values(), ids=MALFORMED.keys())
+def test_requests_pipelined_before_an_unparseable_one_are_answered_then_it_gets_400(
+    connect: socket.socket, refused: bytes
+) -> None:
+    """In one segment: a probe, an inference, then bytes httptools refuses. The two valid
+    requests are answered in order (they were lost: the connection closed with no answer)."""
+    connect.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        + infer_request(orjson.dumps(digit_document()))
+        + refused
+    )
+    data, _ = until_closed(connect, 10)
+    (probe, _, _), (inference, _, answer), (status, head, body) = responses(data)
+    assert (probe, inference, status) == (200, 200, 400), data
+    assert len(orjson.loads(answer)["outputs"]["probabilities"][0]) == 10
+    assert_problem(head, body, 400, "malformed-request")
+
+
+def test_a_body_longer_than_its_content_length_answers_the_request_then_400(
+    connect: socket.socket,
+) -> None:
+    """The bytes past the declared length are read as the next head, which is not HTTP."""
+    body = orjson.dumps(digit_document())
+    connect.sendall(infer_request(body) + b" trailing bytes\r\n\r\n")
+    data, _ = until_closed(connect, 10)
+    (inference, _, _), (status, head, problem) = responses(data)
+    assert (inference, status) == (200, 400), data
+    assert_problem(head, problem, 400, "malformed-request")
+
+
 def test_a_url_httptools_cannot_parse_under_a_raised_head_limit_is_431(
     connect: socket.socket,
 ) -> None:
