@@ -57,10 +57,10 @@ class SecretFiles(PydanticBaseSettingsSource):
 
 
 def _is_limit(text: str) -> bool:
-    from limits import parse  # as the rate limiter reads it (app.production.ratelimit)
+    from app.production.ratelimit import parse_limit  # as the rate limiter reads it
 
     try:
-        parse(text)
+        parse_limit(text)
     except ValueError:
         return False
     return True

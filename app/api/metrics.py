@@ -56,8 +56,10 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
 def _refuse(request: Request) -> NoReturn:
     """401; past the client's budget of failed authentications (the one API keys use), 429."""
     state = request.app.state
-    if over_failure_budget(request.scope, state.auth_failures, state.metrics, "metrics_token"):
-        raise Problem("rate-limited", "too many failed authentications", headers=retry_after(10))
+    wait_s = over_failure_budget(request.scope, state.auth_failures, state.metrics, "metrics_token")
+    if wait_s is not None:
+        detail = "too many failed authentications"
+        raise Problem("rate-limited", detail, headers=retry_after(wait_s))
     raise Problem(
         "unauthorized", "a valid metrics bearer token is required", headers=_WWW_AUTHENTICATE
     )

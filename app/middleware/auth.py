@@ -60,14 +60,14 @@ class APIKeyMiddleware:
         if isinstance(result, AuthFailure):
             match = _KEY_ID.match(token or "")
             key_id = match.group(1) if match else None
-            if over_failure_budget(
+            wait_s = over_failure_budget(
                 scope, self.failures, self.metrics, result.reason, key_id=key_id
-            ):
+            )
+            if wait_s is not None:
                 # Guessing from this address: refused for a while (a valid key still works,
                 # so clients sharing the address behind a NAT are not locked out).
-                await send_problem(
-                    send, scope, "rate-limited", "too many failed authentications", retry_after(10)
-                )
+                detail = "too many failed authentications"
+                await send_problem(send, scope, "rate-limited", detail, retry_after(wait_s))
                 return
             await send_problem(
                 send, scope, "unauthorized", "a valid API key is required", _WWW_AUTHENTICATE
@@ -101,15 +101,16 @@ def over_failure_budget(
     metrics: Metrics | None,
     reason: str,
     **log_fields: str | None,
-) -> bool:
-    """Record a failed authentication (the metric, a log line naming the client); True once
-    the client's budget of failures is spent (then 429 rather than 401). API keys and the
-    metrics token spend the same budget."""
+) -> float | None:
+    """Record a failed authentication (the metric, a log line naming the client). None while
+    the client's budget of failures lasts (401); once it is spent (429 rather than 401), the
+    seconds until it allows one more. API keys and the metrics token spend the same budget."""
     client = client_address(scope)
     if metrics is not None:
         metrics.auth_failures.labels(reason).inc()
     log.info("authentication failed", extra={"reason": reason, **log_fields, "client": client})
-    return not failures.allow(failure_bucket(client))
+    bucket = failure_bucket(client)
+    return None if failures.allow(bucket) else failures.wait_s(bucket)
 
 
 def client_address(scope: Scope) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import send_problem
+from app.middleware.auth import client_address, failure_bucket
 from app.middleware.context import add_response_headers
 from app.production import RateLimiter
 from app.telemetry.metrics import Metrics
@@ -40,8 +41,8 @@ class RateLimitMiddleware:
         if principal is not None:
             key, limit = f"key:{principal.key_id}", principal.rate_limit or self.default_limit
         else:
-            client = scope.get("client")
-            key, limit = f"addr:{client[0] if client else 'unknown'}", self.default_limit
+            # By IPv6 /64, as failed authentications are: one host usually holds a whole /64.
+            key, limit = f"addr:{failure_bucket(client_address(scope))}", self.default_limit
         decision = await self.limiter.hit(key, limit=limit)
         headers = [
             (b"ratelimit-limit", str(decision.limit).encode()),

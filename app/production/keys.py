@@ -34,7 +34,9 @@ from .ratelimit import parse_limit
 
 logger = logging.getLogger(__name__)
 
-FailureReason = Literal["missing", "malformed", "unknown", "bad_secret", "revoked", "expired"]
+FailureReason = Literal[
+    "missing", "malformed", "unknown", "bad_secret", "revoked", "expired", "invalid_limit"
+]
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
 _KEY = re.compile(r"([a-z][a-z0-9]{0,15})_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
 _MAX_TOKEN = 1024
@@ -265,4 +267,9 @@ class APIKeyAuth:
             return AuthFailure("revoked")
         if record.is_expired():
             return AuthFailure("expired")
+        if not record.has_usable_limit():
+            # Refused rather than served without its limit (or a 500 on every request); the
+            # other keys are unaffected, and the record stays to be fixed, listed or revoked.
+            logger.error("API key %s has a rate limit that cannot be applied", record.id)
+            return AuthFailure("invalid_limit")
         return Principal(record.id, record.owner, record.scopes, record.rate_limit)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from filelock import FileLock
 
+from .ratelimit import parse_limit
+
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
@@ -55,6 +57,15 @@ class KeyRecord:
     expires: float | None = None
     revoked: float | None = None
     rate_limit: str | None = None
+
+    def has_usable_limit(self) -> bool:
+        """Whether `rate_limit` is one the server can apply (or none). A record may hold one it
+        cannot: written by hand into a key file or Redis, or by a version that accepted
+        `2/second;3/minute` (only the first limit counted) or `0/minute`."""
+        try:
+            return self.rate_limit is None or parse_limit(self.rate_limit) is not None
+        except (ValueError, TypeError):  # TypeError: an unhashable value such as a list
+            return False
 
     def is_expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (time.time() if now is None else now) >= self.expires
@@ -146,7 +157,7 @@ class HashedFileKeyStore:
                         "left unchanged: fix or restore it"
                     ) from exc
                 # Keep serving the last good set rather than locking everybody out.
-                logger.error("cannot read key file %s (%s)", self.path, type(exc).__name__)
+                logger.error("cannot read key file %s (%s: %s)", self.path, type(exc).__name__, exc)
             return self._records
 
     def get(self, key_id: str) -> KeyRecord | None:
@@ -250,7 +261,13 @@ class RedisKeyStore:
     def _decode(raw: bytes | str | None) -> KeyRecord | None:
         if raw is None:
             return None
-        return KeyRecord.from_dict(json.loads(raw))
+        try:
+            return KeyRecord.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            # Written by hand past the CLI's checks: no key, rather than a 500 on every use.
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.error("an invalid key record in Redis, refused (%s)", reason)
+            return None
 
     def _async_client(self) -> redis.asyncio.Redis:
         import redis.asyncio

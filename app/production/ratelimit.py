@@ -19,13 +19,14 @@ import asyncio
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -48,10 +49,26 @@ STORAGE_SCHEMES: dict[str, StorageKind] = {
 }
 
 
+# "N per 0 seconds": `limits` reads the 0 as no multiple, i.e. one second.
+_ZERO_PERIODS = re.compile(r"(?:/|per)\s*0+\s*[a-z]", re.IGNORECASE)
+
+
 @functools.lru_cache(maxsize=256)
 def parse_limit(text: str) -> RateLimitItem:
-    """Parse one limit such as `"100/minute"` or `"10 per second"`; ValueError when invalid."""
-    return parse(text)
+    """Parse one limit such as `"100/minute"` or `"10 per 2 seconds"`; ValueError when invalid.
+
+    `limits` also reads several limits (`"2/second;3/minute"`), a zero amount and zero periods;
+    each is refused here: only the first of several limits would be enforced, and a limit of
+    zero would refuse every request for good.
+    """
+    if not isinstance(text, str):
+        raise ValueError("a rate limit is a string such as '100/minute'")
+    items = parse_many(text)
+    if len(items) != 1:
+        raise ValueError(f"one rate limit only, such as '100/minute', not {text!r}")
+    if items[0].amount < 1 or _ZERO_PERIODS.search(text):
+        raise ValueError(f"a rate limit allows at least 1 request in at least 1 period: {text!r}")
+    return items[0]
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,10 @@ class RateLimiter:
         self._async_pool: redis.asyncio.ConnectionPool | None = None
         self._healthy = True
         self._memory = MovingWindow() if self._kind == "memory" else None
+        if self._kind == "redis":
+            # Imported now, not inside the first hit's `timeout_s` (it takes a few hundred ms
+            # on a busy machine, and made every process's first request fail open or closed).
+            import redis.asyncio  # noqa: F401
 
     @classmethod
     def from_string(cls, limit: str, **options: Any) -> RateLimiter:
@@ -215,8 +236,8 @@ class RateLimiter:
         if self._memory is not None:
             return self._decide_sync(item, key)  # no I/O: nothing to await
         try:
+            strategy = self._async_strategy()  # no I/O: the pool connects on first use
             async with asyncio.timeout(self.timeout_s):
-                strategy = self._async_strategy()
                 allowed = await strategy.hit(item, key)
                 stats = await strategy.get_window_stats(item, key)
         except Exception as exc:  # includes TimeoutError: a slow storage is a failed one

@@ -53,6 +53,10 @@ class TokenBucketLimiter:
                 self._buckets.popitem(last=False)
             return allowed
 
+    def wait_s(self, key: str, tokens: float = 1.0) -> float:
+        """Seconds until `key` has `tokens` (0 when it has them now): a Retry-After."""
+        return max(0.0, (tokens - self.available(key)) / self.refill_rate)
+
     def available(self, key: str) -> float:
         with self._lock:
             return self._available(key, self._clock())[0]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -134,4 +138,66 @@ def test_redis_key_store_refuses_a_duplicate_id(redis_server: RedisServer) -> No
     with pytest.raises(ValueError, match="exists"):
         store.add(record)
     assert store.get("0123456789abcdef") == record
+    store.close()
+
+
+def test_the_first_hit_of_a_fresh_process_is_decided_by_redis_not_by_the_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """The redis client's import (a few hundred ms on a busy machine) counted against the
+    first hit's 0.25 s bound, so each process's first request failed closed here."""
+    script = (
+        "import asyncio, sys\n"
+        "from app.production import RateLimiter\n"
+        "limiter = RateLimiter(5, 60, storage_uri=sys.argv[1], fail_open=False)\n"
+        "decision = asyncio.run(limiter.hit('first'))\n"
+        "print(decision.allowed, decision.degraded)\n"
+    )
+    for _ in range(3):
+        done = subprocess.run(  # nosec B603  # this interpreter, fixed code
+            [sys.executable, "-c", script, redis_server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "failure"),
+    [
+        (lambda record: {**record, "rate_limit": "1000/min"}, "invalid_limit"),
+        (lambda record: {"id": record["id"]}, "unknown"),  # no owner, hash...
+        (lambda record: 5, "unknown"),
+    ],
+)
+def test_a_hand_edited_key_record_the_server_cannot_apply_is_refused_not_an_error(
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    edit: Callable[[dict[str, object]], object],
+    failure: str,
+) -> None:
+    import redis
+
+    store = RedisKeyStore(redis_server.url)
+    auth = APIKeyAuth(store=store, pepper=PEPPER)
+    key = auth.create_key("alice", rate_limit="10/minute")
+    client = redis.Redis.from_url(redis_server.url)
+    name = store.prefix + key.split("_")[1]
+    record = json.loads(client.get(name) or b"")
+    client.set(name, json.dumps(edit(record)))
+
+    async def authenticate() -> Principal | AuthFailure:
+        try:
+            return await auth.authenticate(key)
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(authenticate()) == AuthFailure(failure)  # type: ignore[arg-type]
+    assert any(
+        record["id"] in r.getMessage() or "invalid key record" in r.getMessage()
+        for r in caplog.records
+    )
+    client.close()
     store.close()

@@ -339,6 +339,29 @@ def test_a_corrupt_key_file_keeps_the_last_good_keys(
     assert any("cannot read key file" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "rate_limit", ["1000/min", 1000, ["10/minute"], "2/second;3/minute", "0/minute"]
+)
+def test_a_key_whose_limit_cannot_be_applied_is_refused_and_the_others_still_work(
+    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture, rate_limit: object
+) -> None:
+    """A hand-edited limit (or one an earlier version accepted) made every request with that
+    key a bare 500: the limiter raised outside every error handler. That key alone is now
+    refused, logged with its id; the record stays, to be listed, fixed or revoked."""
+    bad = auth.create_key("alice", rate_limit="10/minute")
+    good = auth.create_key("bob", rate_limit="10/minute")
+    document = json.loads(store.path.read_text())
+    bad_record = next(r for r in document["keys"] if r["owner"] == "alice")
+    bad_record["rate_limit"] = rate_limit
+    store.path.write_text(json.dumps(document))
+
+    assert asyncio.run(auth.authenticate(bad)) == AuthFailure("invalid_limit")
+    assert isinstance(asyncio.run(auth.authenticate(good)), Principal)
+    assert any(bad_record["id"] in r.getMessage() for r in caplog.records)
+    assert {r.owner for r in auth.list_keys()} == {"alice", "bob"}
+    assert auth.revoke_id(bad_record["id"])
+
+
 def test_a_corrupt_key_file_is_never_overwritten_by_a_fresh_process(
     auth: APIKeyAuth, store: FileKeyStore
 ) -> None:

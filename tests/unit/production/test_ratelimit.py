@@ -108,6 +108,23 @@ def test_from_string_reads_a_limit_string() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "2/second;3/minute",  # `limits` reads both; only the first would have been enforced
+        "10/second, 100/minute",
+        "0/minute",  # refused every request for good
+        "5 per 0 seconds",  # read by `limits` as 5 per second
+        "1000/min",
+        1000,
+    ],
+)
+def test_a_limit_that_is_not_exactly_one_positive_limit_is_refused(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_limit(text)
+    assert parse_limit("10 per 2 minutes").get_expiry() == 120
+
+
+@pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"max_requests": 0, "window_seconds": 1}, "max_requests"),

@@ -30,6 +30,19 @@ def test_token_bucket_spends_tokens_and_refills_over_time() -> None:
     assert not bucket.allow("u", tokens=11)
 
 
+def test_wait_s_is_the_time_until_the_tokens_are_there() -> None:
+    """A Retry-After: two failures an hour are spent, the next is allowed in 30 minutes."""
+    clock = FakeClock()
+    bucket = TokenBucketLimiter(capacity=2, refill_rate=2 / 3600, clock=clock)
+    assert bucket.wait_s("u") == 0
+    assert bucket.allow("u") and bucket.allow("u") and not bucket.allow("u")
+    assert bucket.wait_s("u") == pytest.approx(1800)
+    clock.now += 1799
+    assert not bucket.allow("u")
+    clock.now += 1
+    assert bucket.allow("u")
+
+
 def test_token_bucket_drops_keys_that_have_been_idle_long_enough_to_refill() -> None:
     clock = FakeClock()
     bucket = TokenBucketLimiter(capacity=4, refill_rate=1, clock=clock)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.middleware.auth import failure_bucket
+from app.middleware.ratelimit import RateLimitMiddleware
+from app.production import RateLimiter
 
 
 @pytest.mark.parametrize(
@@ -22,3 +27,38 @@ def test_an_ipv4_address_counts_alone_and_an_ipv6_one_with_its_64(
     address: str, bucket: str
 ) -> None:
     assert failure_bucket(address) == bucket
+
+
+def test_without_auth_the_rate_limit_counts_an_ipv6_64_as_one_client() -> None:
+    """Counted per address, each of a host's 2**64 addresses had a budget of its own."""
+    app = RateLimitMiddleware(
+        _ok, limiter=RateLimiter(2, 60), default_limit="2/minute", exempt_paths=frozenset()
+    )
+    statuses = [asyncio.run(_status(app, f"2001:db8:1:2::{n}")) for n in range(1, 5)]
+    assert statuses == [200, 200, 429, 429]
+    assert asyncio.run(_status(app, "2001:db8:1:3::1")) == 200  # another /64
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _status(app: ASGIApp, client: str) -> int:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/infer",
+        "headers": [],
+        "client": (client, 1),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
