@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -248,13 +248,23 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: CUDA is not available on this machine")
         return value
 
-    @field_validator("metrics_token")
+    @field_validator("metrics_token", "bootstrap_api_key")
     @classmethod
-    def _token_is_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
-        # An empty token (an empty secret mounted as the _FILE) would make "Bearer " the
-        # password: /metrics would look protected and be open. Unset it, or give it a value.
-        if value is not None and not value.get_secret_value().strip():
-            raise ValueError("the metrics token is empty: unset it or give it a value")
+    def _token_is_usable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # An empty metrics token (an empty secret mounted as the _FILE) would make "Bearer "
+        # the password: /metrics would look protected and be open; an empty bootstrap key left
+        # a development server with no key and no word why. Unset it, or give it a value.
+        what = "the metrics token" if info.field_name == "metrics_token" else "the bootstrap key"
+        if value is None:
+            return value
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(f"{what} is empty: unset it or give it a value")
+        # Headers arrive as bytes that clients encode as they please (curl: UTF-8); a secret
+        # outside printable ASCII matched only some of them, or none. Whitespace around a
+        # header value is not part of it (RFC 9110 5.5).
+        if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
+            raise ValueError(f"{what} must be printable ASCII, without spaces around it")
         return value
 
     @model_validator(mode="after")

@@ -85,7 +85,8 @@ def _token(scope: Scope) -> str | None:
     api_key = bearer = None
     for name, value in scope["headers"]:
         if name == b"x-api-key":
-            api_key = value.decode("latin-1")
+            # httptools keeps trailing whitespace, which is not part of the value (RFC 9110).
+            api_key = value.decode("latin-1").strip(" \t")
         elif name == b"authorization":
             text = value.decode("latin-1")
             scheme, _, credentials = text.partition(" ")

@@ -95,8 +95,15 @@ def dump_records(records: Iterable[KeyRecord]) -> str:
     return json.dumps({"version": FORMAT_VERSION, "keys": keys}, indent=2, sort_keys=True)
 
 
-def load_records(text: str) -> dict[str, KeyRecord]:
-    document = json.loads(text) if text.strip() else {"keys": []}
+def load_records(text: str | None) -> dict[str, KeyRecord]:
+    """The records of a key file's text; None: no file, so no keys. A file that is there but
+    empty (truncated, or an empty Secret) is an error like any other unreadable file, so
+    running servers keep the keys they had rather than refusing every client."""
+    if text is None:
+        return {}
+    if not text.strip():
+        raise ValueError("the key file is empty")
+    document = json.loads(text)
     if not isinstance(document, dict) or document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError("not a Frameworm key file (version 1)")
     return {r.id: r for r in (KeyRecord.from_dict(item) for item in document["keys"])}
@@ -147,7 +154,7 @@ class HashedFileKeyStore:
             if signature == self._signature and not force:
                 return self._records
             try:
-                text = self.path.read_text(encoding="utf-8") if signature else ""
+                text = self.path.read_text(encoding="utf-8") if signature else None
                 self._records = load_records(text)
                 self._signature = signature
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -183,7 +190,9 @@ class FileKeyStore(HashedFileKeyStore):
 
     def __init__(self, path: str | Path, *, refresh_s: float = 1.0) -> None:
         super().__init__(path, refresh_s=refresh_s)
-        # Serialises read-modify-write between processes (the CLI and the server).
+        # Serialises read-modify-write between processes (the CLI and the server). FileLock
+        # would make a missing directory with the umask's mode (0755): made private first.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._file_lock = FileLock(str(self.path) + ".lock", timeout=10)
 
     def add(self, record: KeyRecord) -> None:

@@ -24,8 +24,17 @@ logger = logging.getLogger(__name__)
 _SIGNATURE = re.compile(r"(0|[1-9][0-9]{0,11})\.([0-9a-f]{64})")
 
 
-def _as_bytes(value: bytes | str) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+# What can be signed: a body as bytes, or text (signed as UTF-8).
+Signable = bytes | bytearray | memoryview | str
+
+
+def _as_bytes(value: Signable) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    # Not bytes(value) for anything: bytes(5) is five NUL bytes, and bytes(10**10) 10 GB.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"data to sign must be bytes or str, not {type(value).__name__}")
 
 
 class RequestSigner:
@@ -52,17 +61,19 @@ class RequestSigner:
         self._seen: set[str] = set()
         self._expiries: list[tuple[int, str]] = []  # a heap of (forget after, signature)
 
-    def _mac(self, data: bytes | str, timestamp: int) -> str:
+    def _mac(self, data: Signable, timestamp: int) -> str:
         message = f"{timestamp}.".encode() + _as_bytes(data)
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def sign(self, data: bytes | str, timestamp: int | None = None) -> str:
+    def sign(self, data: Signable, timestamp: int | None = None) -> str:
         stamp = int(time.time()) if timestamp is None else int(timestamp)
         return f"{stamp}.{self._mac(data, stamp)}"
 
-    def verify(self, data: bytes | str, signature: str | None) -> bool:
+    def verify(self, data: Signable, signature: str | None) -> bool:
         """True once per valid, fresh signature; False for anything else (never raises)."""
-        if not isinstance(signature, str):
+        if not isinstance(signature, str) or not isinstance(
+            data, str | bytes | bytearray | memoryview
+        ):
             return False
         match = _SIGNATURE.fullmatch(signature)
         if match is None:

@@ -161,6 +161,25 @@ def test_an_empty_metrics_token_is_refused_not_taken_as_protection(
         Settings()
 
 
+@pytest.mark.parametrize("field", ["bootstrap_api_key", "metrics_token"])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("", "is empty"),  # a development server started with no key and no word why
+        ("  ", "is empty"),
+        ("sécret-" + "k" * 32, "printable ASCII"),  # matched Latin-1 clients only, not curl
+        ("secret-€-" + "k" * 32, "printable ASCII"),  # matched no client at all
+        ("tab\there-" + "k" * 32, "printable ASCII"),
+        (" padded-" + "k" * 32, "printable ASCII"),  # header values lose surrounding spaces
+    ],
+)
+def test_a_header_secret_no_client_could_send_is_refused(
+    field: str, value: str, match: str
+) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Settings(**{field: value})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
 def test_a_device_that_is_not_cpu_or_cuda_is_one_settings_error(device: str) -> None:
     with pytest.raises(ValidationError, match="device"):

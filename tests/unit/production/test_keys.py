@@ -78,6 +78,29 @@ def test_the_key_file_is_private_to_its_owner_and_written_without_leftovers(
     ]
 
 
+def test_the_store_makes_a_missing_key_directory_private(tmp_path: Path) -> None:
+    """FileLock made it first, with the umask's 0755."""
+    store = FileKeyStore(tmp_path / "fresh" / "keys" / "api-keys.json", refresh_s=0)
+    APIKeyAuth(store=store, pepper=PEPPER).create_key("alice")
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("emptied", ["", " \n"])
+def test_an_emptied_key_file_keeps_the_last_good_keys_and_is_an_error_to_the_cli(
+    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture, emptied: str
+) -> None:
+    """An empty file (a truncating copy, an empty Secret) read as "no keys": every client was
+    refused and `keys list` said "(no keys)"."""
+    key = auth.create_key("alice")
+    store.path.write_text(emptied)
+    assert auth.verify_key(key)
+    assert any("cannot read key file" in r.getMessage() for r in caplog.records)
+    with pytest.raises(KeyFileError, match="empty"):
+        auth.list_keys()
+    store.path.unlink()  # no file at all: no keys
+    assert not auth.verify_key(key) and auth.list_keys() == []
+
+
 @pytest.mark.parametrize("token", [None, "", "   ", "garbage", "fw_nothex_abc", 42, "x" * 5000])
 def test_missing_or_garbage_keys_are_refused_without_raising(
     auth: APIKeyAuth, token: object

@@ -74,6 +74,16 @@ def test_malformed_signatures_are_refused_without_raising(signature: object) -> 
     assert RequestSigner(KEY).verify(b"b", signature) is False  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("data", [None, 5, 10**12, {"a": 1}, [1, 2]])
+def test_data_that_is_not_bytes_or_text_is_refused_not_coerced(data: object) -> None:
+    """bytes(5) is five NUL bytes (so 5 signed like them) and bytes(10**12) a terabyte."""
+    signer = RequestSigner(KEY)
+    with pytest.raises(TypeError, match="bytes or str"):
+        signer.sign(data)  # type: ignore[arg-type]
+    assert signer.verify(data, signer.sign(b"\0" * 5)) is False  # type: ignore[arg-type]
+    assert signer.verify(memoryview(b"body"), signer.sign(b"body"))
+
+
 def test_remembered_signatures_are_forgotten_once_their_window_has_passed(
     clock: list[float],
 ) -> None:
