@@ -7,6 +7,7 @@ index (`models.registry.ModelIndex`), so an immutable manifest can be cached and
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -113,6 +114,25 @@ class TensorSpec(_Strict):
             raise ValueError("only the batch dimension may be -1; other dimensions must be >= 1")
         return shape
 
+    @model_validator(mode="after")
+    def _image_fits(self) -> TensorSpec:
+        """An image input is decoded to floats, channels first: a spec that disagrees would be
+        registered and served, and every image refused with a 422 blaming the client."""
+        if self.image is None:
+            return self
+        channels = 1 if self.image.mode == "L" else 3
+        wanted = (-1, channels, self.image.height, self.image.width)
+        if self.shape != wanted:
+            raise ValueError(
+                f"image input {self.name!r}: shape must be {list(wanted)} (batch, channels of "
+                f"mode {self.image.mode}, height, width), not {list(self.shape)}"
+            )
+        if not self.dtype.startswith(("float", "bfloat")):
+            raise ValueError(
+                f"image input {self.name!r}: images are scaled to floats, not {self.dtype}"
+            )
+        return self
+
 
 class ParameterSpec(_Strict):
     """A request parameter the model understands, with its bounds."""
@@ -179,6 +199,15 @@ class ModelManifest(_Strict):
     created_by: str = ""
     description: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def identity(self) -> str:
+        """A digest of what decides this version's outputs: name, version, the artefact's
+        sha256, its architecture, signature, golden checks (everything but who registered it,
+        when, and the free-text notes). Two registries may each hold a `cnn-digits 1.0.0` of
+        their own; what is kept per version across processes (a shared result cache) is kept
+        under this."""
+        notes = {"created", "created_by", "description", "metadata"}
+        return hashlib.sha256(self.model_dump_json(exclude=notes).encode()).hexdigest()
 
     @field_validator("name")
     @classmethod

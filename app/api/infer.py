@@ -156,7 +156,8 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
                 raw = await part.read()
                 inputs.images[name] = [EncodedImage(name, raw, spec.image, part.content_type)]
             else:
-                inputs.add_json(name, *_json_part(name, part, settings))
+                size = len(part) if isinstance(part, str) else 0
+                await off_the_loop_if_large(size, _add_json_part, inputs, name, part, settings)
         inputs.parameters = check_parameters(signature, parameters)
         return inputs
     finally:
@@ -167,6 +168,10 @@ def _is_complete_multipart(body: bytes, content_type: str) -> bool:
     """Whether the body holds its close delimiter, "--BOUNDARY--" (RFC 2046, 5.1.1)."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     return boundary is not None and b"--" + boundary + b"--" in body
+
+
+def _add_json_part(inputs: Inputs, name: str, part: str | UploadFile, settings: Settings) -> None:
+    inputs.add_json(name, *_json_part(name, part, settings))
 
 
 def _json_part(name: str, part: str | UploadFile, settings: Settings) -> tuple[Any, bool]:

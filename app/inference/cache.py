@@ -1,7 +1,9 @@
 """An opt-in result cache for deterministic models (FRAMEWORM_RESULT_CACHE=memory|redis).
 
-Keyed by model name, version, parameters and a hash of the decoded input arrays (dtype and
-shape included), so results are never shared across versions. Only manifests marked
+Keyed by the model version's identity (a digest of its whole manifest: name, version, the
+artefact's sha256, architecture and signature), parameters and a hash of the decoded input
+arrays (dtype and shape included), so results are never shared across versions, nor between
+two registries that each hold a version of the same name. Only manifests marked
 `deterministic` are cached: a generative model drawing from a seedless RNG is not. In memory it
 is an LRU bounded in entries and in bytes; with Redis it is shared by replicas, with a TTL, and
 a slow or down Redis, or an entry it cannot read, is a miss (bounded by a short timeout), never
@@ -26,9 +28,23 @@ from models.manifest import ModelManifest
 log = logging.getLogger("frameworm.cache")
 
 
+# Manifests are frozen: each one's identity is computed once (a few live at a time). Kept with
+# the manifest itself, so that an id reused after it is gone cannot match.
+_IDENTITIES: dict[int, tuple[ModelManifest, str]] = {}
+
+
+def _identity(manifest: ModelManifest) -> str:
+    entry = _IDENTITIES.get(id(manifest))
+    if entry is None or entry[0] is not manifest:
+        if len(_IDENTITIES) >= 64:
+            _IDENTITIES.clear()
+        entry = _IDENTITIES[id(manifest)] = (manifest, manifest.identity())
+    return entry[1]
+
+
 def cache_key(manifest: ModelManifest, arrays: list[np.ndarray], parameters: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{manifest.name}\0{manifest.version}\0".encode())
+    digest.update(f"{_identity(manifest)}\0".encode())
     digest.update(orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS))
     for array in arrays:
         digest.update(f"{array.dtype.str}{array.shape}".encode())

@@ -20,6 +20,9 @@ from app.production import RequestValidator, ValidationError
 from models.manifest import Signature, TensorSpec
 from models.tensors import FLOAT_DTYPES, NUMPY_DTYPES, generate
 
+# torch.finfo(torch.bfloat16).max: larger float32 values are infinity once cast.
+BFLOAT16_MAX = 3.3895313892515355e38
+
 # Which array kinds a spec dtype accepts from JSON: ints are valid floats, not vice versa.
 _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 _PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
@@ -55,27 +58,41 @@ def check_array(name: str, value: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise Problem("invalid-input", f"input {name!r} has shape {list(value.shape)}; {expected}")
     if value.shape[0] < 1:
         raise Problem("invalid-input", f"input {name!r} is empty; {expected}")
-    if target.kind == "f" and value.dtype.kind in "fiu" and _finite_within(value, target):
+    # bfloat16 travels as float32, whose top values are infinity in bfloat16.
+    float_max = BFLOAT16_MAX if spec.dtype == "bfloat16" else None
+    if (
+        target.kind == "f"
+        and value.dtype.kind in "fiu"
+        and _finite_within(value, target, float_max)
+    ):
         return value.astype(target, copy=False)  # the common case, in two reductions
-    check_range(name, value, target, expected)
+    check_range(name, value, target, expected, float_max)
     array = value.astype(target, copy=False)
     if spec.dtype in FLOAT_DTYPES and not spec.allow_non_finite and not np.isfinite(array).all():
         raise Problem("invalid-input", f"input {name!r} contains NaN or infinity, not allowed")
     return array
 
 
-def _finite_within(value: np.ndarray, target: np.dtype[Any]) -> bool:
-    """True when every value is finite and fits `target` (a float type): then the cast is
-    exact enough and no NaN or infinity needs reporting. NaN makes min and max NaN, and every
-    comparison with NaN is False, so a NaN anywhere sends the caller to the precise checks."""
+def _finite_within(value: np.ndarray, target: np.dtype[Any], float_max: float | None) -> bool:
+    """True when every value is finite and fits `target` (a float type; at most `float_max`
+    when given): then the cast is exact enough and no NaN or infinity needs reporting. NaN
+    makes min and max NaN, and every comparison with NaN is False, so a NaN anywhere sends
+    the caller to the precise checks."""
     # A float64 bound, so the comparison happens in float64: a Python float would be cast to a
     # narrower array's dtype (float32's max is infinity in float16, letting infinity through).
-    high = np.float64(np.finfo(target).max)
+    high = np.float64(np.finfo(target).max if float_max is None else float_max)
     return bool(-high <= value.min() and value.max() <= high)
 
 
-def check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: str) -> None:
-    """Values must fit the target dtype: a cast would wrap integers or overflow floats."""
+def check_range(
+    name: str,
+    value: np.ndarray,
+    target: np.dtype[Any],
+    expected: str,
+    float_max: float | None = None,
+) -> None:
+    """Values must fit the target dtype (a float one: up to `float_max` when given, for a type
+    narrower than the one it travels as): a cast would wrap integers or overflow floats."""
     if value.dtype == target or value.dtype.kind == "b" or value.size == 0:
         return
     low: float
@@ -83,10 +100,11 @@ def check_range(name: str, value: np.ndarray, target: np.dtype[Any], expected: s
     if target.kind in "iu":
         info = np.iinfo(target)
         low, high = info.min, info.max
-    elif (
-        target.kind == "f" and value.dtype.itemsize > target.itemsize
-    ) or value.dtype.kind in "iu":
-        low, high = -float(np.finfo(target).max), float(np.finfo(target).max)
+    elif target.kind == "f" and (
+        value.dtype.itemsize > target.itemsize or value.dtype.kind in "iu" or float_max is not None
+    ):
+        high = float(np.finfo(target).max) if float_max is None else float_max
+        low = -high
     else:
         return
     finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
@@ -182,6 +200,11 @@ class Inputs:
             check_items(len(value), self.signature)
             self.images[name] = images_from_json(name, value, spec)
         else:
+            if isinstance(value, list):
+                # Before the conversion, which holds the GIL (every thread waits) for about 0.1
+                # s a million numbers: a request of too many items is refused having cost its
+                # parse alone.
+                check_items(len(value), self.signature)
             self.arrays[name] = array_from_json(name, value, spec, may_hold_bools)
 
     def decode(self) -> Decoded:

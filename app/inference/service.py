@@ -70,7 +70,7 @@ async def run_inference(
     if cache is not None and manifest.deterministic and not decoded.random:
         key = cache_key(manifest, decoded.arrays, decoded.parameters)
         outputs = await cache.get(key)
-        if outputs is not None:
+        if outputs is not None and len(outputs) == len(manifest.signature.outputs):
             served = Served(outputs, manifest.version)
             request.state.served_model, request.state.served_version = manifest.name, served.version
             return served

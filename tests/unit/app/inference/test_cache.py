@@ -44,6 +44,20 @@ def test_the_key_changes_with_the_version_the_input_its_dtype_its_shape_and_the_
     assert base != cache_key(manifest("1.0.0"), [x], {"seed": 1})
 
 
+def test_two_registries_versions_of_the_same_name_and_version_never_share_a_key() -> None:
+    """A Redis cache shared by servers of two registries answered one's `m 1.0.0` with the
+    other's results: the key named the version by its name and number alone."""
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    ours = manifest("1.0.0")
+    base = cache_key(ours, [x], {})
+    assert base != cache_key(ours.model_copy(update={"sha256": "1" * 64}), [x], {})
+    logits = ours.model_copy(update={"family_config": {"softmax": False}})
+    assert base != cache_key(logits, [x], {})
+    # Who registered it, when and with which notes decide nothing about the outputs.
+    notes = {"created_by": "someone else", "description": "the same weights"}
+    assert base == cache_key(ours.model_copy(update=notes), [x], {})
+
+
 def test_outputs_survive_packing_with_their_dtypes_and_shapes() -> None:
     outputs: list[np.ndarray] = [
         np.arange(6, dtype=np.float32).reshape(2, 3),

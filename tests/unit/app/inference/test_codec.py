@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from app.errors import Problem
+from app.inference import codec
 from app.inference.codec import (
     Decoded,
     array_from_json,
@@ -321,6 +322,36 @@ def test_more_items_than_max_items_per_request_are_refused() -> None:
     with refused() as caught:
         decode_infer_json(sig, body({"inputs": {"x": [[0, 0, 0]] * 3}}))
     assert "at most 2" in caught.value.detail
+
+
+def test_too_many_items_are_refused_before_their_numbers_are_converted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Converting 5,000 items of 784 floats held the GIL for about a second (probes waited),
+    and only then was the request refused for its item count."""
+    limit = CNN.max_items_per_request
+    converted: list[str] = []
+
+    def convert(name: str, *args: Any) -> np.ndarray:
+        converted.append(name)
+        return np.zeros(1)
+
+    monkeypatch.setattr(codec, "array_from_json", convert)
+    with refused() as caught:
+        read_infer_json(CNN, body({"inputs": {"image": [[[[0.0]]]] * (limit + 1)}}))
+    assert f"{limit + 1} items in one request; at most {limit}" in caught.value.detail
+    assert converted == []
+
+
+@pytest.mark.parametrize("value", [3.39e38, -3.4e38, 3.4028234e38])
+def test_a_bfloat16_input_past_its_range_is_refused_not_sent_as_infinity(value: float) -> None:
+    """bfloat16 travels as float32, which reaches 3.4028e38; bfloat16 stops at 3.3895e38."""
+    sig = signature(spec("bfloat16", (-1, 2)))
+    with refused() as caught:
+        decode_infer_json(sig, body({"inputs": {"x": [[1.0, value]]}}))
+    assert "out of range" in caught.value.detail
+    (array,) = decode_infer_json(sig, body({"inputs": {"x": [[1.0, 3.38e38]]}})).arrays
+    assert np.isfinite(array).all()
 
 
 def test_too_many_images_are_refused_before_any_is_decoded() -> None:
