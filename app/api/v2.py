@@ -25,6 +25,7 @@ from app.inference.protocol_v2 import (
 )
 from app.inference.runner import ModelRunner
 from app.inference.service import off_the_loop_if_large, run_inference
+from app.telemetry.metrics import Metrics
 from models.manifest import TensorSpec
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
@@ -359,12 +360,30 @@ async def _infer(
     client_deadline = v2.timeout_s is not None and v2.timeout_s < timeout_s
     if v2.timeout_s is not None:
         timeout_s = min(timeout_s, v2.timeout_s)
-    served = await run_inference(
-        request, runner, batcher, v2.decoded, timeout_s, client_deadline=client_deadline
-    )
+    try:
+        served = await run_inference(
+            request, runner, batcher, v2.decoded, timeout_s, client_deadline=client_deadline
+        )
+    except Problem as problem:
+        if client_deadline and problem.code == "deadline-exceeded":
+            _client_deadline_missed(request)
+        raise
     # A switch while the request waited in the queue: the batch ran on the version now served.
     _this_version(served.version, pinned, "that model version stopped serving during the request")
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )
     return Response(body, headers=headers)
+
+
+def _client_deadline_missed(request: Request) -> None:
+    """Count a 504 whose deadline the client chose, shorter than the server's.
+
+    Still 504 (the protocol's answer), but no fault of the server: the error-rate alert, the
+    canary analysis and the dashboard subtract `frameworm_requests_shed_total{reason=
+    "client_deadline"}` from the 5xx, so a client cannot fail a version by asking for 1 us.
+    The batcher has counted the same request under `deadline` too (all deadline misses).
+    """
+    metrics: Metrics | None = request.app.state.metrics
+    if metrics is not None:
+        metrics.shed("client_deadline")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import threading
 from typing import Literal
 from urllib.parse import urlsplit
@@ -103,11 +104,23 @@ def setup_tracing(
     _remember(provider)
     logger.info(
         "tracing to %s over OTLP/%s, the SDK sampling %g of new traces",
-        endpoint,
+        loggable_endpoint(endpoint),
         chosen,
         sample_ratio,
     )
     return provider.get_tracer(service_name)
+
+
+def loggable_endpoint(endpoint: str) -> str:
+    """The endpoint without the credentials a URL may carry (`https://user:password@host`):
+    scheme, host, port and path only (a query may hold a token too), for the log line."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:  # no scheme (`collector:4317`, as gRPC takes it)
+        scheme, rest = "", endpoint
+    # Everything up to the last '@': a password may hold ':', '/', '?' or '#' unencoded, which a
+    # URL parser would take for the port, path or query and leave in place.
+    rest = rest.rpartition("@")[2]
+    return scheme + sep + re.split(r"[?#]", rest, maxsplit=1)[0]
 
 
 def _remember(provider: TracerProvider) -> None:

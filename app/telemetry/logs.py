@@ -6,9 +6,11 @@ import collections
 import contextlib
 import logging
 import re
+import select
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
@@ -16,6 +18,7 @@ import orjson
 
 FLUSH_INTERVAL_S = 0.2
 MAX_PENDING_LINES = 1024  # about 400 KB of access-log lines
+PIPE_BUF = select.PIPE_BUF  # the largest pipe write the kernel keeps whole (4096 on Linux)
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -73,7 +76,8 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     dropped and counted, and the count is logged once lines flow again. A line the stream cannot
     encode (stdout that is not UTF-8, a client's path with accents) is written with its
     non-ASCII characters as JSON escapes instead of failing the batch. Lines stay whole and in
-    order.
+    order, and a batch is written in pieces of at most PIPE_BUF bytes, so workers sharing one
+    stdout pipe never splice their lines.
     """
 
     DROP_FACTOR = 8
@@ -151,11 +155,21 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream.flush()
 
     def _write(self, lines: list[str]) -> None:
-        batch = self.terminator.join(lines) + self.terminator
-        try:
-            self.stream.write(batch)
-        except UnicodeEncodeError:
-            self.stream.write(_escape_non_ascii(batch))
+        """Whole lines, in writes of at most PIPE_BUF bytes (a longer line alone).
+
+        Workers share one stdout pipe, and the kernel keeps a pipe write whole only up to
+        PIPE_BUF bytes: a larger batch could be spliced with another worker's lines, cutting
+        JSON lines in two. Each piece is flushed before the next, so a buffered stream hands
+        it over in one write too (`_write_pending` flushes the last).
+        """
+        for n, piece in enumerate(_pieces(lines, len(self.terminator))):
+            if n:
+                self.stream.flush()
+            try:
+                self.stream.write(self.terminator.join(piece) + self.terminator)
+            except UnicodeEncodeError:
+                # Escapes are longer than the characters they stand for: cut them again.
+                self._write([_escape_non_ascii(line) for line in piece])
 
     def _write_regularly(self) -> None:
         while not self._closing:
@@ -168,6 +182,23 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                     return
                 # A full disk, a broken pipe: these lines are lost, later ones may not be.
                 sys.stderr.write(f"frameworm: writing log lines failed: {exc!r}\n")
+
+
+def _pieces(lines: list[str], terminator_bytes: int) -> Iterator[list[str]]:
+    """`lines` in order, cut into runs of at most PIPE_BUF bytes as UTF-8, terminators counted;
+    a line longer than that is a run of its own."""
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line) if line.isascii() else len(line.encode(errors="surrogatepass"))
+        length += terminator_bytes
+        if piece and size + length > PIPE_BUF:
+            yield piece
+            piece, size = [], 0
+        piece.append(line)
+        size += length
+    if piece:
+        yield piece
 
 
 def _dropped_record(count: int) -> logging.LogRecord:

@@ -2,8 +2,9 @@
 
 Off (no endpoint) costs nothing: no middleware, no spans. On: W3C `traceparent` is honoured
 on the way in (parent-based sampling continues a sampled caller's trace), `traceresponse` goes
-out, probes and /metrics are not traced, and the batcher adds spans for the queue wait and the
-forward pass, the latter linked to every request it served.
+out, probes and /metrics are not traced, spans carry the URL without its query string (a
+client may put a key there), and the batcher adds spans for the queue wait and the forward
+pass, the latter linked to every request it served.
 
 The sampling decision is taken first, by `TraceSampling`, so an unsampled request (99% of them
 at the default ratio) skips the OpenTelemetry middleware altogether: it would otherwise build
@@ -53,6 +54,30 @@ def name_span_by_route(scope: Scope) -> None:
         span.set_attribute("http.route", route)
 
 
+# Span attributes the ASGI instrumentation may copy from the raw URL, query included, by
+# semantic-conventions version (the old `http.*`, the new `url.*`, or both when
+# OTEL_SEMCONV_STABILITY_OPT_IN asks).
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
+
+
+def without_query(span: trace.Span, scope: Scope) -> None:
+    """`server_request_hook`: the span's copies of the URL lose the query string.
+
+    A client may put a secret there (`?api_key=...`: the server reads keys from headers only,
+    but a misconfigured client sends it anyway), and spans leave the server for the collector.
+    Only the span's attributes change: the app still sees the query as it was sent.
+    """
+    if not scope.get("query_string") or not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str) and "?" in value:
+            span.set_attribute(name, value.split("?", 1)[0])
+    if "url.query" in attributes:  # an attribute cannot be removed
+        span.set_attribute("url.query", "REDACTED")
+
+
 class TraceSampling:
     """Parent-based ratio sampling in front of the OpenTelemetry middleware.
 
@@ -68,6 +93,7 @@ class TraceSampling:
             app,
             excluded_urls=parse_excluded_urls(EXCLUDED_URLS),
             default_span_details=span_details,
+            server_request_hook=without_query,
             tracer_provider=current_provider(),
             exclude_spans=["receive", "send"],
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,18 @@ def settings(manifests: list[Manifest]) -> dict[str, str]:
     assert len(configmaps) == 1
     data: dict[str, str] = configmaps[0]["data"]
     return data
+
+
+def assert_promql_cases(promtool: str, path: Path, cases: list[dict[str, Any]]) -> None:
+    """Run promtool's unit tests `cases` (each with its input series and PromQL expectations),
+    written to `path`; fail with promtool's output unless every case holds."""
+    document = {"rule_files": [], "evaluation_interval": "15s", "tests": cases}
+    path.write_text(yaml.safe_dump(document))
+    result = subprocess.run(  # nosec B603  # promtool, found on PATH by the caller
+        [promtool, "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

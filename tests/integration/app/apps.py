@@ -83,6 +83,14 @@ class AppClient:
         self._portal.call(self._client.aclose)
 
 
+def sample(client: AppClient, series: str) -> float:
+    """A series' value on /metrics (`name{label="value"}` as exposed), 0 before it exists."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def wait_ready(client: AppClient, timeout_s: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.app.apps import AppClient, app_settings, running_app
+from tests.integration.app.apps import AppClient, app_settings, running_app, sample
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,7 @@ def cached_decoder(seeded_registry: Path) -> Iterator[AppClient]:
 
 
 def counter(client: AppClient, result: str) -> float:
-    text = client.get("/metrics").text
-    for line in text.splitlines():
-        if line.startswith(f'frameworm_result_cache_requests_total{{result="{result}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return sample(client, f'frameworm_result_cache_requests_total{{result="{result}"}}')
 
 
 def test_a_repeated_input_is_answered_from_the_cache_with_the_same_outputs(

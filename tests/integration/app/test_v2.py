@@ -15,7 +15,7 @@ from PIL import Image
 
 from models.demo import sample_png
 from models.registry import ModelRegistry
-from tests.integration.app.apps import AppClient, app_settings, running_app
+from tests.integration.app.apps import AppClient, app_settings, running_app, sample
 from tests.support.models import MODEL, register_mlp, register_slow
 
 INFER = "/v2/models/cnn-digits/infer"
@@ -143,6 +143,30 @@ def test_a_timeout_of_one_microsecond_is_504(cnn: AppClient) -> None:
     body = response.json()
     assert body["code"] == "deadline-exceeded"
     assert body["error"] == body["detail"]
+
+
+def shed(client: AppClient, reason: str) -> float:
+    return sample(client, f'frameworm_requests_shed_total{{reason="{reason}"}}')
+
+
+def test_a_miss_of_the_client_s_own_deadline_is_counted_as_client_deadline(
+    cnn: AppClient,
+) -> None:
+    """Alerts and canary analysis subtract these from the 5xx: no client can fail a version."""
+    before = shed(cnn, "client_deadline")
+    response = cnn.post(INFER, json=json_request(1, parameters={"timeout": 1}))
+    assert response.status_code == 504
+    assert shed(cnn, "client_deadline") == before + 1
+
+
+def test_a_miss_of_the_server_s_deadline_is_no_client_deadline(seeded_registry: Path) -> None:
+    settings = app_settings(seeded_registry, model="cnn-digits", request_timeout_ms=0.001)
+    with running_app(settings) as client:
+        for parameters in ({}, {"timeout": 60_000_000}):  # none, or longer than the server's
+            response = client.post(INFER, json=json_request(1, parameters=parameters))
+            assert response.status_code == 504
+        assert shed(client, "deadline") == 2
+        assert shed(client, "client_deadline") == 0
 
 
 def test_an_unknown_datatype_is_422_with_the_error_member(cnn: AppClient) -> None:

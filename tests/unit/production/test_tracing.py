@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,12 @@ import pytest
 from opentelemetry import trace
 
 from app.production import setup_tracing, shutdown_tracing
-from app.production.tracing import _exporter, current_provider, resolve_protocol
+from app.production.tracing import (
+    _exporter,
+    current_provider,
+    loggable_endpoint,
+    resolve_protocol,
+)
 from tests.support import free_port
 
 
@@ -53,6 +59,36 @@ def test_the_protocol_follows_the_port_unless_named(
 def test_an_unknown_protocol_is_refused() -> None:
     with pytest.raises(ValueError, match="protocol"):
         resolve_protocol("http://x:4317", "udp")  # type: ignore[arg-type]
+
+
+def test_the_log_line_names_the_collector_without_its_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.production.tracing")
+    port = free_port()
+    setup_tracing(
+        "svc",
+        f"http://otel-user:s3cr3t@127.0.0.1:{port}/otlp",
+        protocol="http",
+        export_timeout_s=0.2,
+    )
+    assert f"tracing to http://127.0.0.1:{port}/otlp over OTLP/http" in caplog.text
+    assert "s3cr3t" not in caplog.text and "otel-user" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "logged"),
+    [
+        ("https://u:p%40ss@collector:4318/v1/traces?token=t#f", "https://collector:4318/v1/traces"),
+        ("http://u:p@[fd00::1]:4317", "http://[fd00::1]:4317"),
+        ("https://u:p/a?b#c@collector", "https://collector"),  # unencoded, still hidden
+        ("u:p@collector:4317", "collector:4317"),  # gRPC's form without a scheme
+        ("collector:4317", "collector:4317"),
+        ("http://collector:4318", "http://collector:4318"),
+    ],
+)
+def test_loggable_endpoint_keeps_scheme_host_port_and_path(endpoint: str, logged: str) -> None:
+    assert loggable_endpoint(endpoint) == logged
 
 
 def test_the_http_exporter_posts_to_the_v1_traces_path() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -199,6 +201,43 @@ def test_a_line_the_stream_cannot_encode_is_escaped_and_the_batch_survives() -> 
     lines = [json.loads(line) for line in raw.getvalue().decode("ascii").splitlines()]
     assert [line["message"] for line in lines] == ["ok", "path", "still ok", "after"]
     assert lines[1]["path"] == "/caf\u00e9 \U0001f600"
+
+
+class RecordingRaw(io.RawIOBase):
+    """A raw stream (a pipe's file descriptor) that records each write system call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(self.writes[-1])
+
+
+@pytest.mark.parametrize("unbuffered", [True, False])  # PYTHONUNBUFFERED=1, as images set it
+def test_each_write_is_whole_lines_within_pipe_buf_so_workers_cannot_splice_them(
+    unbuffered: bool,
+) -> None:
+    """Workers share one stdout pipe; the kernel keeps a write whole only up to PIPE_BUF."""
+    raw = RecordingRaw()
+    # With -u (PYTHONUNBUFFERED), sys.stdout writes through to the raw file itself.
+    buffer = cast(io.BufferedWriter, raw) if unbuffered else io.BufferedWriter(raw)
+    stream = io.TextIOWrapper(buffer, encoding="utf-8", write_through=unbuffered)
+    handler = BatchedStreamHandler(stream, interval_s=3600)
+    lines = [f'{{"i": {i}, "pad": "{"x" * 300}"}}' for i in range(50)]
+    lines.insert(20, "y" * 10_000)  # longer than PIPE_BUF: written alone
+    lines.insert(21, "\u00e9" * 1900)  # 1900 characters, 3800 bytes: measured in bytes
+    for line in lines:
+        handler.write_line(line)
+    handler.close()
+    assert b"".join(raw.writes).decode().split("\n") == [*lines, ""]
+    assert len(raw.writes) > 1
+    for write in raw.writes:
+        assert write.endswith(b"\n")
+        assert len(write) <= select.PIPE_BUF or write.count(b"\n") == 1
 
 
 def test_the_timed_flush_writes_pending_lines_without_new_records() -> None:
