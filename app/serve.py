@@ -93,10 +93,19 @@ class DrainingServer(uvicorn.Server):
             # Before the drain a SIGINT is the group's Ctrl-C, which the supervisor answers
             # with SIGTERM; during it a SIGTERM is the same stop reaching this worker twice.
             return
-        if self._loop is None or draining:
-            self.should_exit = self.force_exit = True  # second signal, or before startup
+        if self._loop is None:
+            self.should_exit = self.force_exit = True  # before startup
             return
-        self._loop.call_soon_threadsafe(self.begin_drain)
+        self._loop.call_soon_threadsafe(self._force_exit if draining else self.begin_drain)
+
+    def _force_exit(self) -> None:
+        """The second signal: exit now, after answering what is still open 503 `shutting-down`
+        (uvicorn cancels what is left, and answers each with a bare 500 and a traceback)."""
+        shedding = self._shedding or self._start_shedding()
+        shedding.add_done_callback(lambda _: self._exit_now())
+
+    def _exit_now(self) -> None:
+        self.should_exit = self.force_exit = True
 
     def begin_drain(self) -> None:
         if not self.lifecycle.begin_drain():
@@ -111,9 +120,10 @@ class DrainingServer(uvicorn.Server):
         loop.call_later(delay, self._close_listener)
         loop.call_later(delay + timeout, self._start_shedding)
 
-    def _start_shedding(self) -> None:
+    def _start_shedding(self) -> asyncio.Task[None]:
         # Referenced until done: the loop holds tasks weakly, and this one must run to the end.
         self._shedding = asyncio.get_running_loop().create_task(self._shed_stragglers())
+        return self._shedding
 
     def _close_listener(self) -> None:
         log.info("drain: closing the listener")

@@ -190,6 +190,14 @@ class DynamicBatcher:
             if self._tracer is not None and pending.dispatched_ns and sampled(pending.span):
                 record_queue_wait(self._tracer, pending.enqueued_ns, pending.dispatched_ns)
             return served
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # A forced exit (a second SIGTERM) cancels the requests left, its batch still in
+            # the forward pass: answered like the rest of a shutdown, not uvicorn's bare 500.
+            raise Problem(
+                "shutting-down", "the server is shutting down", headers=retry_after(1)
+            ) from None
         finally:
             expiry.cancel()
             self._observer.admitted(-1)

@@ -218,6 +218,48 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(
     assert '"level":"error"' not in logs.replace(" ", ""), logs  # no traceback: it was asked for
 
 
+def test_requests_left_at_a_second_sigterm_get_503_problems_not_bare_500s(
+    tmp_path: Path, slow_registry: Path
+) -> None:
+    """uvicorn cancels what is still running at a forced exit and answers each with its own
+    text/plain 500 and a logged traceback: queued requests and the one in the forward pass."""
+    env = {
+        "FRAMEWORM_DRAIN_DELAY_S": "30",
+        "FRAMEWORM_MAX_BATCH_SIZE": "1",
+        "FRAMEWORM_REQUEST_TIMEOUT_MS": "60000",
+        "FRAMEWORM_TORCH_THREADS": "1",
+    }
+    server = launch(tmp_path, slow_registry, env)
+
+    async def scenario() -> tuple[Load, int]:
+        load = Load(server.url, clients=12)
+        load.start()
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            deadline = time.monotonic() + 30
+            while await metric(client, "frameworm_queue_depth") < 8:
+                assert time.monotonic() < deadline, "the requests never queued up"
+                await asyncio.sleep(0.05)
+        load.stop_sending()
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        await load.finish()
+        return load, await wait_exit(server)
+
+    try:
+        server.wait_ready(90)
+        load, code = asyncio.run(scenario())
+    finally:
+        stop(server)
+    logs = server.logs()
+    shed = [o for o in load.outcomes if o.status == 503]
+    assert set(load.statuses()) <= {200, 503}, (load.statuses(), logs)
+    assert len(shed) >= 8, load.statuses()
+    assert all(o.code == "shutting-down" and o.retry_after for o in shed), shed
+    assert "Exception in ASGI application" not in logs, logs
+    assert code == 0, logs
+
+
 def test_a_body_still_arriving_at_the_shutdown_deadline_gets_a_503_problem_not_a_500(
     tmp_path: Path, tiny_registry: Path
 ) -> None:
