@@ -125,6 +125,19 @@ def test_sigterm_under_64_clients_fails_no_request_and_exits_0(
     record_property("drain_duration_s", round(exited - signalled, 3))
 
 
+async def queued_up(url: str, clients: int, depth: int) -> Load:
+    """`clients` sending requests until `depth` of them wait in the queue; then no more."""
+    load = Load(url, clients=clients)
+    load.start()
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        deadline = time.monotonic() + 30
+        while await metric(client, "frameworm_queue_depth") < depth:
+            assert time.monotonic() < deadline, "the requests never queued up"
+            await asyncio.sleep(0.05)
+    load.stop_sending()
+    return load
+
+
 @dataclass(frozen=True)
 class PastTheDeadline:
     """24 one-item requests queued on a slow model, then SIGTERM with a 1 s shutdown timeout."""
@@ -150,14 +163,7 @@ def past_the_deadline(
     server = launch(tmp_path_factory.mktemp("past-the-deadline"), slow_registry, env)
 
     async def scenario() -> PastTheDeadline:
-        load = Load(server.url, clients=24)
-        load.start()
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-            deadline = time.monotonic() + 30
-            while await metric(client, "frameworm_queue_depth") < 16:
-                assert time.monotonic() < deadline, "the requests never queued up"
-                await asyncio.sleep(0.05)
-        load.stop_sending()
+        load = await queued_up(server.url, clients=24, depth=16)
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         await load.finish()
@@ -232,14 +238,7 @@ def test_requests_left_at_a_second_sigterm_get_503_problems_not_bare_500s(
     server = launch(tmp_path, slow_registry, env)
 
     async def scenario() -> tuple[Load, int]:
-        load = Load(server.url, clients=12)
-        load.start()
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-            deadline = time.monotonic() + 30
-            while await metric(client, "frameworm_queue_depth") < 8:
-                assert time.monotonic() < deadline, "the requests never queued up"
-                await asyncio.sleep(0.05)
-        load.stop_sending()
+        load = await queued_up(server.url, clients=12, depth=8)
         server.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
