@@ -42,6 +42,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from app.config import Settings
 from app.connection import bounded_protocol
+from app.inference.host import LOAD_THREAD
 from app.lifespan import Lifecycle
 from app.main import create_app
 from app.production import APIKeyAuth
@@ -245,9 +246,16 @@ def serve_one(
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         detach_server()
-    if server.exit_code == 0 and not server.started:
-        return 1  # e.g. the port was taken; uvicorn has logged why
-    return server.exit_code
+    code = 1 if server.exit_code == 0 and not server.started else server.exit_code
+    if any(t.name == LOAD_THREAD and t.is_alive() for t in threading.enumerate()):
+        # A load the drain abandoned (a SIGTERM during start-up or a switch) is still inside
+        # torch: the interpreter's exit would tear torch down under it, and the C++ runtime
+        # aborts the process (SIGABRT, exit 134). Its result is unwanted: exit without
+        # finalization, the logs flushed first (the drain has flushed the telemetry).
+        log.info("a model load abandoned by the drain is still running; not waiting for it")
+        logging.shutdown()
+        os._exit(code)
+    return code  # 1: e.g. the port was taken, which uvicorn has logged
 
 
 def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:

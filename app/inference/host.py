@@ -45,6 +45,8 @@ def kind_of(exc: BaseException) -> str:
 
 
 log = logging.getLogger("frameworm.model")
+# The thread a version loads on: a drain abandons it, and the process must not wait for it.
+LOAD_THREAD = "frameworm-model-load"
 
 State = Literal["loading", "ready", "failed"]
 
@@ -153,7 +155,7 @@ class ModelHost:
             except RuntimeError:  # the loop has closed: nobody will take the runner
                 _release(outcome)
 
-        threading.Thread(target=load, name="frameworm-model-load", daemon=True).start()
+        threading.Thread(target=load, name=LOAD_THREAD, daemon=True).start()
         return await future
 
     def prepare(self, manifest: ModelManifest | None = None) -> ModelRunner:

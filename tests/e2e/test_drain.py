@@ -18,7 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from safetensors.torch import save_file
 
+from models.demo import seed_demo
+from models.families import build_model
 from models.registry import ModelRegistry
 from tests.support.models import MODEL, register_mlp, register_slow
 from tests.support.process import Load, launch, metric, running, stop, wait_exit
@@ -291,3 +294,44 @@ def test_a_body_still_arriving_at_the_shutdown_deadline_gets_a_503_problem_not_a
     assert b"application/problem+json" in answer and b"retry-after" in answer.lower()
     assert code == 0, logs
     assert "Exception in ASGI application" not in logs, logs
+
+
+def test_a_sigterm_while_a_large_model_loads_exits_0_not_an_abort(tmp_path: Path) -> None:
+    """The drain abandons a load, whose thread may still be inside torch when the process
+    ends: the interpreter's exit then tore torch down under it ("terminate called without an
+    active exception", SIGABRT, exit 134), for most SIGTERMs in the first seconds of a 200 MB
+    model's load."""
+    demo = ModelRegistry(tmp_path / "demo")
+    seed_demo(demo)
+    cnn = demo.resolve("cnn-digits", "production")
+    config = {**cnn.family_config, "channels": [64, 128, 256], "hidden": 4096}
+    weights = tmp_path / "big.safetensors"
+    state = build_model("cnn", config).state_dict()
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, weights)
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(
+        "big-cnn",
+        "1.0.0",
+        weights,
+        format="safetensors",
+        signature=cnn.signature,
+        family="cnn",
+        family_config=config,
+        actor="tests",
+    )
+    registry.promote("big-cnn", "1.0.0", "production", actor="tests")
+    codes, logs = [], ""
+    for attempt in range(3):
+        (tmp_path / f"attempt-{attempt}").mkdir()
+        env = {"FRAMEWORM_MODEL": "big-cnn", "FRAMEWORM_TORCH_THREADS": "1"}
+        server = launch(tmp_path / f"attempt-{attempt}", tmp_path / "registry", env)
+        try:
+            server.wait_live(60)
+            time.sleep(0.3 * attempt)  # verifying, reading, converting: all inside the load
+            server.process.send_signal(signal.SIGTERM)
+            codes.append(server.process.wait(30))
+        finally:
+            stop(server)
+        logs += server.logs()
+    assert codes == [0, 0, 0], logs[-3000:]
+    assert "terminate called" not in logs
