@@ -125,7 +125,13 @@ def build_middleware(
     public = PUBLIC_PATHS | ({"/docs", "/openapi.json"} if settings.enable_docs else set())
     # Tracing first, so the access-log line (context) is written inside the request's span.
     stack = [tracing] if tracing is not None else []
-    stack.append(Middleware(RequestContextMiddleware, quiet_paths=QUIET_PATHS))
+    stack.append(
+        Middleware(
+            RequestContextMiddleware,
+            quiet_paths=QUIET_PATHS,
+            draining=lambda: lifecycle.shutdown.is_shutting_down,
+        )
+    )
     if metrics is not None:
         stack.append(
             Middleware(

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,9 +59,19 @@ def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> No
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        quiet_paths: frozenset[str] = frozenset(),
+        draining: Callable[[], bool] | None = None,
+    ) -> None:
         self.app = app
         self.quiet_paths = quiet_paths  # probes and /metrics: not access-logged at info
+        # Once the drain has begun, each answer closes its connection: a kept-alive one would
+        # be closed with the listener, racing the client's next request on it (a POST that
+        # meets a reset is lost; clients do not resend it).
+        self.draining = draining
         # Request ids: 32 hex digits, a random per-process prefix and a counter. Unique, and
         # cheaper than a uuid4 (an os.urandom call) per request; they are ids, not secrets.
         self._prefix = uuid.uuid4().hex[:16]
@@ -91,6 +102,8 @@ class RequestContextMiddleware:
                 headers += DOCS_SECURITY_HEADERS if _is_docs(scope) else SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
                 headers += state.get(RESPONSE_HEADERS, ())
+                if self.draining is not None and self.draining():
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
