@@ -344,15 +344,17 @@ def test_during_the_drain_every_answer_closes_its_connection(
     on it: a POST that meets a reset is lost (3 in 716 here). Told to close, clients open a new
     connection, which the closed listener refuses before anything is sent (safe to retry)."""
     document = {"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}}
-    with running(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "10"}) as server:
-        with httpx.Client(base_url=server.url, timeout=5) as client:
-            before = client.post("/infer", json=document)
-            server.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while (probe := client.get("/readyz")).status_code != 503:
-                assert time.monotonic() < deadline, "the drain never started"
-                time.sleep(POLL_S)
-            during = client.post("/infer", json=document)
+    with (
+        running(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "10"}) as server,
+        httpx.Client(base_url=server.url, timeout=5) as client,
+    ):
+        before = client.post("/infer", json=document)
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while (probe := client.get("/readyz")).status_code != 503:
+            assert time.monotonic() < deadline, "the drain never started"
+            time.sleep(POLL_S)
+        during = client.post("/infer", json=document)
     assert before.status_code == during.status_code == 200
     assert "connection" not in before.headers
     assert probe.headers["connection"] == during.headers["connection"] == "close"
