@@ -189,7 +189,31 @@ def call_bounded(fn: Handler | ThreadCall, bound: float) -> Coroutine[Any, Any, 
         except BaseException as exc:  # reported, never propagated: see above
             return None, exc
 
-    return asyncio.wait_for(call(), bound)
+    return _within(call(), bound)
+
+
+# Calls cancelled at their bound and still running (their clean-up awaits something): kept
+# referenced until they end, since the loop holds tasks weakly.
+_ABANDONED: set[asyncio.Task[Outcome]] = set()
+
+
+async def _within(call: Coroutine[Any, Any, Outcome], bound: float) -> Outcome:
+    """`call`'s outcome, or TimeoutError at `bound`. Not asyncio.wait_for: past its timeout that
+    cancels and then waits for the call to end, however long its clean-up takes (a `finally:
+    await client.aclose()` on the dependency that hung), and returns a late result as if in
+    time. Here a call past its bound is cancelled and left behind."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=bound)
+    except asyncio.CancelledError:
+        task.cancel()  # the caller's own cancellation: the call goes with it
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    _ABANDONED.add(task)
+    task.add_done_callback(_ABANDONED.discard)
+    raise TimeoutError(f"not done within {bound:g}s")
 
 
 def _to_completion(fn: Handler) -> Handler:

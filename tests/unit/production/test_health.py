@@ -387,3 +387,22 @@ def test_a_numpy_array_result_is_unhealthy() -> None:
     health.add_readiness_check("array", lambda: numpy.array([1, 1]))
     assert health.is_ready() is False
     assert asyncio.run(health.ais_ready()) is False
+
+
+def test_an_async_check_that_answers_after_its_bound_is_timed_out_not_healthy() -> None:
+    """Cancelled at its bound, the check went on (its clean-up awaited for 2 s) and answered
+    True: asyncio.wait_for waited for it and passed the late answer on as healthy."""
+
+    async def check() -> bool:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(2)
+        return True
+
+    checker = HealthChecker(check_timeout_s=0.2)
+    checker.add_readiness_check("db", check)
+    started = time.monotonic()
+    assert asyncio.run(checker.ais_ready()) is False
+    assert time.monotonic() - started < 1.5
+    assert "timed out" in checker.results("readiness")["db"].message

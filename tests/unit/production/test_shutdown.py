@@ -486,3 +486,25 @@ def test_taking_over_a_loop_s_signal_runs_async_hooks_on_that_loop_and_chains_on
             shutdown.stop()
 
     asyncio.run(main())
+
+
+async def _stubborn() -> None:
+    """A hook whose clean-up, once cancelled, awaits the dependency that hung it."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.sleep(3)
+        raise
+
+
+def test_an_async_hook_that_delays_its_cancellation_is_abandoned_at_its_bound() -> None:
+    """asyncio.wait_for waited for the cancelled hook's clean-up (3 s here, past a 0.2 s
+    bound) before the next hook could run."""
+    shutdown = GracefulShutdown(timeout=1, handler_timeout=0.2)
+    ran: list[float] = []
+    shutdown.on_shutdown(_stubborn)
+    started = time.monotonic()
+    shutdown.on_shutdown(lambda: ran.append(time.monotonic() - started))
+
+    asyncio.run(shutdown.run_handlers())
+    assert ran and ran[0] < 1.5
