@@ -93,14 +93,31 @@ class StageFollower:
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.settings.follow_interval_s)
             try:
                 await self.check_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a registry hiccup must not end the loop
-                log.exception("following the stage alias failed; will retry")
+            except Exception as exc:  # a registry hiccup must not end the loop
+                # Said once per outage (a poll every few seconds would flood the log), and in
+                # /readyz?verbose for as long as it lasts.
+                self.last_event = f"cannot follow the stage alias: {kind_of(exc)}; retrying"
+                if not failing:
+                    log.error(
+                        "following the stage alias failed (%s); retrying every %gs",
+                        exc,
+                        self.settings.follow_interval_s,
+                        exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS),
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("following the stage alias again")
+                    if self.last_event.startswith("cannot follow"):
+                        self.last_event = "following the stage alias"
+                failing = False
 
     async def check_once(self) -> None:
         await self._finish_observation_if_due()
@@ -120,10 +137,13 @@ class StageFollower:
             return
         if target == self.pinned_against:
             return  # rolled back from it; wait for the alias to move again
-        await self.switch_to(target)
+        # An operator's `registry rollback` already chose where to go back to: the version it
+        # left is not kept as a fallback, so no automatic rollback can return to it.
+        rolled_back = move[1] >= 0 and index.history[move[1]].action == "rollback"
+        await self.switch_to(target, keep_fallback=not rolled_back)
 
     # ------------------------------------------------------------------ switching
-    async def switch_to(self, version: str) -> bool:
+    async def switch_to(self, version: str, *, keep_fallback: bool = True) -> bool:
         serving = self.host.manifest
         try:
             manifest = await asyncio.to_thread(
@@ -160,7 +180,7 @@ class StageFollower:
             await asyncio.to_thread(superseded.previous.close)
         if previous is None:
             return True
-        if self.settings.auto_rollback:
+        if self.settings.auto_rollback and keep_fallback:
             self._observing = _Observation(
                 previous,
                 version,

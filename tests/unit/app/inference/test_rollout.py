@@ -46,6 +46,9 @@ class FakeRegistry:
     def promote(self, version: str) -> None:
         move_alias(self.ix, "production", version, "promote", "tester", "")
 
+    def rollback(self, version: str) -> None:
+        move_alias(self.ix, "production", version, "rollback", "tester", "")
+
 
 @dataclass
 class FakeHost:
@@ -190,3 +193,52 @@ def test_a_refused_version_is_tried_again_once_the_alias_is_set_again(tmp_path: 
         assert serving(host) == "B" and not stage.refused
 
     asyncio.run(main())
+
+
+def test_after_an_operators_rollback_no_automatic_rollback_returns_to_what_was_left(
+    tmp_path: Path,
+) -> None:
+    """`registry rollback` from B to A was a switch like any other: B was kept as A's fallback,
+    and A's first breach served B again, pinned, against the operator's choice."""
+    stage, host = follower(tmp_path, rollback_max_error_rate=0.1)
+    registry = host.registry
+
+    async def main() -> None:
+        registry.promote("A")
+        await stage.check_once()
+        registry.promote("B")
+        await stage.check_once()
+        registry.rollback("A")  # the operator goes back
+        await stage.check_once()
+        assert serving(host) == "A" and host.made["B"].closed  # nothing kept to return to
+        stage.record("A", False, 0.01)
+        await stage.rollbacks_done()
+        assert serving(host) == "A"
+
+    asyncio.run(main())
+
+
+def test_an_unreadable_registry_is_said_once_and_shown_while_it_lasts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A traceback every poll (20 lines every 0.5 s), while /readyz?verbose kept the last event."""
+    stage, host = follower(tmp_path, follow_interval_s=0.01)
+    broken = RegistryError("index.json is not valid JSON")
+
+    def unreadable(model: str) -> ModelIndex:
+        raise broken
+
+    async def main() -> None:
+        task = asyncio.create_task(stage.run())
+        await asyncio.sleep(0.2)
+        assert stage.last_event.startswith("cannot follow the stage alias: RegistryError")
+        host.registry.index = lambda model: ModelIndex(name="m")  # type: ignore[method-assign]
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    host.registry.index = unreadable  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="frameworm"):
+        asyncio.run(main())
+    failures = [r for r in caplog.records if "following the stage alias failed" in r.getMessage()]
+    assert len(failures) == 1 and not failures[0].exc_info  # one line, no traceback
+    assert stage.last_event == "following the stage alias"
