@@ -147,6 +147,13 @@ def serving(host: FakeHost) -> str:
     return host.runner.manifest.version
 
 
+async def promote_a_then_b(stage: StageFollower, registry: FakeRegistry) -> None:
+    """The alias set to A, then to B, each followed."""
+    for version in ("A", "B"):
+        registry.promote(version)
+        await stage.check_once()
+
+
 def test_a_rollback_pin_lasts_until_the_alias_is_set_again_even_to_the_serving_version(
     tmp_path: Path,
 ) -> None:
@@ -154,10 +161,7 @@ def test_a_rollback_pin_lasts_until_the_alias_is_set_again_even_to_the_serving_v
     registry = host.registry
 
     async def main() -> None:
-        registry.promote("A")
-        await stage.check_once()
-        registry.promote("B")
-        await stage.check_once()
+        await promote_a_then_b(stage, registry)
         assert serving(host) == "B"
         stage.record("B", False, 0.01)
         await stage.rollbacks_done()
@@ -204,10 +208,7 @@ def test_after_an_operators_rollback_no_automatic_rollback_returns_to_what_was_l
     registry = host.registry
 
     async def main() -> None:
-        registry.promote("A")
-        await stage.check_once()
-        registry.promote("B")
-        await stage.check_once()
+        await promote_a_then_b(stage, registry)
         registry.rollback("A")  # the operator goes back
         await stage.check_once()
         assert serving(host) == "A" and host.made["B"].closed  # nothing kept to return to
