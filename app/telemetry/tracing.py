@@ -110,16 +110,23 @@ class TraceSampling:
                 match = _TRACEPARENT.fullmatch(value)
                 # Version 00 has exactly these fields; a later version may append more, and ff
                 # is invalid (W3C Trace Context, "Versioning of traceparent").
-                if match is not None and match[1] != b"ff" and not (match[1] == b"00" and match[3]):
-                    return bool(int(match[2], 16) & 0x01)
+                if match is not None and match[1] != b"ff" and not (match[1] == b"00" and match[4]):
+                    if int(match[3], 16) & 0x01:
+                        return True
+                    # Not traced here, but the access line names the caller's trace, so its
+                    # logs can still be joined with this request's.
+                    scope.setdefault("state", {})[CALLER_TRACE_ID] = match[2].decode()
+                    return False
                 break  # malformed: a new trace, as the W3C spec says
         return random.random() < self.ratio  # noqa: S311  # nosec B311  # sampling, not security
 
 
 # version-traceid-parentid-flags[-more, after version 00]; the all-zero ids are invalid.
 _TRACEPARENT = re.compile(
-    rb"([0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})(-.*)?", re.DOTALL
+    rb"([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})(-.*)?", re.DOTALL
 )
+# scope["state"] key: the trace id of a caller whose traceparent was not sampled.
+CALLER_TRACE_ID = "caller_trace_id"
 
 
 def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middleware | None]:

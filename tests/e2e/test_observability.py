@@ -578,6 +578,15 @@ def test_the_access_line_carries_the_exported_span_ids(frameworm: Frameworm) -> 
     assert (line["trace_id"], line["span_id"]) == (server.trace_id, server.span_id)
 
 
+def test_an_unsampled_caller_s_trace_id_is_on_the_access_line(frameworm: Frameworm) -> None:
+    """Not traced here (the caller did not sample it), but the caller's logs and this
+    request's line must still join: the line had trace_id null."""
+    header, trace_id, _ = traceparent()
+    response = frameworm.infer(traceparent=header[:-2] + "00")
+    (line,) = frameworm.access_lines({response.headers["x-request-id"]})
+    assert (line["trace_id"], line["span_id"]) == (trace_id, None)
+
+
 def test_probes_and_metrics_produce_no_spans(frameworm: Frameworm) -> None:
     quiet: list[str] = []
     for path in ("/healthz", "/readyz", "/readyz?verbose", "/metrics"):
