@@ -341,10 +341,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _clients_gone(self) -> None:
-        """Tell each request not yet answered that its client is gone (ON_CLIENT_GONE)."""
+        """Tell each request not yet answered that its client is gone (ON_CLIENT_GONE), and
+        mark it disconnected: uvicorn marks only the newest request of a pipeline, and an older
+        one still running would write its answer to the closed transport (uvloop raises: a
+        traceback in the log for each)."""
         for cycle in self._open:
             if cycle.response_complete:
                 continue
+            cycle.disconnected = True
+            cycle.message_event.set()
             scope = cast(MutableMapping[str, Any], cycle.scope)
             gone, scope[ON_CLIENT_GONE] = scope.get(ON_CLIENT_GONE), _GONE
             if callable(gone):
@@ -354,13 +359,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stall = None
         stalled = self.write_stall_s
         log.warning("a client read nothing for %.0fs; aborted", stalled, extra=self._who())
-        # As connection_lost will, but for every request still open, and now: uvloop resumes
-        # writing as it drops the buffer, and a waiting response must find its client gone
-        # rather than write to a closed transport (uvloop raises; uvicorn marks only the newest
-        # request of a pipeline as disconnected).
-        for cycle in self._open:
-            cycle.disconnected = True
-            cycle.message_event.set()
+        # As connection_lost will, but now: uvloop resumes writing as it drops the buffer, and a
+        # waiting response must find its client gone rather than write to a closed transport.
         self._clients_gone()
         self.transport.abort()  # close() would wait to flush what the client is not reading
 

@@ -114,24 +114,24 @@ class TensorSpec(_Strict):
             raise ValueError("only the batch dimension may be -1; other dimensions must be >= 1")
         return shape
 
-    @model_validator(mode="after")
-    def _image_fits(self) -> TensorSpec:
-        """An image input is decoded to floats, channels first: a spec that disagrees would be
-        registered and served, and every image refused with a 422 blaming the client."""
-        if self.image is None:
-            return self
-        channels = 1 if self.image.mode == "L" else 3
-        wanted = (-1, channels, self.image.height, self.image.width)
-        if self.shape != wanted:
-            raise ValueError(
-                f"image input {self.name!r}: shape must be {list(wanted)} (batch, channels of "
-                f"mode {self.image.mode}, height, width), not {list(self.shape)}"
-            )
-        if not self.dtype.startswith(("float", "bfloat")):
-            raise ValueError(
-                f"image input {self.name!r}: images are scaled to floats, not {self.dtype}"
-            )
-        return self
+
+def image_input_problem(spec: TensorSpec) -> str | None:
+    """Why images could never fill this input, or None. An image is decoded to floats, channels
+    first: a spec that disagrees was registered and served, and every image refused with a 422
+    blaming the client. Checked when a version is registered, not when a stored manifest is
+    read: a version registered before this check keeps loading (for its array inputs)."""
+    if spec.image is None:
+        return None
+    channels = 1 if spec.image.mode == "L" else 3
+    wanted = (-1, channels, spec.image.height, spec.image.width)
+    if spec.shape != wanted:
+        return (
+            f"image input {spec.name!r}: shape must be {list(wanted)} (batch, channels of "
+            f"mode {spec.image.mode}, height, width), not {list(spec.shape)}"
+        )
+    if not spec.dtype.startswith(("float", "bfloat")):
+        return f"image input {spec.name!r}: images are scaled to floats, not {spec.dtype}"
+    return None
 
 
 class ParameterSpec(_Strict):

@@ -46,6 +46,7 @@ from models.manifest import (
     Stage,
     check_name,
     check_version,
+    image_input_problem,
     is_model_name,
     version_key,
 )
@@ -239,6 +240,9 @@ class ModelRegistry:
             )
         except ValidationError as exc:
             raise ArtefactError(validation_message(exc)) from None
+        for spec in signature.inputs:
+            if (problem := image_input_problem(spec)) is not None:
+                raise ArtefactError(problem)
         model = load_model(manifest, data, torch.device("cpu"))
         check_signature(model)
         run_golden_checks(model)

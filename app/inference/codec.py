@@ -175,6 +175,17 @@ def images_from_json(name: str, values: list[Any], spec: TensorSpec) -> list[Enc
     return images
 
 
+def _as_deep_as(value: list[Any], rank: int) -> bool:
+    """Whether a nested list reaches `rank` levels along its first elements, so that its length
+    is its item count. One item sent without its batch dimension is a level short: left to the
+    shape check, which says so (its 784 numbers are not 784 items)."""
+    for _ in range(rank - 1):
+        if not value or not isinstance(value[0], list):
+            return False
+        value = value[0]
+    return True
+
+
 @dataclass
 class Inputs:
     """A request's inputs as read: arrays checked, images still encoded.
@@ -200,7 +211,7 @@ class Inputs:
             check_items(len(value), self.signature)
             self.images[name] = images_from_json(name, value, spec)
         else:
-            if isinstance(value, list):
+            if isinstance(value, list) and _as_deep_as(value, len(spec.shape)):
                 # Before the conversion, which holds the GIL (every thread waits) for about 0.1
                 # s a million numbers: a request of too many items is refused having cost its
                 # parse alone.

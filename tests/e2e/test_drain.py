@@ -358,3 +358,26 @@ def test_during_the_drain_every_answer_closes_its_connection(
     assert before.status_code == during.status_code == 200
     assert "connection" not in before.headers
     assert probe.headers["connection"] == during.headers["connection"] == "close"
+
+
+def test_a_client_that_leaves_with_pipelined_requests_open_leaves_no_traceback(
+    tmp_path: Path, slow_registry: Path
+) -> None:
+    """Only the newest request of a pipeline was marked disconnected: the older one, still in
+    the forward pass, wrote its answer to the closed connection ("Exception in ASGI
+    application", a traceback per client)."""
+    request = b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    body = b'{"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}}'
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    env = {"FRAMEWORM_MAX_BATCH_SIZE": "1", "FRAMEWORM_TORCH_THREADS": "1"}
+    with running(tmp_path, slow_registry, env) as server:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(request * 3)
+                time.sleep(0.05)  # the first is in the forward pass
+        deadline = time.monotonic() + 30
+        # The first of each pipeline ends as a 499; uvicorn never starts the ones after it.
+        while server.logs().count('"status":499') < 3:
+            assert time.monotonic() < deadline, server.logs()[-2000:]
+            time.sleep(0.1)
+        assert "Exception in ASGI application" not in server.logs()

@@ -1,13 +1,17 @@
-"""What a signature's tensor specs must agree on before a version can be registered."""
+"""An image input must be shaped as its images decode: refused when a version is registered."""
 
 from __future__ import annotations
 
+from importlib.resources import as_file
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from models.manifest import ImageSpec, TensorSpec
+from models.demo import demo_model
+from models.errors import ArtefactError
+from models.manifest import ImageSpec, TensorSpec, image_input_problem
+from models.registry import ModelRegistry
 
 GRAY = ImageSpec(mode="L", height=28, width=28)
 RGB = ImageSpec(mode="RGB", height=32, width=24)
@@ -17,25 +21,49 @@ RGB = ImageSpec(mode="RGB", height=32, width=24)
     ("image", "shape", "dtype"),
     [(GRAY, (-1, 1, 28, 28), "float32"), (RGB, (-1, 3, 32, 24), "float16")],
 )
-def test_an_image_input_shaped_as_its_images_decode_is_accepted(
+def test_an_image_input_shaped_as_its_images_decode_has_no_problem(
     image: ImageSpec, shape: tuple[int, ...], dtype: Any
 ) -> None:
-    TensorSpec(name="image", shape=shape, dtype=dtype, image=image)
+    assert (
+        image_input_problem(TensorSpec(name="image", shape=shape, dtype=dtype, image=image)) is None
+    )
 
 
 @pytest.mark.parametrize(
-    ("image", "shape", "dtype", "match"),
+    ("image", "shape", "dtype", "problem"),
     [
-        (RGB, (-1, 1, 32, 24), "float32", "shape must be"),  # RGB decodes to 3 channels
+        (RGB, (-1, 1, 32, 24), "float32", "shape must be [-1, 3, 32, 24]"),  # RGB: 3 channels
         (GRAY, (-1, 28, 28), "float32", "shape must be"),  # channels first, always
         (GRAY, (-1, 1, 28, 27), "float32", "shape must be"),
         (GRAY, (-1, 1, 28, 28), "uint8", "scaled to floats"),
     ],
 )
-def test_an_image_input_its_images_could_never_fill_is_refused(
-    image: ImageSpec, shape: tuple[int, ...], dtype: Any, match: str
+def test_an_image_input_its_images_could_never_fill_is_named(
+    image: ImageSpec, shape: tuple[int, ...], dtype: Any, problem: str
 ) -> None:
-    """Registered and served before: every image was then refused with a 422 blaming the
-    client ("input 'image' has shape [1, 3, 28, 28]")."""
-    with pytest.raises(ValidationError, match=match):
-        TensorSpec(name="image", shape=shape, dtype=dtype, image=image)
+    # A stored manifest with such a spec still reads (its version keeps serving arrays)...
+    spec = TensorSpec(name="image", shape=shape, dtype=dtype, image=image)
+    assert problem in (image_input_problem(spec) or "")
+
+
+def test_registering_a_version_whose_images_could_never_fill_its_input_is_refused(
+    tmp_path: Path,
+) -> None:
+    """...but no new version is registered with one: it was, and then every image was refused
+    with a 422 blaming the client ("input 'image' has shape [1, 3, 28, 28]")."""
+    demo = demo_model("cnn-digits")
+    (image,) = demo.signature.inputs
+    assert image.image is not None
+    rgb = image.model_copy(update={"image": image.image.model_copy(update={"mode": "RGB"})})
+    signature = demo.signature.model_copy(update={"inputs": (rgb,)})
+    registry = ModelRegistry(tmp_path)
+    with as_file(demo.weights_resource()) as weights, pytest.raises(ArtefactError, match="RGB"):
+        registry.register(
+            "rgb-cnn",
+            "1.0.0",
+            weights,
+            format="safetensors",
+            signature=signature,
+            family=demo.family,
+            family_config=demo.family_config,
+        )

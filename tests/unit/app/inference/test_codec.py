@@ -343,6 +343,13 @@ def test_too_many_items_are_refused_before_their_numbers_are_converted(
     assert converted == []
 
 
+def test_one_item_without_its_batch_dimension_is_told_its_shape_not_its_item_count() -> None:
+    sig = signature(spec("float32", (-1, 784)), max_items_per_request=256)
+    with refused() as caught:
+        decode_infer_json(sig, body({"inputs": {"x": [0.1] * 784}}))
+    assert "has shape [784]" in caught.value.detail
+
+
 @pytest.mark.parametrize("value", [3.39e38, -3.4e38, 3.4028234e38])
 def test_a_bfloat16_input_past_its_range_is_refused_not_sent_as_infinity(value: float) -> None:
     """bfloat16 travels as float32, which reaches 3.4028e38; bfloat16 stops at 3.3895e38."""
