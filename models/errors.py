@@ -76,9 +76,14 @@ class GoldenCheckError(RegistryError):
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's message as one bounded line (torch's and pydantic's span many)."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """An exception's message as one bounded line (torch's and pydantic's span many): its first
+    line, or, when that only introduces what follows (torch's "Error(s) in loading state_dict
+    for CNN:"), it and the lines after it, joined."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines) if lines[0].endswith(":") else lines[0]
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def validation_message(exc: ValidationError) -> str:

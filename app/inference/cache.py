@@ -128,14 +128,30 @@ class RedisCache:
         self._client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self._failing = False
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        # Once per outage at warning level (every request is a miss meanwhile: only the
+        # latency and the model's load show it otherwise), then quietly until it recovers.
+        if not self._failing:
+            log.warning("result cache %s failed (%s): serving without it", what, type(exc).__name__)
+        else:
+            log.debug("result cache %s failed: %s", what, type(exc).__name__)
+        self._failing = True
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            log.info("result cache reachable again")
+        self._failing = False
 
     async def get(self, key: str) -> list[np.ndarray] | None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 blob = await self._client.get(f"frameworm:result:{key}")
         except Exception as exc:  # down or slow: a miss
-            log.debug("result cache read failed: %s", type(exc).__name__)
+            self._failed("read", exc)
             return None
+        self._succeeded()
         if not isinstance(blob, bytes) or not blob:
             return None
         try:
@@ -149,7 +165,7 @@ class RedisCache:
             async with asyncio.timeout(self.timeout_s):
                 await self._client.set(f"frameworm:result:{key}", _pack(outputs), ex=self.ttl_s)
         except Exception as exc:
-            log.debug("result cache write failed: %s", type(exc).__name__)
+            self._failed("write", exc)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -130,9 +130,9 @@ class Rule:
         if _non_finite(value):  # whatever allow_non_finite says: NaN has no place in a range
             return "must be a finite number"
         if self.min_value is not None and value < self.min_value:
-            return f"must be at least {self.min_value}"
+            return f"must be at least {_bound(self.min_value)}"
         if self.max_value is not None and value > self.max_value:
-            return f"must be at most {self.max_value}"
+            return f"must be at most {_bound(self.max_value)}"
         return None
 
     def _check_size(self, value: Any) -> str | None:
@@ -250,3 +250,8 @@ class RequestValidator:
             logger.debug("request rejected: %d field(s) invalid", len(found))
             raise ValidationError(found)
         return True
+
+
+def _bound(value: float) -> str:
+    """A bound as a client reads it: 128, not the 128.0 a manifest's JSON number became."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**63 else str(value)

@@ -1,4 +1,4 @@
-"""An image input must be shaped as its images decode: refused when a version is registered."""
+"""What registration refuses in a signature and its weights, saying why in one line."""
 
 from __future__ import annotations
 
@@ -67,3 +67,27 @@ def test_registering_a_version_whose_images_could_never_fill_its_input_is_refuse
             family=demo.family,
             family_config=demo.family_config,
         )
+
+
+def test_weights_that_do_not_fit_their_architecture_are_refused_saying_how(
+    tmp_path: Path,
+) -> None:
+    """torch's first line is only "Error(s) in loading state_dict for CNN:": the reason (a
+    size mismatch, missing keys) was cut off."""
+    demo = demo_model("cnn-digits")
+    registry = ModelRegistry(tmp_path)
+    config = {**demo.family_config, "hidden": demo.family_config["hidden"] * 2}
+    with (
+        as_file(demo.weights_resource()) as weights,
+        pytest.raises(ArtefactError, match="size mismatch for") as refused,
+    ):
+        registry.register(
+            "cnn",
+            "1.0.0",
+            weights,
+            format="safetensors",
+            signature=demo.signature,
+            family=demo.family,
+            family_config=config,
+        )
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400

@@ -218,3 +218,16 @@ def test_a_custom_validator_returning_an_awaitable_fails_the_field_and_closes_it
     assert errors_of(validator, {"n": 1}) == [FieldError("n", "failed validation")]
     assert created[0].cr_frame is None  # closed, never awaited
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+def test_a_bound_read_from_json_as_a_float_is_said_as_the_number_it_is() -> None:
+    """A manifest's `"maximum": 128` arrives as 128.0: "must be at most 128.0" for a count."""
+    validator = RequestValidator()
+    validator.add_rule("batch_size", type=int, min_value=1.0, max_value=128.0)
+    assert errors_of(validator, {"batch_size": 129}) == [
+        FieldError("batch_size", "must be at most 128")
+    ]
+    validator.add_rule("ratio", type=float, max_value=0.5)
+    assert errors_of(validator, {"batch_size": 1, "ratio": 0.75}) == [
+        FieldError("ratio", "must be at most 0.5")
+    ]
