@@ -132,6 +132,7 @@ class HashedFileKeyStore:
         self._lock = threading.RLock()
         self._records: dict[str, KeyRecord] = {}
         self._signature: tuple[int, int, int] | None = None
+        self._unreadable: tuple[int, int, int] | None = None  # the file last found unreadable
         self._checked = float("-inf")
 
     def _file_signature(self) -> tuple[int, int, int] | None:
@@ -151,12 +152,12 @@ class HashedFileKeyStore:
                 return self._records
             self._checked = now
             signature = self._file_signature()
-            if signature == self._signature and not force:
-                return self._records
+            if signature in (self._signature, self._unreadable) and not force:
+                return self._records  # unchanged, or the same unreadable file: said already
             try:
                 text = self.path.read_text(encoding="utf-8") if signature else None
                 self._records = load_records(text)
-                self._signature = signature
+                self._signature, self._unreadable = signature, None
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 if force:
                     raise KeyFileError(
@@ -164,6 +165,7 @@ class HashedFileKeyStore:
                         "left unchanged: fix or restore it"
                     ) from exc
                 # Keep serving the last good set rather than locking everybody out.
+                self._unreadable = signature
                 logger.error("cannot read key file %s (%s: %s)", self.path, type(exc).__name__, exc)
             return self._records
 
