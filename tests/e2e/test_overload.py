@@ -25,7 +25,7 @@ from tests.support.process import INFER_BODY, Load, Outcome, metric, running
 DEADLINE_S = 0.2
 CLIENTS = 32
 LOAD_S = 3.0
-SERVER_SLACK_S = 0.5  # event-loop lag on a busy 2-core machine
+SERVER_SLACK_S = 1.0  # event-loop lag on a busy 2-core machine (one CI run saw 0.503 s)
 CLIENT_SLACK_S = 5.0  # 32 clients on one event loop, sharing the cores with the server
 
 
