@@ -34,7 +34,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
@@ -45,31 +45,13 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from app.client_gone import GONE, ON_CLIENT_GONE
 from app.errors import PROBLEM_CONTENT_TYPE, is_v2_path, problem_body
 from app.middleware.context import SECURITY_HEADERS
 
 log = logging.getLogger("frameworm.connection")
 
-ON_CLIENT_GONE = "frameworm.on_client_gone"
-_GONE = object()  # in place of the function once the client has gone
 MAX_URL_BYTES = 65535  # httptools.parse_url refuses longer ones
-
-
-def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:
-    """Have `call` called when the request's client goes away: at once if it already has.
-
-    Call `forget_client_gone` once the answer is there: uvicorn keeps a keep-alive
-    connection's last scope until its next request, and `call` may hold on to the answer.
-    """
-    if scope.get(ON_CLIENT_GONE) is _GONE:
-        call()
-    else:
-        scope[ON_CLIENT_GONE] = call
-
-
-def forget_client_gone(scope: MutableMapping[str, Any]) -> None:
-    if scope.get(ON_CLIENT_GONE) is not _GONE:
-        scope.pop(ON_CLIENT_GONE, None)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -351,7 +333,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
             scope = cast(MutableMapping[str, Any], cycle.scope)
-            gone, scope[ON_CLIENT_GONE] = scope.get(ON_CLIENT_GONE), _GONE
+            gone, scope[ON_CLIENT_GONE] = scope.get(ON_CLIENT_GONE), GONE
             if callable(gone):
                 gone()
 

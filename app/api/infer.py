@@ -18,13 +18,13 @@ from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, request_id_of
 from app.inference.codec import (
     Inputs,
-    check_json_shape,
     check_parameters,
     encode_infer_json,
     read_infer_json,
 )
 from app.inference.compression import decompressed, is_identity
 from app.inference.images import EncodedImage
+from app.inference.json_shape import check_json_shape
 from app.inference.service import off_the_loop_if_large, run_inference
 from models.manifest import Signature
 

@@ -20,12 +20,11 @@ from app.inference.codec import (
     Decoded,
     assemble,
     check_array,
-    check_json_shape,
     check_parameters,
     check_range,
     describe,
-    holds_boolean,
 )
+from app.inference.json_shape import check_json_shape, holds_boolean
 from models.manifest import Dtype, Signature, TensorSpec
 from models.tensors import NUMPY_DTYPES
 

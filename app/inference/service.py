@@ -11,8 +11,8 @@ from typing import ParamSpec, TypeVar
 
 from fastapi import Request
 
+from app.client_gone import forget_client_gone, on_client_gone
 from app.config import Settings
-from app.connection import forget_client_gone, on_client_gone
 from app.inference.batcher import DynamicBatcher
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
 from app.inference.codec import Decoded

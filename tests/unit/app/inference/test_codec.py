@@ -17,12 +17,11 @@ from app.inference.codec import (
     array_from_json,
     assemble,
     check_array,
-    check_json_shape,
     check_parameters,
     encode_infer_json,
-    holds_boolean,
     read_infer_json,
 )
+from app.inference.json_shape import check_json_shape, holds_boolean
 from models.demo import demo_model, sample_png
 from models.manifest import Dtype, ParameterSpec, Signature, TensorSpec
 

@@ -1,11 +1,10 @@
-"""The client-gone hooks of app/connection.py, apart from a socket."""
+"""The client-gone hooks of app/client_gone.py, apart from a socket."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app import connection
-from app.connection import ON_CLIENT_GONE, forget_client_gone, on_client_gone
+from app.client_gone import GONE, ON_CLIENT_GONE, forget_client_gone, on_client_gone
 
 
 def test_a_hook_is_kept_until_forgotten_and_then_holds_nothing() -> None:
@@ -21,7 +20,7 @@ def test_a_hook_is_kept_until_forgotten_and_then_holds_nothing() -> None:
 
 def test_once_the_client_has_gone_a_hook_is_called_at_once() -> None:
     calls: list[str] = []
-    scope: dict[str, Any] = {ON_CLIENT_GONE: connection._GONE}  # as the protocol marks it
+    scope: dict[str, Any] = {ON_CLIENT_GONE: GONE}  # as the protocol marks it
     on_client_gone(scope, lambda: calls.append("gone"))
     assert calls == ["gone"]
     forget_client_gone(scope)  # the mark stays: a later hook is called at once too
