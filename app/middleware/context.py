@@ -13,7 +13,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.telemetry.logs import log_fields
-from app.telemetry.tracing import CALLER_TRACE_ID, current_trace_ids, name_span_by_route
+from app.telemetry.tracing import (
+    CALLER_TRACE_ID,
+    current_trace_ids,
+    is_traced,
+    name_span_by_route,
+)
 
 access_log = logging.getLogger("frameworm.access")
 
@@ -121,8 +126,10 @@ class RequestContextMiddleware:
         state: dict[str, Any] = scope.get("state", {})
         route = scope.get("route")
         principal = state.get("principal")
-        trace_id, span_id = current_trace_ids()
-        trace_id = trace_id or state.get(CALLER_TRACE_ID)
+        if is_traced(scope):
+            trace_id, span_id = current_trace_ids()
+        else:
+            trace_id, span_id = state.get(CALLER_TRACE_ID), None
         log_fields(
             access_log,
             level,

@@ -30,7 +30,7 @@ from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.telemetry.tracing import sampled_trace_id
+from app.telemetry.tracing import is_traced, sampled_trace_id
 
 # The instrumentator's defaults.
 HIGHR_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2)
@@ -147,7 +147,7 @@ class HttpMetricsMiddleware:
                     status,
                     time.perf_counter() - started,
                     (_content_length(scope["headers"]), response_size),
-                    sampled_trace_id(),
+                    sampled_trace_id() if is_traced(scope) else None,
                 )
 
 

@@ -40,6 +40,7 @@ FailureReason = Literal[
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
 _KEY = re.compile(r"([a-z][a-z0-9]{0,15})_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
 _MAX_TOKEN = 1024
+_MAX_VERIFIED = 4096  # tokens remembered as valid; emptied when full
 # A longer expiry is a typo, and past year 9999 no datetime can show it: one such record made
 # every listing of the keys fail.
 MAX_EXPIRES_IN_S = 36_500 * 86_400  # 100 years
@@ -138,6 +139,13 @@ class APIKeyAuth:
         self._bootstrap = secret.get_secret_value().encode("utf-8") if secret else None
         # Compared against when the id is unknown, so both paths cost one HMAC.
         self._decoy = self._hash("decoy")
+        # Tokens that passed, with the record they passed against: while the store still
+        # holds an equal record (not revoked, not changed) and it has not expired, the same
+        # token is the same principal, so the parse and the HMAC (a third of the auth layer's
+        # cost a request) are skipped. Only valid tokens enter (a guesser cannot fill it), it
+        # is bounded, and it lives in this process's memory, where every presented token
+        # passes anyway; only the HMACs are ever written down.
+        self._verified: dict[str, tuple[KeyRecord, Principal]] = {}
 
     def _hash(self, secret: str) -> str:
         return hmac.new(self._pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -230,16 +238,29 @@ class APIKeyAuth:
 
         Raises KeyStoreUnavailableError when the store cannot be read (a 503, not a 401).
         """
+        if isinstance(token, str) and (known := self._verified.get(token)) is not None:
+            record = await self._lookup(known[1].key_id)
+            if (record is known[0] or record == known[0]) and not known[0].is_expired():
+                return known[1]
+            self._verified.pop(token, None)  # revoked or changed: judged afresh
         parsed = self._parse(token)
         if not isinstance(parsed, tuple):
             return parsed
         key_id, secret = parsed
+        record = await self._lookup(key_id)
+        result = self._judge(record, secret)
+        if record is not None and isinstance(result, Principal) and isinstance(token, str):
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[token] = (record, result)
+        return result
+
+    async def _lookup(self, key_id: str) -> KeyRecord | None:
         try:
-            record = await self.store.aget(key_id)
+            return await self.store.aget(key_id)
         except Exception as exc:
             logger.error("key store lookup failed (%s)", type(exc).__name__)
             raise KeyStoreUnavailableError("the API key store is unavailable") from exc
-        return self._judge(record, secret)
 
     def _parse(self, token: object) -> tuple[str, str] | Principal | AuthFailure:
         if not isinstance(token, str) or not token.strip():

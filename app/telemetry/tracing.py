@@ -47,6 +47,8 @@ def span_details(scope: Scope) -> tuple[str, dict[str, str]]:
 
 def name_span_by_route(scope: Scope) -> None:
     """Name the current server span `METHOD /route/{template}`, after the app has routed."""
+    if not is_traced(scope):
+        return
     span = trace.get_current_span()
     route = getattr(scope.get("route"), "path", None)
     if route and span.is_recording():
@@ -100,6 +102,7 @@ class TraceSampling:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.excluded and self.sampled(scope):
+            scope.setdefault("state", {})[TRACED] = True
             await self.traced(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -127,6 +130,15 @@ _TRACEPARENT = re.compile(
 )
 # scope["state"] key: the trace id of a caller whose traceparent was not sampled.
 CALLER_TRACE_ID = "caller_trace_id"
+# scope["state"] key: set when TraceSampling sends the request through the OpenTelemetry
+# middleware. Without it no span of this request exists, so the layers that put trace ids on
+# logs and exemplars skip OpenTelemetry's context lookups (five calls each) for 99% of requests.
+TRACED = "traced"
+
+
+def is_traced(scope: Scope) -> bool:
+    state = scope.get("state")
+    return state is not None and TRACED in state
 
 
 def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middleware | None]:

@@ -422,3 +422,67 @@ def test_an_unreadable_store_is_a_503_for_authenticate_and_false_for_verify(
     assert auth.verify_key(token) is False
     with pytest.raises(KeyStoreUnavailableError):
         asyncio.run(auth.authenticate(token))
+
+
+def test_a_key_seen_again_skips_the_hmac_while_its_record_is_unchanged(
+    auth: APIKeyAuth, store: FileKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = auth.create_key("alice", expires_in=60)
+    other = auth.create_key("bob")
+    hashed: list[str] = []
+    real_hash = auth._hash
+
+    def spy(secret: str) -> str:
+        hashed.append(secret)
+        return real_hash(secret)
+
+    monkeypatch.setattr(auth, "_hash", spy)
+
+    async def twice(token: str) -> list[Principal | AuthFailure]:
+        return [await auth.authenticate(token), await auth.authenticate(token)]
+
+    secret = key.split("_", 2)[2]
+    first, second = asyncio.run(twice(key))
+    assert isinstance(first, Principal) and second == first
+    assert hashed == [secret]  # the second request is the remembered principal
+    # Another key added rewrites the file: records are new objects, equal ones still match.
+    auth.create_key("carol")
+    assert asyncio.run(auth.authenticate(key)) == first and hashed.count(secret) == 1
+    # A wrong secret for the same id is never a remembered token: it is hashed every time.
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert asyncio.run(twice(wrong)) == [AuthFailure("bad_secret")] * 2
+    assert hashed.count(wrong.split("_", 2)[2]) == 2
+    # Revoked (another process wrote the file): judged afresh at once.
+    assert isinstance(asyncio.run(auth.authenticate(other)), Principal)
+    FileKeyStore(store.path).revoke(other.split("_")[1], time.time())
+    assert asyncio.run(auth.authenticate(other)) == AuthFailure("revoked")
+    # Expired while remembered.
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert asyncio.run(auth.authenticate(key)) == AuthFailure("expired")
+
+
+def test_a_remembered_key_is_refused_once_its_record_changes(
+    auth: APIKeyAuth, store: FileKeyStore
+) -> None:
+    key = auth.create_key("alice")
+    key_id = key.split("_")[1]
+    assert isinstance(asyncio.run(auth.authenticate(key)), Principal)
+    document = json.loads(store.path.read_text())
+    document["keys"][0]["hash"] = "0" * 64  # the secret rotated by hand
+    store.path.write_text(json.dumps(document))
+    assert asyncio.run(auth.authenticate(key)) == AuthFailure("bad_secret")
+    store.path.write_text(json.dumps({"version": 1, "keys": []}))
+    assert asyncio.run(auth.authenticate(key)) == AuthFailure("unknown")
+    assert key_id not in {r.id for r in auth.list_keys()}
+
+
+def test_remembered_keys_are_bounded(auth: APIKeyAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.production.keys._MAX_VERIFIED", 2)
+    keys = [auth.create_key(f"user{i}") for i in range(5)]
+
+    async def all_keys() -> list[Principal | AuthFailure]:
+        return [await auth.authenticate(k) for k in keys]
+
+    assert all(isinstance(p, Principal) for p in asyncio.run(all_keys()))
+    assert len(auth._verified) <= 2
