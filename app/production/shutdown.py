@@ -9,7 +9,8 @@ Two ways to drive it:
 * On its own (no server attached). `start()` installs SIGTERM/SIGINT handlers that flip the
   state and return at once; a background thread waits for in-flight work, runs the hooks and
   then chains to the handler that was installed before (or the default action). A second
-  signal during the drain chains at once.
+  signal during the drain chains at once. Called from a coroutine (a lifespan under uvicorn,
+  whose handlers are plain ones), the thread runs the drain on that coroutine's loop.
 
   A signal an asyncio loop took with `loop.add_signal_handler` (aiohttp, hypercorn) reaches the
   loop through its wakeup fd whatever Python-level handler is installed, so replacing that
@@ -126,6 +127,8 @@ class GracefulShutdown:
         self._loop_drain: asyncio.Task[None] | None = None  # referenced until done
         self._loop_chained = False
         self._drain_thread: threading.Thread | None = None
+        # The loop `start()` was called on, if any: the drain thread runs the drain there.
+        self._service_loop: asyncio.AbstractEventLoop | None = None
 
     # -- registration -------------------------------------------------------------------
     def register_handler(self, fn: Handler) -> None:
@@ -284,6 +287,8 @@ class GracefulShutdown:
             with self._lock:
                 self._started = False
             raise
+        with contextlib.suppress(RuntimeError):  # no loop running: the drain stays in its thread
+            self._service_loop = asyncio.get_running_loop()
         for sig, callback in taken.items():
             if callback is not None:
                 self._loop_previous[sig] = callback
@@ -303,10 +308,13 @@ class GracefulShutdown:
         logger.info("received %s; draining", signal.Signals(signum).name)
         self._loop_drain = asyncio.get_running_loop().create_task(self._drain_on_loop(signum))
 
-    async def _drain_on_loop(self, signum: int) -> None:
-        started = time.monotonic()
+    async def _drain(self) -> None:
         await self.wait_for_inflight(self.timeout)
         await self.run_handlers(self.handler_timeout)
+
+    async def _drain_on_loop(self, signum: int) -> None:
+        started = time.monotonic()
+        await self._drain()
         logger.info("drain finished in %.1fs", time.monotonic() - started)
         self._chain_loop_once(signum)
 
@@ -326,8 +334,10 @@ class GracefulShutdown:
             return
         self.begin()
         logger.info("received %s; draining", signal.Signals(signum).name)
+        # Not a daemon: with `start()` at import, uvicorn takes the signal first, stops and
+        # re-raises it here, and `uvicorn.run` returns; the exit waits for this bounded drain.
         self._drain_thread = threading.Thread(
-            target=self._drain_then_chain, args=(signum,), name="graceful-shutdown", daemon=True
+            target=self._drain_then_chain, args=(signum,), name="graceful-shutdown"
         )
         self._drain_thread.start()
 
@@ -341,12 +351,24 @@ class GracefulShutdown:
 
     def _drain_then_chain(self, signum: int) -> None:
         started = time.monotonic()
-        self.wait_for_inflight_blocking(self.timeout)
-        self.run_handlers_blocking(self.handler_timeout)
+        loop = self._service_loop
+        if loop is not None and loop.is_running():
+            self._drain_on(loop)
+        else:
+            self.wait_for_inflight_blocking(self.timeout)
+            self.run_handlers_blocking(self.handler_timeout)
         logger.info("drain finished in %.1fs", time.monotonic() - started)
         # Re-deliver to the main thread: the chained handler must run there (default SIGINT
         # raises KeyboardInterrupt in it), and our handler now sees the drain as done.
         signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+    def _drain_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The drain on the service's loop, where its async clients live; waited for here."""
+        bound = self.timeout + len(self._handlers) * self.handler_timeout + 1.0
+        try:
+            asyncio.run_coroutine_threadsafe(self._drain(), loop).result(bound)
+        except Exception as exc:  # the loop stopped or stalled: chain on regardless
+            logger.error("drain on the service's loop did not finish (%s)", type(exc).__name__)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
@@ -371,5 +393,6 @@ class GracefulShutdown:
                 loop.add_signal_handler(sig, callback, *args)
         self._loop_previous.clear()
         self._loop_drain, self._loop_chained = None, False
+        self._service_loop = None
         with self._lock:
             self._started = False

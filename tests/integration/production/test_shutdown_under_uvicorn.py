@@ -1,0 +1,125 @@
+"""GracefulShutdown in a user's own FastAPI app on plain `uvicorn.run`, as the checklist writes
+it: a real process, a real SIGTERM. uvicorn installs its signal handlers with `signal.signal`
+around `serve()`, so a `start()` at import sits under uvicorn's and one in the lifespan over it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.integration.production.test_shutdown_on_an_event_loop import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SERVICE = """
+import asyncio, sys, time
+from contextlib import asynccontextmanager
+import uvicorn
+from fastapi import FastAPI
+from app.production import GracefulShutdown
+
+def say(line):
+    print(line, flush=True)
+
+mode, port = sys.argv[1], int(sys.argv[2])
+shutdown = GracefulShutdown(timeout=10)
+service_loop = None
+
+@shutdown.on_shutdown
+def save_checkpoint():
+    time.sleep(0.5)  # long enough to be cut short by an exit that does not wait
+    say("sync hook ran")
+
+@shutdown.on_shutdown
+async def close_client():
+    # A client made on the service's loop only works there.
+    say("async hook on the service loop" if asyncio.get_running_loop() is service_loop
+        else "async hook on another loop")
+
+if mode == "import":
+    shutdown.start()
+
+@asynccontextmanager
+async def lifespan(app):
+    global service_loop
+    service_loop = asyncio.get_running_loop()
+    if mode == "lifespan":
+        shutdown.start()
+    say("ready")
+    yield
+
+app = FastAPI(lifespan=lifespan)
+
+@app.get("/slow")
+async def slow():
+    async with shutdown.track_request():
+        await asyncio.sleep(1.0)
+    return {"ok": True}
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+say("uvicorn.run returned")
+"""
+
+
+def serve_and_stop(mode: str) -> tuple[int, list[str], list[str]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SERVICE), mode, str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    answers: list[str] = []
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        url = f"http://127.0.0.1:{port}/slow"
+
+        def call() -> None:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answers.append(response.read().decode())
+
+        caller = threading.Thread(target=call)
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        caller.start()
+        time.sleep(0.3)  # the request is in flight
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        caller.join(10)
+    finally:
+        process.kill()
+    return process.returncode, out.splitlines(), answers
+
+
+def test_start_at_import_runs_every_hook_before_the_process_exits() -> None:
+    """The drain thread was a daemon: uvicorn stopped, re-raised the signal to it and returned,
+    and the interpreter's exit killed the drain mid-hook (exit 0, the hook never done)."""
+    returncode, lines, answers = serve_and_stop("import")
+    assert answers == ['{"ok":true}']
+    assert "sync hook ran" in lines, lines
+    assert returncode == -signal.SIGTERM  # the default action, after the drain
+
+
+def test_start_in_the_lifespan_runs_async_hooks_on_the_service_loop() -> None:
+    """Under uvicorn the signal arrives through `signal.signal`, and the drain thread ran async
+    hooks on a private loop, where a client made on the service's loop fails."""
+    returncode, lines, answers = serve_and_stop("lifespan")
+    assert answers == ['{"ok":true}']
+    assert lines[:2] == ["sync hook ran", "async hook on the service loop"], lines
+    assert returncode in (0, -signal.SIGTERM)
