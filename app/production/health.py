@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .hooks import ThreadCall, call_bounded, is_async_callable
@@ -37,30 +37,45 @@ class HealthStatus:
     details: dict[str, Any] = field(default_factory=dict)
     timestamp: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:
+        # `healthy` may be any value, as a check's result may: a numpy bool is not a bool to
+        # json, and a numpy array has no truth value, which made all() raise in the probe.
+        # Kept as a real bool; a value with no truth value is unhealthy, as for a raw result.
+        healthy, problem = _truth(self.healthy)
+        self.healthy = healthy
+        if problem:
+            self.message = f"healthy is {problem}" + (f" ({self.message})" if self.message else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "healthy": self.healthy,
+            "healthy": _truth(self.healthy)[0],  # a real bool, even if set after construction
             "message": self.message,
             "details": dict(self.details),
             "timestamp": self.timestamp,
         }
 
 
+def _truth(value: Any) -> tuple[bool, str]:
+    """bool(value), or False and why when the value has no truth value (a numpy array)."""
+    try:
+        return bool(value), ""
+    except Exception as exc:
+        return False, f"a {type(value).__name__} with no truth value: {exc}"
+
+
 def _from_result(result: Any) -> HealthStatus:
     if isinstance(result, HealthStatus):
-        return result
+        # Normalised when built; `healthy` set afterwards is normalised again, in a copy.
+        return result if type(result.healthy) is bool else replace(result)
     if inspect.isawaitable(result):
         # A coroutine reached the sync API: close it so no "never awaited" warning fires.
         close = getattr(result, "close", None)
         if callable(close):
             close()
         return HealthStatus(False, "async check: use the async API (ais_ready, areport)")
-    try:
-        healthy = bool(result)
-    except Exception as exc:  # no truth value (a numpy array, a pandas Series): no verdict
-        return HealthStatus(
-            False, f"check returned a {type(result).__name__} with no truth value: {exc}"
-        )
+    healthy, problem = _truth(result)
+    if problem:  # no truth value (a numpy array, a pandas Series): no verdict
+        return HealthStatus(False, f"check returned {problem}")
     return HealthStatus(healthy, "" if healthy else "check returned a falsy value")
 
 

@@ -35,12 +35,31 @@ _atexit_registered = False
 
 
 def resolve_protocol(endpoint: str, protocol: Protocol | None = None) -> Protocol:
-    """`protocol` when given; otherwise HTTP for port 4318 and gRPC for anything else."""
+    """`protocol` when given; otherwise HTTP for port 4318 and gRPC for anything else.
+
+    The port is read with or without a scheme (`collector:4318` is HTTP, as is
+    `http://collector:4318`); a port that is not a number is a ValueError.
+    """
     if protocol is not None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"unknown OTLP protocol {protocol!r}; use 'grpc' or 'http'")
         return protocol
-    return "http" if urlsplit(endpoint).port == HTTP_PORT else "grpc"
+    try:
+        port = urlsplit(_as_url(endpoint)).port
+    except ValueError:  # a port that is not a number, or out of range
+        raise ValueError(
+            f"OTLP endpoint {loggable_endpoint(endpoint)!r} has an invalid port"
+        ) from None
+    return "http" if port == HTTP_PORT else "grpc"
+
+
+def _as_url(endpoint: str) -> str:
+    """`endpoint` with `//` before a bare `host:port`, so the host and port read as such.
+
+    urlsplit reads `collector:4318` as the scheme `collector` and the path `4318`, with no port
+    (and `127.0.0.1:4318` as a path): 4318 would not choose HTTP.
+    """
+    return endpoint if "://" in endpoint else "//" + endpoint
 
 
 def _exporter(endpoint: str, protocol: Protocol, timeout_s: float) -> SpanExporter:
@@ -50,7 +69,8 @@ def _exporter(endpoint: str, protocol: Protocol, timeout_s: float) -> SpanExport
             OTLPSpanExporter as HttpExporter,
         )
 
-        url = endpoint.rstrip("/")
+        # requests needs a scheme; one without is plain HTTP, as gRPC is insecure without https.
+        url = (endpoint if "://" in endpoint else "http://" + endpoint).rstrip("/")
         if not url.endswith("/v1/traces"):
             url += "/v1/traces"
         return HttpExporter(endpoint=url, timeout=timeout_s)

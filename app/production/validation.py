@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 from collections.abc import Callable, Collection, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -197,12 +198,20 @@ class RequestValidator:
 
         A rule whose `type` includes float refuses NaN and +-inf unless `allow_non_finite`;
         a rule with `min_value` or `max_value` always refuses them.
+        A rule that could not be checked as written is refused here, not at `validate`: a NaN
+        bound or a negative size (ValueError); a bound that is not a number, a `type` that is
+        not a class or a tuple of classes, `allowed_values` that is a string or not a
+        collection (TypeError). An infinite bound is kept: it means no limit that way.
         """
-        if min_value is not None and max_value is not None and min_value > max_value:
-            raise ValueError(f"rule for {field_name!r}: min_value is above max_value")
-        for name, bound in (("max_length", max_length), ("max_size_mb", max_size_mb)):
-            if bound is not None and bound < 0:
-                raise ValueError(f"rule for {field_name!r}: {name} must not be negative")
+        _check_bounds(
+            field_name,
+            min_value=min_value,
+            max_value=max_value,
+            max_length=max_length,
+            max_size_mb=max_size_mb,
+        )
+        _check_type(field_name, type)
+        _check_allowed_values(field_name, allowed_values)
         if custom_validator is not None and not callable(custom_validator):
             raise TypeError(f"rule for {field_name!r}: custom_validator must be callable")
         if custom_validator is not None and is_async_callable(custom_validator):
@@ -250,6 +259,60 @@ class RequestValidator:
             logger.debug("request rejected: %d field(s) invalid", len(found))
             raise ValidationError(found)
         return True
+
+
+def _check_bounds(field: str, **bounds: float | None) -> None:
+    for name, bound in bounds.items():
+        if bound is None:
+            continue
+        if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+            raise TypeError(f"rule for {field!r}: {name} must be a number or None")
+        # NaN compares False with everything: as a bound it would silently switch the rule
+        # off. An infinite bound means what it says (max_value=inf: no upper limit), and a
+        # manifest's float bound may be written `.inf`, so infinity is kept.
+        if math.isnan(bound):
+            raise ValueError(f"rule for {field!r}: {name} must not be NaN")
+    low, high = bounds["min_value"], bounds["max_value"]
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"rule for {field!r}: min_value is above max_value")
+    for name in ("max_length", "max_size_mb"):
+        bound = bounds[name]
+        if bound is not None and bound < 0:
+            raise ValueError(f"rule for {field!r}: {name} must not be negative")
+
+
+def _check_type(field: str, expected: Any) -> None:
+    # isinstance() raises TypeError for a parametrised generic (list[int]) or a string ("int"),
+    # so validate() would raise that instead of a ValidationError; a union (int | str) passes
+    # isinstance but not the bool/float rules or the message. A tuple says the same thing.
+    if expected is None:
+        return
+    options = expected if isinstance(expected, tuple) else (expected,)
+    usable = bool(options) and all(isinstance(t, type) for t in options)
+    if usable:
+        try:  # a class may still refuse isinstance (typing.Any)
+            isinstance(None, options)
+        except TypeError:
+            usable = False
+    if not usable:
+        raise TypeError(
+            f"rule for {field!r}: type must be a class or a non-empty tuple of classes"
+            f" (list, not list[int]; (int, str), not int | str)"
+        )
+
+
+def _check_allowed_values(field: str, allowed: Any) -> None:
+    if allowed is None:
+        return
+    # `in` on a string is a substring test: allowed_values="fast" would let "as" through.
+    if isinstance(allowed, str | bytes | bytearray):
+        raise TypeError(
+            f"rule for {field!r}: allowed_values must be a collection of values, not a string"
+            f" (write {{{allowed!r}}} for one value)"
+        )
+    # A generator is used up by the first `in`, and an int has no `in` at all.
+    if not isinstance(allowed, Collection):
+        raise TypeError(f"rule for {field!r}: allowed_values must be a collection (a set, a list)")
 
 
 def _bound(value: float) -> str:

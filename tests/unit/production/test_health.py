@@ -361,34 +361,6 @@ def test_cancelling_a_probe_still_cancels_it() -> None:
     asyncio.run(main())
 
 
-class NoTruthValue:
-    """Like a numpy array of several elements: `bool()` of it raises."""
-
-    def __bool__(self) -> bool:
-        raise ValueError("The truth value of an array with more than one element is ambiguous")
-
-
-def test_a_check_result_without_a_truth_value_is_unhealthy_not_an_error() -> None:
-    health = HealthChecker(check_timeout_s=2)
-    health.add_readiness_check("array", NoTruthValue)
-    health.add_readiness_check("fine", lambda: True)
-    assert health.is_ready() is False
-    status = health.results("readiness")["array"]
-    assert not status.healthy
-    assert status.message.startswith("check returned a NoTruthValue with no truth value")
-    assert health.results("readiness")["fine"].healthy
-    assert asyncio.run(health.ais_ready()) is False
-    assert health.get_health_report()["ready"] is False
-
-
-def test_a_numpy_array_result_is_unhealthy() -> None:
-    numpy = pytest.importorskip("numpy")
-    health = HealthChecker(check_timeout_s=2)
-    health.add_readiness_check("array", lambda: numpy.array([1, 1]))
-    assert health.is_ready() is False
-    assert asyncio.run(health.ais_ready()) is False
-
-
 def test_an_async_check_that_answers_after_its_bound_is_timed_out_not_healthy() -> None:
     """Cancelled at its bound, the check went on (its clean-up awaited for 2 s) and answered
     True: asyncio.wait_for waited for it and passed the late answer on as healthy."""

@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from app.production import setup_tracing, shutdown_tracing
 from app.production.tracing import (
+    HTTP_PORT,
     _exporter,
     current_provider,
     loggable_endpoint,
@@ -48,12 +49,42 @@ def test_no_endpoint_means_tracing_off_with_a_no_op_tracer(endpoint: str | None)
         ("http://collector:9999", "http", "http"),
         ("http://collector:4318", "grpc", "grpc"),
         ("http://collector", None, "grpc"),
+        # Without a scheme, urlsplit read `collector` as one and found no port at all.
+        ("collector:4318", None, "http"),
+        ("localhost:4318", None, "http"),
+        ("127.0.0.1:4318", None, "http"),
+        ("[::1]:4318", None, "http"),
+        ("u:p@collector:4318/otlp", None, "http"),
+        ("collector:4317", None, "grpc"),
+        ("collector", None, "grpc"),
     ],
 )
 def test_the_protocol_follows_the_port_unless_named(
     endpoint: str, protocol: str | None, expected: str
 ) -> None:
     assert resolve_protocol(endpoint, protocol) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("endpoint", ["collector:http", "u:s3cr3t@collector:x", "http://c:99999"])
+def test_an_endpoint_whose_port_is_not_a_port_is_refused_without_its_credentials(
+    endpoint: str,
+) -> None:
+    with pytest.raises(ValueError, match="invalid port") as caught:
+        resolve_protocol(endpoint)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_scheme_less_4318_endpoint_exports_over_http_to_an_http_url() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    setup_tracing("svc", f"127.0.0.1:{HTTP_PORT}", export_timeout_s=0.2)
+    provider = current_provider()
+    assert provider is not None
+    processor = provider._active_span_processor._span_processors[0]
+    exporter = processor._batch_processor._exporter  # type: ignore[attr-defined]
+    assert isinstance(exporter, OTLPSpanExporter)
+    # requests has no adapter for a URL without a scheme: plain HTTP, as gRPC is without https.
+    assert exporter._endpoint == f"http://127.0.0.1:{HTTP_PORT}/v1/traces"
 
 
 def test_an_unknown_protocol_is_refused() -> None:

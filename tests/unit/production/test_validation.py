@@ -231,3 +231,47 @@ def test_a_bound_read_from_json_as_a_float_is_said_as_the_number_it_is() -> None
     assert errors_of(validator, {"batch_size": 1, "ratio": 0.75}) == [
         FieldError("ratio", "must be at most 0.5")
     ]
+
+
+@pytest.mark.parametrize("bound", ["min_value", "max_value", "max_length", "max_size_mb"])
+def test_a_nan_bound_is_refused_when_the_rule_is_added(bound: str) -> None:
+    # NaN compares False with everything: the rule used to be added and check nothing.
+    with pytest.raises(ValueError, match=f"{bound} must not be NaN"):
+        RequestValidator().add_rule("n", **{bound: float("nan")})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bound", ["min_value", "max_value", "max_length", "max_size_mb"])
+def test_a_bound_that_is_not_a_number_is_refused_when_the_rule_is_added(bound: str) -> None:
+    for value in ("5", True):
+        with pytest.raises(TypeError, match=f"{bound} must be a number"):
+            RequestValidator().add_rule("n", **{bound: value})  # type: ignore[arg-type]
+
+
+def test_an_infinite_bound_means_no_limit_that_way() -> None:
+    inf = float("inf")
+    validator = RequestValidator().add_rule("n", type=int, min_value=-inf, max_value=inf)
+    assert validator.validate({"n": -(10**400)}) and validator.validate({"n": 10**400})
+    sized = RequestValidator().add_rule("s", max_length=inf, max_size_mb=inf)  # type: ignore[arg-type]
+    assert sized.validate({"s": "x" * 1000})
+    # A range rule still refuses a non-finite value, infinite bounds or not.
+    assert errors_of(validator, {"n": inf}) == [FieldError("n", "must be of type int")]
+
+
+@pytest.mark.parametrize("bad", [list[int], "int", int | str, (), (int, "str"), Any])
+def test_a_type_that_isinstance_cannot_take_is_refused_when_the_rule_is_added(bad: Any) -> None:
+    # It used to be accepted, and validate() then raised TypeError, not a ValidationError.
+    with pytest.raises(TypeError, match="type must be a class"):
+        RequestValidator().add_rule("ids", type=bad)
+
+
+def test_allowed_values_must_be_a_collection_of_values_not_a_string() -> None:
+    # `in` on a string is a substring test: "as" was one of the allowed values of "fast".
+    for text in ("fast", b"fast", bytearray(b"fast")):
+        with pytest.raises(TypeError, match="not a string"):
+            RequestValidator().add_rule("mode", allowed_values=text)
+    with pytest.raises(TypeError, match="must be a collection"):
+        RequestValidator().add_rule("mode", allowed_values=(m for m in ["a"]))  # type: ignore[arg-type]
+    validator = RequestValidator().add_rule("mode", allowed_values={"fast"})
+    assert errors_of(validator, {"mode": "as"}) == [
+        FieldError("mode", "is not one of the allowed values")
+    ]
