@@ -29,9 +29,10 @@ class ModelNotFoundError(RegistryError, LookupError):
 
 
 class VersionExistsError(RegistryError):
-    def __init__(self, name: str, version: str) -> None:
+    def __init__(self, name: str, version: str, detail: str = "") -> None:
         self.name, self.version = name, version
-        super().__init__(f"model {name!r} already has version {version}; versions are immutable")
+        message = f"model {name!r} already has version {version}; versions are immutable"
+        super().__init__(f"{message} ({detail})" if detail else message)
 
 
 class StageError(RegistryError):
@@ -42,7 +43,8 @@ class ConflictError(RegistryError):
     """Someone else changed the model's index first (compare-and-swap lost).
 
     A stage move wrote nothing. A registration that lost every retry left its version stored but
-    not registered (never resolved or served); registering the same bytes again finishes it.
+    not registered (never resolved or served); registering it again as it was (the same bytes
+    and manifest) finishes it.
     """
 
 

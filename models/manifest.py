@@ -8,11 +8,14 @@ index (`models.registry.ModelIndex`), so an immutable manifest can be cached and
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.errors import InvalidNameError
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -58,6 +61,22 @@ def check_version(version: str) -> str:
             f"invalid version {version!r}: expected semantic version MAJOR.MINOR.PATCH"
         )
     return version
+
+
+def check_name_safe(name: str) -> str:
+    """`check_name`, refusing with the registry's InvalidNameError."""
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise InvalidNameError(str(exc)) from None
+
+
+def check_version_safe(version: str) -> str:
+    """`check_version`, refusing with the registry's InvalidNameError."""
+    try:
+        return check_version(version)
+    except ValueError as exc:
+        raise InvalidNameError(str(exc)) from None
 
 
 def version_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
@@ -143,6 +162,19 @@ class ParameterSpec(_Strict):
     default: int | float | bool | str | None = None
     description: str = ""
 
+    @model_validator(mode="after")
+    def _usable_bounds(self) -> ParameterSpec:
+        # Refused here, when the manifest is made or read, not at the first request: NaN
+        # compares False with everything (a NaN bound would switch the check off), and the
+        # request validator refuses both, which at request time would be a 500 every time.
+        # An infinite bound is kept: it means no limit that way.
+        for name, bound in (("minimum", self.minimum), ("maximum", self.maximum)):
+            if bound is not None and math.isnan(bound):
+                raise ValueError(f"parameter {name} must not be NaN")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError("parameter minimum is above its maximum")
+        return self
+
 
 class Signature(_Strict):
     inputs: tuple[TensorSpec, ...] = Field(min_length=1)
@@ -208,6 +240,13 @@ class ModelManifest(_Strict):
         under this."""
         notes = {"created", "created_by", "description", "metadata"}
         return hashlib.sha256(self.model_dump_json(exclude=notes).encode()).hexdigest()
+
+    def fields_differing_from(self, other: ModelManifest, ignore: set[str]) -> list[str]:
+        """The fields, but those in `ignore`, whose values differ, compared as stored (JSON: a
+        tuple given is the list read back)."""
+        mine = self.model_dump(mode="json", exclude=ignore)
+        theirs = other.model_dump(mode="json", exclude=ignore)
+        return [field for field in mine if mine[field] != theirs[field]]
 
     @field_validator("name")
     @classmethod

@@ -12,12 +12,12 @@ it re-reads the index and tries again instead.
 
 A version is registered once the index lists it. Its manifest and artefact are written first,
 so a registration that stopped midway leaves files no reader serves; registering the same
-bytes again finishes it.
+bytes with the same manifest again finishes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ from models.manifest import (
     ModelManifest,
     Signature,
     Stage,
-    check_name,
-    check_version,
+    check_name_safe,
+    check_version_safe,
     image_input_problem,
     is_model_name,
     version_key,
@@ -59,7 +59,7 @@ from models.stages import (
     parse_index,
     rollback_target,
 )
-from models.store import Store, open_store, sha256_bytes, sha256_file
+from models.store import Store, holds, open_store, sha256_bytes, sha256_file
 
 # Index writes that only add (register) retry a lost compare-and-swap this many times.
 INDEX_ATTEMPTS = 5
@@ -78,8 +78,17 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ reading
     def list_models(self) -> list[str]:
-        names = [n for n in self.store.list("") if is_model_name(n)]  # not a stray file, say
-        return [name for name in names if self.store.read(f"{name}/index.json")]
+        """Every model with an index, even one that cannot be read or parse (`index` says why):
+        one model's damage must neither hide it nor keep the others from being listed."""
+        return list(self._models())
+
+    def is_empty(self) -> bool:
+        """Whether no model is registered. Reads indexes only until it finds one."""
+        return next(self._models(), None) is None
+
+    def _models(self) -> Iterator[str]:
+        names = (n for n in self.store.list("") if is_model_name(n))  # not a stray file, say
+        return (name for name in names if holds(self.store, f"{name}/index.json"))
 
     def index(self, name: str) -> ModelIndex:
         key = f"{check_name_safe(name)}/index.json"
@@ -174,7 +183,7 @@ class ModelRegistry:
         unreadable index is one failed result (version None)."""
         try:
             index = self.index(name)
-        except CorruptObjectError as exc:
+        except (CorruptObjectError, OSError) as exc:  # OSError: a file it may not read, say
             return [VerifyResult(name=name, version=None, ok=False, detail=str(exc))]
         versions = [version] if version else index.versions
         results = []
@@ -182,7 +191,7 @@ class ModelRegistry:
             try:
                 self.verify_artefact(self._registered_manifest(index, v))
                 results.append(VerifyResult(name=name, version=v, ok=True, detail="sha256 ok"))
-            except (IntegrityError, CorruptObjectError, InvalidNameError) as exc:
+            except (IntegrityError, CorruptObjectError, InvalidNameError, OSError) as exc:
                 results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
             except ModelNotFoundError as exc:
                 if version is not None:
@@ -337,13 +346,17 @@ class ModelRegistry:
         return self.manifest(index.name, version)
 
     def _unfinished_registration(self, manifest: ModelManifest) -> ModelManifest:
-        """The stored manifest of a version whose registration of these same bytes never reached
-        the index; VersionExistsError for anything else."""
+        """The stored manifest of a version whose registration of this same manifest (all but
+        who registered it, and when) never reached the index; VersionExistsError otherwise."""
         name, version = manifest.name, manifest.version
         stored = self.manifest(name, version)
-        if stored.sha256 != manifest.sha256 or version in self._index_or_new(name).versions:
+        if version in self._index_or_new(name).versions:
             raise VersionExistsError(name, version)
-        # Manifests are written once: finish with the stored one (same bytes, so same model).
+        # Manifests are written once and the stored one is finished: any other field asked for
+        # (a family_config, golden checks, a description) would be silently dropped.
+        if differing := manifest.fields_differing_from(stored, ignore={"created", "created_by"}):
+            unfinished = f"its unfinished registration stored another {', '.join(differing)}"
+            raise VersionExistsError(name, version, unfinished)
         return stored
 
     def _index_or_new(self, name: str) -> ModelIndex:
@@ -368,7 +381,8 @@ class ModelRegistry:
             raw = self.store.read(key)
             if raw is None and not create:
                 raise ModelNotFoundError(name)
-            index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
+            # An empty index is a damaged one, as any other that does not parse: never a new one.
+            index = parse_index(raw, key, name) if raw is not None else ModelIndex(name=name)
             if expected_revision is not None and index.revision != expected_revision:
                 raise ConflictError(
                     f"{name} is at revision {index.revision}, not {expected_revision}; "
@@ -382,17 +396,3 @@ class ModelRegistry:
             if self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
                 return index
         raise ConflictError(f"{name} was changed by someone else meanwhile; nothing was written")
-
-
-def check_name_safe(name: str) -> str:
-    try:
-        return check_name(name)
-    except ValueError as exc:
-        raise InvalidNameError(str(exc)) from None
-
-
-def check_version_safe(version: str) -> str:
-    try:
-        return check_version(version)
-    except ValueError as exc:
-        raise InvalidNameError(str(exc)) from None

@@ -140,7 +140,10 @@ def _leave_staging(staging: list[str], version: str) -> None:
     if staging and staging[-1] == version:
         staging.clear()  # staging itself was cleared: its stack ends here
     else:
-        staging[:] = [v for v in staging if v != version]
+        kept = [v for v in staging if v != version]
+        # Taking a version out of the middle can leave its neighbours equal ([a, b, a] -> [a, a]):
+        # kept twice, rollback would "go back" to the version staging already holds.
+        staging[:] = [v for i, v in enumerate(kept) if i == 0 or kept[i - 1] != v]
 
 
 def parse_index(raw: bytes, key: str, name: str) -> ModelIndex:

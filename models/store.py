@@ -151,6 +151,15 @@ class LocalStore:
             raise
 
 
+def holds(store: Store, key: str) -> bool:
+    """Whether the object exists, even one that cannot be read (a file of another user's, say):
+    asking whether a registry holds something must not fail for one damaged object."""
+    try:
+        return store.read(key) is not None
+    except OSError:
+        return True
+
+
 StoreKind = Literal["local", "s3"]
 
 

@@ -200,7 +200,8 @@ def _merge_index(
     for _ in range(INDEX_ATTEMPTS):
         raw = target.store.read(key)
         name = source_index.name
-        index = parse_index(raw, key, name) if raw else ModelIndex(name=name)
+        # An empty index is a damaged one (refused, as any that does not parse), not a new one.
+        index = parse_index(raw, key, name) if raw is not None else ModelIndex(name=name)
         before = index.model_dump_json()
         if whole and index.history == source_index.history[: len(index.history)]:
             moves = _mirror(index, source_index, actor, reason)

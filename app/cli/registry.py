@@ -102,7 +102,7 @@ def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> 
         for name in reg.list_models():
             try:
                 index = reg.index(name)
-            except CorruptObjectError as exc:  # one model's damage hides none of the others
+            except (CorruptObjectError, OSError) as exc:  # one model's damage hides no other
                 rows.append({"name": name, "version": None, "status": f"unreadable: {exc}"})
                 continue
             for version in index.versions:

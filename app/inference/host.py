@@ -165,8 +165,10 @@ class ModelHost:
             torch.get_num_threads(), cpu_threads(self.settings.workers)
         )
         torch.set_num_threads(threads)
-        self._seed_demo_if_empty()
         if manifest is None:
+            # Seeding is for startup only: a followed switch names a version it just read from
+            # this registry, which is therefore not empty.
+            self._seed_demo_if_empty()
             manifest = self.registry.resolve(
                 self.settings.model, self.settings.stage, self.settings.model_version
             )
@@ -204,7 +206,8 @@ class ModelHost:
         return runner
 
     def _seed_demo_if_empty(self) -> None:
-        if self.settings.seed_demo and not self.registry.list_models():
+        # `is_empty`, not a listing: another model's unreadable index must not stop this server.
+        if self.settings.seed_demo and self.registry.is_empty():
             from models.demo import seed_demo
 
             seed_demo(self.registry, actor="frameworm-serve")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from models.store import LocalStore
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
 
 
@@ -233,3 +235,79 @@ def test_show_gives_the_revision_that_if_revision_compares_with(registry: Path) 
         registry, "promote", "m", "2.0.0", "staging", "--skip-checks", f"--if-revision={revision}"
     )
     assert code == 0, lines
+
+
+def forbid(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """Make the store's read of `key` fail as a file of another user's, mode 0600, does."""
+    real_read = LocalStore.read
+
+    def read(store: LocalStore, wanted: str) -> bytes | None:
+        if wanted == key:
+            raise PermissionError(13, "Permission denied", str(store.root / wanted))
+        return real_read(store, wanted)
+
+    monkeypatch.setattr(LocalStore, "read", read)
+
+
+def rows_with_an_unreadable_index(
+    registry: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> list[dict[str, Any]]:
+    """`command --json`'s rows (exit 1) with a second model, n, whose index may not be read."""
+    (registry / "n").mkdir()
+    (registry / "n" / "index.json").write_text("{}")
+    forbid(monkeypatch, "n/index.json")
+    code, lines = frameworm(registry, command, "--json")
+    assert code == 1
+    rows: list[dict[str, Any]] = json.loads("\n".join(lines))
+    return rows
+
+
+def test_list_shows_a_model_whose_index_may_not_be_read_and_every_other_model(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = rows_with_an_unreadable_index(registry, monkeypatch, "list")
+    assert [row["version"] for row in rows if row["name"] == "m"] == ["1.0.0", "2.0.0", "3.0.0"]
+    [row] = [row for row in rows if row["name"] == "n"]
+    assert row["version"] is None and row["status"].startswith("unreadable: ")
+    assert "Permission denied" in row["status"]
+
+
+@pytest.mark.parametrize("command", [["verify"], ["verify", "m"]])
+def test_verify_reports_a_manifest_it_may_not_read_and_still_checks_the_rest(
+    registry: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    forbid(monkeypatch, "m/2.0.0/manifest.json")
+    code, lines = frameworm(registry, *command, "--json")
+    assert code == 1
+    rows = {row["version"]: row for row in json.loads("\n".join(lines))}
+    assert rows["1.0.0"]["ok"] and rows["3.0.0"]["ok"]
+    assert not rows["2.0.0"]["ok"]
+    assert "Permission denied" in rows["2.0.0"]["detail"]
+
+
+def test_verify_reports_another_models_index_it_may_not_read_as_one_row(
+    registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = rows_with_an_unreadable_index(registry, monkeypatch, "verify")
+    assert [(r["name"], r["version"], r["ok"]) for r in rows] == [
+        ("m", "1.0.0", True),
+        ("m", "2.0.0", True),
+        ("m", "3.0.0", True),
+        ("n", None, False),
+    ]
+
+
+def test_an_empty_index_is_a_damaged_one_not_a_missing_model(registry: Path) -> None:
+    (registry / "m" / "index.json").write_bytes(b"")
+    code, lines = frameworm(registry, "list", "--json")
+    assert code == 1
+    [row] = json.loads("\n".join(lines))
+    assert row["name"] == "m" and row["version"] is None
+    assert row["status"].startswith("unreadable: m/index.json is unreadable")
+    code, lines = frameworm(registry, "verify")
+    assert code == 1
+    assert lines[1].split()[:3] == ["m", "-", "False"]
+    code, lines = frameworm(registry, "promote", "m", "1.0.0", "staging", "--skip-checks")
+    assert code == 1
+    [line] = lines
+    assert line.startswith("error: m/index.json is unreadable: "), line

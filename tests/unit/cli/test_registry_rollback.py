@@ -55,3 +55,19 @@ def test_a_rollback_onto_a_tampered_version_is_refused_and_moves_nothing(
 def test_skip_checks_rolls_back_without_loading(registry: ModelRegistry) -> None:
     tamper(registry, "1.0.0")
     assert rollback(registry, "--skip-checks") == (0, [f"{MODEL}: production -> 1.0.0"])
+
+
+def test_staging_has_nothing_to_roll_back_to_once_the_version_between_is_archived(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Staging went 1.0.0, 3.0.0, 1.0.0; archiving 3.0.0 left nothing earlier than 1.0.0 (the
+    rollback used to "move" staging from 1.0.0 to 1.0.0 and record it)."""
+    register_mlp(registry, "3.0.0", tmp_path, seed=3)
+    for version in ("1.0.0", "3.0.0", "1.0.0"):
+        registry.promote(MODEL, version, "staging")
+    registry.archive(MODEL, "3.0.0")
+    before = registry.index(MODEL)
+    code, lines = rollback(registry, "staging")
+    assert code == 1
+    assert lines == [f"error: {MODEL} has no earlier staging version to roll back to"]
+    assert registry.index(MODEL) == before

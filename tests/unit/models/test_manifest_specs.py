@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from models.demo import demo_model
 from models.errors import ArtefactError
-from models.manifest import ImageSpec, TensorSpec, image_input_problem
+from models.manifest import ImageSpec, ParameterSpec, TensorSpec, image_input_problem
 from models.registry import ModelRegistry
 
 GRAY = ImageSpec(mode="L", height=28, width=28)
@@ -91,3 +93,26 @@ def test_weights_that_do_not_fit_their_architecture_are_refused_saying_how(
             family_config=config,
         )
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("bounds", "problem"),
+    [
+        ({"minimum": float("nan")}, "must not be NaN"),
+        ({"maximum": float("nan")}, "must not be NaN"),
+        ({"minimum": 2, "maximum": 1}, "minimum is above its maximum"),
+    ],
+)
+def test_a_parameter_bound_the_request_check_could_not_apply_is_refused_in_the_manifest(
+    bounds: dict[str, float], problem: str
+) -> None:
+    """Accepted before, such a bound made the request validator raise at the first request
+    (a 500 on every request with that parameter's model)."""
+    with pytest.raises(ValidationError, match=problem):
+        ParameterSpec(type="float", **bounds)
+    # As read from a stored manifest: Python's and pydantic's JSON both read NaN.
+    members = [f'"{name}": {"NaN" if math.isnan(v) else v}' for name, v in bounds.items()]
+    with pytest.raises(ValidationError, match=problem):
+        ParameterSpec.model_validate_json('{"type": "float", ' + ", ".join(members) + "}")
+    unbounded = ParameterSpec(type="float", minimum=float("-inf"), maximum=float("inf"))
+    assert unbounded.maximum == float("inf")  # infinity means no limit that way

@@ -12,7 +12,7 @@ import pytest
 from models.errors import CorruptObjectError, IntegrityError, ModelNotFoundError
 from models.registry import ModelRegistry
 from models.store import sha256_file
-from models.sync import copy_model
+from models.sync import copy_all, copy_model
 from tests.unit.models.conftest import Register
 
 
@@ -144,3 +144,37 @@ def test_verify_artefact_still_refuses_changed_bytes(
     artefact.unlink()
     with pytest.raises(IntegrityError, match="missing"):
         registry.verify_artefact(manifest)
+
+
+def test_an_empty_index_is_damaged_everywhere_never_a_model_that_is_not_there(
+    registry: ModelRegistry, register: Register, tmp_path: Path
+) -> None:
+    """A zero-byte index.json (a disk that filled up, a truncating copy) made its model vanish
+    from list, verify and a backup, and promote or archive call its versions unregistered."""
+    register("tiny", "1.0.0")
+    register("other", "1.0.0", seed=2)
+    registry.store.local_path("tiny/index.json").write_bytes(b"")
+    assert registry.list_models() == ["other", "tiny"]
+    assert not registry.is_empty()
+    [result] = registry.verify("tiny")
+    assert (result.version, result.ok) == (None, False)
+    assert result.detail.startswith("tiny/index.json is unreadable: ")
+    with pytest.raises(CorruptObjectError, match=r"tiny/index\.json is unreadable"):
+        registry.promote("tiny", "1.0.0", "staging")
+    with pytest.raises(CorruptObjectError, match=r"tiny/index\.json is unreadable"):
+        registry.archive("tiny", "1.0.0")
+    with pytest.raises(CorruptObjectError, match=r"tiny/index\.json is unreadable"):
+        copy_all(registry, ModelRegistry(tmp_path / "backup"))
+    assert registry.store.read("tiny/index.json") == b""  # nothing was written over it
+
+
+def test_a_copy_refuses_to_merge_into_an_empty_index_instead_of_starting_a_new_one(
+    registry: ModelRegistry, register: Register, tmp_path: Path
+) -> None:
+    register("tiny", "1.0.0")
+    target = ModelRegistry(tmp_path / "target")
+    copy_model(registry, target, "tiny")
+    target.store.local_path("tiny/index.json").write_bytes(b"")
+    with pytest.raises(CorruptObjectError, match=r"tiny/index\.json is unreadable"):
+        copy_model(registry, target, "tiny")
+    assert target.store.read("tiny/index.json") == b""

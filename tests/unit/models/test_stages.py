@@ -114,3 +114,24 @@ def test_staging_never_rolls_back_onto_the_version_production_holds() -> None:
     rollback(ix, "staging")
     assert ix.aliases == {"staging": "1.2.0", "production": "1.1.0"}
     assert rollback_target(ix, "staging") is None
+
+
+@pytest.mark.parametrize("consumed_by", ["production", "archive"])
+def test_staging_never_rolls_back_onto_the_version_it_holds_when_one_below_it_leaves(
+    consumed_by: str,
+) -> None:
+    """Staging's stack 1.0.0, 1.1.0, 1.0.0 less 1.1.0 left 1.0.0 twice: a rollback from 1.0.0
+    "to" 1.0.0, recorded in the history as a move."""
+    ix = index("1.0.0", "1.1.0", "1.2.0")
+    promote(ix, "1.2.0", "production")
+    promote(ix, "1.0.0", "staging")
+    promote(ix, "1.1.0", "staging")
+    promote(ix, "1.0.0", "staging")
+    if consumed_by == "production":
+        promote(ix, "1.1.0", "production")
+    else:
+        archive(ix, "1.1.0")
+    assert ix.aliases["staging"] == "1.0.0"
+    assert rollback_target(ix, "staging") is None
+    promote(ix, "1.2.0" if consumed_by == "production" else "1.1.0", "staging")
+    assert rollback_target(ix, "staging") == "1.0.0"
