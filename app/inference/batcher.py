@@ -5,7 +5,8 @@ Rules, in the order they apply:
   `max_batch_size` items (a larger request runs alone);
 - the queue is bounded in items: past it, requests are shed with 503 and Retry-After;
 - admission control: when the expected wait (queued items / batch size x recent batch time)
-  would outlast the request's deadline, it is answered 503 at once instead of aging in line;
+  would outlast the request's deadline, it is answered 503 at once instead of aging in line
+  (504 when the deadline is one the client chose: its own choice, not an overload);
   with nothing queued or running there is nothing to wait behind, and the request is admitted
   (only batches that run refresh the timing, so an idle server must let them run);
 - a request with more items than the queue holds can never run here: 413, not a retry;
@@ -160,16 +161,7 @@ class DynamicBatcher:
             raise Problem(
                 "overloaded", "the queue is full", headers=retry_after(self.expected_wait_s())
             )
-        wait = self.expected_wait_s()
-        # Headroom: batch times vary, and decoding and answering cost time outside the model.
-        busy = self._queued_items > 0 or self.in_flight_items > 0
-        if busy and now + wait * ADMISSION_HEADROOM > deadline:
-            self._observer.shed("admission")
-            raise Problem(
-                "overloaded",
-                "the expected wait exceeds the request's deadline",
-                headers=retry_after(wait),
-            )
+        self._admit(now, deadline, client_deadline)
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         pending = Pending(arrays, items, deadline, future, now, client_deadline)
         if self._tracer is not None:
@@ -205,6 +197,28 @@ class DynamicBatcher:
                 self._unqueue(pending)
                 pending.arrays = []  # its entry waits in the deque: keep it small
                 self._observer.queued(self._queued_items)
+
+    def _admit(self, now: float, deadline: float, client_deadline: bool) -> None:
+        """Admission control: refuses at once a request that the expected wait would make miss
+        its deadline, when there is something to wait behind."""
+        wait = self.expected_wait_s()
+        # Headroom: batch times vary, and decoding and answering cost time outside the model.
+        busy = self._queued_items > 0 or self.in_flight_items > 0
+        if busy and now + wait * ADMISSION_HEADROOM > deadline:
+            if client_deadline:
+                # The client's own deadline, shorter than the server's, is the one it would
+                # miss: 504, as when it passes in the queue (and the v2 route counts it under
+                # client_deadline), not an overload 503 that the error-rate alert counts.
+                self._observer.shed("deadline")
+                raise Problem(
+                    "deadline-exceeded", "the expected wait exceeds the deadline the client set"
+                )
+            self._observer.shed("admission")
+            raise Problem(
+                "overloaded",
+                "the expected wait exceeds the request's deadline",
+                headers=retry_after(wait),
+            )
 
     def _unqueue(self, pending: Pending) -> None:
         if pending.queued:

@@ -169,6 +169,31 @@ def test_a_miss_of_the_server_s_deadline_is_no_client_deadline(seeded_registry: 
         assert shed(client, "client_deadline") == 0
 
 
+def test_a_client_s_own_deadline_the_queue_would_outlast_is_504_client_deadline(
+    seeded_registry: Path,
+) -> None:
+    """Admission control on a busy server: a `timeout` shorter than the server's deadline that
+    the expected wait outlasts is the client's miss (504, client_deadline), not an overload
+    (503) counted against the server; the server's own deadline still gets 503."""
+    settings = app_settings(seeded_registry, model="cnn-digits", request_timeout_ms=1000)
+    with running_app(settings) as client:
+        batcher = client.state["batcher"]
+        batcher.in_flight_items = 1  # busy, as if a batch were running ...
+        batcher._recent_batches.append(5.0)  # ... of batches that take 5 s
+        try:
+            mine = client.post(INFER, json=json_request(1, parameters={"timeout": 500_000}))
+            servers = [
+                client.post(INFER, json=json_request(1, parameters=parameters))
+                for parameters in ({}, {"timeout": 60_000_000})  # none, or the server's is less
+            ]
+        finally:
+            batcher.in_flight_items = 0
+        assert (mine.status_code, mine.json()["code"]) == (504, "deadline-exceeded")
+        assert [(r.status_code, r.json()["code"]) for r in servers] == [(503, "overloaded")] * 2
+        assert shed(client, "client_deadline") == 1
+        assert shed(client, "admission") == 2
+
+
 def test_an_unknown_datatype_is_422_with_the_error_member(cnn: AppClient) -> None:
     document = json_request(1)
     document["inputs"][0]["datatype"] = "FP8"

@@ -13,6 +13,7 @@ import pytest
 
 from app.errors import Problem
 from app.inference.batcher import DynamicBatcher
+from app.inference.observer import NoObserver
 from app.inference.pending import Served
 from app.inference.runner import ModelRunner
 
@@ -277,6 +278,43 @@ def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() 
     assert "expected wait" in problem.detail
     # The batch in flight, then its own: about 4 s until it could be answered.
     assert problem.headers["retry-after"] == "4"
+
+
+def test_admission_answers_a_client_chosen_deadline_it_cannot_meet_504_not_503() -> None:
+    """A v2 `timeout` shorter than the server's is the client's choice, not an overload: 504,
+    as when it passes in the queue, which the v2 route counts under client_deadline (left out
+    of the error-rate alert). A 503 would count as a server fault."""
+    runner = FakeRunner(gate=asyncio.Event())
+    shed: list[str] = []
+
+    class Observer(NoObserver):
+        def shed(self, reason: str) -> None:
+            shed.append(reason)
+
+    async def main() -> list[Problem]:
+        batcher = make_batcher(runner, observer=Observer())
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        runner.batch_seconds = 2.0  # about 4 s until a request queued now is answered
+        caught = []
+        try:
+            for client_deadline in (True, False):
+                with pytest.raises(Problem) as problem:
+                    await batcher.submit(items(2.0), 1, later(0.5), client_deadline=client_deadline)
+                caught.append(problem.value)
+        finally:
+            assert runner.gate is not None
+            runner.gate.set()
+        await in_flight
+        await batcher.close(1)
+        return caught
+
+    client, server = run(main)
+    assert (client.code, client.status) == ("deadline-exceeded", 504)
+    assert "retry-after" not in client.headers  # the same timeout would miss again
+    assert (server.code, server.status) == ("overloaded", 503)  # a server-chosen deadline
+    assert shed == ["deadline", "admission"]
+    assert runner.batch_sizes == [1]  # neither reached the model
 
 
 def test_an_idle_server_admits_a_request_however_slow_its_last_batches_were() -> None:

@@ -129,7 +129,8 @@ def test_a_malformed_input_entry_is_refused(item: Any) -> None:
 
 @pytest.mark.parametrize(
     "shape",
-    [[2**32, 2**32], [2**63, 2], [2**64 - 1, 2**64 - 1]],
+    # The batch dimension within the item limit, which is checked first.
+    [[4, 2**62], [1, 2**63], [128, 2**64 - 1]],
     ids=["wraps-to-0", "wraps-negative", "huge"],
 )
 def test_a_shape_whose_element_count_overflows_int64_is_refused(shape: list[int]) -> None:
@@ -142,7 +143,7 @@ def test_a_shape_whose_element_count_overflows_int64_is_refused(shape: list[int]
     assert "binary_data_size" in caught.value.detail
 
 
-@pytest.mark.parametrize("shape", [[2**63, 0], [0, 2**63], [0, 2**64 - 1]])
+@pytest.mark.parametrize("shape", [[0, 2**63], [0, 2**64 - 1]])
 def test_a_shape_numpy_cannot_take_is_refused_even_when_its_count_fits(shape: list[int]) -> None:
     with refused() as caught:
         decode_request(SIG, header(x_input(shape=shape, data=[])), None)
