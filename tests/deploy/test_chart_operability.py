@@ -872,3 +872,17 @@ def test_every_values_set_with_an_ingress_keeps_connections_longer_than_nginx(
 ) -> None:
     if merged_values(values_set)["ingress"]["enabled"]:
         assert float(settings(render(values_set))["FRAMEWORM_KEEP_ALIVE_S"]) > 60
+
+
+def test_the_notes_warn_that_in_memory_rate_limits_count_per_pod() -> None:
+    """The chart's defaults (two pods, no Redis) give a key its limit once per pod, which the
+    app itself refuses for two workers in one pod; the install notes say so, and how to share."""
+    warning = "Rate limits are counted in each pod's memory"
+    assert warning in _notes({}) and "2 pods" in _notes({})
+    assert "up to 10 pods with the HPA" in _notes({"autoscaling": {"enabled": True}})
+    assert warning not in _notes({"replicaCount": 1})
+    assert warning not in _notes({"settings": {"rateLimitEnabled": False}})
+    shared = {"redis": {"enabled": True}, "secrets": {"redisUrl": "redis://redis:6379/0"}}
+    assert warning not in _notes(shared)
+    assert warning not in _notes({"settings": {"rateLimitStorage": "redis://redis:6379/0"}})
+    assert warning in _notes({**shared, "redis": {"enabled": True, "rateLimits": False}})
