@@ -78,6 +78,9 @@ def list_keys(as_json: bool = JsonOption) -> None:
                 "expires": _when(r.expires),
                 "revoked": _when(r.revoked),
                 "rate_limit": r.rate_limit,
+                # False for a limit the server cannot apply (edited by hand, or made by an
+                # earlier version): the server refuses that key (401 invalid_limit).
+                "rate_limit_usable": r.has_usable_limit(),
             }
             for r in records
         ]
@@ -89,6 +92,8 @@ def list_keys(as_json: bool = JsonOption) -> None:
                 f"{r.id}  {r.owner}  {','.join(r.scopes)}"
                 + ("  revoked" if r.revoked else "")
                 + (f"  expires {_when(r.expires)}" if r.expires else "")
+                + (f"  limit {r.rate_limit}" if r.rate_limit is not None else "")
+                + ("" if r.has_usable_limit() else " (unusable: the server refuses this key)")
                 for r in records
             )
 

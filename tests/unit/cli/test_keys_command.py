@@ -84,3 +84,19 @@ def test_a_key_file_holding_an_expiry_past_year_9999_still_lists(keys: Path) -> 
     code, output = frameworm("list")
     assert code == 0, output
     assert "expires 10000000000000000 (unix time)" in output
+
+
+def test_a_key_whose_limit_the_server_cannot_apply_is_flagged_in_the_listing(keys: Path) -> None:
+    """The server refuses such a key (401 invalid_limit); the listing said nothing of it."""
+    assert frameworm("create", "alice", "--rate-limit", "10/minute")[0] == 0
+    assert frameworm("create", "bob", "--rate-limit", "10/minute")[0] == 0
+    data = json.loads(keys.read_text())
+    data["keys"][0]["rate_limit"] = "2/second;3/minute"  # as an earlier version accepted
+    keys.write_text(json.dumps(data))
+    code, output = frameworm("list")
+    assert code == 0, output
+    alice, bob = output.splitlines()
+    assert alice.endswith("limit 2/second;3/minute (unusable: the server refuses this key)")
+    assert bob.endswith("limit 10/minute")
+    code, output = frameworm("list", "--json")
+    assert [row["rate_limit_usable"] for row in json.loads(output)] == [False, True]
