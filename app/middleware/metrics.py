@@ -154,5 +154,8 @@ class HttpMetricsMiddleware:
 def _content_length(headers: Any) -> int:
     for name, value in headers:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
+            # httptools accepts any number of leading zeros; int() refuses past 4,300 digits
+            # (Python's limit on decimal conversion), which raised after the answer.
+            digits = value.lstrip(b"0") or b"0"
+            return int(digits) if digits.isdigit() and len(digits) <= 19 else 0
     return 0

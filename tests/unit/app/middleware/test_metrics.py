@@ -103,3 +103,30 @@ def test_a_path_one_slash_off_a_route_refused_before_routing_makes_no_series() -
     text = exposition(registry)
     assert "made-up" not in text
     assert "http_requests_total{" not in text
+
+
+def test_a_content_length_of_thousands_of_leading_zeros_is_counted_not_raised() -> None:
+    """httptools accepts `Content-Length: 000...05`; int() refuses past 4,300 digits, and the
+    error escaped after the answer: an error traceback logged, the request not counted."""
+    asgi, registry = instrumented(refuse=True)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"12345", "more_body": False}
+
+    async def collect(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/items/1",
+        "headers": [(b"content-length", b"0" * 5000 + b"5")],
+        "query_string": b"",
+        "route": type("Route", (), {"path": "/items/{item}"})(),
+    }
+    asyncio.run(asgi(scope, receive, collect))
+    assert sent[0]["status"] == 401
+    text = exposition(registry)
+    assert 'http_requests_total{handler="/items/{item}",method="POST",status="4xx"} 1.0' in text
+    assert 'http_request_size_bytes_sum{handler="/items/{item}"} 5.0' in text
