@@ -37,21 +37,19 @@ from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, cast
 
-from starlette.types import Receive, Scope, Send
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.client_gone import GONE, ON_CLIENT_GONE
-from app.errors import PROBLEM_CONTENT_TYPE, is_v2_path, problem_body
-from app.middleware.context import SECURITY_HEADERS
+from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
+from app.errors import is_v2_path, problem_body
 
 log = logging.getLogger("frameworm.connection")
 
-MAX_URL_BYTES = 65535  # httptools.parse_url refuses longer ones
+# Requests read ahead of the one being answered, per connection, and the piece of a read parsed
+# at once: a client pipelining tiny requests had one read of 256 KB parsed into 14,000 of them,
+# and each answer let another read in (memory grew by hundreds of MB in seconds).
+MAX_PIPELINED = 32
+FEED_BYTES = 16 * 1024
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -64,6 +62,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._head_bytes = 0  # of the chunks received wholly inside the open request head
         self._chunk_bytes = 0  # of the chunk being parsed
+        self._body_bytes = 0  # handed to on_body, all requests together
+        self._framing_bytes = 0  # of the open body's pieces that were not body (chunked)
+        self._unread = b""  # read, not parsed yet: the pipeline is full
         self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
         self._head_open = False  # a request head has begun and not ended
@@ -154,11 +155,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return  # after a refused request nothing is read: the connection closes
+        if self._unread:  # bytes read earlier wait for the pipeline: these go after them
+            self._unread += data
+            return
+        while data:  # in pieces, reading ahead no further than MAX_PIPELINED requests
+            if len(self.pipeline) >= MAX_PIPELINED:
+                self._unread = data
+                self.flow.pause_reading()  # resumed as the pipeline drains
+                return
+            piece, data = data[:FEED_BYTES], data[FEED_BYTES:]
+            self._parse(piece)
+            if self._refusal is not None or self.transport.is_closing():
+                return
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def _parse(self, data: bytes) -> None:
         # Where the connection is (a head, a body) is read from uvicorn's own state, before
         # and after parsing: no override of the parser's per-header callbacks.
         cycle = self.cycle
         in_head = cycle is None or not cycle.more_body  # before this chunk: not in a body
-        self._chunk_bytes = len(data)
+        self._chunk_bytes, body_before = len(data), self._body_bytes
         super().data_received(data)
         if self.cycle is not cycle:  # a head completed in this chunk: a new request
             self._head_bytes = 0
@@ -166,6 +185,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
+        elif cycle is not None and cycle.more_body:  # the body stayed open through the chunk
+            # What was not body: chunk-size lines and trailer fields, which httptools joins by
+            # copying as it did header values. Bounded like the head.
+            self._framing_bytes += len(data) - (self._body_bytes - body_before)
+            if self._framing_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self._refuse_framing()
         # Armed once per head that spans chunks (one that ends where it began costs no timer).
         if self._head_open:
             if self._head_timer is None and not self.transport.is_closing():
@@ -182,17 +207,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._end_head()
         # A head that ends in the chunk it started in (up to uvloop's 256 KB read) never
         # counted above. Measured here, only when this chunk could have carried it past the
-        # limit; such a request is answered by `_refuse_whole_head` instead of the app. So is
-        # a URL that httptools cannot parse for its length (under a limit raised past 64 KB).
+        # limit; such a request is answered by `refusing_app` instead of the app. So are a URL
+        # that httptools cannot parse for its length and a query string over its limit.
+        self._framing_bytes = 0
         limit = self.max_head_bytes
         over = self._head_bytes + self._chunk_bytes > limit and self._head_size() > limit
-        if over or len(self.url) > MAX_URL_BYTES:
-            detail = (
-                f"the request line and headers are over {limit // 1024} KB"
-                if over
-                else "the request line is over 64 KB"
-            )
-            app, self.app = self.app, self._refuse_whole_head(detail, _is_v2_target(self.url))
+        refusal = head_refusal(over, self.url, limit)
+        if refusal is not None:
+            status, code, detail = refusal
+            v2 = is_v2_target(self.url)
+            app, self.app = self.app, refusing_app(status, code, detail, v2, self._who)
             self.url = b"/"  # not needed to refuse it, and not parsed if over 64 KB
             try:
                 super().on_headers_complete()
@@ -217,20 +241,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         answered = self._close_with(431, "headers-too-large", detail)
         log.warning("a request head over %d bytes; answered 431", limit, extra=answered)
 
-    def _refuse_whole_head(self, detail: str, v2: bool) -> ASGI3Application:
-        """The app for a head that arrived whole, too large: 431 in its turn, then closed.
-        `v2`: the request was for the v2 protocol, whose clients read the `error` member."""
-
-        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-            request_id = uuid.uuid4().hex
-            extra = {**self._who(), "request_id": request_id}
-            log.warning("a request head too large (%s); answered 431", detail, extra=extra)
-            body = problem_body("headers-too-large", detail, request_id, v2=v2)
-            headers = [*_problem_headers(body), (b"x-request-id", request_id.encode())]
-            await send({"type": "http.response.start", "status": 431, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        return cast(ASGI3Application, refuse)
+    def _refuse_framing(self) -> None:
+        """A chunked body whose chunk-size lines and trailers are over the head's limit."""
+        limit = self.max_head_bytes
+        detail = f"the chunked body's size lines and trailers are over {limit // 1024} KB"
+        answered = self._close_with(431, "headers-too-large", detail)
+        log.warning("a chunked body's framing over %d bytes; answered 431", limit, extra=answered)
 
     # ------------------------------------------------------------------ protocol errors
     def send_400_response(self, msg: str) -> None:
@@ -257,7 +273,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         v2 = (
             is_v2_path(self.cycle.scope["path"])
             if in_body and self.cycle is not None
-            else _is_v2_target(self.url)
+            else is_v2_target(self.url)
         )
         if in_body and self._drop_pipelined(self.cycle):
             in_body = False  # its app never ran: refused in its turn, like a head
@@ -294,15 +310,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if not self.transport.is_closing():  # not closed by a `Connection: close` answer
                 self._write_problem(body, status, request_id)
             self.transport.close()
+        if self.transport.is_closing():
+            return
+        if self._unread and len(self.pipeline) < MAX_PIPELINED:
+            data, self._unread = self._unread, b""
+            self.data_received(data)
+        if self.pipeline or self._unread:
+            # uvicorn resumes reading after every answer: with requests still read ahead, the
+            # next read would only add to them.
+            self.flow.pause_reading()
 
     def _write_problem(self, body: bytes, status: int, request_id: str) -> None:
-        headers = [
-            *self.server_state.default_headers,
-            *_problem_headers(body),
-            (b"x-request-id", request_id.encode()),
-        ]
-        lines = [STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers)]
-        self.transport.write(b"".join(lines) + b"\r\n" + body)
+        default = self.server_state.default_headers
+        self.transport.write(problem_bytes(body, status, request_id, default))
 
     # ------------------------------------------------------------------ stalled writes
     def pause_writing(self) -> None:
@@ -353,25 +373,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _who(self) -> dict[str, str | None]:
         return {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
-
-
-def _is_v2_target(url: bytes) -> bool:
-    """Whether a request target (as much of it as was read) is a v2 protocol path; the
-    absolute form (`http://host/v2/...`) included."""
-    path = url.partition(b"?")[0]
-    if not path.startswith(b"/"):
-        path = b"/" + path.partition(b"://")[2].partition(b"/")[2]
-    return is_v2_path(path.decode("latin-1"))
-
-
-def _problem_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    """A problem response's headers: those of the app's own errors, and the connection closes."""
-    return [
-        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *SECURITY_HEADERS,
-    ]
 
 
 def bounded_protocol(

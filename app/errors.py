@@ -41,6 +41,7 @@ PROBLEMS: dict[str, ProblemType] = {
     "model-not-found": ProblemType(404, "Model not found"),
     "method-not-allowed": ProblemType(405, "Method not allowed"),
     "payload-too-large": ProblemType(413, "Payload too large"),
+    "uri-too-long": ProblemType(414, "URI too long"),
     "unsupported-media-type": ProblemType(415, "Unsupported media type"),
     "headers-too-large": ProblemType(431, "Request header fields too large"),
     "invalid-input": ProblemType(422, "Invalid input"),

@@ -1,0 +1,126 @@
+"""The connection's read-ahead bounds (app/connection.py), driven with bytes and no socket:
+pipelined requests and a chunked body's framing. A transport that records what the protocol
+does stands in for the socket."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from app.connection import FEED_BYTES, MAX_PIPELINED, bounded_protocol
+
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = False
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def healthz(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def protocol(transport: Transport, max_head_kb: int = 64) -> Any:
+    config = uvicorn.Config(healthz, lifespan="off", log_level="warning")
+    config.load()
+    cls = bounded_protocol(max_head_kb * 1024, write_stall_s=30.0)
+    made = cls(config=config, server_state=ServerState(), app_state={})
+    made.connection_made(transport)
+    return made
+
+
+def test_pipelined_requests_are_read_ahead_a_bounded_number_at_a_time_and_all_answered() -> None:
+    """One read of 3,000 tiny pipelined requests was parsed whole into 3,000 queued requests,
+    and every answer let another read in: memory grew by hundreds of MB in seconds."""
+    count = 3000
+
+    async def run() -> tuple[int, int]:
+        transport = Transport()
+        connection = protocol(transport)
+        most = 0
+        connection.data_received(REQUEST * count)
+        # The bound is checked between pieces of a read: at most one piece past it.
+        most = max(most, len(connection.pipeline))
+        assert not transport.reading  # the rest waits, and so does the socket
+        for _ in range(20 * count):
+            await asyncio.sleep(0)
+            most = max(most, len(connection.pipeline))
+            if transport.written.count(b"HTTP/1.1 200") == count:
+                break
+            # With requests read ahead, reading stays paused; with none, it goes on.
+            assert transport.reading == (not connection.pipeline and not connection._unread)
+        return transport.written.count(b"HTTP/1.1 200"), most
+
+    answered, most = asyncio.run(run())
+    assert answered == count
+    assert most <= MAX_PIPELINED + FEED_BYTES // len(REQUEST) + 1
+
+
+@pytest.mark.parametrize("trailer", [True, False])
+def test_a_chunked_body_s_framing_is_bounded_like_a_head(trailer: bool) -> None:
+    """Trailer fields after the last chunk, or endless chunk-size lines, are not body: they
+    were never counted, and httptools joins a trailer field by copying it whole each time."""
+
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport, max_head_kb=8)
+        connection.data_received(
+            b"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await asyncio.sleep(0)
+        framing = b"0\r\nX-Trailer: " if trailer else b""
+        connection.data_received(framing)
+        for _ in range(100):
+            piece = b"a" * 1024 if trailer else b"0000000001\r\na\r\n" * 64
+            connection.data_received(piece)
+            if transport.closing:
+                break
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    assert b"HTTP/1.1 200" in written  # the request was answered (before its body ended)
+    assert b" 431 " in written and b"size lines and trailers are over 8 KB" in written
+
+
+def test_a_query_string_over_the_limit_is_414_before_the_app() -> None:
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport)
+        connection.data_received(b"GET /healthz?" + b"v&" * 2000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    assert written.startswith(b"HTTP/1.1 414 ")
+    assert b"the query string is over 2048 bytes" in written
