@@ -4,8 +4,9 @@ Decoding costs time per pixel whatever the encoded size (a 702-byte lossless Web
 4096 takes about 0.4 s), so besides each image's own limits (`ImageSpec.max_size_mb`,
 `max_pixels`) a request's images together may declare at most `REQUEST_MAX_PIXELS` pixels, or
 the largest single image a spec allows where that is more: all of it read from the headers
-before any image is decoded. Decoding is CPU work: callers on an event loop run
-`decode_images` in a worker thread.
+before any image is decoded. A JPEG's decoding also costs time per scan: its scans are
+counted and limited (`JPEG_MAX_SCANS`) before decoding too. Decoding is CPU work: callers on an
+event loop run `decode_images` in a worker thread.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP",
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
 # 32 Mpx: two images at the default `max_pixels` (4096 x 4096), or 40,000 of 28 x 28.
 REQUEST_MAX_PIXELS = 32 * 1024 * 1024
+# Decoding a progressive JPEG walks every block of the image once per scan, so its cost grows
+# with the number of scans, which the pixel and size limits do not bound: an AC scan of a flat
+# image is a few bytes whatever its size (EOB runs), and a 234 kB JPEG of 4096 x 4096 with 3,000
+# such scans took 16 s. libjpeg's progressive scripts write 6 scans (grayscale), 10 (YCbCr) or
+# 18 (CMYK), and a thumbnail or an MPO's other pictures add their own: 100 leaves room for
+# those, and 100 tiny scans of a 4096 x 4096 image cost about 0.6 s, what a legitimate
+# progressive JPEG of that size takes (0.5 s). Scans that cost more carry at least a bit per
+# block, so `max_size_mb` bounds them.
+JPEG_MAX_SCANS = 100
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,20 @@ def _open(image: EncodedImage) -> Image.Image:
     if opened.width * opened.height > spec.max_pixels:
         opened.close()
         raise Problem("invalid-input", f"{field} has more than {spec.max_pixels} pixels")
+    if opened.format in ("JPEG", "MPO") and _jpeg_scans(image.raw) > JPEG_MAX_SCANS:
+        opened.close()
+        raise Problem("invalid-input", f"{field} is a JPEG of more than {JPEG_MAX_SCANS} scans")
     return opened
+
+
+def _jpeg_scans(raw: bytes) -> int:
+    """At least the number of scans in the JPEG: its SOS markers (FF DA) counted undecoded.
+
+    Entropy-coded data stuffs every FF with 00 (or follows it with a restart marker), so FF DA
+    appears only as a marker; segments (an Exif thumbnail, an MPO's other pictures) may add a
+    few, which the limit allows for.
+    """
+    return raw.count(b"\xff\xda")
 
 
 def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
