@@ -50,6 +50,7 @@ class SyncReport:
     target: str
     versions: list[CopiedVersion] = field(default_factory=list)
     stage_moves: list[StageEvent] = field(default_factory=list)
+    error: str | None = None  # copy_all: why this model was not copied (the others were)
 
 
 def push(
@@ -85,11 +86,21 @@ def copy_all(
     stages: bool = False,
     actor: str | None = None,
 ) -> list[SyncReport]:
-    """Copy every model of the source (a backup, or a restore)."""
-    return [
-        copy_model(source, target, name, stages=stages, actor=actor)
-        for name in source.list_models()
-    ]
+    """Copy every model of the source (a backup, or a restore).
+
+    A model that cannot be copied (its index unreadable, a version diverged) is reported with
+    its `error`, and the others are still copied: one damaged model must not leave every
+    model after it out of a backup, nor every pod of an `s3Pull` registry without its model.
+    """
+    reports = []
+    for name in source.list_models():
+        try:
+            reports.append(copy_model(source, target, name, stages=stages, actor=actor))
+        except (RegistryError, OSError) as exc:
+            report = SyncReport(name=name, source=source.store.url, target=target.store.url)
+            report.error = str(exc) or type(exc).__name__
+            reports.append(report)
+    return reports
 
 
 def copy_model(

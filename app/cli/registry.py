@@ -365,6 +365,7 @@ def _copy(
             "target": r.target,
             "versions": [{"version": c.version, "action": c.action} for c in r.versions],
             "stage_moves": [e.model_dump(mode="json") for e in r.stage_moves],
+            "error": r.error,
         }
         for r in reports
     ]
@@ -376,6 +377,9 @@ def _copy(
             for c in r.versions
         ]
         lines += [f"{r.name}: {e.stage} -> {e.version}" for r in reports for e in r.stage_moves]
+        lines += [f"{r.name}: not copied: {r.error}" for r in reports if r.error]
         return "\n".join(lines) or "(no models)"
 
     emit(payload, as_json, human)
+    if any(r.error for r in reports):
+        raise typer.Exit(1)  # every other model was copied

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import tests.support.models as models_support
 from app.cli import cli
+from models.registry import ModelRegistry
 
 
 @pytest.mark.parametrize(
@@ -58,3 +61,25 @@ def test_a_source_directory_that_does_not_exist_is_an_error_not_an_empty_copy(
     result = CliRunner().invoke(cli, ["registry", *argv], env=env)
     assert result.exit_code == 1
     assert result.output.strip() == f"error: no registry at {missing}: the directory does not exist"
+
+
+def test_a_damaged_model_is_reported_and_every_other_model_still_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`push --all` is the chart's backup and `pull --all` its s3Pull start: one model whose
+    index could not be read stopped the copy, leaving every model after it out."""
+    source = ModelRegistry(str(tmp_path / "source"))
+    for name in ("alpha", "beta", "zeta"):
+        monkeypatch.setattr(models_support, "MODEL", name)
+        models_support.register_mlp(source, "1.0.0", tmp_path, seed=1)
+    (tmp_path / "source" / "beta" / "index.json").write_bytes(b"")  # damaged
+    result = CliRunner().invoke(
+        cli,
+        ["registry", "push", "--all", "--to", str(tmp_path / "backup"), "--json"],
+        env={"FRAMEWORM_REGISTRY": str(tmp_path / "source")},
+    )
+    assert result.exit_code == 1, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["alpha"]["error"] is None and rows["zeta"]["error"] is None
+    assert "beta/index.json" in rows["beta"]["error"]
+    assert ModelRegistry(str(tmp_path / "backup")).list_models() == ["alpha", "zeta"]
