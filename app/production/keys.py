@@ -47,6 +47,15 @@ MAX_EXPIRES_IN_S = 36_500 * 86_400  # 100 years
 BOOTSTRAP_OWNER = "bootstrap"
 
 
+def _remembered_as(token: object) -> str | None:
+    """A token's entry among the verified ones: without its prefix, which names no record
+    (`fw_`, `xy_`: one key, one entry, so a key holder cannot churn the others out)."""
+    if not isinstance(token, str):
+        return None
+    prefix, sep, rest = token.partition("_")
+    return rest if sep and _PREFIX.fullmatch(prefix) else None
+
+
 class KeyStoreUnavailableError(RuntimeError):
     """The key store could not be read; the server answers 503, not 401."""
 
@@ -143,8 +152,8 @@ class APIKeyAuth:
         # holds an equal record (not revoked, not changed) and it has not expired, the same
         # token is the same principal, so the parse and the HMAC (a third of the auth layer's
         # cost a request) are skipped. Only valid tokens enter (a guesser cannot fill it), it
-        # is bounded, and it lives in this process's memory, where every presented token
-        # passes anyway; only the HMACs are ever written down.
+        # is bounded, one entry a key whatever its prefix, and it lives in this process's
+        # memory, where every presented token passes anyway; only HMACs are written down.
         self._verified: dict[str, tuple[KeyRecord, Principal]] = {}
 
     def _hash(self, secret: str) -> str:
@@ -238,21 +247,22 @@ class APIKeyAuth:
 
         Raises KeyStoreUnavailableError when the store cannot be read (a 503, not a 401).
         """
-        if isinstance(token, str) and (known := self._verified.get(token)) is not None:
+        remembered = _remembered_as(token)
+        if remembered and (known := self._verified.get(remembered)) is not None:
             record = await self._lookup(known[1].key_id)
             if (record is known[0] or record == known[0]) and not known[0].is_expired():
                 return known[1]
-            self._verified.pop(token, None)  # revoked or changed: judged afresh
+            self._verified.pop(remembered, None)  # revoked or changed: judged afresh
         parsed = self._parse(token)
         if not isinstance(parsed, tuple):
             return parsed
         key_id, secret = parsed
         record = await self._lookup(key_id)
         result = self._judge(record, secret)
-        if record is not None and isinstance(result, Principal) and isinstance(token, str):
+        if record is not None and isinstance(result, Principal) and remembered:
             if len(self._verified) >= _MAX_VERIFIED:
                 self._verified.clear()
-            self._verified[token] = (record, result)
+            self._verified[remembered] = (record, result)
         return result
 
     async def _lookup(self, key_id: str) -> KeyRecord | None:

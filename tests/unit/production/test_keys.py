@@ -486,3 +486,21 @@ def test_remembered_keys_are_bounded(auth: APIKeyAuth, monkeypatch: pytest.Monke
 
     assert all(isinstance(p, Principal) for p in asyncio.run(all_keys()))
     assert len(auth._verified) <= 2
+
+
+def test_prefix_variants_of_one_key_are_one_remembered_entry(
+    auth: APIKeyAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefix names no record, so `xaaa_<id>_<secret>`, `xaab_...` all pass: remembered by
+    the whole token, one key holder could churn every other key out of the cache."""
+    monkeypatch.setattr("app.production.keys._MAX_VERIFIED", 4)
+    victim, attacker = auth.create_key("victim"), auth.create_key("attacker")
+    rest = attacker.split("_", 1)[1]
+    variants = [f"x{chr(97 + i // 26)}{chr(97 + i % 26)}_{rest}" for i in range(50)]
+
+    async def run() -> list[Principal | AuthFailure]:
+        return [await auth.authenticate(t) for t in [victim, *variants]]
+
+    assert all(isinstance(p, Principal) for p in asyncio.run(run()))
+    assert len(auth._verified) == 2  # the victim's entry was never pushed out
+    assert asyncio.run(auth.authenticate("FW_" + rest)) == AuthFailure("malformed")
