@@ -23,13 +23,14 @@ Two ways to drive it:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, TypeVar
 
 from .hooks import Handler, call_bounded, wait_in_daemon_thread
@@ -80,24 +81,14 @@ class _InflightToken:
         self._owner._enter()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._owner._exit()
 
     async def __aenter__(self) -> _InflightToken:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._owner._exit()
 
 
 class GracefulShutdown:
@@ -329,17 +320,23 @@ class GracefulShutdown:
         # Runs on the main thread: only flip state and start the drain thread; waiting here
         # would block the very loop that has to finish the in-flight work.
         if self._drain_thread is not None:
-            # A second signal (an impatient operator) or the re-delivery after the drain.
+            # A second signal (an impatient operator) or the re-delivery after the drain: the
+            # process's exit no longer waits for the drain.
+            atexit.unregister(self._finish_drain_at_exit)
             self._chain(signum, frame)
             return
         self.begin()
         logger.info("received %s; draining", signal.Signals(signum).name)
-        # Not a daemon: with `start()` at import, uvicorn takes the signal first, stops and
-        # re-raises it here, and `uvicorn.run` returns; the exit waits for this bounded drain.
         self._drain_thread = threading.Thread(
-            target=self._drain_then_chain, args=(signum,), name="graceful-shutdown"
+            target=self._drain_then_chain, args=(signum,), name="graceful-shutdown", daemon=True
         )
         self._drain_thread.start()
+        # With `start()` at import, uvicorn takes the signal first, stops, re-raises it here and
+        # returns from `uvicorn.run`: the program ends, and its exit must wait for the drain.
+        atexit.register(self._finish_drain_at_exit)
+
+    def _finish_drain_at_exit(self) -> None:
+        self.join(self.timeout + len(self._handlers) * self.handler_timeout + 1.0)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for a signal-started drain to finish; True when none is running any more."""
@@ -394,5 +391,6 @@ class GracefulShutdown:
         self._loop_previous.clear()
         self._loop_drain, self._loop_chained = None, False
         self._service_loop = None
+        atexit.unregister(self._finish_drain_at_exit)
         with self._lock:
             self._started = False

@@ -123,3 +123,42 @@ def test_start_in_the_lifespan_runs_async_hooks_on_the_service_loop() -> None:
     assert answers == ['{"ok":true}']
     assert lines[:2] == ["sync hook ran", "async hook on the service loop"], lines
     assert returncode in (0, -signal.SIGTERM)
+
+
+IMPATIENT = """
+import time
+from app.production import GracefulShutdown
+
+shutdown = GracefulShutdown(timeout=20)
+shutdown.register_handler(lambda: time.sleep(15))
+shutdown.start()
+shutdown.track_request().__enter__()  # work that never finishes: the drain waits 20 s
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_second_signal_during_the_drain_ends_the_process_at_once() -> None:
+    """A second Ctrl-C chains to the default handler (KeyboardInterrupt); the process's exit
+    must not then wait out the drain it was asked to cut short."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(IMPATIENT)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.communicate(timeout=30)  # reads the pipes to the end, and closes them
+        assert time.monotonic() - started < 5
+    finally:
+        process.kill()
+    assert process.returncode != 0
