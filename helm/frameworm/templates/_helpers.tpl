@@ -385,7 +385,9 @@ spec:
       command: ["cp", "-R", "/var/lib/frameworm/registry/.", "/mnt/registry/"]
       {{- else }}
       command: ["frameworm"]
-      args: ["registry", "pull", "--all", "--from", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
+      {{- /* The served model alone, with its stage aliases: another model's damaged files in
+             the bucket must not keep this pod from starting. */}}
+      args: ["registry", "pull", {{ .Values.settings.model | quote }}, "--stages", "--from", {{ required "registry.s3Uri is required with registry.source=s3Pull" .Values.registry.s3Uri | quote }}]
       envFrom:
         - configMapRef:
             name: {{ include "frameworm.fullname" . }}
