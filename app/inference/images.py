@@ -7,12 +7,21 @@ the largest single image a spec allows where that is more: all of it read from t
 before any image is decoded. A JPEG's decoding also costs time per scan: its scans are
 counted and limited (`JPEG_MAX_SCANS`) before decoding too. Decoding is CPU work: callers on an
 event loop run `decode_images` in a worker thread.
+
+Opening an image costs time too, whatever its pixels: Pillow reads a PNG's chunks, a JPEG's
+segments before its first scan and a GIF's blocks before its first image in Python, holding the
+GIL (so the event loop stalls with the worker), at about 1 us a byte where they are tiny: 10 MB
+of empty PNG chunks held it 13 s. Their structure is walked first, cheaply and with a bound, and
+an image whose structure no encoder writes is refused before Pillow sees it (`PNG_MAX_CHUNKS`,
+`JPEG_MAX_SEGMENTS`, `JPEG_MAX_FILL_BYTES`, `JPEG_MAX_HEADER_ENTRIES`, `GIF_MAX_BLOCKS`).
 """
 
 from __future__ import annotations
 
 import binascii
 import io
+import re
+import struct
 import warnings
 from base64 import b64decode
 from collections.abc import Sequence
@@ -40,6 +49,32 @@ REQUEST_MAX_PIXELS = 32 * 1024 * 1024
 # progressive JPEG of that size takes (0.5 s). Scans that cost more carry at least a bit per
 # block, so `max_size_mb` bounds them.
 JPEG_MAX_SCANS = 100
+# Pillow reads a PNG's chunks one by one in Python (about 16 us a chunk when they are empty: 13 s
+# for the 800,000 that fit in 10 MB), those before IDAT when opening and the rest when loading,
+# so every chunk up to IEND is counted. libpng writes IDAT in 8 kB chunks (Pillow in 64 kB
+# ones): a 10 MB PNG holds about 1,300 chunks, with its text and other metadata a few dozen
+# more. 4,096 allow that for files up to 32 MB, and one chunk per 4 kB (half libpng's size)
+# for larger ones where a spec allows them; 4,096 chunks cost Pillow about 65 ms. An APNG's
+# frames take two chunks or more each, so one of more than about 2,000 frames is refused.
+PNG_MAX_CHUNKS = 4096
+PNG_BYTES_PER_CHUNK = 4096
+# Pillow reads a JPEG up to its first scan in Python (libjpeg decodes the rest in C), a turn of
+# its loop per segment (4 us), per fill byte (0xFF before a marker) and per stray byte between
+# segments (1.4 us), and inside segments per quantization table, frame component, Photoshop
+# resource and Exif tag (up to 5 us). Encoders write a dozen segments (APPn, DQT, SOF, DHT),
+# a few dozen with Exif, XMP and an ICC profile in 64 kB pieces: 1,024 leave room for a 60 MB
+# profile. They write no fill bytes, or a few: the format allows any number, 1,024 are plenty.
+# Real headers hold at most 4 tables, 4 components, a hundred Photoshop resources and one Exif
+# segment (a second one's tags are counted, as Pillow appends it to the first): 1,024 entries.
+# At these limits the walk costs 2 ms at most, Pillow 10 to 20 ms.
+JPEG_MAX_SEGMENTS = 1024
+JPEG_MAX_FILL_BYTES = 1024
+JPEG_MAX_HEADER_ENTRIES = 1024
+# Pillow reads a GIF's extensions before its first image one sub-block at a time in Python (0.5
+# to 3 us each: 4 MB of 1-byte comment sub-blocks took 1 s). Encoders write a few extensions
+# (loop count, graphic control, comment, XMP, an ICC profile) in sub-blocks of up to 255
+# bytes: 4,096 blocks hold 1 MB of metadata, and cost Pillow about 10 ms. GIF is opt-in.
+GIF_MAX_BLOCKS = 4096
 
 
 @dataclass(frozen=True)
@@ -89,6 +124,8 @@ def _open(image: EncodedImage) -> Image.Image:
             raise Problem(
                 "unsupported-media-type", f"{field}: {quoted(media_type)} is not accepted"
             )
+    if (excess := _structure_excess(image.raw)) is not None:
+        raise Problem("invalid-input", f"{field} is {excess}")
     try:
         with warnings.catch_warnings():
             # Our own pixel limit below is stricter; Pillow's bomb warning must not escalate.
@@ -121,6 +158,129 @@ def _jpeg_scans(raw: bytes) -> int:
     few, which the limit allows for.
     """
     return raw.count(b"\xff\xda")
+
+
+def _structure_excess(raw: bytes) -> str | None:
+    """What the image's structure holds beyond its limit, walked undecoded; None if within.
+
+    A structure cut short or broken is left for Pillow to refuse, as it does: only the count
+    of the parts it would read one by one is judged here, and each step of a walk counts one.
+    """
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_excess(raw)
+    if raw.startswith(b"\xff\xd8\xff"):
+        return _jpeg_excess(raw)
+    if raw.startswith((b"GIF87a", b"GIF89a")):
+        return _gif_excess(raw)
+    return None
+
+
+_PNG_CHUNK = struct.Struct(">I4s")
+
+
+def _png_excess(raw: bytes) -> str | None:
+    """More chunks up to IEND than the limit: a jump from chunk header to chunk header."""
+    limit = max(PNG_MAX_CHUNKS, len(raw) // PNG_BYTES_PER_CHUNK)
+    pos, chunks, end = 8, 0, len(raw) - _PNG_CHUNK.size
+    while pos <= end:
+        length, kind = _PNG_CHUNK.unpack_from(raw, pos)
+        chunks += 1
+        if chunks > limit:
+            return f"a PNG of more than {limit} chunks"
+        if kind == b"IEND":
+            break
+        pos += 12 + length  # length and type, data, CRC
+    return None
+
+
+# Markers that Pillow reads without a length (its handler is None): JPG, RSTn, SOI, EOI, JPGn.
+_JPEG_STANDALONE = frozenset([0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)])
+# Frame headers (SOFn, and DHP, read alike), whose components Pillow reads one by one.
+_JPEG_FRAMES = frozenset([*range(0xC0, 0xD0), 0xDE]) - {0xC4, 0xC8, 0xCC}
+_JPEG_FILL = re.compile(b"\xff+")
+
+
+def _jpeg_excess(raw: bytes) -> str | None:
+    """More segments, fill bytes or header entries before the first scan than the limits.
+
+    The walk follows Pillow's (`JpegImageFile._open`), so it counts the turns Pillow's loop
+    would take; runs of stray and fill bytes are measured in C (`find`, a bounded match).
+    """
+    pos, end = 2, len(raw)
+    segments = fill = entries = 0
+    exif = False
+    while True:
+        ff = raw.find(b"\xff", pos)
+        if ff < 0:
+            return None
+        fill_run = _JPEG_FILL.match(raw, ff, ff + JPEG_MAX_FILL_BYTES + 2)  # bounded, in C
+        run = fill_run.end() - ff if fill_run else 1
+        fill += ff - pos + run - 1  # stray bytes, then 0xFF bytes but the marker's own
+        if fill > JPEG_MAX_FILL_BYTES:
+            return f"a JPEG of more than {JPEG_MAX_FILL_BYTES} fill bytes before its first scan"
+        pos = ff + run + 1
+        if pos > end:
+            return None
+        marker = raw[pos - 1]
+        if marker == 0:  # a stuffed FF 00, skipped as a stray
+            fill += 1
+            continue
+        if marker < 0xC0:  # no marker: Pillow refuses the file
+            return None
+        segments += 1
+        if segments > JPEG_MAX_SEGMENTS:
+            return f"a JPEG of more than {JPEG_MAX_SEGMENTS} segments before its first scan"
+        if marker == 0xDA:
+            return None
+        if marker in _JPEG_STANDALONE:
+            continue
+        start = pos + 2
+        pos += max(2, int.from_bytes(raw[pos : pos + 2], "big"))  # Pillow reads no less
+        entries += _jpeg_entries(raw, marker, start, pos, exif)
+        exif = exif or (marker == 0xE1 and raw.startswith(b"Exif\x00\x00", start))
+        if entries > JPEG_MAX_HEADER_ENTRIES:
+            return (
+                f"a JPEG of more than {JPEG_MAX_HEADER_ENTRIES} tables, components and other"
+                " header entries before its first scan"
+            )
+
+
+def _jpeg_entries(raw: bytes, marker: int, start: int, end: int, exif: bool) -> int:
+    """At least how many entries Pillow reads one by one in the segment's data, start to end.
+
+    `exif`: whether an Exif segment came before, whose tags this one's would follow.
+    """
+    size = end - start
+    if marker == 0xDB:  # tables of 65 bytes, or of 129 with 16-bit values
+        return -(-size // 65)
+    if marker in _JPEG_FRAMES:  # 6 bytes, then 3 per component
+        return max(0, -(-(size - 6) // 3))
+    if marker == 0xED and raw.startswith(b"Photoshop 3.0\x00", start):
+        return raw.count(b"8BIM", start, end)  # each resource starts with one
+    if marker == 0xE1 and exif and raw.startswith(b"Exif\x00\x00", start):
+        return size // 12  # a tag is 12 bytes
+    return 0
+
+
+def _gif_excess(raw: bytes) -> str | None:
+    """More blocks before the first image than the limit: extensions, sub-blocks, strays."""
+    flags = raw[10] if len(raw) > 10 else 0
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global palette
+    blocks, end = 0, len(raw)
+    while pos < end and blocks <= GIF_MAX_BLOCKS:
+        introducer = raw[pos]
+        if introducer in b",;":  # the first image, or the end
+            return None
+        blocks += 1
+        pos += 2 if introducer == 0x21 else 1  # an extension's introducer and label
+        if introducer == 0x21:
+            while pos < end and raw[pos] and blocks <= GIF_MAX_BLOCKS:
+                blocks += 1
+                pos += 1 + raw[pos]
+            pos += 1  # the terminator
+    if blocks > GIF_MAX_BLOCKS:
+        return f"a GIF of more than {GIF_MAX_BLOCKS} blocks before its first image"
+    return None
 
 
 def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
