@@ -53,7 +53,44 @@ class SecretFiles(PydanticBaseSettingsSource):
                     values[field] = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     raise ValueError(f"{name} cannot be read: {exc}") from None
+                except UnicodeDecodeError:  # its message would quote the secret's bytes
+                    raise ValueError(f"{name}: the file is not UTF-8 text") from None
         return values
+
+
+def _redis_url_problem(url: str, schemes: tuple[str, ...] = ("redis", "rediss", "unix")) -> str:
+    """What is wrong with a Redis URL ("" when nothing), checked as redis-py reads it, in words
+    that quote nothing of it but its scheme: it may hold a password."""
+    from redis.connection import parse_url
+
+    from app.production.ratelimit import url_scheme
+
+    scheme = url_scheme(url)
+    if scheme.removesuffix("://") not in schemes:
+        *others, last = (f"{s}://" for s in schemes)
+        what = "it has no scheme" if scheme == "no scheme" else f"{scheme} is not supported"
+        return f"{what}: use {', '.join(others)} or {last}"
+    plain = url.replace("redis+unix://", "unix://", 1)  # the rate limiter's name for unix://
+    try:
+        parts = urlsplit(plain)
+    except ValueError:  # its message may quote the URL
+        return "it does not parse as a URL"
+    try:
+        parts.port  # noqa: B018  # raises ValueError when not a number from 0 to 65535
+    except ValueError:
+        return (
+            "its port is not a number from 0 to 65535 (a password goes before the host: "
+            "redis://:PASSWORD@HOST:PORT/DB)"
+        )
+    if parts.scheme == "unix":
+        return "" if parts.path else f"{scheme} needs a socket path ({scheme}/run/redis.sock)"
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return "its path is not a database number (/0)"
+    try:
+        parse_url(plain)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return "redis-py cannot read its options (?db=N, ?socket_timeout=SECONDS, ...)"
+    return ""
 
 
 def _is_limit(text: str) -> bool:
@@ -122,7 +159,8 @@ class Settings(BaseSettings):
     result_cache: Literal["off", "memory", "redis"] = "off"
     result_cache_entries: int = Field(default=10_000, ge=1)
     result_cache_max_mb: int = Field(default=256, ge=1)
-    result_cache_ttl_s: int = Field(default=3600, ge=1)
+    # Redis refuses an expiry whose milliseconds from now overflow 64 bits (about 9.2e15 s).
+    result_cache_ttl_s: int = Field(default=3600, ge=1, le=10**15)
 
     # Request limits
     max_body_mb: float = Field(default=10.0, ge=0.001)  # at least about a KB
@@ -219,7 +257,52 @@ class Settings(BaseSettings):
         ]
         if users and self.redis_url is None:
             raise ValueError(f"{' and '.join(users)} needs FRAMEWORM_REDIS_URL")
+        url = self.redis_url.get_secret_value() if users and self.redis_url is not None else None
+        if url is not None and (problem := _redis_url_problem(url)):
+            raise ValueError(f"FRAMEWORM_REDIS_URL: {problem}")
+        if self.rate_limit_enabled:
+            # Parsed here: a malformed URL found at the first request was taken for an outage.
+            from app.production.ratelimit import STORAGE_SCHEMES, url_scheme
+
+            storage = self.rate_limit_storage.removeprefix("async+")
+            if STORAGE_SCHEMES.get(url_scheme(storage).removesuffix("://")) != "memory" and (
+                problem := _redis_url_problem(storage, tuple(STORAGE_SCHEMES))
+            ):
+                raise ValueError(f"FRAMEWORM_RATE_LIMIT_STORAGE: {problem}")
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # An empty host binds every interface: that must be asked for by name.
+        if not value.strip():
+            raise ValueError(
+                "empty, which listens on every interface: write 0.0.0.0 or :: for that"
+            )
+        return value
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _keys_file_is_named(cls, value: Any) -> Any:
+        # An empty path is "." to pathlib: the pepper was written to ./pepper before a failure.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("empty: name the key store's file")
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_at_home(cls, value: Path) -> Path:
+        return value.expanduser()  # as FRAMEWORM_REGISTRY: not a directory named "~"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        # The exporter, built in each worker's app, raised "Invalid IPv6 URL" naming nothing.
+        try:
+            urlsplit(value or "").port  # noqa: B018  # raises ValueError as the exporter would
+        except ValueError:
+            raise ValueError("its host or port does not parse: write http://HOST:PORT") from None
+        return value
 
     @field_validator("forwarded_allow_ips")
     @classmethod
@@ -248,22 +331,25 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r}: CUDA is not available on this machine")
         return value
 
-    @field_validator("metrics_token", "bootstrap_api_key")
+    @field_validator("metrics_token", "bootstrap_api_key", "api_key_pepper")
     @classmethod
     def _token_is_usable(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         # An empty metrics token (an empty secret mounted as the _FILE) would make "Bearer "
         # the password: /metrics would look protected and be open; an empty bootstrap key left
-        # a development server with no key and no word why. Unset it, or give it a value.
-        what = "the metrics token" if info.field_name == "metrics_token" else "the bootstrap key"
+        # a development server with no key and no word why; an empty pepper made every key's
+        # HMAC one of an empty key. Unset it, or give it a value.
         if value is None:
             return value
+        what = f"the {(info.field_name or '').replace('_', ' ').replace('api', 'API')}"
         secret = value.get_secret_value()
         if not secret.strip():
             raise ValueError(f"{what} is empty: unset it or give it a value")
         # Headers arrive as bytes that clients encode as they please (curl: UTF-8); a secret
         # outside printable ASCII matched only some of them, or none. Whitespace around a
-        # header value is not part of it (RFC 9110 5.5).
-        if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
+        # header value is not part of it (RFC 9110 5.5). The pepper is never sent: any text.
+        if info.field_name != "api_key_pepper" and (
+            not (secret.isascii() and secret.isprintable()) or secret != secret.strip()
+        ):
             raise ValueError(f"{what} must be printable ASCII, without spaces around it")
         return value
 

@@ -97,6 +97,9 @@ async def _load(
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     lifecycle: Lifecycle = app.state.lifecycle
+    # First: should it raise, nothing has started yet (a model load already running on its
+    # thread aborted the process as the interpreter exited).
+    cache = build_cache(settings, app.state.metrics)
     host = ModelHost(settings)
     batcher = DynamicBatcher(
         lambda: host.runner,
@@ -130,7 +133,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     loading = asyncio.create_task(
         _load(host, lifecycle, metrics, follower), name="frameworm-model-load"
     )
-    cache = build_cache(settings, metrics)
     try:
         yield {
             "settings": settings,

@@ -37,9 +37,11 @@ from collections.abc import Generator
 from types import FrameType
 from urllib.parse import urlsplit
 
+import typer
 import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from app.cli.output import errors_as_one_line
 from app.config import Settings
 from app.connection import bounded_protocol
 from app.inference.host import LOAD_THREAD
@@ -157,9 +159,13 @@ class DrainingServer(uvicorn.Server):
 def ensure_a_key(settings: Settings) -> None:
     """README's first command must end in a working call: in development, with no key at all,
     create one and print it once; in production, refuse to start instead."""
-    if not settings.auth_enabled or settings.bootstrap_api_key is not None:
+    if not settings.auth_enabled:
         return
+    # Built even with a bootstrap key: what fails here (the pepper, the key store) would fail
+    # in each of several workers, each with its own line, after the port is bound.
     auth = APIKeyAuth(settings=settings)
+    if settings.bootstrap_api_key is not None:
+        return
     if any(r.revoked is None and not r.is_expired() for r in auth.list_keys()):
         return
     if settings.env == "production":
@@ -198,9 +204,28 @@ def check_rate_limit_is_shared(settings: Settings) -> None:
     log.warning(problem)
 
 
+def warn_of_settings_without_effect(settings: Settings) -> None:
+    """Settings that serve, but cannot do what they ask for."""
+    if settings.auto_rollback and not settings.follow_stage:
+        log.warning(
+            "FRAMEWORM_AUTO_ROLLBACK is ignored: automatic rollback watches the versions the "
+            "stage follower switches to, and FRAMEWORM_FOLLOW_STAGE is off"
+        )
+    if settings.max_batch_size > settings.max_queue_items:
+        # Not refused: it serves correctly, with batches of at most the queue's bound.
+        log.warning(
+            "FRAMEWORM_MAX_BATCH_SIZE=%d is above FRAMEWORM_MAX_QUEUE_ITEMS=%d: a batch never "
+            "holds more than %d items, and the warm-up runs sizes no batch will take",
+            settings.max_batch_size,
+            settings.max_queue_items,
+            settings.max_queue_items,
+        )
+
+
 def run(settings: Settings) -> int:
     """Serve until drained; the process exit code."""
     configure_logging(settings.log_format, settings.log_level)
+    warn_of_settings_without_effect(settings)
     check_rate_limit_is_shared(settings)
     ensure_a_key(settings)
     # Bound before anything starts (the model load included), and by us: on a taken port
@@ -291,7 +316,13 @@ def _worker(settings: Settings, sock: socket.socket, supervisor: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)
-    sys.exit(serve_one(settings, sock, worker=True))
+    # What stops a worker from building its app is one line, as with a single process (the
+    # supervisor's own checks catch most of it before any worker starts).
+    try:
+        with errors_as_one_line():
+            sys.exit(serve_one(settings, sock, worker=True))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
 
 
 def _drain_when_orphaned(supervisor: int) -> None:

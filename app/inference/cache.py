@@ -128,7 +128,10 @@ class RedisCache:
         self._client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
-        self._failing = False
+        # What fails now, "read" and/or "write". They fail apart (a TTL Redis refuses, a full
+        # Redis with noeviction: every write fails while every read succeeds), so a read that
+        # succeeds does not end an outage of writes.
+        self._failing: set[str] = set()
 
     def _failed(self, what: str, exc: Exception) -> None:
         # Once per outage at warning level (every request is a miss meanwhile: only the
@@ -137,12 +140,13 @@ class RedisCache:
             log.warning("result cache %s failed (%s): serving without it", what, type(exc).__name__)
         else:
             log.debug("result cache %s failed: %s", what, type(exc).__name__)
-        self._failing = True
+        self._failing.add(what)
 
-    def _succeeded(self) -> None:
-        if self._failing:
-            log.info("result cache reachable again")
-        self._failing = False
+    def _succeeded(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            if not self._failing:
+                log.info("result cache reachable again")
 
     async def get(self, key: str) -> list[np.ndarray] | None:
         try:
@@ -151,7 +155,7 @@ class RedisCache:
         except Exception as exc:  # down or slow: a miss
             self._failed("read", exc)
             return None
-        self._succeeded()
+        self._succeeded("read")
         if not isinstance(blob, bytes) or not blob:
             return None
         try:
@@ -166,6 +170,8 @@ class RedisCache:
                 await self._client.set(f"frameworm:result:{key}", _pack(outputs), ex=self.ttl_s)
         except Exception as exc:
             self._failed("write", exc)
+            return
+        self._succeeded("write")
 
     async def close(self) -> None:
         await self._client.aclose()

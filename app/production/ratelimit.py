@@ -23,7 +23,6 @@ import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
@@ -89,13 +88,23 @@ class RateLimitDecision(NamedTuple):
         return max(1, math.ceil(self.reset_after_s))
 
 
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]{0,31})://", re.IGNORECASE)
+
+
+def url_scheme(url: str) -> str:
+    """`name://` of a URL that starts with one, else "no scheme": never more of it, since a
+    URL that does not parse may put a password where its scheme would be."""
+    match = _SCHEME.match(url)
+    return f"{match[1]}://" if match else "no scheme"
+
+
 def _storage_kind(uri: str) -> tuple[StorageKind, str]:
     plain = uri.removeprefix("async+")
-    scheme = urlsplit(plain).scheme
-    kind = STORAGE_SCHEMES.get(scheme)
-    if kind is None:
+    scheme = url_scheme(plain)
+    kind = STORAGE_SCHEMES.get(scheme.removesuffix("://"))
+    if kind is None:  # the message names the scheme only: a redis:// URL may hold a password
         choices = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
-        raise ValueError(f"unsupported rate-limit storage {scheme or uri!r}; use one of {choices}")
+        raise ValueError(f"unsupported rate-limit storage ({scheme}); use one of {choices}")
     return kind, plain
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from app import serve as serve_module
 from app.cli import cli
+from app.config import Settings
 from tests.support import free_port
 
 
@@ -66,3 +73,98 @@ def test_an_unreachable_redis_key_store_is_one_line(monkeypatch: pytest.MonkeyPa
     assert code == 1
     [line] = errors
     assert line.startswith("error: Redis: ") and "Connection refused" in line
+
+
+def test_a_rate_limit_storage_without_a_scheme_is_refused_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was found in create_app, after the port was bound, and the error quoted it whole."""
+    result = CliRunner().invoke(
+        cli, ["serve"], env={"FRAMEWORM_RATE_LIMIT_STORAGE": "redis//:S3cret@redis:6379/0"}
+    )
+    assert result.exit_code == 1
+    assert "S3cret" not in result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: FRAMEWORM_RATE_LIMIT_STORAGE: it has no scheme: use memory://")
+
+
+def settings_workers_cannot_build_an_app_with(home: Path) -> Settings:
+    """A key store's directory that cannot be made: each worker's create_app fails (the
+    bootstrap key spared the supervisor's own look at the key store)."""
+    (home / "a-file").write_text("")
+    return Settings(
+        workers=2,
+        api_keys_file=home / "a-file" / "api-keys.json",
+        bootstrap_api_key="k" * 32,
+        rate_limit_storage="redis://127.0.0.1:6379/0",
+    )
+
+
+def test_what_would_stop_every_worker_stops_the_supervisor_first_in_one_line(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in each worker, it was a traceback per worker; now it is found before the port is
+    bound, and the CLI prints the OSError as its one error line."""
+
+    def must_not_listen(settings: Settings) -> None:
+        raise AssertionError("the server went on to listen")
+
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(serve_module, "listening_socket", must_not_listen)
+    with pytest.raises(OSError, match="a-file"):
+        serve_module.run(settings_workers_cannot_build_an_app_with(home))
+
+
+def test_a_worker_that_cannot_build_its_app_says_so_in_one_line(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(serve_module, "_drain_when_orphaned", lambda supervisor: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # the test's own SIGINT stays
+    with socket.socket() as sock, pytest.raises(SystemExit) as caught:
+        serve_module._worker(settings_workers_cannot_build_an_app_with(home), sock, os.getppid())
+    assert caught.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: [Errno 17] File exists: ") and "a-file" in line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        ({"auto_rollback": True}, "FRAMEWORM_AUTO_ROLLBACK is ignored"),
+        (
+            {"max_batch_size": 64, "max_queue_items": 16},
+            "FRAMEWORM_MAX_BATCH_SIZE=64 is above FRAMEWORM_MAX_QUEUE_ITEMS=16: a batch never "
+            "holds more than 16 items",
+        ),
+    ],
+)
+def test_settings_that_cannot_take_effect_are_warned_about_at_start(
+    overrides: dict[str, Any],
+    warned: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def cannot_listen(settings: Settings) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(serve_module, "listening_socket", cannot_listen)
+    with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
+        assert serve_module.run(Settings(bootstrap_api_key="k" * 32, **overrides)) == 1
+        assert serve_module.run(Settings(bootstrap_api_key="k" * 32)) == 1
+    [warning] = [
+        r for r in caplog.records if r.name == "frameworm.serve" and r.levelname == "WARNING"
+    ]
+    assert warning.getMessage().startswith(warned)
+
+
+def test_auto_rollback_with_a_followed_stage_is_not_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
+    with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
+        serve_module.warn_of_settings_without_effect(
+            Settings(auto_rollback=True, follow_stage=True)
+        )
+    assert caplog.records == []

@@ -194,3 +194,31 @@ def test_an_unreadable_redis_entry_is_a_miss_not_an_error(
             await cache.close()
 
     assert asyncio.run(main()) is None
+
+
+def test_writes_that_always_fail_beside_reads_that_work_are_one_warning(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A TTL Redis refuses (or a full Redis with noeviction) fails every write while reads
+    work: each read ended the outage, so each request's write warned again."""
+
+    async def main() -> None:
+        cache = RedisCache(redis_server.url, ttl_s=10**16, timeout_s=1.0)  # past Redis's bound
+        try:
+            for _ in range(4):
+                assert await cache.get("k") is None
+                await cache.put("k", [np.zeros(1)])
+            cache.ttl_s = 60  # writes work again: one line says so
+            await cache.put("k", [np.zeros(1)])
+            assert await cache.get("k") is not None
+        finally:
+            await cache.close()
+
+    with caplog.at_level("INFO", logger="frameworm.cache"):
+        asyncio.run(main())
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "result cache write failed (ResponseError): serving without it"),
+        ("INFO", "result cache reachable again"),
+    ]
