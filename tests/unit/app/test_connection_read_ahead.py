@@ -50,7 +50,8 @@ async def healthz(scope: Any, receive: Any, send: Any) -> None:
 
 
 def protocol(transport: Transport, max_head_kb: int = 64) -> Any:
-    config = uvicorn.Config(healthz, lifespan="off", log_level="warning")
+    # No log_config or log_level: uvicorn would set its loggers' levels for the whole process.
+    config = uvicorn.Config(healthz, lifespan="off", log_config=None, log_level=None)
     config.load()
     cls = bounded_protocol(max_head_kb * 1024, write_stall_s=30.0)
     made = cls(config=config, server_state=ServerState(), app_state={})
