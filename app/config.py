@@ -82,9 +82,9 @@ def _redis_url_problem(url: str, schemes: tuple[str, ...] = ("redis", "rediss", 
             "its port is not a number from 0 to 65535 (a password goes before the host: "
             "redis://:PASSWORD@HOST:PORT/DB)"
         )
-    if parts.scheme == "unix":
-        return "" if parts.path else f"{scheme} needs a socket path ({scheme}/run/redis.sock)"
-    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+    if parts.scheme == "unix" and not parts.path:
+        return f"{scheme} needs a socket path ({scheme}/run/redis.sock)"
+    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         return "its path is not a database number (/0)"
     try:
         parse_url(plain)  # type: ignore[no-untyped-call]

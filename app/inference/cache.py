@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -122,6 +123,8 @@ class MemoryCache:
 
 
 class RedisCache:
+    SAME_OUTAGE_S = 60.0  # failures of reads and of writes this close are one outage
+
     def __init__(self, url: str, ttl_s: int, timeout_s: float = 0.05) -> None:
         import redis.asyncio
 
@@ -132,12 +135,19 @@ class RedisCache:
         # Redis with noeviction: every write fails while every read succeeds), so a read that
         # succeeds does not end an outage of writes.
         self._failing: set[str] = set()
+        self._warned_at = 0.0
 
     def _failed(self, what: str, exc: Exception) -> None:
         # Once per outage at warning level (every request is a miss meanwhile: only the
         # latency and the model's load show it otherwise), then quietly until it recovers.
-        if not self._failing:
+        # Writes happen only on misses, so one failed write may stay marked long after: a
+        # failure of the other kind, past SAME_OUTAGE_S after the warning, is a new outage.
+        now = time.monotonic()
+        if what not in self._failing and (
+            not self._failing or now - self._warned_at > self.SAME_OUTAGE_S
+        ):
             log.warning("result cache %s failed (%s): serving without it", what, type(exc).__name__)
+            self._warned_at = now
         else:
             log.debug("result cache %s failed: %s", what, type(exc).__name__)
         self._failing.add(what)

@@ -73,6 +73,7 @@ def test_the_rate_limiter_names_an_unknown_storage_by_its_scheme_alone(uri: str,
         (f"redis://:{PASSWORD}@h/0?socket_timeout=soon", "redis-py cannot read its options"),
         (f"redis://:{PASSWORD}@[::1:6379/0", "it does not parse as a URL"),
         ("unix://", "unix:// needs a socket path"),
+        (f"unix://:{PASSWORD}@/run/redis.sock?socket_timeout=abc", "redis-py cannot read"),
     ],
 )
 @pytest.mark.parametrize(
@@ -118,6 +119,7 @@ def test_a_redis_url_nothing_uses_is_not_checked() -> None:
             "bogus:// is not supported: use memory://, redis://, rediss:// or redis+unix://",
         ),
         ("redis+unix://", "redis+unix:// needs a socket path"),
+        ("redis+unix:///run/redis.sock?socket_timeout=abc", "redis-py cannot read its options"),
         ("async+rediss://h:6379/x", "its path is not a database number"),
     ],
 )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,4 +222,41 @@ def test_writes_that_always_fail_beside_reads_that_work_are_one_warning(
     assert said == [
         ("WARNING", "result cache write failed (ResponseError): serving without it"),
         ("INFO", "result cache reachable again"),
+    ]
+
+
+def test_a_write_failure_left_marked_does_not_hide_a_later_outage_of_reads(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes happen only on misses: one failed write stayed marked through hits, and when
+    Redis then went down, the reads' failures were logged at debug level only."""
+    monkeypatch.setattr(RedisCache, "SAME_OUTAGE_S", 0.0)  # the hits took longer than this
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.reads_fail = False
+
+        async def get(self, key: str) -> bytes | None:
+            if self.reads_fail:
+                raise ConnectionError("down")
+            return None
+
+        async def set(self, *args: Any, **kwargs: Any) -> None:
+            raise TimeoutError
+
+    async def main() -> None:
+        cache = RedisCache("redis://127.0.0.1:1/0", ttl_s=60)
+        client = cache._client = Flaky()  # type: ignore[assignment]
+        assert await cache.get("k") is None
+        await cache.put("k", [np.zeros(1)])  # one write fails
+        for _ in range(3):
+            assert await cache.get("k") is None  # reads work
+        client.reads_fail = True
+        assert await cache.get("k") is None
+
+    with caplog.at_level("INFO", logger="frameworm.cache"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "result cache write failed (TimeoutError): serving without it",
+        "result cache read failed (ConnectionError): serving without it",
     ]
