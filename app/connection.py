@@ -42,14 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.client_gone import GONE, ON_CLIENT_GONE
 from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
 from app.errors import is_v2_path, problem_body
+from app.read_ahead import FEED_BYTES, MAX_PIPELINED, HeldFlow
 
 log = logging.getLogger("frameworm.connection")
-
-# Requests read ahead of the one being answered, per connection, and the piece of a read parsed
-# at once: a client pipelining tiny requests had one read of 256 KB parsed into 14,000 of them,
-# and each answer let another read in (memory grew by hundreds of MB in seconds).
-MAX_PIPELINED = 32
-FEED_BYTES = 16 * 1024
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -76,6 +71,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ waiting
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = HeldFlow(transport, lambda: bool(self._unread))
         # uvicorn's keep-alive timer, armed for a new connection too: the first byte drops it.
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -157,6 +153,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return  # after a refused request nothing is read: the connection closes
         if self._unread:  # bytes read earlier wait for the pipeline: these go after them
             self._unread += data
+            self.flow.pause_reading()
             return
         while data:  # in pieces, reading ahead no further than MAX_PIPELINED requests
             if len(self.pipeline) >= MAX_PIPELINED:
@@ -186,9 +183,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
         elif cycle is not None and cycle.more_body:  # the body stayed open through the chunk
-            # What was not body: chunk-size lines and trailer fields, which httptools joins by
-            # copying as it did header values. Bounded like the head.
-            self._framing_bytes += len(data) - (self._body_bytes - body_before)
+            # Bytes that were not body, since the last that was: trailer fields (which httptools
+            # joins by copying, as it did header values) or one endless chunk-size line. Bounded
+            # like the head; a body in many small chunks resets it at each chunk's data.
+            body = self._body_bytes - body_before
+            framing = len(data) - body
+            self._framing_bytes = framing if body else self._framing_bytes + framing
             if self._framing_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_framing()
         # Armed once per head that spans chunks (one that ends where it began costs no timer).
@@ -315,10 +315,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._unread and len(self.pipeline) < MAX_PIPELINED:
             data, self._unread = self._unread, b""
             self.data_received(data)
+        if self.transport.is_closing():
+            return
         if self.pipeline or self._unread:
             # uvicorn resumes reading after every answer: with requests still read ahead, the
             # next read would only add to them.
             self.flow.pause_reading()
+        else:
+            self.flow.resume_reading()  # held back while bytes were unread (HeldFlow)
 
     def _write_problem(self, body: bytes, status: int, request_id: str) -> None:
         default = self.server_state.default_headers
