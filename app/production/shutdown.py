@@ -336,7 +336,11 @@ class GracefulShutdown:
         atexit.register(self._finish_drain_at_exit)
 
     def _finish_drain_at_exit(self) -> None:
-        self.join(self.timeout + len(self._handlers) * self.handler_timeout + 1.0)
+        self.join(self._drain_bound())
+
+    def _drain_bound(self) -> float:
+        """The longest a whole drain may take: in-flight work, then each hook, and a margin."""
+        return self.timeout + len(self._handlers) * self.handler_timeout + 1.0
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for a signal-started drain to finish; True when none is running any more."""
@@ -361,9 +365,8 @@ class GracefulShutdown:
 
     def _drain_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """The drain on the service's loop, where its async clients live; waited for here."""
-        bound = self.timeout + len(self._handlers) * self.handler_timeout + 1.0
         try:
-            asyncio.run_coroutine_threadsafe(self._drain(), loop).result(bound)
+            asyncio.run_coroutine_threadsafe(self._drain(), loop).result(self._drain_bound())
         except Exception as exc:  # the loop stopped or stalled: chain on regardless
             logger.error("drain on the service's loop did not finish (%s)", type(exc).__name__)
 
