@@ -24,6 +24,8 @@ A client that goes away is noticed: the app hands `on_client_gone` a function fo
 and when the connection is lost (or aborted for a stalled write) before that request is
 answered, it is called (at once, if the client had gone before the app asked). The batcher
 uses it to drop a queued request, so that a client that gave up costs no forward pass.
+A half-close (the client's FIN, reading on) counts as gone, as nginx and Go's net/http count
+it: it cannot be told apart from a client that gave up and closed.
 
 `frameworm serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` does not.
 """
