@@ -17,14 +17,14 @@ SUFFIXES: dict[str, ArtefactFormat] = {".safetensors": "safetensors", ".pt2": "t
 def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         fail(f"cannot read {what} {path}: {exc}")
 
 
 def json_option(text: str, option: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         fail(f"{option} is not JSON: {exc}")
 
 

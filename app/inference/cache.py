@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from app.production.redis_client import redis_options
 from app.telemetry.metrics import Metrics
 from models.manifest import ModelManifest
 
@@ -128,7 +129,9 @@ class RedisCache:
     def __init__(self, url: str, ttl_s: int, timeout_s: float = 0.05) -> None:
         import redis.asyncio
 
-        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s)
+        self._client = redis.asyncio.Redis.from_url(
+            url, **redis_options(timeout_s, asynchronous=True)
+        )
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         # What fails now, "read" and/or "write". They fail apart (a TTL Redis refuses, a full

@@ -3,17 +3,20 @@
 A moving window in the `limits` engine (memory, or Redis shared by replicas, reached through
 its async client so the event loop never blocks on it). Responses of limited routes carry the
 IETF draft's RateLimit-Limit / RateLimit-Remaining / RateLimit-Reset (delta seconds); a refused
-request gets 429 with Retry-After and never reaches the model.
+request gets 429 with Retry-After and never reaches the model. While the storage fails, nothing
+is counted: no RateLimit-* header, and a limiter failing closed answers 503 (the client used
+up nothing), with a Retry-After of seconds, not of the window.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import send_problem
+from app.errors import retry_after, send_problem
 from app.middleware.auth import client_address, failure_bucket
 from app.middleware.context import add_response_headers
 from app.production import RateLimiter
+from app.production.ratelimit import STORAGE_RETRY_S
 from app.telemetry.metrics import Metrics
 
 
@@ -44,6 +47,13 @@ class RateLimitMiddleware:
             # By IPv6 /64, as failed authentications are: one host usually holds a whole /64.
             key, limit = f"addr:{failure_bucket(client_address(scope))}", self.default_limit
         decision = await self.limiter.hit(key, limit=limit)
+        if decision.degraded:
+            if decision.allowed:  # failing open
+                await self.app(scope, receive, send)
+            else:
+                detail = "the rate limit cannot be checked (its storage is unreachable)"
+                await send_problem(send, scope, "not-ready", detail, retry_after(STORAGE_RETRY_S))
+            return
         headers = [
             (b"ratelimit-limit", str(decision.limit).encode()),
             (b"ratelimit-remaining", str(decision.remaining).encode()),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from filelock import FileLock
 
 from .ratelimit import parse_limit
+from .redis_client import redis_options
 
 if TYPE_CHECKING:
     import redis
@@ -95,6 +96,15 @@ def dump_records(records: Iterable[KeyRecord]) -> str:
     return json.dumps({"version": FORMAT_VERSION, "keys": keys}, indent=2, sort_keys=True)
 
 
+def parse_json(text: str | bytes) -> Any:
+    """JSON of a key file or a Redis key record. json.loads raises RecursionError, not a
+    ValueError, for deeply nested arrays: it escaped every handler (a 503 for every client)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not a key record: JSON nested too deeply") from None
+
+
 def load_records(text: str | None) -> dict[str, KeyRecord]:
     """The records of a key file's text; None: no file, so no keys. A file that is there but
     empty (truncated, or an empty Secret) is an error like any other unreadable file, so
@@ -103,7 +113,7 @@ def load_records(text: str | None) -> dict[str, KeyRecord]:
         return {}
     if not text.strip():
         raise ValueError("the key file is empty")
-    document = json.loads(text)
+    document = parse_json(text)
     if not isinstance(document, dict) or document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError("not a Frameworm key file (version 1)")
     return {r.id: r for r in (KeyRecord.from_dict(item) for item in document["keys"])}
@@ -260,7 +270,7 @@ class RedisKeyStore:
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url, **redis_options(timeout_s, asynchronous=False)
         )
         self._lock = threading.Lock()
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
@@ -273,7 +283,7 @@ class RedisKeyStore:
         if raw is None:
             return None
         try:
-            return KeyRecord.from_dict(json.loads(raw))
+            return KeyRecord.from_dict(parse_json(raw))
         except (ValueError, KeyError, TypeError) as exc:
             # Written by hand past the CLI's checks: no key, rather than a 500 on every use.
             reason = f"{type(exc).__name__}: {exc}"
@@ -288,7 +298,7 @@ class RedisKeyStore:
             # A redis.asyncio connection belongs to the loop that opened it.
             if self._async is None or self._async[0] is not loop:
                 client = redis.asyncio.Redis.from_url(
-                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+                    self.url, **redis_options(self.timeout_s, asynchronous=True)
                 )
                 self._async = (loop, client)
             return self._async[1]

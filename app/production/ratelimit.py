@@ -29,6 +29,7 @@ from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from app.production.redis_client import redis_options
 from app.production.window import MovingWindow
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ def parse_limit(text: str) -> RateLimitItem:
     if items[0].amount < 1 or _ZERO_PERIODS.search(text):
         raise ValueError(f"a rate limit allows at least 1 request in at least 1 period: {text!r}")
     return items[0]
+
+
+# When to try again after a storage failure (a degraded decision's reset).
+STORAGE_RETRY_S = 2.0
 
 
 class RateLimitDecision(NamedTuple):
@@ -167,9 +172,7 @@ class RateLimiter:
 
                     # Our own pool, so close() can release its sockets.
                     self._sync_pool = redis.ConnectionPool.from_url(
-                        self._redis_url(),
-                        socket_timeout=self.timeout_s,
-                        socket_connect_timeout=self.timeout_s,
+                        self._redis_url(), **redis_options(self.timeout_s, asynchronous=False)
                     )
                     options = {"connection_pool": self._sync_pool, "key_prefix": self._key_prefix}
                 self._sync = MovingWindowRateLimiter(storage_from_string(self._uri, **options))
@@ -187,8 +190,7 @@ class RateLimiter:
                     self._redis_url(),
                     max_connections=self.max_connections,
                     timeout=self.timeout_s,
-                    socket_timeout=self.timeout_s,
-                    socket_connect_timeout=self.timeout_s,
+                    **redis_options(self.timeout_s, asynchronous=True),
                 )
                 options: dict[str, Any] = {
                     "implementation": "redispy",  # redis-py, not the default coredis
@@ -284,11 +286,13 @@ class RateLimiter:
         )
 
     def _degraded(self, item: RateLimitItem) -> RateLimitDecision:
+        # Denied (failing closed) for as long as the storage is out, not for a window: a
+        # client told to retry in a day would wait a day for a blip.
         return RateLimitDecision(
             allowed=self.fail_open,
             limit=item.amount,
             remaining=item.amount if self.fail_open else 0,
-            reset_after_s=float(item.get_expiry()),
+            reset_after_s=STORAGE_RETRY_S,
             degraded=True,
         )
 

@@ -58,10 +58,11 @@ def _wait_until_ready(process: subprocess.Popen[bytes], port: int) -> None:
 
 
 @contextmanager
-def run_redis_server(directory: Path) -> Iterator[RedisServer]:
-    """Start redis-server on a free 127.0.0.1 port with `directory` as its working dir."""
+def run_redis_server(directory: Path, port: int | None = None) -> Iterator[RedisServer]:
+    """Start redis-server on 127.0.0.1 (a free port, or `port` to restart one stopped) with
+    `directory` as its working dir."""
     executable = require_executable("redis-server")
-    port = free_port()
+    port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     command = [
         executable,

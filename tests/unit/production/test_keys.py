@@ -354,13 +354,20 @@ def test_a_reader_sees_another_writers_changes_after_its_refresh_interval(
     assert reader.verify_key(key) is True
 
 
-def test_a_corrupt_key_file_keeps_the_last_good_keys(
-    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "corrupt",
+    # Deeply nested: json.loads raised RecursionError, which no handler caught (503s for all).
+    ["{not json", '{"version": 1, "keys": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+)
+def test_a_corrupt_key_file_keeps_the_last_good_keys_and_is_an_error_to_the_cli(
+    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture, corrupt: str
 ) -> None:
     key = auth.create_key("alice")
-    store.path.write_text("{not json")
+    store.path.write_text(corrupt)
     assert auth.verify_key(key)
     assert any("cannot read key file" in r.getMessage() for r in caplog.records)
+    with pytest.raises(KeyFileError):
+        auth.list_keys()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.production import RateLimiter, parse_limit
+from app.production import RateLimitDecision, RateLimiter, parse_limit
 from tests.support import free_port
 from tests.unit.production.conftest import FakeClock
 
@@ -155,13 +155,16 @@ def test_an_unreachable_storage_fails_open_or_closed_and_never_raises(
     limiter = RateLimiter(5, 60, storage_uri=uri, fail_open=fail_open, timeout_s=0.5)
     caplog.set_level(logging.DEBUG, logger="app.production.ratelimit")
 
-    async def main() -> list[bool]:
+    async def main() -> list[RateLimitDecision]:
         try:
-            return [(await limiter.hit("u")).allowed for _ in range(3)]
+            return [await limiter.hit("u") for _ in range(3)]
         finally:
             await limiter.aclose()
 
-    assert asyncio.run(main()) == [fail_open] * 3
+    decisions = asyncio.run(main())
+    assert [d.allowed for d in decisions] == [fail_open] * 3
+    # Try again in seconds, not at the end of a window (a minute here, a day for "1/day").
+    assert {d.retry_after_s for d in decisions} == {2}
     assert limiter.allow("u") is fail_open
     assert limiter.get_remaining("u") == (5 if fail_open else 0)
     limiter.reset("u")
