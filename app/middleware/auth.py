@@ -49,7 +49,11 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        token = _token(scope)
+        tokens = _tokens(scope)
+        if len(tokens) > 1:  # two different keys: which one speaks for the client? Neither.
+            await self._refuse(scope, send, AuthFailure("ambiguous"), None)
+            return
+        token = tokens[0] if tokens else None
         try:
             result = await self.auth.authenticate(token)
         except KeyStoreUnavailableError:
@@ -58,20 +62,7 @@ class APIKeyMiddleware:
             )
             return
         if isinstance(result, AuthFailure):
-            match = _KEY_ID.match(token or "")
-            key_id = match.group(1) if match else None
-            wait_s = over_failure_budget(
-                scope, self.failures, self.metrics, result.reason, key_id=key_id
-            )
-            if wait_s is not None:
-                # Guessing from this address: refused for a while (a valid key still works,
-                # so clients sharing the address behind a NAT are not locked out).
-                detail = "too many failed authentications"
-                await send_problem(send, scope, "rate-limited", detail, retry_after(wait_s))
-                return
-            await send_problem(
-                send, scope, "unauthorized", "a valid API key is required", _WWW_AUTHENTICATE
-            )
+            await self._refuse(scope, send, result, token)
             return
         if not result.has_scope(self.required_scope):
             log.info("forbidden", extra={"key_id": result.key_id, "scope": self.required_scope})
@@ -80,20 +71,43 @@ class APIKeyMiddleware:
         scope.setdefault("state", {})["principal"] = result
         await self.app(scope, receive, send)
 
+    async def _refuse(
+        self, scope: Scope, send: Send, failure: AuthFailure, token: str | None
+    ) -> None:
+        match = _KEY_ID.match(token or "")
+        key_id = match.group(1) if match else None
+        wait_s = over_failure_budget(
+            scope, self.failures, self.metrics, failure.reason, key_id=key_id
+        )
+        if wait_s is not None:
+            # Guessing from this address: refused for a while (a valid key still works, so
+            # clients sharing the address behind a NAT are not locked out).
+            detail = "too many failed authentications"
+            await send_problem(send, scope, "rate-limited", detail, retry_after(wait_s))
+            return
+        await send_problem(
+            send, scope, "unauthorized", "a valid API key is required", _WWW_AUTHENTICATE
+        )
 
-def _token(scope: Scope) -> str | None:
-    api_key = bearer = None
+
+def _tokens(scope: Scope) -> list[str]:
+    """The distinct keys the request presents: X-API-Key headers and a bearer credential.
+    More than one is refused, not resolved: a gateway in front that picks another one than
+    this server would check one key and meter or log as another."""
+    tokens: list[str] = []
     for name, value in scope["headers"]:
+        token = ""
         if name == b"x-api-key":
             # httptools keeps trailing whitespace, which is not part of the value (RFC 9110).
-            api_key = value.decode("latin-1").strip(" \t")
+            token = value.decode("latin-1").strip(" \t")
         elif name == b"authorization":
-            text = value.decode("latin-1")
-            scheme, _, credentials = text.partition(" ")
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
-                bearer = credentials.strip()
-    # An empty X-API-Key (a client's unset variable) is no key: it must not hide the bearer.
-    return api_key or bearer
+                token = credentials.strip()
+        # An empty X-API-Key (a client's unset variable) is no key: it must not hide the bearer.
+        if token and token not in tokens:
+            tokens.append(token)
+    return tokens
 
 
 def over_failure_budget(

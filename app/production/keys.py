@@ -35,7 +35,14 @@ from .ratelimit import parse_limit
 logger = logging.getLogger(__name__)
 
 FailureReason = Literal[
-    "missing", "malformed", "unknown", "bad_secret", "revoked", "expired", "invalid_limit"
+    "missing",
+    "malformed",
+    "unknown",
+    "bad_secret",
+    "revoked",
+    "expired",
+    "invalid_limit",
+    "ambiguous",  # two different keys in one request (app.middleware.auth)
 ]
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
 _KEY = re.compile(r"([a-z][a-z0-9]{0,15})_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")

@@ -51,11 +51,32 @@ def test_an_empty_x_api_key_does_not_hide_a_valid_bearer_token(
     assert response.status_code == 200, response.text
 
 
-def test_a_non_empty_x_api_key_is_still_the_one_judged(guarded: tuple[AppClient, str]) -> None:
+@pytest.mark.parametrize(
+    "presented",
+    [
+        [("x-api-key", "wrong"), ("authorization", "Bearer {key}")],
+        [("x-api-key", "{key}"), ("authorization", "Bearer wrong")],  # was served: 200
+        [("x-api-key", "{key}"), ("x-api-key", "wrong")],  # was served: the last one won
+        [("x-api-key", "wrong"), ("x-api-key", "{key}")],
+    ],
+)
+def test_two_different_keys_in_one_request_are_refused(
+    guarded: tuple[AppClient, str], presented: list[tuple[str, str]]
+) -> None:
+    """Which one speaks for the client? A gateway in front that picked another one than the
+    server would check one key and meter or log the request as another's."""
     client, key = guarded
-    headers = {"x-api-key": "wrong", "authorization": f"Bearer {key}"}
+    headers = [(name, value.format(key=key)) for name, value in presented]
     response = client.post("/infer", json=GENERATE, headers=headers)
     assert response.status_code == 401
+    text = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
+    assert 'frameworm_auth_failures_total{reason="ambiguous"}' in text
+
+
+def test_the_same_key_twice_is_one_key(guarded: tuple[AppClient, str]) -> None:
+    client, key = guarded
+    headers = [("x-api-key", key), ("authorization", f"Bearer {key}"), ("x-api-key", key)]
+    assert client.post("/infer", json=GENERATE, headers=headers).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.middleware.auth import _token, failure_bucket
+from app.middleware.auth import _tokens, failure_bucket
 from app.middleware.ratelimit import RateLimitMiddleware
 from app.production import RateLimiter
 
@@ -35,12 +35,13 @@ def test_an_ipv4_address_counts_alone_and_an_ipv6_one_with_its_64(
         ([(b"x-api-key", b"fw_key \t")], "fw_key"),  # httptools keeps trailing whitespace
         ([(b"authorization", b"Bearer fw_key ")], "fw_key"),
         ([(b"x-api-key", b" "), (b"authorization", b"Bearer fw_key")], "fw_key"),
+        ([(b"x-api-key", b"fw_key "), (b"authorization", b"Bearer fw_key")], "fw_key"),  # one
     ],
 )
 def test_whitespace_around_a_key_is_not_part_of_it(
     headers: list[tuple[bytes, bytes]], token: str
 ) -> None:
-    assert _token({"headers": headers}) == token
+    assert _tokens({"headers": headers}) == [token]
 
 
 def test_without_auth_the_rate_limit_counts_an_ipv6_64_as_one_client() -> None:
