@@ -49,6 +49,10 @@ ADMISSION_HEADROOM = 1.25
 RECENT_BATCHES = 16
 
 
+def shutting_down() -> Problem:
+    return Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -108,10 +112,7 @@ class DynamicBatcher:
             if pending.queued:
                 abandoned += pending.items
             self._unqueue(pending)
-            fail(
-                pending,
-                Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
-            )
+            fail(pending, shutting_down())
         return abandoned
 
     @property
@@ -147,7 +148,7 @@ class DynamicBatcher:
         """
         now = time.monotonic()
         if self._closing:
-            raise Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
+            raise shutting_down()
         if deadline <= now:
             self._observer.shed("deadline")
             raise Problem("deadline-exceeded", "the request's deadline passed before it could run")
@@ -187,9 +188,7 @@ class DynamicBatcher:
                 raise
             # A forced exit (a second SIGTERM) cancels the requests left, its batch still in
             # the forward pass: answered like the rest of a shutdown, not uvicorn's bare 500.
-            raise Problem(
-                "shutting-down", "the server is shutting down", headers=retry_after(1)
-            ) from None
+            raise shutting_down() from None
         finally:
             expiry.cancel()
             self._observer.admitted(-1)
@@ -312,12 +311,13 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             # close() ran out of time mid-batch: these requests still get an answer.
             for pending in batch:
-                fail(
-                    pending,
-                    Problem("shutting-down", "the server is shutting down", headers=retry_after(1)),
-                )
+                fail(pending, shutting_down())
             raise
         except Exception as exc:
+            if len(batch) > 1:
+                log.warning("batch of %d items failed (%s)", items, type(exc).__name__)
+                await self._run_alone(batch)
+                return
             log.exception("batch of %d items failed", items)
             for pending in batch:
                 problem = Problem("internal-error", "the model failed on this batch")
@@ -329,7 +329,8 @@ class DynamicBatcher:
             self.in_flight_items = 0
         end = time.monotonic()
         seconds = end - start
-        self._recent_batches.append(seconds)
+        # A request larger than a batch runs alone: of a batch's time, it tells its share.
+        self._recent_batches.append(seconds * min(1.0, self.max_batch_size / items))
         self._busy_until = end + self.max_delay_s if items > 1 else 0.0
         trace_ids = [sampled_trace_id(p.span) for p in batch] if self._tracer else None
         waits = [start - p.enqueued for p in batch]
@@ -351,6 +352,20 @@ class DynamicBatcher:
                 # that missed a deadline shorter than the server's.
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
+
+    async def _run_alone(self, batch: list[Pending]) -> None:
+        """A failed batch's requests, each run again alone: one request's input may be what
+        failed (a model that asserts on values), and then only it fails, and only its failure
+        counts against the version. It failed the whole batch, and could roll back a healthy
+        version."""
+        try:
+            for pending in batch:
+                if not pending.future.done():
+                    await self._run([pending])
+        except asyncio.CancelledError:  # close() ran out of time: the rest still get an answer
+            for pending in batch:
+                fail(pending, shutting_down())
+            raise
 
     async def _forward(
         self, runner: ModelRunner, batch: list[Pending], items: int

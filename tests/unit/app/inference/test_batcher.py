@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class FakeRunner:
     gate: asyncio.Event | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     failures: int = 0
+    poison: float = math.inf  # a value at or past it fails the batch holding it
+    delay_s: float = 0.0  # of each forward pass
     batch_seconds: float = 0.0  # as if there had been no warm-up
 
     async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -41,9 +44,12 @@ class FakeRunner:
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
+        await asyncio.sleep(self.delay_s)
         if self.failures:
             self.failures -= 1
             raise RuntimeError("the model broke")
+        if any((a >= self.poison).any() for a in arrays):
+            raise RuntimeError("an input the model asserts against")
         return [a * 2 for a in arrays]
 
     @property
@@ -399,8 +405,8 @@ def test_a_client_chosen_deadline_missed_during_its_batch_says_nothing_about_the
     assert heard == [("9.9.9", True)]
 
 
-def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_succeeds() -> None:
-    runner = FakeRunner(failures=1)
+def test_a_batch_failing_everywhere_fails_its_requests_with_500_and_the_next_succeeds() -> None:
+    runner = FakeRunner(failures=3)  # the batch, then each of its two requests alone
 
     async def main() -> tuple[list[BaseException | Served], Served]:
         batcher = make_batcher(runner)
@@ -414,12 +420,42 @@ def test_a_failing_batch_fails_only_its_requests_with_500_and_the_next_batch_suc
         return failed, served
 
     failed, served = run(main)
-    assert runner.batch_sizes == [2, 1]
+    assert runner.batch_sizes == [2, 1, 1, 1]
     for outcome in failed:
         assert isinstance(outcome, Problem)
         assert (outcome.code, outcome.status) == ("internal-error", 500)
         assert "broke" not in outcome.detail
     assert served.outputs[0].tolist() == [[6.0]]
+
+
+def test_one_request_that_fails_the_model_fails_alone_and_alone_counts_against_it() -> None:
+    """A model asserting on values failed the whole batch for one client's input (28 of 40
+    requests here), and every one counted against the version: automatic rollback took a
+    healthy version out."""
+    runner = FakeRunner(gate=asyncio.Event(), poison=1000.0)
+    heard: list[tuple[float, bool]] = []
+
+    async def main() -> list[BaseException | Served]:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = lambda version, ok, seconds: heard.append((seconds, ok))
+        first = asyncio.ensure_future(batcher.submit(items(0.0), 1, later()))
+        await runner.started.wait()  # the model is held: the next three queue into one batch
+        queued = [batcher.submit(items(v), 1, later()) for v in (1.0, 5000.0, 2.0)]
+        gathered = asyncio.gather(*queued, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert runner.gate is not None
+        runner.gate.set()
+        await first
+        outcomes: list[BaseException | Served] = await gathered
+        await batcher.close(1)
+        return outcomes
+
+    served_1, poisoned, served_2 = run(main)
+    assert runner.batch_sizes == [1, 3, 1, 1, 1]
+    assert isinstance(served_1, Served) and served_1.outputs[0].tolist() == [[2.0]]
+    assert isinstance(served_2, Served) and served_2.outputs[0].tolist() == [[4.0]]
+    assert isinstance(poisoned, Problem) and poisoned.status == 500
+    assert [ok for _, ok in heard] == [True, True, False, True]
 
 
 @dataclass
@@ -438,29 +474,41 @@ class OneRowRunner(FakeRunner):
     ],
     ids=["rows", "concatenate"],
 )
-def test_a_batch_that_cannot_be_split_or_joined_is_500_and_the_batcher_goes_on(
+def test_a_batch_that_cannot_be_split_or_joined_is_run_one_request_at_a_time(
     runner: FakeRunner, second: list[np.ndarray]
 ) -> None:
-    async def main() -> tuple[list[BaseException | Served], Served]:
+    async def main() -> tuple[list[Served], Served]:
         batcher = make_batcher(runner, max_delay_s=0.05)
         runner.gate = asyncio.Event()  # the first request holds the model: the next two queue
         first = asyncio.ensure_future(batcher.submit(items(0.0), 1, later()))
         await runner.started.wait()
         queued = [batcher.submit(items(1.0), 1, later()), batcher.submit(second, 1, later())]
-        gathered = asyncio.gather(*queued, return_exceptions=True)
+        gathered = asyncio.gather(*queued)
         await asyncio.sleep(0)
         runner.gate.set()
         await first
-        failed: list[BaseException | Served] = await gathered
+        answered: list[Served] = await gathered
         served = await batcher.submit(items(3.0), 1, later())
         await batcher.close(1)
-        return failed, served
+        return answered, served
 
-    failed, served = run(main)
-    for outcome in failed:
-        assert isinstance(outcome, Problem)
-        assert (outcome.code, outcome.status) == ("internal-error", 500)
+    answered, served = run(main)
+    assert [a.outputs[0].tolist() for a in answered] == [[[2.0]], (second[0] * 2).tolist()]
     assert served.outputs[0].tolist() == [[6.0]]
+
+
+def test_a_request_larger_than_a_batch_counts_as_its_share_of_a_batch_s_time() -> None:
+    """It runs alone, 30 batches' worth at once: taken as one batch's time, it made admission
+    expect every batch to take that long, and shed ordinary requests 503 for 16 batches."""
+    runner = FakeRunner(delay_s=0.3)
+
+    async def main() -> float:
+        batcher = make_batcher(runner, max_batch_size=4)
+        await batcher.submit([np.zeros((12, 1), dtype=np.float32)], 12, later())
+        await batcher.close(1)
+        return batcher.batch_seconds
+
+    assert 0.3 / 3 <= run(main) < 0.3  # a third of the pass: 12 items are 3 batches of 4
 
 
 def test_a_listener_that_raises_does_not_stop_the_batcher() -> None:
