@@ -44,7 +44,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from app.cli.output import errors_as_one_line
 from app.config import Settings
 from app.connection import bounded_protocol
-from app.inference.host import LOAD_THREAD
+from app.inference.host import TORCH_THREADS
 from app.lifespan import Lifecycle
 from app.main import create_app
 from app.production import APIKeyAuth
@@ -272,12 +272,12 @@ def serve_one(
     finally:
         detach_server()
     code = 1 if server.exit_code == 0 and not server.started else server.exit_code
-    if any(t.name == LOAD_THREAD and t.is_alive() for t in threading.enumerate()):
-        # A load the drain abandoned (a SIGTERM during start-up or a switch) is still inside
-        # torch: the interpreter's exit would tear torch down under it, and the C++ runtime
-        # aborts the process (SIGABRT, exit 134). Its result is unwanted: exit without
+    if any(t.name in TORCH_THREADS and t.is_alive() for t in threading.enumerate()):
+        # A load the drain abandoned (a SIGTERM during start-up or a switch), or a forward pass
+        # past the release's wait, may be inside torch: the interpreter's exit would tear torch
+        # down under it and the C++ runtime abort the process (SIGABRT, exit 134). Exit without
         # finalization, the logs flushed first (the drain has flushed the telemetry).
-        log.info("a model load abandoned by the drain is still running; not waiting for it")
+        log.info("a model load or forward pass is still running; not waiting for it")
         logging.shutdown()
         os._exit(code)
     return code  # 1: e.g. the port was taken, which uvicorn has logged

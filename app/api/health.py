@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.deps import HostDep
+from app.inference.runner import ModelRunner
 
 router = APIRouter(tags=["health"])
 
@@ -48,6 +50,7 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
             "version": status.version,
         },
     }
+    checks["forward"] = forward_check(host.runner, request.state.settings.request_timeout_ms)
     follower = getattr(request.state, "follower", None)
     if follower is not None:
         checks["rollout"] = {
@@ -62,6 +65,17 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
         "reason": "shutting down" if draining else "accepting traffic",
     }
     return all(c["ok"] for c in checks.values()), checks
+
+
+def forward_check(runner: ModelRunner | None, request_timeout_ms: float) -> dict[str, Any]:
+    """Not ready while one forward pass has run past twice the request timeout (a stuck kernel,
+    an input that makes a model loop): every request queued behind it times out (504) while
+    the replica looked ready, so the load balancer kept sending it traffic."""
+    started = runner.pass_started if runner is not None else None
+    running_s = 0.0 if started is None else time.monotonic() - started
+    if running_s > 2 * request_timeout_ms / 1000:
+        return {"ok": False, "reason": f"one forward pass has run for {running_s:.0f} s"}
+    return {"ok": True, "reason": "no forward pass past twice the request timeout"}
 
 
 # The hidden route (registered first) serves GET and HEAD, so a 405 there names both methods;

@@ -14,7 +14,7 @@ Rules, in the order they apply:
   held several items and ended moments ago) does the batcher wait, at most `max_delay_s`,
   for a batch to fill;
 - a request whose deadline passes in the queue is answered 504 before the model sees it;
-- a batch that raises fails only its own requests (500); the loop keeps serving.
+- a batch that raises runs again one request at a time: a request that fails alone gets 500.
 Waiting is event-driven: no polling loop.
 """
 
@@ -32,14 +32,17 @@ import numpy as np
 from opentelemetry import trace
 
 from app.errors import Problem, retry_after
-from app.inference.batch_spans import (
-    record_queue_wait,
-    sampled,
-    sampled_trace_id,
-    traced_forward,
-)
+from app.inference.batch_spans import record_queue_wait, sampled, sampled_trace_id, traced_forward
 from app.inference.observer import BatchObserver, NoObserver
-from app.inference.pending import Pending, Served, abandon, abandoned, fail
+from app.inference.pending import (
+    Pending,
+    Served,
+    abandon,
+    abandoned,
+    cancelling,
+    fail,
+    shutting_down,
+)
 from app.inference.runner import ModelRunner
 from models.errors import ArtefactError
 
@@ -47,10 +50,6 @@ log = logging.getLogger("frameworm.batcher")
 
 ADMISSION_HEADROOM = 1.25
 RECENT_BATCHES = 16
-
-
-def shutting_down() -> Problem:
-    return Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
 
 
 class DynamicBatcher:
@@ -106,6 +105,10 @@ class DynamicBatcher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+            except asyncio.CancelledError:
+                # Another close (the shutdown deadline's) cancelled the loop: not this caller.
+                if not self._task.cancelled() or cancelling():
+                    raise
         abandoned = 0
         while self._queue:
             pending = self._queue.popleft()
@@ -354,10 +357,8 @@ class DynamicBatcher:
         self._report_outcomes(runner, outcomes)
 
     async def _run_alone(self, batch: list[Pending]) -> None:
-        """A failed batch's requests, each run again alone: one request's input may be what
-        failed (a model that asserts on values), and then only it fails, and only its failure
-        counts against the version. It failed the whole batch, and could roll back a healthy
-        version."""
+        """A failed batch's requests, each run again alone: when one request's input is what
+        failed (a model asserting on values), only it fails and counts against the version."""
         try:
             for pending in batch:
                 if not pending.future.done():

@@ -22,6 +22,7 @@ import torch
 from app.config import Settings
 from app.inference.allocator import retain_freed_memory
 from app.inference.runner import (
+    FORWARD_THREAD,
     ModelRunner,
     cpu_threads,
     pick_device,
@@ -47,6 +48,9 @@ def kind_of(exc: BaseException) -> str:
 log = logging.getLogger("frameworm.model")
 # The thread a version loads on: a drain abandons it, and the process must not wait for it.
 LOAD_THREAD = "frameworm-model-load"
+# Threads that may still be inside torch when the process ends (a load the drain abandoned, a
+# forward pass that outlasted the release's wait): exiting must not finalize under them.
+TORCH_THREADS = frozenset({LOAD_THREAD, FORWARD_THREAD})
 
 State = Literal["loading", "ready", "failed"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from opentelemetry import trace
 
-from app.errors import Problem
+from app.errors import Problem, retry_after
 
 
 @dataclass
@@ -50,3 +50,13 @@ def abandoned(future: asyncio.Future[Served]) -> bool:
 def fail(pending: Pending, problem: Problem) -> None:
     if not pending.future.done():
         pending.future.set_exception(problem)
+
+
+def shutting_down() -> Problem:
+    return Problem("shutting-down", "the server is shutting down", headers=retry_after(1))
+
+
+def cancelling() -> bool:
+    """Whether the running task is being cancelled (rather than something it awaits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

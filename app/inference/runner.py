@@ -24,6 +24,7 @@ log = logging.getLogger("frameworm.model")
 # How long closing a version waits for its last forward pass: as long as each shutdown hook
 # (app.lifespan), so the termination grace period the chart derives covers it.
 RELEASE_WAIT_S = 5.0
+FORWARD_THREAD = "frameworm-forward"
 
 
 def pick_device(setting: str) -> torch.device:
@@ -103,6 +104,7 @@ class ModelRunner:
         # its chaining to an asyncio future and their locks cost about 0.1 ms a batch here.
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.pass_started: float | None = None  # monotonic, while a forward pass runs
         self._start_lock = threading.Lock()
 
     @property
@@ -122,17 +124,19 @@ class ModelRunner:
             with self._start_lock:
                 if self._thread is None:
                     self._thread = threading.Thread(
-                        target=self._serve_jobs, name="frameworm-forward", daemon=True
+                        target=self._serve_jobs, name=FORWARD_THREAD, daemon=True
                     )
                     self._thread.start()
 
     def _serve_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
             arrays, loop, future = job
+            self.pass_started = time.monotonic()
             try:
                 outcome: list[np.ndarray] | BaseException = self.forward(arrays)
             except BaseException as exc:  # the batch's requests get it, the thread goes on
                 outcome = exc
+            self.pass_started = None
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, future, outcome)
         # Closed: the last pass is done, so the weights can go, however long it took.

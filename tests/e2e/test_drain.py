@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from models.demo import seed_demo
 from models.families import build_model
 from models.registry import ModelRegistry
-from tests.support.models import MODEL, register_mlp, register_slow
+from tests.support.models import MODEL, register_looping, register_mlp, register_slow
 from tests.support.process import Load, launch, metric, running, stop, wait_exit
 
 CLIENTS = 64
@@ -334,6 +334,40 @@ def test_a_sigterm_while_a_large_model_loads_exits_0_not_an_abort(tmp_path: Path
             stop(server)
         logs += server.logs()
     assert codes == [0, 0, 0], logs[-3000:]
+    assert "terminate called" not in logs
+
+
+def test_a_forward_pass_that_does_not_end_makes_the_replica_unready_and_a_sigterm_exits_0(
+    tmp_path: Path,
+) -> None:
+    """Every request queued behind the pass timed out (504) while /readyz said 200, so the
+    load balancer kept sending traffic. At SIGTERM the release waits 5 s for the pass, then
+    the shutdown goes on; the pass, still inside torch, was torn down by the interpreter's exit
+    ("terminate called without an active exception", SIGABRT, exit 134)."""
+    registry = ModelRegistry(tmp_path / "registry")
+    register_looping(registry, "1.0.0", tmp_path, seed=0)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    env = {
+        "FRAMEWORM_DRAIN_DELAY_S": "0",
+        "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "1",
+        "FRAMEWORM_REQUEST_TIMEOUT_MS": "500",  # not ready once a pass has run 1 s
+    }
+    with running(tmp_path, tmp_path / "registry", env) as server:
+        endless = {"inputs": {"x": [[1e9, 0.0, 0.0, 0.0]]}}  # minutes of looping
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/readyz").status_code == 200
+            assert client.post("/infer", json=endless).status_code == 504
+            until = time.monotonic() + 10
+            while (ready := client.get("/readyz?verbose")).status_code == 200:
+                assert time.monotonic() < until, ready.text
+                time.sleep(0.2)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["forward"]["ok"] is False
+            server.process.send_signal(signal.SIGTERM)
+            code = server.process.wait(30)
+    logs = server.logs()
+    assert "a forward pass is still running" in logs, logs[-3000:]
+    assert code == 0, logs[-3000:]
     assert "terminate called" not in logs
 
 

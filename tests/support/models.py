@@ -7,6 +7,8 @@ outputs on a small input, so it passes registration and promotion like a user's 
 - `register_guarded`: a torch.export program with a runtime assert on the input's magnitude:
   its golden check passes, yet it raises on any item with |x| >= its limit;
 - `register_slow`: a torch.export program that burns a fixed amount of CPU per batch;
+- `register_looping`: a torch.export program that loops as many times as its input's first
+  value asks (a pass of minutes, inside torch, for a large one);
 - `tamper`: flips one byte of a registered artefact, so its sha256 no longer matches.
 """
 
@@ -41,6 +43,25 @@ class _Guarded(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch._assert_async(x.abs().max() < self.limit, "input magnitude out of range")
         out: torch.Tensor = self.mlp(x)
+        return out
+
+
+class _Looping(nn.Module):
+    """The tiny MLP after a loop of max(x[:, 0]) iterations (torch's while_loop, in C++)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.mlp = tiny_mlp(seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._higher_order_ops.while_loop import while_loop
+
+        rounds = x[:, 0].max().clamp(max=1e9)
+        zero = torch.zeros((), dtype=x.dtype)
+        _, nothing = while_loop(  # type: ignore[no-untyped-call]
+            lambda i, acc: i < rounds, lambda i, acc: (i + 1, acc * 0.0), (zero, zero)
+        )
+        out: torch.Tensor = self.mlp(x) + nothing
         return out
 
 
@@ -106,6 +127,11 @@ def register_slow(
 ) -> ModelManifest:
     """A version whose every batch costs a size x size matrix product, whatever its items."""
     return _register_exported(registry, version, _Slow(seed, size), work / f"slow-{version}.pt2")
+
+
+def register_looping(registry: ModelRegistry, version: str, work: Path, seed: int) -> ModelManifest:
+    """A version whose pass loops as many times as its input's first value asks."""
+    return _register_exported(registry, version, _Looping(seed), work / f"looping-{version}.pt2")
 
 
 def _register_exported(

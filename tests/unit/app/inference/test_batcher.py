@@ -681,3 +681,44 @@ def test_a_client_gone_while_its_batch_runs_says_nothing_about_the_version() -> 
 
     run(main)
     assert outcomes == [("9.9.9", True)]
+
+
+def test_a_close_waiting_on_a_pass_survives_another_close_cutting_it_short() -> None:
+    """The shutdown deadline's close (no wait) cancels the loop while the lifespan's close
+    waits for it: the CancelledError of that loop escaped the lifespan's close ("Application
+    shutdown failed"), and the hooks and the model release never ran."""
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> tuple[int, BaseException | Served]:
+        batcher = make_batcher(runner)
+        request = asyncio.ensure_future(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()  # in a pass that does not end
+        waiting = asyncio.ensure_future(batcher.close(5))
+        await asyncio.sleep(0.01)
+        await batcher.close(0)  # the deadline: cut short
+        abandoned = await waiting  # returns, rather than raise the loop's cancellation
+        answer: BaseException | Served = (await asyncio.gather(request, return_exceptions=True))[0]
+        return abandoned, answer
+
+    abandoned, answer = run(main)
+    assert abandoned == 0
+    assert isinstance(answer, Problem) and answer.code == "shutting-down"
+
+
+def test_a_close_that_is_itself_cancelled_still_raises() -> None:
+    runner = FakeRunner(gate=asyncio.Event())
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        request = asyncio.ensure_future(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        waiting = asyncio.ensure_future(batcher.close(5))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await batcher.close(0)
+        with pytest.raises(Problem, check=is_problem("shutting-down")):
+            await request
+
+    run(main)
