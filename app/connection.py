@@ -184,7 +184,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
-        elif cycle is not None and cycle.more_body:  # the body stayed open through the chunk
+        else:  # in a body before the chunk (the chunk may end it)
             # Bytes that were not body, since the last that was: trailer fields (which httptools
             # joins by copying, as it did header values) or one endless chunk-size line. Bounded
             # like the head; a body in many small chunks resets it at each chunk's data.

@@ -174,3 +174,29 @@ def test_a_body_in_many_small_chunks_is_not_refused_for_its_framing() -> None:
 
     written = asyncio.run(run())
     assert written.startswith(b"HTTP/1.1 200") and b" 431 " not in written
+
+
+def test_framing_in_the_piece_that_ends_the_body_is_counted_too() -> None:
+    """Only pieces that left the body open were counted: a trailer of the limit plus most of
+    one piece, ending the body, was accepted."""
+
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport, max_head_kb=64)
+        start = (
+            b"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Trailer: "
+        )
+        # The piece holding the head is not counted; the next four (64 KB, the limit) leave
+        # the body open; the last, half a piece, ends it.
+        size = 5 * FEED_BYTES + FEED_BYTES // 2
+        connection.data_received(start + b"a" * (size - len(start) - 4) + b"\r\n\r\n")
+        for _ in range(100):
+            if transport.closing:
+                break
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    assert b"HTTP/1.1 431 " in written  # after the request's own answer, then closed
+    assert b"size lines and trailers are over 64 KB" in written
