@@ -96,6 +96,11 @@ def dump_records(records: Iterable[KeyRecord]) -> str:
     return json.dumps({"version": FORMAT_VERSION, "keys": keys}, indent=2, sort_keys=True)
 
 
+# The signature of a key file that cannot even be looked at: the read that follows fails like
+# any unreadable file's, so running servers keep their last keys (it escaped as a 503 for all).
+UNSTATABLE = (-1, -1, -1)
+
+
 def parse_json(text: str | bytes) -> Any:
     """JSON of a key file or a Redis key record. json.loads raises RecursionError, not a
     ValueError, for deeply nested arrays: it escaped every handler (a 503 for every client)."""
@@ -150,6 +155,8 @@ class HashedFileKeyStore:
             st = os.stat(self.path)  # follows the Secret volume's symlink swap
         except FileNotFoundError:
             return None
+        except OSError:  # a directory turned unreadable, say: read (and fail) as unreadable
+            return UNSTATABLE
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _refresh(self, *, force: bool = False) -> dict[str, KeyRecord]:

@@ -354,6 +354,22 @@ def test_a_reader_sees_another_writers_changes_after_its_refresh_interval(
     assert reader.verify_key(key) is True
 
 
+def test_a_key_file_that_cannot_be_looked_at_keeps_the_last_good_keys(
+    auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stat error other than a missing file (a directory replaced or made unreadable)
+    escaped the store: every keyed request was 503 instead of served with the last keys."""
+    key = auth.create_key("alice")
+    folder = store.path.parent
+    folder.rename(folder.with_name("moved"))
+    folder.write_text("not a directory")  # the key file's stat: NotADirectoryError
+    assert auth.verify_key(key) and auth.verify_key(key)
+    said = [r for r in caplog.records if "cannot read key file" in r.getMessage()]
+    assert len(said) == 1
+    with pytest.raises(KeyFileError):
+        auth.list_keys()
+
+
 @pytest.mark.parametrize(
     "corrupt",
     # Deeply nested: json.loads raised RecursionError, which no handler caught (503s for all).
