@@ -331,6 +331,23 @@ def _elements(tensor_meta: dict[str, Any]) -> int | None:
     return math.prod(int(d["as_int"]) for d in dims)
 
 
+def check_deterministic(model: LoadedModel) -> None:
+    """A model declared deterministic answers the same input alike twice: its answers are
+    cached and replayed (the result cache), so a random one would replay one draw for good.
+    Inputs of ones, not zeros: random masks (dropout left on) vanish on zeros."""
+    inputs = [torch.ones_like(tensor) for tensor in example_inputs(model.signature, 2)]
+    first, second = model.forward(inputs), model.forward(inputs)
+    for spec, a, b in zip(model.signature.outputs, first, second, strict=True):
+        floating = a.is_floating_point() or a.is_complex()
+        same = torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all() if floating else a.equal(b)
+        if not same:
+            raise ArtefactError(
+                f"declared deterministic, but output {spec.name!r} differs between two runs on "
+                "the same inputs: its cached answers would replay one draw; register it "
+                "without --deterministic"
+            )
+
+
 def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> None:
     """Run zero inputs at several batch sizes; outputs must keep the batch and match the spec.
 

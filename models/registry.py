@@ -35,7 +35,7 @@ from models.errors import (
     VersionExistsError,
     validation_message,
 )
-from models.formats import LoadedModel, check_signature, load_model
+from models.formats import LoadedModel, check_deterministic, check_signature, load_model
 from models.golden import run_golden_checks
 from models.manifest import (
     STAGES,
@@ -254,6 +254,8 @@ class ModelRegistry:
                 raise ArtefactError(problem)
         model = load_model(manifest, data, torch.device("cpu"))
         check_signature(model)
+        if deterministic:
+            check_deterministic(model)
         run_golden_checks(model)
 
         # Claim the version with a create-only write of its manifest, so two registrations of

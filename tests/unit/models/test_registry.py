@@ -420,3 +420,47 @@ def test_registry_files_get_the_umask_mode_so_another_user_can_read_them(
     root = Path(registry.store.url)
     for path in ("tiny/index.json", "tiny/1.0.0/manifest.json", f"tiny/1.0.0/{manifest.artefact}"):
         assert stat.S_IMODE((root / path).stat().st_mode) == 0o644, path
+
+
+class _Noisy(torch.nn.Module):
+    """The tiny MLP with dropout left on: random, yet zero inputs give zeros every time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = tiny_mlp(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(torch.nn.functional.dropout(x, 0.5, training=True))
+        return out
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_model_declared_deterministic_must_answer_one_input_alike_twice(
+    registry: ModelRegistry, tmp_path: Path, deterministic: bool
+) -> None:
+    """Its answers are cached and replayed: a random model declared deterministic would
+    replay one draw for good."""
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(_Noisy(), (torch.ones(2, 4),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "noisy.pt2"
+    torch.export.save(program, path)
+
+    def register() -> object:
+        return registry.register(
+            "noisy",
+            "1.0.0",
+            path,
+            format="torch_export",
+            signature=TINY_SIGNATURE,
+            deterministic=deterministic,
+        )
+
+    if deterministic:
+        with pytest.raises(ArtefactError, match="differs between two runs"):
+            register()
+    else:
+        register()
+
+
+def test_a_deterministic_model_is_registered_as_such(register: Register) -> None:
+    assert register("tiny", "1.0.0", deterministic=True).deterministic
