@@ -230,9 +230,8 @@ class DynamicBatcher:
     def _expire(self, future: asyncio.Future[Served]) -> None:
         if not future.done():
             self._observer.shed("deadline")
-            future.set_exception(
-                Problem("deadline-exceeded", "the request's deadline passed while it was queued")
-            )
+            # Queued, or in a batch the model is still running: its client's wait is over.
+            future.set_exception(Problem("deadline-exceeded", "the request's deadline passed"))
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
