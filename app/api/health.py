@@ -11,7 +11,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.deps import HostDep
-from app.inference.runner import ModelRunner
 
 router = APIRouter(tags=["health"])
 
@@ -50,7 +49,8 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
             "version": status.version,
         },
     }
-    checks["forward"] = forward_check(host.runner, request.state.settings.request_timeout_ms)
+    running_since = request.state.batcher.running_since
+    checks["forward"] = forward_check(running_since, request.state.settings.request_timeout_ms)
     follower = getattr(request.state, "follower", None)
     if follower is not None:
         checks["rollout"] = {
@@ -67,12 +67,12 @@ def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
     return all(c["ok"] for c in checks.values()), checks
 
 
-def forward_check(runner: ModelRunner | None, request_timeout_ms: float) -> dict[str, Any]:
+def forward_check(running_since: float | None, request_timeout_ms: float) -> dict[str, Any]:
     """Not ready while one forward pass has run past twice the request timeout (a stuck kernel,
     an input that makes a model loop): every request queued behind it times out (504) while
-    the replica looked ready, so the load balancer kept sending it traffic."""
-    started = runner.pass_started if runner is not None else None
-    running_s = 0.0 if started is None else time.monotonic() - started
+    the replica looked ready, so the load balancer kept sending it traffic. The batcher's pass,
+    whichever version runs it (a switch does not free a batcher stuck on the old one)."""
+    running_s = 0.0 if running_since is None else time.monotonic() - running_since
     if running_s > 2 * request_timeout_ms / 1000:
         return {"ok": False, "reason": f"one forward pass has run for {running_s:.0f} s"}
     return {"ok": True, "reason": "no forward pass past twice the request timeout"}

@@ -14,7 +14,7 @@ Rules, in the order they apply:
   held several items and ended moments ago) does the batcher wait, at most `max_delay_s`,
   for a batch to fill;
 - a request whose deadline passes in the queue is answered 504 before the model sees it;
-- a batch that raises runs again one request at a time: a request that fails alone gets 500.
+- a batch that raises runs again in halves, down to the requests that fail alone (500).
 Waiting is event-driven: no polling loop.
 """
 
@@ -83,6 +83,7 @@ class DynamicBatcher:
         # the average, so that what it admits meets its deadline.
         self._recent_batches: deque[float] = deque(maxlen=RECENT_BATCHES)
         self.in_flight_items = 0
+        self.running_since: float | None = None  # monotonic, while a forward pass runs
 
     @property
     def queued_items(self) -> int:
@@ -230,7 +231,6 @@ class DynamicBatcher:
     def _expire(self, future: asyncio.Future[Served]) -> None:
         if not future.done():
             self._observer.shed("deadline")
-            # Queued, or in a batch the model is still running: its client's wait is over.
             future.set_exception(Problem("deadline-exceeded", "the request's deadline passed"))
 
     # ------------------------------------------------------------------ the loop
@@ -306,8 +306,7 @@ class DynamicBatcher:
             return
         items = sum(p.items for p in batch)
         start = time.monotonic()
-        self.in_flight_items = items
-        # A failure from here fails this batch's requests alone (500); the loop goes on.
+        self.in_flight_items, self.running_since = items, start
         try:
             outputs = await self._forward(runner, batch, items)
         except asyncio.CancelledError:
@@ -318,7 +317,7 @@ class DynamicBatcher:
         except Exception as exc:
             if len(batch) > 1:
                 log.warning("batch of %d items failed (%s)", items, type(exc).__name__)
-                await self._run_alone(batch)
+                await self._run_halves(batch)
                 return
             log.exception("batch of %d items failed", items)
             for pending in batch:
@@ -328,7 +327,7 @@ class DynamicBatcher:
             self._report_outcomes(runner, [(p, False) for p in batch])
             return
         finally:
-            self.in_flight_items = 0
+            self.in_flight_items, self.running_since = 0, None
         end = time.monotonic()
         seconds = end - start
         # A request larger than a batch runs alone: of a batch's time, it tells its share.
@@ -355,13 +354,15 @@ class DynamicBatcher:
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
 
-    async def _run_alone(self, batch: list[Pending]) -> None:
-        """A failed batch's requests, each run again alone: when one request's input is what
-        failed (a model asserting on values), only it fails and counts against the version."""
+    async def _run_halves(self, batch: list[Pending]) -> None:
+        """A failed batch, run again in halves, and those that fail in halves again: a request
+        whose input is what failed (a model asserting on values) ends alone, failing alone and
+        counting against the version alone, in about 2 log2(n) more passes."""
+        waiting = [pending for pending in batch if not pending.future.done()]
         try:
-            for pending in batch:
-                if not pending.future.done():
-                    await self._run([pending])
+            for half in (waiting[: len(waiting) // 2], waiting[len(waiting) // 2 :]):
+                if half:
+                    await self._run(half)
         except asyncio.CancelledError:  # close() ran out of time: the rest still get an answer
             for pending in batch:
                 fail(pending, shutting_down())

@@ -104,7 +104,6 @@ class ModelRunner:
         # its chaining to an asyncio future and their locks cost about 0.1 ms a batch here.
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.pass_started: float | None = None  # monotonic, while a forward pass runs
         self._start_lock = threading.Lock()
 
     @property
@@ -131,12 +130,10 @@ class ModelRunner:
     def _serve_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
             arrays, loop, future = job
-            self.pass_started = time.monotonic()
             try:
                 outcome: list[np.ndarray] | BaseException = self.forward(arrays)
             except BaseException as exc:  # the batch's requests get it, the thread goes on
                 outcome = exc
-            self.pass_started = None
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, future, outcome)
         # Closed: the last pass is done, so the weights can go, however long it took.

@@ -91,23 +91,26 @@ class APIKeyMiddleware:
 
 
 def _tokens(scope: Scope) -> list[str]:
-    """The distinct keys the request presents: X-API-Key headers and a bearer credential.
-    More than one is refused, not resolved: a gateway in front that picks another one than
-    this server would check one key and meter or log as another."""
-    tokens: list[str] = []
+    """The distinct keys the request presents: X-API-Key headers, and a bearer credential
+    unless an X-API-Key is there and the bearer is no key of ours (a gateway's own JWT, which
+    Cloud Run IAM, oauth2-proxy or a mesh pass on). More than one is refused, not resolved: a
+    gateway in front that picked another one would check one key and meter it as another."""
+    keys: list[str] = []
+    bearer = ""
     for name, value in scope["headers"]:
-        token = ""
         if name == b"x-api-key":
             # httptools keeps trailing whitespace, which is not part of the value (RFC 9110).
-            token = value.decode("latin-1").strip(" \t")
+            # An empty X-API-Key (a client's unset variable) is no key: it hides no bearer.
+            key = value.decode("latin-1").strip(" \t")
+            if key and key not in keys:
+                keys.append(key)
         elif name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
-                token = credentials.strip()
-        # An empty X-API-Key (a client's unset variable) is no key: it must not hide the bearer.
-        if token and token not in tokens:
-            tokens.append(token)
-    return tokens
+                bearer = credentials.strip()
+    if bearer and bearer not in keys and (not keys or _KEY_ID.match(bearer)):
+        keys.append(bearer)
+    return keys
 
 
 def over_failure_budget(

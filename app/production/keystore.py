@@ -319,7 +319,9 @@ class RedisKeyStore:
         return self._decode(self._client.get(self._key(key_id)))
 
     async def aget(self, key_id: str) -> KeyRecord | None:
-        raw = await self._async_client().get(self._key(key_id))
+        # One bound on the lookup, the retry on a closed connection included.
+        async with asyncio.timeout(self.timeout_s):
+            raw = await self._async_client().get(self._key(key_id))
         return self._decode(raw)
 
     def revoke(self, key_id: str, when: float) -> bool:

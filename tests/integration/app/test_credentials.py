@@ -55,7 +55,8 @@ def test_an_empty_x_api_key_does_not_hide_a_valid_bearer_token(
     "presented",
     [
         [("x-api-key", "wrong"), ("authorization", "Bearer {key}")],
-        [("x-api-key", "{key}"), ("authorization", "Bearer wrong")],  # was served: 200
+        # was served: 200
+        [("x-api-key", "{key}"), ("authorization", "Bearer fw_0123456789abcdef_secret")],
         [("x-api-key", "{key}"), ("x-api-key", "wrong")],  # was served: the last one won
         [("x-api-key", "wrong"), ("x-api-key", "{key}")],
     ],
@@ -71,6 +72,16 @@ def test_two_different_keys_in_one_request_are_refused(
     assert response.status_code == 401
     text = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'frameworm_auth_failures_total{reason="ambiguous"}' in text
+
+
+def test_a_gateway_s_own_bearer_token_beside_an_x_api_key_is_not_a_second_key(
+    guarded: tuple[AppClient, str],
+) -> None:
+    """Cloud Run IAM, oauth2-proxy or a mesh pass their JWT on as a bearer: no key of ours."""
+    client, key = guarded
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjbGllbnQifQ.c2lnbmF0dXJl"
+    headers = {"x-api-key": key, "authorization": f"Bearer {jwt}"}
+    assert client.post("/infer", json=GENERATE, headers=headers).status_code == 200
 
 
 def test_the_same_key_twice_is_one_key(guarded: tuple[AppClient, str]) -> None:

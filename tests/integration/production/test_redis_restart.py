@@ -7,13 +7,18 @@ however long after Redis was back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from app.inference.cache import RedisCache
 from app.production import RateLimiter, RedisKeyStore
@@ -83,3 +88,39 @@ def test_the_result_cache_serves_a_burst_after_a_redis_restart(
         results = across_a_restart(tmp_path, cache, put_then_get, RedisCache.close)
     assert all(got is not None and np.array_equal(got[0], outputs[0]) for got in results)
     assert "result cache" not in caplog.text
+
+
+def test_the_key_store_lookup_keeps_one_bound_with_the_retry() -> None:
+    """A Redis behind a proxy that accepts, then closes a while later (the Redis behind it
+    down): the retry on a closed connection made a lookup wait twice its timeout."""
+    stop = threading.Event()
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.1)
+
+        def accept_then_close() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connection, _ = server.accept()
+                    threading.Timer(0.8, connection.close).start()
+
+        acceptor = threading.Thread(target=accept_then_close)
+        acceptor.start()
+        store = RedisKeyStore(f"redis://127.0.0.1:{server.getsockname()[1]}/0", timeout_s=1.0)
+
+        async def lookup() -> float:
+            started = time.monotonic()
+            with pytest.raises((TimeoutError, redis.RedisError)):
+                await store.aget("0" * 16)
+            elapsed = time.monotonic() - started
+            await store.aclose()
+            return elapsed
+
+        try:
+            elapsed = asyncio.run(lookup())
+        finally:
+            stop.set()
+            acceptor.join()
+    assert elapsed < 1.4  # one timeout, not two closes of 0.8 s each

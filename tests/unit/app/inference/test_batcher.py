@@ -451,7 +451,7 @@ def test_one_request_that_fails_the_model_fails_alone_and_alone_counts_against_i
         return outcomes
 
     served_1, poisoned, served_2 = run(main)
-    assert runner.batch_sizes == [1, 3, 1, 1, 1]
+    assert runner.batch_sizes == [1, 3, 1, 2, 1, 1]  # in halves, down to the failing one
     assert isinstance(served_1, Served) and served_1.outputs[0].tolist() == [[2.0]]
     assert isinstance(served_2, Served) and served_2.outputs[0].tolist() == [[4.0]]
     assert isinstance(poisoned, Problem) and poisoned.status == 500
