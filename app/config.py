@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_enabled: bool = True
     otlp_endpoint: str | None = None
-    otlp_protocol: Literal["grpc", "http"] = "grpc"
+    otlp_protocol: Literal["grpc", "http"] | None = None  # None: by the endpoint's port
     trace_sample_ratio: float = Field(default=0.01, ge=0, le=1)
     sentry_dsn: SecretStr | None = None
     enable_docs: bool = False
@@ -299,9 +299,17 @@ class Settings(BaseSettings):
     def _otlp_endpoint(cls, value: str | None) -> str | None:
         # The exporter, built in each worker's app, raised "Invalid IPv6 URL" naming nothing.
         try:
-            urlsplit(value or "").port  # noqa: B018  # raises ValueError as the exporter would
+            parts = urlsplit(value or "")
+            parts.port  # noqa: B018  # raises ValueError as the exporter would
         except ValueError:
             raise ValueError("its host or port does not parse: write http://HOST:PORT") from None
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # The exporters dial a user:password@ host as a name and log it at each failure,
+            # and the HTTP one put /v1/traces after a query. Credentials go in headers.
+            raise ValueError(
+                "a user, password or query does not belong in it: give the collector's "
+                "credentials as OTEL_EXPORTER_OTLP_HEADERS"
+            )
         return value
 
     @field_validator("forwarded_allow_ips")
@@ -377,6 +385,10 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe settings for FRAMEWORM_ENV=production: " + "; ".join(problems))
         return self
+
+    @property
+    def served_as(self) -> str:  # frameworm_model_info's stage: a pinned version is under none
+        return self.stage if self.model_version is None else "pinned"
 
     @property
     def max_body_bytes(self) -> int:

@@ -88,7 +88,7 @@ async def _load(
         lifecycle.model_failed.set()
         return
     if metrics is not None:
-        metrics.model_serving(host.manifest, host.settings.stage, str(host.device))
+        metrics.model_serving(host.manifest, host.settings.served_as, str(host.device))
     if follower is not None:
         await follower.run()
 
@@ -114,7 +114,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     metrics: Metrics | None = app.state.metrics
     gpu: GpuSampler | None = None
     if metrics is not None:
-        metrics.model_serving(None, settings.stage, str(host.device))
+        metrics.model_serving(None, settings.served_as, str(host.device))
         metrics.queue_capacity.labels(settings.model).set(settings.max_queue_items)
         nvml = load_nvml()
         if nvml is not None:

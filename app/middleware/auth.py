@@ -64,11 +64,11 @@ class APIKeyMiddleware:
         if isinstance(result, AuthFailure):
             await self._refuse(scope, send, result, token)
             return
+        scope.setdefault("state", {})["principal"] = result  # the access log names it, 403 too
         if not result.has_scope(self.required_scope):
             log.info("forbidden", extra={"key_id": result.key_id, "scope": self.required_scope})
             await send_problem(send, scope, "forbidden", "this key may not use this route")
             return
-        scope.setdefault("state", {})["principal"] = result
         await self.app(scope, receive, send)
 
     async def _refuse(

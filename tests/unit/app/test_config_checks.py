@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.cli.output import settings_message
 from app.config import Settings
 from app.production.ratelimit import RateLimiter
+from app.production.tracing import resolve_protocol
 from tests.unit.app import test_config
 
 PASSWORD = "S3cretPassw0rd"
@@ -217,3 +218,31 @@ def test_an_otlp_endpoint_that_does_not_parse_is_a_settings_error(endpoint: str)
         "FRAMEWORM_OTLP_ENDPOINT: its host or port does not parse: write http://HOST:PORT"
     )
     assert Settings(otlp_endpoint="collector:4317").otlp_endpoint == "collector:4317"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:secret@collector:4317",  # dialled as a host name, logged at each failure
+        "http://collector:4318/?token=secret",  # /v1/traces went after the query, logged too
+        "http://collector:4318/#part",
+    ],
+)
+def test_credentials_or_a_query_in_the_otlp_endpoint_are_a_settings_error(endpoint: str) -> None:
+    message = refusal(otlp_endpoint=endpoint)
+    assert message.startswith("FRAMEWORM_OTLP_ENDPOINT: a user, password or query")
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "protocol"),
+    [("http://collector:4318", "http"), ("collector:4318", "http"), ("collector:4317", "grpc")],
+)
+def test_the_otlp_protocol_follows_the_port_unless_set(endpoint: str, protocol: str) -> None:
+    """Its default was "grpc", which always overrode the port: spans for an OTLP/HTTP collector
+    on 4318 went out as gRPC and were all lost."""
+    settings = Settings(otlp_endpoint=endpoint)
+    assert settings.otlp_protocol is None
+    assert resolve_protocol(endpoint, settings.otlp_protocol) == protocol
+    assert resolve_protocol(endpoint, Settings(otlp_protocol="grpc").otlp_protocol) == "grpc"

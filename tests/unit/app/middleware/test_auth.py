@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.middleware.auth import _tokens, failure_bucket
+from app.middleware.auth import APIKeyMiddleware, _tokens, failure_bucket
 from app.middleware.ratelimit import RateLimitMiddleware
-from app.production import RateLimiter
+from app.production import APIKeyAuth, RateLimiter, TokenBucketLimiter
+from app.production.keystore import FileKeyStore
 
 
 @pytest.mark.parametrize(
@@ -77,3 +79,37 @@ async def _status(app: ASGIApp, client: str) -> int:
 
     await app(scope, receive, send)
     return int(sent[0]["status"])
+
+
+def test_a_403_still_names_the_key_for_the_access_log(tmp_path: Path) -> None:
+    """The key is valid, only its scope is wrong: the access line said principal null."""
+    auth = APIKeyAuth(store=FileKeyStore(tmp_path / "keys.json"), pepper="p" * 32)
+    key = auth.create_key("alice", scopes=("admin",))
+    scope: Scope = {
+        "type": "http",
+        "path": "/infer",
+        "headers": [(b"x-api-key", key.encode())],
+        "client": ("127.0.0.1", 5000),
+        "state": {},
+    }
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def never(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("a 403 never reaches the app")
+
+    middleware = APIKeyMiddleware(
+        never,
+        auth=auth,
+        public_paths=frozenset(),
+        failures=TokenBucketLimiter(capacity=5, refill_rate=1.0),
+    )
+    asyncio.run(middleware(scope, receive_nothing, send))
+    assert sent[0]["status"] == 403
+    assert scope["state"]["principal"].owner == "alice"
+
+
+async def receive_nothing() -> Message:
+    raise AssertionError("a 403 reads no body")
