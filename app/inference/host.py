@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +20,7 @@ import torch
 
 from app.config import Settings
 from app.inference.allocator import retain_freed_memory
+from app.inference.daemon_thread import on_daemon_thread
 from app.inference.runner import (
     FORWARD_THREAD,
     ModelRunner,
@@ -130,37 +130,11 @@ class ModelHost:
         self.failed.set()
 
     async def prepare_async(self, manifest: ModelManifest | None = None) -> ModelRunner:
-        """`prepare` on a thread of its own, which shutdown does not wait for.
-
-        `asyncio.to_thread` would use the loop's default executor, whose threads `asyncio.run`
-        joins when the loop closes, without a bound on Python 3.11: a SIGTERM during a long
-        load (a large artefact, a slow registry) would keep the process up until the load ended
-        or the kubelet killed it. Cancelled, this abandons the load instead; a runner the thread
-        still finishes is released, never served and never leaked.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ModelRunner] = loop.create_future()
-
-        def settle(outcome: ModelRunner | BaseException) -> None:
-            if future.cancelled():
-                _release(outcome)
-            elif isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-        def load() -> None:
-            try:
-                outcome: ModelRunner | BaseException = self.prepare(manifest)
-            except BaseException as exc:  # handed to the awaiting task, raised there
-                outcome = exc
-            try:
-                loop.call_soon_threadsafe(settle, outcome)
-            except RuntimeError:  # the loop has closed: nobody will take the runner
-                _release(outcome)
-
-        threading.Thread(target=load, name=LOAD_THREAD, daemon=True).start()
-        return await future
+        """`prepare` on a thread of its own, which shutdown does not wait for (a SIGTERM
+        during a long load abandons it); a runner the thread still finishes is released."""
+        return await on_daemon_thread(
+            lambda: self.prepare(manifest), name=LOAD_THREAD, abandon=ModelRunner.close
+        )
 
     def prepare(self, manifest: ModelManifest | None = None) -> ModelRunner:
         """Resolve, verify, load, warm up and check a version (blocking: run it in a thread)."""
@@ -232,8 +206,3 @@ class ModelHost:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
-
-
-def _release(outcome: ModelRunner | BaseException) -> None:
-    if isinstance(outcome, ModelRunner):
-        outcome.close()

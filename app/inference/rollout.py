@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app.config import Settings
+from app.inference.daemon_thread import on_daemon_thread
 from app.inference.host import EXPECTED_LOAD_ERRORS, ModelHost, kind_of
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
@@ -31,6 +32,7 @@ from models.stages import ModelIndex
 
 log = logging.getLogger("frameworm.rollout")
 
+READ_THREAD = "frameworm-registry-read"
 LATENCY_SAMPLES = 10_000
 # The p99 sorts up to LATENCY_SAMPLES values on the event loop: judged at most this often,
 # not per request. The error rate is a division and is judged on every outcome.
@@ -124,7 +126,7 @@ class StageFollower:
         serving = self.host.manifest
         if serving is None:
             return
-        index = await asyncio.to_thread(self.host.registry.index, self.settings.model)
+        index = await self._read_index()
         target = index.aliases.get(self.settings.stage)
         move = (target, _last_move(index, self.settings.stage))
         if move != self._seen_move:
@@ -140,20 +142,40 @@ class StageFollower:
         # An operator's `registry rollback` already chose where to go back to: the version it
         # left is not kept as a fallback, so no automatic rollback can return to it.
         rolled_back = move[1] >= 0 and index.history[move[1]].action == "rollback"
-        await self.switch_to(target, keep_fallback=not rolled_back)
+        await self.switch_to(target, keep_fallback=not rolled_back, following=True)
 
     # ------------------------------------------------------------------ switching
-    async def switch_to(self, version: str, *, keep_fallback: bool = True) -> bool:
+    async def _read_index(self) -> ModelIndex:
+        # Not in asyncio's default executor, which the loop's end waits for without a bound: a
+        # stalled registry (S3 retrying for minutes) held the process past the drain.
+        model = self.settings.model
+        return await on_daemon_thread(lambda: self.host.registry.index(model), name=READ_THREAD)
+
+    async def _alias(self) -> str | None:
+        return (await self._read_index()).aliases.get(self.settings.stage)
+
+    async def switch_to(
+        self, version: str, *, keep_fallback: bool = True, following: bool = False
+    ) -> bool:
+        """Load, check and swap in `version`; `following`: only while the alias still names it."""
         serving = self.host.manifest
+        observing = self._observing
         try:
-            manifest = await asyncio.to_thread(
-                self.host.registry.manifest, self.settings.model, version
+            manifest = await on_daemon_thread(
+                lambda: self.host.registry.manifest(self.settings.model, version),
+                name=READ_THREAD,
             )
             if serving is not None and manifest.signature != serving.signature:
                 raise RegistryError(
                     "its signature differs from the serving version's; roll out a new deployment"
                 )
-            runner = await self.host.prepare_async(manifest)
+            # The version kept for rollback is loaded and warm: swapped back, not loaded again
+            # (which held three versions at once, in the middle of an operator's rollback).
+            kept = observing.previous if observing is not None else None
+            reused = kept is not None and kept.manifest == manifest
+            runner = (
+                kept if kept is not None and reused else await self.host.prepare_async(manifest)
+            )
         except Exception as exc:  # refused, not retried: the same bytes would fail the same way
             self.refused[version] = kind_of(exc)
             self.last_event = f"refused {version}: {kind_of(exc)}"
@@ -167,6 +189,13 @@ class StageFollower:
             if self.metrics is not None:
                 self.metrics.model_load_failures.labels(self.settings.model).inc()
             return False
+        if following and not reused and (await self._alias()) != version:
+            # Moved again while this version loaded (an operator's rollback, say): the version
+            # rolled back from was switched to and served all the same. The next poll follows.
+            self.last_event = f"{version} loaded, but the stage alias moved on: not switched"
+            log.info(self.last_event)
+            await asyncio.to_thread(runner.close)
+            return False
         # A version still kept for rollback is released: the one being replaced now becomes
         # the version to fall back to (the alias moved on; so does the rollback target).
         superseded, self._observing = self._observing, None
@@ -176,7 +205,7 @@ class StageFollower:
         )
         log.info(self.last_event)
         self._serving_changed()
-        if superseded is not None:
+        if superseded is not None and not reused:
             await asyncio.to_thread(superseded.previous.close)
         if previous is None:
             return True
@@ -235,6 +264,12 @@ class StageFollower:
         if observing is None:
             observing, self._observing = self._observing, None
         if observing is None:
+            return
+        serving = self.host.manifest
+        if serving is None or serving.version != observing.health.version:
+            # A switch came first (the rollback was decided as it ended): what is served now
+            # was not judged, and the version kept for the rollback is no longer needed.
+            await asyncio.to_thread(observing.previous.close)
             return
         why = self._breached(observing.health) or "unhealthy"
         bad = self.host.swap(observing.previous)

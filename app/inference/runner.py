@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.inference.allocator import give_back_freed_memory
 from models.formats import LoadedModel
 from models.manifest import ModelManifest, Signature
 from models.tensors import NUMPY_DTYPES, TORCH_DTYPES
@@ -138,6 +139,7 @@ class ModelRunner:
                 loop.call_soon_threadsafe(_settle, future, outcome)
         # Closed: the last pass is done, so the weights can go, however long it took.
         self.model.release()
+        give_back_freed_memory()
 
     def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         # Arrays come in their wire dtypes; bfloat16 travels as float32 (numpy has no bfloat16)
@@ -184,6 +186,7 @@ class ModelRunner:
         thread = self._thread
         if thread is None:
             self.model.release()
+            give_back_freed_memory()
             return
         self._jobs.put(None)  # after the jobs already queued
         thread.join(timeout_s)

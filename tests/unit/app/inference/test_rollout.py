@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -243,3 +245,95 @@ def test_an_unreadable_registry_is_said_once_and_shown_while_it_lasts(
     failures = [r for r in caplog.records if "following the stage alias failed" in r.getMessage()]
     assert len(failures) == 1 and not failures[0].exc_info  # one line, no traceback
     assert stage.last_event == "following the stage alias"
+
+
+def test_a_version_the_alias_left_while_it_loaded_is_not_switched_to(tmp_path: Path) -> None:
+    """An operator's rollback during a slow load: the version rolled back from was swapped in
+    and served all the same (a failing one, 500s)."""
+    stage, host = follower(tmp_path, auto_rollback=False)
+    registry = host.registry
+    real_prepare = host.prepare_async
+
+    async def slow_prepare(manifest: FakeManifest) -> FakeRunner:
+        runner = await real_prepare(manifest)
+        registry.rollback("A")  # while B loads
+        return runner
+
+    async def main() -> None:
+        registry.promote("A")
+        registry.promote("B")
+        host.prepare_async = slow_prepare  # type: ignore[method-assign]
+        await stage.check_once()
+
+    asyncio.run(main())
+    assert serving(host) == "A"
+    assert host.made["B"].closed  # loaded for nothing, released
+    assert "moved on" in stage.last_event
+
+
+def test_rolling_back_to_the_version_kept_for_rollback_swaps_it_back_without_a_load(
+    tmp_path: Path,
+) -> None:
+    """It loaded the kept version again: three versions in memory in the middle of a rollback."""
+    stage, host = follower(tmp_path)
+    registry = host.registry
+
+    async def main() -> None:
+        await promote_a_then_b(stage, registry)
+        kept = host.made["A"]
+        registry.rollback("A")
+        await stage.check_once()
+        assert host.runner is kept and not kept.closed  # the same runner, not a new load
+        assert host.made["B"].closed  # an operator's rollback keeps no fallback
+
+    asyncio.run(main())
+
+
+def test_a_rollback_decided_as_a_newer_switch_ended_leaves_the_newer_version(
+    tmp_path: Path,
+) -> None:
+    """The rollback task ran after a switch to C: it swapped A in and released the healthy C."""
+    stage, host = follower(tmp_path, rollback_max_error_rate=0.1)
+    real_prepare = host.prepare_async
+
+    async def prepare_while_b_fails(manifest: FakeManifest) -> FakeRunner:
+        runner = await real_prepare(manifest)
+        stage.record("B", False, 0.01)  # the breach as C's load ends: the rollback is a task
+        return runner  # and the switch goes on in this turn of the loop, before it
+
+    async def main() -> None:
+        await stage.switch_to("B")  # A kept
+        host.prepare_async = prepare_while_b_fails  # type: ignore[method-assign]
+        await stage.switch_to("C")
+        await stage.rollbacks_done()
+
+    asyncio.run(main())
+    assert serving(host) == "C"
+    assert host.made["A"].closed  # the rollback's target, no longer needed
+    assert stage.pinned_against is None
+
+
+def test_a_stalled_registry_read_does_not_hold_the_end_of_the_event_loop(tmp_path: Path) -> None:
+    """asyncio.to_thread's executor is joined without a bound when the loop ends (Python 3.11):
+    a SIGTERM while S3 stalled a poll kept the process up for minutes."""
+    stage, host = follower(tmp_path)
+    released = threading.Event()
+
+    def stalled(model: str) -> ModelIndex:
+        released.wait(30)
+        return host.registry.ix
+
+    host.registry.index = stalled  # type: ignore[method-assign]
+
+    async def main() -> None:
+        poll = asyncio.ensure_future(stage.check_once())
+        await asyncio.sleep(0.05)
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+
+    started = time.monotonic()
+    asyncio.run(main())
+    ended = time.monotonic() - started
+    released.set()
+    assert ended < 10
