@@ -297,19 +297,13 @@ class Settings(BaseSettings):
     @field_validator("otlp_endpoint")
     @classmethod
     def _otlp_endpoint(cls, value: str | None) -> str | None:
-        # The exporter, built in each worker's app, raised "Invalid IPv6 URL" naming nothing.
-        try:
-            parts = urlsplit(value or "")
-            parts.port  # noqa: B018  # raises ValueError as the exporter would
-        except ValueError:
-            raise ValueError("its host or port does not parse: write http://HOST:PORT") from None
-        if "@" in parts.netloc or parts.query or parts.fragment:
-            # The exporters dial a user:password@ host as a name and log it at each failure,
-            # and the HTTP one put /v1/traces after a query. Credentials go in headers.
-            raise ValueError(
-                "a user, password or query does not belong in it: give the collector's "
-                "credentials as OTEL_EXPORTER_OTLP_HEADERS"
-            )
+        if not value:
+            return value
+        # Imported here: app.production imports every block (and the OpenTelemetry SDK).
+        from app.production.otlp_endpoint import endpoint_problem
+
+        if (problem := endpoint_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("forwarded_allow_ips")

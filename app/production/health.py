@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .hooks import ThreadCall, call_bounded, is_async_callable
+from .bounds import check_seconds
+from .hooks import Outcome, ThreadCall, call_bounded, is_async_callable
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,7 @@ class HealthChecker:
     """
 
     def __init__(self, startup_timeout: float = 60, *, check_timeout_s: float = 5.0) -> None:
-        if startup_timeout <= 0 or check_timeout_s <= 0:
-            raise ValueError("startup_timeout and check_timeout_s must be positive")
+        check_seconds(startup_timeout=startup_timeout, check_timeout_s=check_timeout_s)
         self.startup_timeout = float(startup_timeout)
         self.check_timeout_s = float(check_timeout_s)
         self._lock = threading.Lock()
@@ -117,6 +117,7 @@ class HealthChecker:
         # The run of each sync check, by (category, name, id(check)), until it returns.
         self._inflight_lock = threading.Lock()
         self._inflight: dict[tuple[Category, str, int], ThreadCall] = {}
+        self._async_inflight: dict[tuple[Category, str, int], asyncio.Task[Outcome]] = {}
         self._created = time.monotonic()
         self._startup_complete = False
 
@@ -256,12 +257,33 @@ class HealthChecker:
                 results[name] = _from_outcome(name, *outcome)
         return self._store(category, results)
 
+    def _async_call(
+        self, category: Category, name: str, check: Check
+    ) -> tuple[asyncio.Task[Outcome], bool]:
+        """As `_thread_call`, for a coroutine check: its run in flight on this loop, or a new
+        one. A run past its bound is left running, not cancelled and started again: what it
+        awaits may be a thread (`asyncio.to_thread`) that no cancellation stops, and a probe
+        per second took every thread of the loop's default executor."""
+        key = (category, name, id(check))
+        loop = asyncio.get_running_loop()
+        with self._inflight_lock:
+            running = self._async_inflight.get(key)
+            if running is not None and not running.done() and running.get_loop() is loop:
+                return running, True
+            task = self._async_inflight[key] = loop.create_task(_awaited_outcome(check))
+            return task, False
+
     async def _run_async(self, category: Category, name: str, check: Check) -> HealthStatus:
         timeout_s = self.check_timeout_s
         joined = False
         try:
             if is_async_callable(check):
-                pending = call_bounded(check, timeout_s)
+                task, joined = self._async_call(category, name, check)
+                done, _ = await asyncio.wait({task}, timeout=timeout_s)  # never cancels it
+                if not done:
+                    raise TimeoutError
+                result, error = task.result()
+                return _from_outcome(name, result, error)
             else:
                 # Sync checks may block; keep them off the loop, in a thread that can be
                 # abandoned, and never more than one per check (see _thread_call).
@@ -310,3 +332,11 @@ class HealthChecker:
         }
         report.update(per_category)
         return report
+
+
+async def _awaited_outcome(check: Check) -> Outcome:
+    """What a coroutine check returned or raised (anything: a probe reports, never raises)."""
+    try:
+        return await check(), None
+    except BaseException as exc:
+        return None, exc

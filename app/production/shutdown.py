@@ -33,6 +33,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
+from .bounds import check_seconds
 from .hooks import Handler, call_bounded, wait_in_daemon_thread
 from .loop_signals import LoopCallback, is_loop_handler, loop_callback
 
@@ -100,8 +101,7 @@ class GracefulShutdown:
     """
 
     def __init__(self, timeout: float = 30, *, handler_timeout: float | None = None) -> None:
-        if timeout <= 0 or (handler_timeout is not None and handler_timeout <= 0):
-            raise ValueError("timeouts must be positive")
+        check_seconds(timeout=timeout, handler_timeout=handler_timeout)
         self.timeout = float(timeout)
         self.handler_timeout = float(handler_timeout if handler_timeout is not None else timeout)
         self._lock = threading.Lock()

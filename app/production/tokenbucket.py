@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from .bounds import check_positive
 
 
 class TokenBucketLimiter:
@@ -24,8 +27,7 @@ class TokenBucketLimiter:
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if capacity <= 0 or refill_rate <= 0 or max_keys < 1:
-            raise ValueError("capacity, refill_rate and max_keys must be positive")
+        check_positive(capacity=capacity, refill_rate=refill_rate, max_keys=max_keys)
         self.capacity = float(capacity)
         self.refill_rate = float(refill_rate)
         self.max_keys = max_keys
@@ -36,8 +38,8 @@ class TokenBucketLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def allow(self, key: str, tokens: float = 1.0) -> bool:
-        if tokens < 0:
-            raise ValueError("tokens must not be negative")
+        if not (math.isfinite(tokens) and tokens >= 0):
+            raise ValueError("tokens must be a finite number, not negative")
         with self._lock:
             # Read under the lock: a `now` read before waiting for it may be older than the
             # bucket's last update by the time it is used.
@@ -54,7 +56,10 @@ class TokenBucketLimiter:
             return allowed
 
     def wait_s(self, key: str, tokens: float = 1.0) -> float:
-        """Seconds until `key` has `tokens` (0 when it has them now): a Retry-After."""
+        """Seconds until `key` has `tokens` (0 when it has them now): a Retry-After; infinite
+        for more than the bucket holds, which never pass."""
+        if tokens > self.capacity:
+            return math.inf
         return max(0.0, (tokens - self.available(key)) / self.refill_rate)
 
     def available(self, key: str) -> float:

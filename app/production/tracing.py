@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from .otlp_endpoint import as_url, endpoint_problem
+
 logger = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
@@ -45,21 +47,12 @@ def resolve_protocol(endpoint: str, protocol: Protocol | None = None) -> Protoco
             raise ValueError(f"unknown OTLP protocol {protocol!r}; use 'grpc' or 'http'")
         return protocol
     try:
-        port = urlsplit(_as_url(endpoint)).port
+        port = urlsplit(as_url(endpoint)).port
     except ValueError:  # a port that is not a number, or out of range
         raise ValueError(
             f"OTLP endpoint {loggable_endpoint(endpoint)!r} has an invalid port"
         ) from None
     return "http" if port == HTTP_PORT else "grpc"
-
-
-def _as_url(endpoint: str) -> str:
-    """`endpoint` with `//` before a bare `host:port`, so the host and port read as such.
-
-    urlsplit reads `collector:4318` as the scheme `collector` and the path `4318`, with no port
-    (and `127.0.0.1:4318` as a path): 4318 would not choose HTTP.
-    """
-    return endpoint if "://" in endpoint else "//" + endpoint
 
 
 def _exporter(endpoint: str, protocol: Protocol, timeout_s: float) -> SpanExporter:
@@ -105,6 +98,8 @@ def setup_tracing(
         raise ValueError("sample_ratio must be between 0 and 1")
     if export_timeout_s <= 0 or max_queue_size < 1 or schedule_delay_s <= 0:
         raise ValueError("export_timeout_s, max_queue_size and schedule_delay_s must be positive")
+    if (problem := endpoint_problem(endpoint)) is not None:
+        raise ValueError(f"OTLP endpoint {loggable_endpoint(endpoint)!r}: {problem}")
     chosen = resolve_protocol(endpoint, protocol)
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: service_name}),

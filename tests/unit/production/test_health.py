@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -186,6 +187,15 @@ def test_checks_can_be_added_and_run_from_many_threads_at_once() -> None:
         thread.join()
     assert errors == []
     assert len(health.results("readiness")) == 400
+
+
+@pytest.mark.parametrize("bound", [math.inf, 1e12, math.nan, 0.0])
+def test_a_check_timeout_that_is_no_bound_a_thread_can_wait_is_refused(bound: float) -> None:
+    """inf made is_ready() raise OverflowError; NaN timed every sync check out at once."""
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        HealthChecker(check_timeout_s=bound)
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        HealthChecker(startup_timeout=bound)
 
 
 def test_bad_configuration_is_refused() -> None:
@@ -374,7 +384,41 @@ def test_an_async_check_that_answers_after_its_bound_is_timed_out_not_healthy() 
 
     checker = HealthChecker(check_timeout_s=0.2)
     checker.add_readiness_check("db", check)
-    started = time.monotonic()
-    assert asyncio.run(checker.ais_ready()) is False
-    assert time.monotonic() - started < 1.5
+
+    async def probe() -> tuple[bool, float]:
+        started = time.monotonic()
+        return await checker.ais_ready(), time.monotonic() - started
+
+    ready, took = asyncio.run(probe())
+    assert ready is False and took < 1.5
     assert "timed out" in checker.results("readiness")["db"].message
+
+
+def test_a_hung_async_check_has_one_run_in_flight_and_later_probes_join_it() -> None:
+    """Each probe cancelled the run at its bound and started another; the thread each run had
+    handed its blocking call to went on, and eight probes took every default-executor thread."""
+    release = threading.Event()
+    runs: list[int] = []
+
+    def blocking_ping() -> bool:
+        runs.append(1)
+        release.wait(30)
+        return True
+
+    async def check() -> bool:
+        return await asyncio.to_thread(blocking_ping)
+
+    checker = HealthChecker(check_timeout_s=0.05)
+    checker.add_readiness_check("db", check)
+
+    async def probes() -> list[str]:
+        messages = []
+        for _ in range(8):
+            assert await checker.ais_ready() is False
+            messages.append(checker.results("readiness")["db"].message)
+        release.set()
+        return messages
+
+    messages = asyncio.run(probes())
+    assert len(runs) == 1
+    assert "still running" in messages[-1]

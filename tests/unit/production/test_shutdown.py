@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import sys
 import threading
@@ -275,6 +276,20 @@ def test_start_without_a_server_off_the_main_thread_is_refused() -> None:
     thread.start()
     thread.join()
     assert len(errors) == 1
+
+
+@pytest.mark.parametrize(
+    "timeouts",
+    # Infinite or huge: the drain thread's wait raised OverflowError, the signal was never
+    # chained and the process never exited; NaN: nothing was waited for.
+    [{"timeout": 0}, {"timeout": math.inf}, {"timeout": 1e12}, {"timeout": math.nan},
+     {"handler_timeout": math.inf}, {"handler_timeout": -1.0}],
+)  # fmt: skip
+def test_timeouts_that_are_no_bound_a_thread_can_wait_are_refused(
+    timeouts: dict[str, float],
+) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        GracefulShutdown(**timeouts)
 
 
 def test_bad_arguments_are_refused() -> None:

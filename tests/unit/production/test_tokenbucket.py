@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -82,11 +83,26 @@ def test_token_bucket_is_exact_under_concurrent_threads() -> None:
     assert sum(allowed) == 50
 
 
-def test_token_bucket_refuses_bad_settings() -> None:
+@pytest.mark.parametrize(
+    ("capacity", "refill_rate"),
+    # NaN passed the `<= 0` checks: a NaN rate allowed every call, a NaN capacity none.
+    [(0, 1), (1, 0), (math.nan, 1), (1, math.nan), (math.inf, 1), (1, math.inf)],
+)
+def test_token_bucket_refuses_bad_settings(capacity: float, refill_rate: float) -> None:
+    with pytest.raises(ValueError, match="positive, finite"):
+        TokenBucketLimiter(capacity=capacity, refill_rate=refill_rate)
+
+
+@pytest.mark.parametrize("tokens", [-1.0, math.nan, math.inf])
+def test_token_bucket_refuses_bad_token_counts(tokens: float) -> None:
     with pytest.raises(ValueError):
-        TokenBucketLimiter(capacity=0, refill_rate=1)
-    with pytest.raises(ValueError):
-        TokenBucketLimiter(capacity=1, refill_rate=1).allow("u", tokens=-1)
+        TokenBucketLimiter(capacity=1, refill_rate=1).allow("u", tokens=tokens)
+
+
+def test_more_tokens_than_the_bucket_holds_never_pass_and_say_so() -> None:
+    bucket = TokenBucketLimiter(capacity=2, refill_rate=1)
+    assert not bucket.allow("u", tokens=3)
+    assert bucket.wait_s("u", tokens=3) == math.inf  # it said 1.0: a retry that never passes
 
 
 def test_a_stale_clock_reading_neither_takes_tokens_nor_moves_time_back() -> None:
