@@ -151,8 +151,11 @@ class StageFollower:
         model = self.settings.model
         return await on_daemon_thread(lambda: self.host.registry.index(model), name=READ_THREAD)
 
-    async def _alias(self) -> str | None:
-        return (await self._read_index()).aliases.get(self.settings.stage)
+    async def _moved_from(self, version: str) -> bool:
+        try:
+            return (await self._read_index()).aliases.get(self.settings.stage) != version
+        except Exception:  # unreadable just now: it named this version moments ago
+            return False
 
     async def switch_to(
         self, version: str, *, keep_fallback: bool = True, following: bool = False
@@ -189,7 +192,7 @@ class StageFollower:
             if self.metrics is not None:
                 self.metrics.model_load_failures.labels(self.settings.model).inc()
             return False
-        if following and not reused and (await self._alias()) != version:
+        if following and not reused and await self._moved_from(version):
             # Moved again while this version loaded (an operator's rollback, say): the version
             # rolled back from was switched to and served all the same. The next poll follows.
             self.last_event = f"{version} loaded, but the stage alias moved on: not switched"

@@ -337,3 +337,28 @@ def test_a_stalled_registry_read_does_not_hold_the_end_of_the_event_loop(tmp_pat
     ended = time.monotonic() - started
     released.set()
     assert ended < 10
+
+
+def test_a_registry_unreadable_after_the_load_still_switches_and_leaks_nothing(
+    tmp_path: Path,
+) -> None:
+    """The alias is read again after the load; that read failing must not strand the runner."""
+    stage, host = follower(tmp_path, auto_rollback=False)
+    registry = host.registry
+    real_index = registry.index
+    reads: list[int] = []
+
+    def index_failing_second_time(model: str) -> ModelIndex:
+        reads.append(1)
+        if len(reads) == 2:
+            raise RegistryError("the registry is unreachable")
+        return real_index(model)
+
+    async def main() -> None:
+        registry.promote("A")
+        registry.promote("B")
+        registry.index = index_failing_second_time  # type: ignore[method-assign]
+        await stage.check_once()
+
+    asyncio.run(main())
+    assert serving(host) == "B"
