@@ -163,6 +163,7 @@ class StageFollower:
         """Load, check and swap in `version`; `following`: only while the alias still names it."""
         serving = self.host.manifest
         observing = self._observing
+        self.last_event = f"loading {version}"  # /readyz?verbose named the last event meanwhile
         try:
             manifest = await on_daemon_thread(
                 lambda: self.host.registry.manifest(self.settings.model, version),

@@ -255,6 +255,7 @@ def test_a_version_the_alias_left_while_it_loaded_is_not_switched_to(tmp_path: P
     real_prepare = host.prepare_async
 
     async def slow_prepare(manifest: FakeManifest) -> FakeRunner:
+        assert stage.last_event == "loading B"  # what /readyz?verbose says while it loads
         runner = await real_prepare(manifest)
         registry.rollback("A")  # while B loads
         return runner
