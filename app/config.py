@@ -206,7 +206,7 @@ class Settings(BaseSettings):
 
     # Lifecycle
     drain_delay_s: float = Field(default=5.0, ge=0)
-    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0, le=86_400)
 
     @classmethod
     def settings_customise_sources(

@@ -29,8 +29,8 @@ async def on_daemon_thread(
 
     def settle(result: T | None, error: BaseException | None) -> None:
         if future.cancelled():
-            if error is None:
-                abandon(result)  # type: ignore[arg-type]  # a T when there is no error
+            if error is None:  # off the loop: releasing a loaded model takes a while
+                threading.Thread(target=abandon, args=(result,), name=name, daemon=True).start()
         elif error is not None:
             future.set_exception(error)
         else:

@@ -162,19 +162,24 @@ class StageFollower:
     ) -> bool:
         """Load, check and swap in `version`; `following`: only while the alias still names it."""
         serving = self.host.manifest
-        observing = self._observing
         self.last_event = f"loading {version}"  # /readyz?verbose named the last event meanwhile
         try:
             manifest = await on_daemon_thread(
                 lambda: self.host.registry.manifest(self.settings.model, version),
                 name=READ_THREAD,
             )
+            if self.host.manifest is not None and self.host.manifest.version == version:
+                # An automatic rollback swapped it in while the manifest was read.
+                self.last_event = f"{version} is served already"
+                return True
             if serving is not None and manifest.signature != serving.signature:
                 raise RegistryError(
                     "its signature differs from the serving version's; roll out a new deployment"
                 )
             # The version kept for rollback is loaded and warm: swapped back, not loaded again
             # (which held three versions at once, in the middle of an operator's rollback).
+            # Read after the await: a rollback meanwhile may have taken it into service.
+            observing = self._observing
             kept = observing.previous if observing is not None else None
             reused = kept is not None and kept.manifest == manifest
             runner = (
@@ -193,7 +198,12 @@ class StageFollower:
             if self.metrics is not None:
                 self.metrics.model_load_failures.labels(self.settings.model).inc()
             return False
-        if following and not reused and await self._moved_from(version):
+        try:
+            moved = following and not reused and await self._moved_from(version)
+        except asyncio.CancelledError:  # the drain: the version loaded is not served
+            runner.close()
+            raise
+        if moved:
             # Moved again while this version loaded (an operator's rollback, say): the version
             # rolled back from was switched to and served all the same. The next poll follows.
             self.last_event = f"{version} loaded, but the stage alias moved on: not switched"

@@ -271,7 +271,13 @@ class HealthChecker:
             if running is not None and not running.done() and running.get_loop() is loop:
                 return running, True
             task = self._async_inflight[key] = loop.create_task(_awaited_outcome(check))
-            return task, False
+        task.add_done_callback(lambda done: self._forget_async(key, done))
+        return task, False
+
+    def _forget_async(self, key: tuple[Category, str, int], task: asyncio.Task[Outcome]) -> None:
+        with self._inflight_lock:  # its own run only: a later one may have taken the key
+            if self._async_inflight.get(key) is task:
+                del self._async_inflight[key]
 
     async def _run_async(self, category: Category, name: str, check: Check) -> HealthStatus:
         timeout_s = self.check_timeout_s

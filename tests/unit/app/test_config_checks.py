@@ -226,6 +226,7 @@ def test_an_otlp_endpoint_that_does_not_parse_is_a_settings_error(endpoint: str)
         "http://user:secret@collector:4317",  # dialled as a host name, logged at each failure
         "http://collector:4318/?token=secret",  # /v1/traces went after the query, logged too
         "http://collector:4318/#part",
+        "http://collector:4318?",  # an empty query: /v1/traces went after the "?" all the same
     ],
 )
 def test_credentials_or_a_query_in_the_otlp_endpoint_are_a_settings_error(endpoint: str) -> None:
@@ -246,3 +247,8 @@ def test_the_otlp_protocol_follows_the_port_unless_set(endpoint: str, protocol: 
     assert settings.otlp_protocol is None
     assert resolve_protocol(endpoint, settings.otlp_protocol) == protocol
     assert resolve_protocol(endpoint, Settings(otlp_protocol="grpc").otlp_protocol) == "grpc"
+
+
+def test_a_shutdown_timeout_no_drain_could_wait_is_a_settings_error() -> None:
+    """1e12 passed the settings and failed in GracefulShutdown, naming no variable."""
+    assert refusal(shutdown_timeout_s=1e12).startswith("FRAMEWORM_SHUTDOWN_TIMEOUT_S: ")

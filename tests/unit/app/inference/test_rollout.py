@@ -363,3 +363,37 @@ def test_a_registry_unreadable_after_the_load_still_switches_and_leaks_nothing(
 
     asyncio.run(main())
     assert serving(host) == "B"
+
+
+def test_an_automatic_rollback_during_the_operator_s_leaves_the_served_version_open(
+    tmp_path: Path,
+) -> None:
+    """The operator rolls back from a failing B just as the server does: the switch took the
+    kept A (already back in service) for its own and closed it, and every request failed."""
+    stage, host = follower(tmp_path, rollback_max_error_rate=0.1)
+    registry = host.registry
+    reading = threading.Event()
+    release = threading.Event()
+    real_manifest = registry.manifest
+
+    def held_manifest(model: str, version: str) -> FakeManifest:
+        reading.set()
+        release.wait(10)
+        return real_manifest(model, version)
+
+    async def main() -> None:
+        await promote_a_then_b(stage, registry)  # A kept for rollback
+        registry.manifest = held_manifest  # type: ignore[method-assign]
+        registry.rollback("A")
+        poll = asyncio.ensure_future(stage.check_once())
+        while not reading.is_set():
+            await asyncio.sleep(0.01)
+        stage.record("B", False, 0.01)  # the server's own rollback, while the poll reads
+        await stage.rollbacks_done()
+        release.set()
+        await poll
+
+    asyncio.run(main())
+    assert serving(host) == "A"
+    assert not host.made["A"].closed
+    assert host.made["B"].closed
