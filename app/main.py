@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -82,14 +83,34 @@ class FramewormApp(FastAPI):
         document = super().openapi()
         if document is not getattr(self.state, "secured_openapi", None):
             document_security(document, self.state.settings)
+            drop_default_validation_errors(document)
             self.state.secured_openapi = document
         return document
+
+
+def drop_default_validation_errors(document: dict[str, Any]) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` for every route with parameters. Here a
+    validation error is answered as a problem (app.errors), and the routes that take only a
+    path's strings cannot fail one: their 422 and its schemas go; a route's own 422 stays."""
+    default = "#/components/schemas/HTTPValidationError"
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            content = responses.get("422", {}).get("content", {})
+            if content.get("application/json", {}).get("schema", {}).get("$ref") == default:
+                del responses["422"]
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    if default not in orjson.dumps(document.get("paths")).decode():
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
 
 
 def document_security(document: dict[str, Any], settings: Settings) -> None:
     """securitySchemes and each operation's `security`, as the server enforces them: with auth
     on, an API key (in either header) on every path but the public ones; the metrics token on
-    /metrics when one is set; nothing else (auth off: no key is claimed anywhere)."""
+    /metrics when one is set; nothing else (auth off: no key is claimed anywhere). An operation
+    that asks for no credential cannot answer 401 or 403 (nor /metrics 429, which only its
+    failed tokens earn): those are taken out of its responses."""
     paths: dict[str, dict[str, Any]] = document.get("paths", {})
     api_key: list[dict[str, list[str]]] = (
         [{name: []} for name in API_KEY_SCHEMES] if settings.auth_enabled else []
@@ -100,8 +121,14 @@ def document_security(document: dict[str, Any], settings: Settings) -> None:
         # A list of requirements: any one of them is enough.
         required = metrics if path == "/metrics" else [] if path in PUBLIC_PATHS else api_key
         for method, operation in item.items():
-            if method in _METHODS and required:
+            if method not in _METHODS:
+                continue
+            if required:
                 operation["security"] = required
+                continue
+            responses: dict[str, Any] = operation.get("responses", {})
+            for status in ("401", "403", "429") if path == "/metrics" else ("401", "403"):
+                responses.pop(status, None)
     schemes = (API_KEY_SCHEMES if api_key else {}) | (METRICS_SCHEME if metrics else {})
     if schemes:
         document.setdefault("components", {})["securitySchemes"] = schemes

@@ -13,6 +13,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from app.api.body_headers import content_encoding, media_type
 from app.config import Settings
 from app.deps import inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses, quoted, request_id_of
@@ -79,9 +80,9 @@ INFER_RESPONSE_SCHEMA: dict[str, Any] = {
 async def infer(request: Request) -> Response:
     runner, batcher, settings = inference_context(request)
     signature = runner.manifest.signature
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    encoding = request.headers.get("content-encoding")
-    if media_type == "application/json":
+    body_type = media_type(request)
+    encoding = content_encoding(request)
+    if body_type == "application/json":
         body = decompressed(await request.body(), encoding, settings.max_body_bytes)
         inputs = await off_the_loop_if_large(
             len(body),
@@ -91,7 +92,7 @@ async def infer(request: Request) -> Response:
             settings.max_json_depth,
             settings.max_json_elements,
         )
-    elif media_type == "multipart/form-data":
+    elif body_type == "multipart/form-data":
         if not is_identity(encoding):
             raise Problem("unsupported-media-type", "a multipart body cannot be sent compressed")
         inputs = await read_multipart(request, signature, settings)

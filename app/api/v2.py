@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from app.api.body_headers import content_encoding, media_type, single_value
 from app.api.health import HeadResponse, ProbeResponse, readiness
 from app.config import Settings
 from app.deps import HostDep, inference_context
@@ -96,19 +97,31 @@ async def ready(request: Request) -> Response:
     return ProbeResponse(orjson.dumps({"ready": ok}), 200 if ok else 503)
 
 
-MODEL_RESPONSES = problem_responses(*GUARD_STATUSES, 404, 422)
+MODEL_RESPONSES = problem_responses(*GUARD_STATUSES, 404)
+# Not ready is `{"name", "ready": false}`; a guard's refusal (shedding, shutting down) a problem.
 READY_RESPONSES = {
     **MODEL_RESPONSES,
-    503: {"description": "Not ready", "content": {"application/json": {}}},
+    503: {
+        "description": "Not ready, or refused",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+                }
+            },
+            **MODEL_RESPONSES[503]["content"],
+        },
+    },
 }
 
 # The inference request and answer as app.inference.protocol_v2 reads and writes them.
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _BINARY = {"type": "string", "format": "binary"}
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+# `inputs` may be left out: a generative model draws its inputs from its parameters.
 V2_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["inputs"],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "string", "description": "echoed in the answer"},
@@ -117,6 +130,7 @@ V2_REQUEST_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["name", "shape", "datatype"],
+                "additionalProperties": False,
                 "properties": {
                     "name": {"type": "string"},
                     "shape": _SHAPE,
@@ -128,6 +142,7 @@ V2_REQUEST_SCHEMA: dict[str, Any] = {
                     },
                     "parameters": {
                         "type": "object",
+                        "additionalProperties": False,
                         "properties": {
                             "binary_data_size": {
                                 "type": "integer",
@@ -169,8 +184,11 @@ V2_REQUEST_SCHEMA: dict[str, Any] = {
                 "timeout": {
                     "type": "integer",
                     "minimum": 0,
+                    "maximum": 2**64 - 1,  # JSON integers past 64 bits are refused
                     "description": "microseconds; 0 means none",
                 },
+                "priority": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             },
             "additionalProperties": True,
         },
@@ -337,14 +355,13 @@ async def _infer(
     pinned: str | None = None,
 ) -> Response:
     """`pinned`: the version the route named; the answer must come from it."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     # Stock clients send JSON, octet-stream (binary extension) or no content type at all.
-    if media_type not in ("", "application/json", "application/octet-stream"):
+    if media_type(request) not in ("", "application/json", "application/octet-stream"):
         raise Problem("unsupported-media-type", "send application/json or application/octet-stream")
     signature = runner.manifest.signature
     body = decompressed(
         await request.body(),
-        request.headers.get("content-encoding"),
+        content_encoding(request),
         settings.max_body_bytes,
     )
     v2 = await off_the_loop_if_large(
@@ -352,7 +369,7 @@ async def _infer(
         decode_request,
         signature,
         body,
-        request.headers.get("inference-header-content-length"),
+        single_value(request, "inference-header-content-length"),
         settings.max_json_depth,
         settings.max_json_elements,
     )

@@ -307,9 +307,10 @@ def assemble(
 
 
 def check_items(items: int, signature: Signature) -> None:
+    # 413 as when a request holds more items than the queue: too large, whichever limit.
     if items > signature.max_items_per_request:
         raise Problem(
-            "invalid-input",
+            "payload-too-large",
             f"{items} items in one request; at most {signature.max_items_per_request} are allowed",
         )
 

@@ -96,7 +96,7 @@ def _tokens(scope: Scope) -> list[str]:
     Cloud Run IAM, oauth2-proxy or a mesh pass on). More than one is refused, not resolved: a
     gateway in front that picked another one would check one key and meter it as another."""
     keys: list[str] = []
-    bearer = ""
+    bearers: list[str] = []  # every Authorization line: a gateway may read the first, or any
     for name, value in scope["headers"]:
         if name == b"x-api-key":
             # httptools keeps trailing whitespace, which is not part of the value (RFC 9110).
@@ -106,10 +106,12 @@ def _tokens(scope: Scope) -> list[str]:
                 keys.append(key)
         elif name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                bearer = credentials.strip()
-    if bearer and bearer not in keys and (not keys or _KEY_ID.match(bearer)):
-        keys.append(bearer)
+            if scheme.lower() == "bearer" and (bearer := credentials.strip()):
+                bearers.append(bearer)
+    has_api_key = bool(keys)
+    for bearer in bearers:
+        if bearer not in keys and (not has_api_key or _KEY_ID.match(bearer)):
+            keys.append(bearer)
     return keys
 
 

@@ -59,6 +59,8 @@ def test_an_empty_x_api_key_does_not_hide_a_valid_bearer_token(
         [("x-api-key", "{key}"), ("authorization", "Bearer fw_0123456789abcdef_secret")],
         [("x-api-key", "{key}"), ("x-api-key", "wrong")],  # was served: the last one won
         [("x-api-key", "wrong"), ("x-api-key", "{key}")],
+        # was served: the last Authorization line won (a gateway may check the first)
+        [("authorization", "Bearer fw_0123456789abcdef_secret"), ("authorization", "Bearer {key}")],
     ],
 )
 def test_two_different_keys_in_one_request_are_refused(

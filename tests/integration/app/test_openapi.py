@@ -106,6 +106,56 @@ def test_the_v2_json_schemas_match_what_the_server_reads_and_answers(cnn: AppCli
     assert cnn.post("/v2/models/cnn-digits/infer", json=unknown).status_code == 422
 
 
+def with_input(**fields: Any) -> dict[str, Any]:
+    item: dict[str, Any] = TRITON_REQUEST["inputs"][0]  # type: ignore[index]
+    return {**TRITON_REQUEST, "inputs": [{**item, **fields}]}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        with_input(contents={"fp32_contents": [0.0]}),
+        with_input(parameters={"shared_memory_region": "region"}),
+        {**TRITON_REQUEST, "parameters": {"priority": -1}},
+        {**TRITON_REQUEST, "parameters": {"headers": {"x": 1}}},
+    ],
+)
+def test_what_the_server_refuses_the_v2_schema_refuses(
+    cnn: AppClient, request_: dict[str, Any]
+) -> None:
+    """These were valid by the document, and 422 from the server."""
+    request_schema, _ = v2_schemas(document())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(request_, request_schema)
+    assert cnn.post("/v2/models/cnn-digits/infer", json=request_).status_code == 422
+
+
+def test_a_v2_request_without_inputs_is_valid_for_a_generative_model(decoder: AppClient) -> None:
+    """The document required `inputs`; a generative model draws them from its parameters."""
+    request_schema, _ = v2_schemas(document())
+    generate = {"parameters": {"batch_size": 2, "seed": 1}}
+    jsonschema.validate(generate, request_schema)
+    assert decoder.post("/v2/models/vae-digits-decoder/infer", json=generate).status_code == 200
+
+
+def test_model_readiness_documents_its_not_ready_body_and_the_guards_problems() -> None:
+    for path in ("/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"):
+        content = document()["paths"][path]["get"]["responses"]["503"]["content"]
+        assert set(content) == {"application/json", "application/problem+json"}, path
+
+
+def test_statuses_a_route_cannot_answer_are_not_documented() -> None:
+    """/metrics without its token cannot refuse anyone; no GET model route reads a body."""
+    plain = document(auth_enabled=False)["paths"]
+    assert not {"401", "403", "429"} & set(plain["/metrics"]["get"]["responses"])
+    assert not {"401", "403"} & set(plain["/infer"]["post"]["responses"])
+    assert "429" in plain["/infer"]["post"]["responses"]  # the rate limit still may
+    tokened = document(metrics_token="metrics-token-0123456789")["paths"]
+    assert {"401", "429"} <= set(tokened["/metrics"]["get"]["responses"])
+    assert {"401", "403"} <= set(tokened["/infer"]["post"]["responses"])
+    assert "422" not in tokened["/v2/models/{name}"]["get"]["responses"]
+
+
 def test_a_binary_v2_exchange_is_octet_stream_with_the_header_length(cnn: AppClient) -> None:
     request_schema, response_schema = v2_schemas(document())
     header = {

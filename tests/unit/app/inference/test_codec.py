@@ -318,7 +318,7 @@ def test_inputs_with_different_batch_sizes_are_refused() -> None:
 def test_more_items_than_max_items_per_request_are_refused() -> None:
     sig = signature(max_items_per_request=2)
     assert decode_infer_json(sig, body({"inputs": {"x": [[0, 0, 0]] * 2}})).items == 2
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         decode_infer_json(sig, body({"inputs": {"x": [[0, 0, 0]] * 3}}))
     assert "at most 2" in caught.value.detail
 
@@ -336,7 +336,7 @@ def test_too_many_items_are_refused_before_their_numbers_are_converted(
         return np.zeros(1)
 
     monkeypatch.setattr(codec, "array_from_json", convert)
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         read_infer_json(CNN, body({"inputs": {"image": [[[[0.0]]]] * (limit + 1)}}))
     assert f"{limit + 1} items in one request; at most {limit}" in caught.value.detail
     assert converted == []
@@ -364,7 +364,7 @@ def test_too_many_images_are_refused_before_any_is_decoded() -> None:
     # Junk that would fail to decode: refused for the count, so nothing was decoded first.
     junk = {"b64": "not base64 at all!", "content_type": "image/png"}
     limit = CNN.max_items_per_request
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         read_infer_json(CNN, body({"inputs": {"image": [junk] * (limit + 1)}}))
     assert f"{limit + 1} items in one request; at most {limit}" in caught.value.detail
 

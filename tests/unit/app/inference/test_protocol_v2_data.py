@@ -31,8 +31,8 @@ def body(*inputs: dict[str, Any], **fields: Any) -> bytes:
     return json.dumps({"inputs": list(inputs), **fields}).encode()
 
 
-def refused() -> pytest.RaisesExc[Problem]:
-    return pytest.raises(Problem, check=lambda p: p.code == "invalid-input")
+def refused(code: str = "invalid-input") -> pytest.RaisesExc[Problem]:
+    return pytest.raises(Problem, check=lambda p: p.code == code)
 
 
 # ------------------------------------------------------------------ the item count first
@@ -49,7 +49,7 @@ def test_json_data_of_too_many_items_is_refused_before_it_is_converted(
 
     monkeypatch.setattr(np, "asarray", never_the_data)
     item = {"name": "x", "shape": [5, 3], "datatype": "FP32", "data": [0.5] * 15}
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         decode_request(SIG, body(item), None)
     assert caught.value.detail == "5 items in one request; at most 4 are allowed"
 
@@ -57,18 +57,18 @@ def test_json_data_of_too_many_items_is_refused_before_it_is_converted(
 def test_too_many_items_is_what_is_reported_whatever_the_data() -> None:
     # The count comes from the shape: data that does not even fit it is not read first.
     item = {"name": "x", "shape": [5, 3], "datatype": "FP32"}
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         decode_request(SIG, body({**item, "data": ["not", "numbers"]}), None)
     assert "5 items in one request" in caught.value.detail
     header = body({**item, "parameters": {"binary_data_size": 8}})  # 60 bytes would fit
-    with refused() as caught:
+    with refused("payload-too-large") as caught:
         decode_request(SIG, header + b"\0" * 8, str(len(header)))
     assert "5 items in one request" in caught.value.detail
 
 
 def test_a_huge_batch_dimension_is_refused_as_too_many_items() -> None:
     for shape in ([2**63, 0], [2**64 - 1, 3]):
-        with refused() as caught:
+        with refused("payload-too-large") as caught:
             decode_request(
                 SIG, body({"name": "x", "shape": shape, "datatype": "FP32", "data": []}), None
             )
