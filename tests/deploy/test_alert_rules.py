@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy.chart import CHART
+from tests.deploy.chart import CHART, NAMESPACE, one, render_values
 from tests.support import require_executable
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
@@ -74,3 +74,47 @@ def test_promtool_unit_tests_fail_when_a_threshold_is_broken(tmp_path: Path) -> 
     broken_tests.write_text(yaml.safe_dump(tests))
     result = _promtool("test", "rules", str(broken_tests))
     assert result.returncode != 0
+
+
+def test_the_chart_s_absent_alert_carries_the_release_namespace(tmp_path: Path) -> None:
+    """absent() of a comparison has no labels: the alert had no namespace, and the operator
+    routes an AlertmanagerConfig's alerts by namespace, so this page never left."""
+    manifests = render_values({"monitoring": {"prometheusRule": {"enabled": True}}})
+    spec = one(manifests, "PrometheusRule")["spec"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(spec))
+    (absent,) = [r for g in spec["groups"] for r in g["rules"] if r["alert"] == "FramewormAbsent"]
+    down = "1 1 0x20"
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'up{{job="frameworm", namespace="{NAMESPACE}", pod="a"}}',
+                        "values": down,
+                    },
+                    # Another release's pods, up in another namespace, do not hide this one's.
+                    {"series": 'up{job="frameworm", namespace="other", pod="b"}', "values": "1x22"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "10m",
+                        "alertname": "FramewormAbsent",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical", "namespace": NAMESPACE},
+                                "exp_annotations": absent["annotations"],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "tests.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    result = _promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -118,7 +118,7 @@ def test_helm_test_follows_a_custom_model_and_token(overrides: dict[str, Any]) -
 def test_helm_test_allows_a_server_without_auth_only_when_auth_is_off() -> None:
     on = _smoke_job(render("default"))["spec"]["template"]["spec"]["containers"][0]
     assert on["args"] == SMOKE_ARGS
-    off = render_values({"settings": {"authEnabled": False}})
+    off = render_values({"settings": {"authEnabled": False, "env": "development"}})
     assert _smoke_job(off)["spec"]["template"]["spec"]["containers"][0]["args"] == [
         *SMOKE_ARGS,
         "--allow-no-auth",

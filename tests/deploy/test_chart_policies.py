@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import helm_python as helm
 import pytest
 import yaml
 
+from app.config import Settings
 from tests.deploy.chart import (
     CHART,
+    NAMESPACE,
     VALUES_SETS,
     Manifest,
     merged_values,
@@ -260,6 +264,12 @@ def test_set_canary_scale_without_traffic_routing_is_refused() -> None:
 def test_the_prometheus_rule_embeds_the_checked_rules_file() -> None:
     rule = one(render("default"), "PrometheusRule")
     source = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    # ... but for the absent alert, scoped to the release's namespace and labelled with it.
+    for group in source["groups"]:
+        for alert in group["rules"]:
+            if alert["alert"] == "FramewormAbsent":
+                alert["expr"] = f'absent(up{{job="frameworm", namespace="{NAMESPACE}"}} == 1)'
+                alert["labels"]["namespace"] = NAMESPACE
     assert rule["spec"] == source
     custom = render_values(
         {"monitoring": {"prometheusRule": {"runbookBaseUrl": "https://runbooks.example/fw"}}}
@@ -346,7 +356,9 @@ def test_the_network_policy_admits_the_test_pods_and_restricts_egress_when_asked
     default = one(render("default"), "NetworkPolicy")
     assert default["spec"]["policyTypes"] == ["Ingress"]
     peers = default["spec"]["ingress"][0]["from"]
-    assert {"podSelector": {"matchLabels": {"fw-frameworm-client": "true"}}} in peers
+    assert {"podSelector": {"matchLabels": {"frameworm.io/client-of": "fw-frameworm"}}} in peers
+    smoke = one(render("default"), "Job")["spec"]["template"]["metadata"]["labels"]
+    assert smoke["frameworm.io/client-of"] == "fw-frameworm"
     restricted = one(render("redis-s3-ingress"), "NetworkPolicy")
     assert restricted["spec"]["policyTypes"] == ["Ingress", "Egress"]
 
@@ -441,3 +453,112 @@ def test_the_generated_secrets_warn_gitops_users() -> None:
         assert words in comment, words
     for value in ("apiKeyPepper", "bootstrapApiKey", "metricsToken"):
         assert value in comment, value
+
+
+@pytest.mark.parametrize(
+    ("values_", "reason"),
+    [
+        ({"secrets": {"apiKeyPepper": "short-pepper"}}, "secrets.apiKeyPepper is shorter"),
+        ({"secrets": {"bootstrapApiKey": "fw_short"}}, "secrets.bootstrapApiKey is shorter"),
+        ({"settings": {"authEnabled": False}}, "settings.authEnabled is false"),
+        ({"settings": {"enableDocs": True}}, "settings.enableDocs is true"),
+    ],
+)
+def test_values_the_app_refuses_in_production_fail_the_render(
+    values_: dict[str, Any], reason: str
+) -> None:
+    """They rendered, and every pod then exited at start: CrashLoopBackOff."""
+    with pytest.raises(helm.HelmError, match=re.escape(reason)):
+        render_values(values_)
+    development = values_.get("settings", {}) | {"env": "development"}
+    render_values({**values_, "settings": development})
+
+
+def test_whole_numbers_of_a_million_or_more_are_written_as_integers() -> None:
+    """Helm's float64 made 4000000 "4e+06", which an integer setting refuses at start."""
+    big = {"maxQueueItems": 1_000_000, "maxJsonElements": 4_000_000, "maxBodyMb": 2.5}
+    manifests = render_values({"settings": big})
+    env = settings(manifests)
+    assert env["FRAMEWORM_MAX_QUEUE_ITEMS"] == "1000000"
+    assert env["FRAMEWORM_MAX_JSON_ELEMENTS"] == "4000000"
+    assert env["FRAMEWORM_MAX_BODY_MB"] == "2.5"
+    # As the app reads them from the environment: strings.
+    read = Settings(
+        _env_file=None,
+        env="development",
+        max_queue_items=env["FRAMEWORM_MAX_QUEUE_ITEMS"],
+        max_json_elements=env["FRAMEWORM_MAX_JSON_ELEMENTS"],
+    )
+    assert (read.max_queue_items, read.max_json_elements) == (1_000_000, 4_000_000)
+
+
+def test_a_rollout_without_the_service_monitor_is_refused() -> None:
+    """The analysis reads the canary by a label only the ServiceMonitor adds: every release
+    would have paused at its first step, every measurement Inconclusive."""
+    values_ = {"rollout": {"enabled": True}, "monitoring": {"serviceMonitor": {"enabled": False}}}
+    with pytest.raises(helm.HelmError, match="serviceMonitor"):
+        render_values(values_)
+
+
+def _names(manifest: Manifest) -> Iterator[tuple[str, str]]:
+    """(what, name) for the manifest's name and every label key's name part."""
+    yield manifest["kind"], manifest["metadata"]["name"]
+    template = manifest.get("spec", {}).get("template", {})
+    selectors = [
+        peer.get("podSelector", {}).get("matchLabels", {})
+        for rule in manifest.get("spec", {}).get("ingress", [])
+        for peer in rule.get("from", [])
+    ]
+    for labels in (
+        manifest["metadata"].get("labels", {}),
+        template.get("metadata", {}).get("labels", {}),
+        *selectors,
+    ):
+        for key in labels or {}:
+            yield f"{manifest['kind']} label", key.rsplit("/", 1)[-1]
+
+
+def test_long_names_are_cut_to_what_kubernetes_accepts() -> None:
+    """Suffixes (-metrics, -canary, -registry-backup) were added after the cut to 63."""
+    everything = {
+        "fullnameOverride": "f" * 63,
+        "rollout": {"enabled": True, "trafficRouting": {"nginx": {"enabled": True}}},
+        "ingress": {"enabled": True, "hosts": [{"host": "a.example", "paths": [{"path": "/"}]}]},
+        "networkPolicy": {"enabled": True},
+        "backup": {"enabled": True, "s3Uri": "s3://bucket/prefix"},
+        "registry": {"source": "pvc", "pvc": {"accessModes": ["ReadWriteMany"]}},
+    }
+    manifests = render_values(everything)
+    assert {"CronJob", "Service", "AnalysisTemplate", "NetworkPolicy"} <= {
+        m["kind"] for m in manifests
+    }
+    for manifest in manifests:
+        for what, name in _names(manifest):
+            limit = 52 if what == "CronJob" else 63
+            assert len(name) <= limit, (what, name)
+
+
+@pytest.mark.parametrize(
+    "values_",
+    [
+        {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 1},
+            "podDisruptionBudget": {"minAvailable": 1},
+        },
+        {"podDisruptionBudget": {"minAvailable": "100%"}},
+        {"podDisruptionBudget": {"maxUnavailable": 0}},
+    ],
+)
+def test_a_disruption_budget_that_allows_no_eviction_is_refused(values_: dict[str, Any]) -> None:
+    """kubectl drain waited forever on these pods."""
+    with pytest.raises(helm.HelmError, match="allows no voluntary eviction"):
+        render_values(values_)
+
+
+def test_a_disruption_budget_below_the_replica_count_renders() -> None:
+    pdb = one(
+        render_values({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}),
+        "PodDisruptionBudget",
+    )
+    assert pdb["spec"]["minAvailable"] == 2

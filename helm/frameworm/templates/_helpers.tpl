@@ -16,6 +16,17 @@
 {{- end }}
 {{- end }}
 
+{{/* fullname and a suffix (list . "suffix" [max length]): the fullname is cut first, so the
+     whole stays within what Kubernetes allows (63 for most names, 52 for a CronJob's). */}}
+{{- define "frameworm.suffixed" -}}
+{{- $root := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $max := 63 }}
+{{- if gt (len .) 2 }}{{ $max = index . 2 }}{{ end }}
+{{- $base := include "frameworm.fullname" $root | trunc (int (sub $max (add1 (len $suffix)))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
 {{- define "frameworm.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "frameworm.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -172,10 +183,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $data := dict }}
 {{- $_ := set $data "api-key-pepper" ($s.apiKeyPepper | b64enc | default (get $previous "api-key-pepper") | default (randAlphaNum 64 | b64enc)) }}
 {{- $_ := set $data "bootstrap-api-key" ($s.bootstrapApiKey | b64enc | default (get $previous "bootstrap-api-key") | default (printf "fw_%s" (randAlphaNum 40) | b64enc)) }}
-{{- /* /metrics is public without a token once an Ingress routes / to the Service. */}}
-{{- if and $s.metricsToken (lt (len $s.metricsToken) 32) (eq (toString .Values.settings.env) "production") }}
-{{- fail "secrets.metricsToken is shorter than 32 characters, which the app refuses in production (FRAMEWORM_ENV=production): use a longer one, or leave it empty for a generated one" }}
-{{- end }}
+{{- include "frameworm.checkProductionSafe" . }}
 {{- $_ := set $data "metrics-token" ($s.metricsToken | b64enc | default (get $previous "metrics-token") | default (randAlphaNum 48 | b64enc)) }}
 {{- if .Values.redis.enabled }}
 {{- $_ := set $data "redis-url" (required "secrets.redisUrl is required with redis.enabled=true and the chart-made Secret (the pods read FRAMEWORM_REDIS_URL_FILE from its redis-url key); or set secrets.existingSecret to a Secret with a redis-url key" $s.redisUrl | b64enc) }}
@@ -194,6 +202,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set .Values "_frameworm_secretData" (toYaml $data) }}
 {{- end }}
 {{- get .Values "_frameworm_secretData" }}
+{{- end }}
+
+{{/* What the app refuses to start with in production (app/config.py, _production_is_safe)
+     fails the render instead, with every reason at once: else the pods crash-loop. Secrets
+     left empty are generated long enough. */}}
+{{- define "frameworm.checkProductionSafe" -}}
+{{- if eq (toString .Values.settings.env) "production" }}
+{{- $s := .Values.secrets }}
+{{- $problems := list }}
+{{- range $name := list "apiKeyPepper" "bootstrapApiKey" "metricsToken" }}
+{{- $value := get $s $name | default "" | toString }}
+{{- if and $value (lt (len $value) 32) }}
+{{- $problems = append $problems (printf "secrets.%s is shorter than 32 characters (use a longer one, or leave it empty for a generated one)" $name) }}
+{{- end }}
+{{- end }}
+{{- if eq (toString .Values.settings.authEnabled) "false" }}
+{{- $problems = append $problems "settings.authEnabled is false" }}
+{{- end }}
+{{- if eq (toString .Values.settings.enableDocs) "true" }}
+{{- $problems = append $problems "settings.enableDocs is true" }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "the app refuses to start with these values in production (settings.env=production): %s" (join "; " $problems)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* With an Ingress routing / to the Service, /metrics is reachable from outside the cluster:
@@ -221,7 +254,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $env := dict }}
 {{- range $key, $value := .Values.settings }}
 {{- if not (or (eq (toString $value) "") (eq (toString $value) "<nil>")) }}
-{{- $_ := set $env (printf "FRAMEWORM_%s" (snakecase $key | upper)) (toString $value) }}
+{{- /* YAML numbers are float64 to Helm, and toString writes 4000000 as "4e+06", which an
+       integer setting refuses: whole numbers are written as integers. */}}
+{{- $text := toString $value }}
+{{- if and (kindIs "float64" $value) (eq (floor $value) $value) }}
+{{- $text = int64 $value | toString }}
+{{- end }}
+{{- $_ := set $env (printf "FRAMEWORM_%s" (snakecase $key | upper)) $text }}
 {{- end }}
 {{- end }}
 {{- $secrets := include "frameworm.secretsDir" . }}
@@ -335,7 +374,7 @@ seccompProfile:
 {{- if eq .Values.registry.source "pvc" }}
 - name: registry
   persistentVolumeClaim:
-    claimName: {{ default (printf "%s-registry" (include "frameworm.fullname" .)) .Values.registry.pvc.existingClaim }}
+    claimName: {{ default (include "frameworm.suffixed" (list . "registry")) .Values.registry.pvc.existingClaim }}
 {{- else if has .Values.registry.source (list "image" "s3Pull") }}
 - name: registry
   emptyDir:
