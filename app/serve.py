@@ -11,37 +11,25 @@ SIGTERM (or the first SIGINT) starts the drain, in this order, every wait bounde
   e. the lifespan hook runs the GracefulShutdown hooks, flushes spans, releases the model;
   f. the process exits 0 (plain uvicorn re-raises the signal and exits 143).
 A second SIGTERM or SIGINT exits at once. A model that cannot be loaded exits with code 3.
-
-With --workers N, a signal sent to the whole process group (a terminal's Ctrl-C, systemd's
-control-group kill) reaches each worker directly and again forwarded by the supervisor. So the
-supervisor speaks for the group: a worker ignores SIGINT until it drains and a repeated
-SIGTERM while it drains; the supervisor forwards its first signal as SIGTERM (drain) and any
-later one as SIGINT (exit at once).
+With --workers N, app.workers supervises N such processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from collections.abc import Generator
 from types import FrameType
 from urllib.parse import urlsplit
 
-import typer
 import uvicorn
-from prometheus_client import multiprocess as prometheus_multiprocess
 
-from app.cli.output import errors_as_one_line
 from app.config import Settings
 from app.connection import bounded_protocol
 from app.inference.host import TORCH_THREADS
@@ -50,6 +38,7 @@ from app.main import create_app
 from app.production import APIKeyAuth
 from app.production.shutdown import attach_server, detach_server
 from app.telemetry.logs import configure_logging
+from app.workers import supervise
 
 log = logging.getLogger("frameworm.serve")
 
@@ -242,7 +231,7 @@ def run(settings: Settings) -> int:
     )
     with sock:
         if settings.workers > 1:
-            return supervise(settings, sock)
+            return supervise(settings, sock, serve_one)
         return serve_one(settings, sock)
 
 
@@ -308,92 +297,3 @@ def uvicorn_config(settings: Settings, app: object = None) -> uvicorn.Config:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-
-
-# ---------------------------------------------------------------------- several workers
-def _worker(settings: Settings, sock: socket.socket, supervisor: int) -> None:
-    # Until the server's own handlers are in: the group's Ctrl-C is the supervisor's to answer.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _drain_when_orphaned(supervisor)
-    configure_logging(settings.log_format, settings.log_level)
-    # What stops a worker from building its app is one line, as with a single process (the
-    # supervisor's own checks catch most of it before any worker starts).
-    try:
-        with errors_as_one_line():
-            sys.exit(serve_one(settings, sock, worker=True))
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-
-
-def _drain_when_orphaned(supervisor: int) -> None:
-    """SIGTERM this worker when its supervisor dies (a SIGKILL included): never serve orphaned."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's job alone
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != supervisor:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def supervise(settings: Settings, sock: socket.socket) -> int:
-    """N worker processes accepting on one socket, each draining on its own.
-
-    Metrics use prometheus_client's multiprocess mode in a fresh directory (set before the
-    workers start: the mode is chosen when prometheus_client is imported). When one worker
-    exits, the others are drained too and the supervisor exits with the worst code, so that
-    Kubernetes restarts the pod rather than serve on with fewer workers than asked for.
-    """
-    metrics_dir = tempfile.mkdtemp(prefix="frameworm-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(
-            target=_worker, args=(settings, sock, os.getpid()), name=f"frameworm-worker-{i}"
-        )
-        for i in range(settings.workers)
-    ]
-    stopping = threading.Event()
-
-    def forward(sig: int, frame: FrameType | None) -> None:
-        # First signal: every worker drains (SIGTERM); any later one exits them at once
-        # (SIGINT while draining). Workers ignore the other copies a group-wide signal brings.
-        command = signal.SIGINT if stopping.is_set() else signal.SIGTERM
-        stopping.set()
-        for worker in workers:
-            if worker.pid is not None and worker.is_alive():
-                os.kill(worker.pid, command)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for worker in workers:
-            worker.start()
-        # Each worker was handed its own copy of the socket at spawn. Ours would keep the port
-        # accepting into the backlog after every worker has closed its listener in the drain:
-        # new connections would hang, then be reset, instead of being refused at once.
-        sock.close()
-        log.info("started %d workers on %s:%d", len(workers), settings.host, settings.port)
-        while any(w.is_alive() for w in workers):
-            for worker in workers:
-                worker.join(0.2)
-                if not worker.is_alive() and not stopping.is_set():
-                    log.error(
-                        "worker %s exited with %s; stopping the others",
-                        worker.name,
-                        worker.exitcode,
-                    )
-                    forward(signal.SIGTERM, None)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for worker in workers:
-            if worker.pid is not None:
-                prometheus_multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max(_exit_code(w.exitcode, stopping.is_set()) for w in workers)
-
-
-def _exit_code(code: int | None, stopping: bool) -> int:
-    """A worker's code for the supervisor's; killed by the signal asked for is a clean stop
-    (a worker still starting has no drain to run yet)."""
-    if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
-        return 0
-    return abs(code or 0)

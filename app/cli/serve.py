@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -33,8 +34,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model. Every FRAMEWORM_* setting applies; options override them."""
-    from app.serve import run
-
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -49,5 +48,13 @@ def serve(
     }
     with errors_as_one_line():
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if settings.workers == 1:
+            # The server owns this variable: several workers get a fresh directory of their
+            # own; one worker none, or it would add an earlier process's files into /metrics
+            # (its counts, a version no longer served). Before prometheus_client is imported,
+            # which reads it once.
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        from app.serve import run
+
         code = run(settings)
     raise typer.Exit(code)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -216,3 +218,32 @@ def wait_for_log(server: ServerProcess, text: str, count: int) -> None:
     while server.logs().count(text) < count:
         assert time.monotonic() < deadline, server.logs()
         time.sleep(0.05)
+
+
+def test_one_worker_ignores_an_inherited_multiprocess_directory(
+    tmp_path: Path, tiny_registry: Path
+) -> None:
+    """An earlier process's files there were added into /metrics: its request counts, and
+    a version it served reading 1 beside the one served now."""
+    stale = tmp_path / "metrics"
+    stale.mkdir()
+    # A dead process's counts, written as prometheus_client's multiprocess mode writes them.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prometheus_client import Counter; Counter('http_requests_total', '', "
+            "['method', 'status', 'handler']).labels('POST', '2xx', '/infer').inc(3)",
+        ],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(stale)},
+        check=True,
+        timeout=60,
+    )
+    server = launch(tmp_path, tiny_registry, {"PROMETHEUS_MULTIPROC_DIR": str(stale)})
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.post("/infer", json=INFER_BODY).status_code == 200
+            assert scrape(client, "http_requests_total", handler="/infer") == 1
+    finally:
+        stop(server)

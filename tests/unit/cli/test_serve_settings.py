@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app import serve as serve_module
+from app import workers as workers_module
 from app.cli import cli
 from app.config import Settings
 from tests.support import free_port
@@ -118,11 +119,12 @@ def test_what_would_stop_every_worker_stops_the_supervisor_first_in_one_line(
 def test_a_worker_that_cannot_build_its_app_says_so_in_one_line(
     home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
-    monkeypatch.setattr(serve_module, "_drain_when_orphaned", lambda supervisor: None)
+    monkeypatch.setattr(workers_module, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(workers_module, "_drain_when_orphaned", lambda supervisor: None)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # the test's own SIGINT stays
+    settings = settings_workers_cannot_build_an_app_with(home)
     with socket.socket() as sock, pytest.raises(SystemExit) as caught:
-        serve_module._worker(settings_workers_cannot_build_an_app_with(home), sock, os.getppid())
+        workers_module._worker(serve_module.serve_one, settings, sock, os.getppid())
     assert caught.value.code == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: [Errno 17] File exists: ") and "a-file" in line

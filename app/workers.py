@@ -1,0 +1,156 @@
+"""`frameworm serve --workers N`: N worker processes accepting on one socket, one supervisor.
+
+A signal sent to the whole process group (a terminal's Ctrl-C, systemd's control-group kill)
+reaches each worker directly and again forwarded by the supervisor. So the supervisor speaks
+for the group: a worker ignores SIGINT until it drains and a repeated SIGTERM while it drains;
+the supervisor forwards its first signal to each worker as SIGTERM (drain) and any later one as
+SIGINT (exit at once). A worker started after the first signal (it came while the workers were
+being started) is sent SIGTERM as it starts, and no worker is started after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import typer
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from app.cli.output import errors_as_one_line
+from app.config import Settings
+from app.telemetry.logs import configure_logging
+
+log = logging.getLogger("frameworm.serve")
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# One server process on an inherited socket: app.serve.serve_one, handed in (it imports this).
+ServeOne = Callable[..., int]
+
+
+def supervise(settings: Settings, sock: socket.socket, serve_one: ServeOne) -> int:
+    """N worker processes accepting on one socket, each draining on its own.
+
+    Metrics use prometheus_client's multiprocess mode in a fresh directory (set before the
+    workers start: the mode is chosen when prometheus_client is imported). When one worker
+    exits, the others are drained too and the supervisor exits with the worst code, so that
+    Kubernetes restarts the pod rather than serve on with fewer workers than asked for.
+    """
+    metrics_dir = tempfile.mkdtemp(prefix="frameworm-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    supervisor = Supervisor(settings, sock, serve_one)
+    previous = {sig: signal.signal(sig, supervisor.forward) for sig in supervisor.SIGNALS}
+    try:
+        supervisor.start()
+        # Each worker was handed its own copy of the socket at spawn. Ours would keep the port
+        # accepting into the backlog after every worker has closed its listener in the drain:
+        # new connections would hang, then be reset, instead of being refused at once.
+        sock.close()
+        log.info(
+            "started %d workers on %s:%d", len(supervisor.started), settings.host, settings.port
+        )
+        supervisor.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for worker in supervisor.started:
+            if worker.pid is not None:
+                prometheus_multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return supervisor.exit_code()
+
+
+class Supervisor:
+    """The workers, and the signals the supervisor forwards to them (`forward` is its handler)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, settings: Settings, sock: socket.socket, serve_one: ServeOne) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[BaseProcess] = [
+            context.Process(
+                target=_worker,
+                args=(serve_one, settings, sock, os.getpid()),
+                name=f"frameworm-worker-{i}",
+            )
+            for i in range(settings.workers)
+        ]
+        self.started: list[BaseProcess] = []
+        self.stopping = threading.Event()
+        self._told: set[int] = set()  # sent SIGTERM: a later signal is SIGINT for them
+
+    def start(self) -> None:
+        for worker in self.workers:
+            if self.stopping.is_set():
+                return  # stopped while starting: the rest never start
+            worker.start()
+            self.started.append(worker)
+            if self.stopping.is_set() and worker.pid not in self._told:
+                self._tell(worker)  # the signal came while it started, before it had a pid
+
+    def forward(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        for worker in self.workers:
+            self._tell(worker)
+
+    def wait(self) -> None:
+        """Until every worker has exited; the first to exit unasked stops the others."""
+        while any(w.is_alive() for w in self.started):
+            for worker in self.started:
+                worker.join(0.2)
+                if not worker.is_alive() and not self.stopping.is_set():
+                    log.error(
+                        "worker %s exited with %s; stopping the others",
+                        worker.name,
+                        worker.exitcode,
+                    )
+                    self.forward(signal.SIGTERM, None)
+
+    def exit_code(self) -> int:
+        """The worst worker's; killed by the signal asked for is a clean stop (a worker still
+        starting has no drain to run yet)."""
+        codes = [w.exitcode or 0 for w in self.started]
+        if self.stopping.is_set():
+            codes = [0 if c in (-signal.SIGTERM, -signal.SIGINT) else c for c in codes]
+        return max((abs(c) for c in codes), default=0)
+
+    def _tell(self, worker: BaseProcess) -> None:
+        pid = worker.pid
+        if pid is not None and worker.is_alive():
+            command = signal.SIGINT if pid in self._told else signal.SIGTERM
+            self._told.add(pid)
+            os.kill(pid, command)
+
+
+def _worker(serve_one: ServeOne, settings: Settings, sock: socket.socket, supervisor: int) -> None:
+    # Until the server's own handlers are in: the group's Ctrl-C is the supervisor's to answer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _drain_when_orphaned(supervisor)
+    configure_logging(settings.log_format, settings.log_level)
+    # What stops a worker from building its app is one line, as with a single process (the
+    # supervisor's own checks catch most of it before any worker starts).
+    try:
+        with errors_as_one_line():
+            sys.exit(serve_one(settings, sock, worker=True))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+def _drain_when_orphaned(supervisor: int) -> None:
+    """SIGTERM this worker when its supervisor dies (a SIGKILL included): never serve orphaned."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's job alone
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
