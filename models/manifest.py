@@ -13,7 +13,14 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.errors import InvalidNameError
 
@@ -240,6 +247,19 @@ class ModelManifest(_Strict):
         under this."""
         notes = {"created", "created_by", "description", "metadata"}
         return hashlib.sha256(self.model_dump_json(exclude=notes).encode()).hexdigest()
+
+    def registration_problem(self) -> str | None:
+        """Why this manifest may not be registered, beyond its fields' own validation."""
+        for spec in self.signature.inputs:
+            if (problem := image_input_problem(spec)) is not None:
+                return problem
+        # pydantic writes JSON of any depth it can but reads it back only to 200 levels: a
+        # version registered deeper could never be read again, nor registered anew.
+        try:
+            type(self).model_validate_json(self.model_dump_json())
+        except ValidationError:
+            return "metadata or family_config is nested too deeply to be stored"
+        return None
 
     def fields_differing_from(self, other: ModelManifest, ignore: set[str]) -> list[str]:
         """The fields, but those in `ignore`, whose values differ, compared as stored (JSON: a

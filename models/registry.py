@@ -46,7 +46,6 @@ from models.manifest import (
     Stage,
     check_name_safe,
     check_version_safe,
-    image_input_problem,
     is_model_name,
     version_key,
 )
@@ -183,7 +182,7 @@ class ModelRegistry:
         unreadable index is one failed result (version None)."""
         try:
             index = self.index(name)
-        except (CorruptObjectError, OSError) as exc:  # OSError: a file it may not read, say
+        except (CorruptObjectError, InvalidNameError, OSError) as exc:  # or a symlink out
             return [VerifyResult(name=name, version=None, ok=False, detail=str(exc))]
         versions = [version] if version else index.versions
         results = []
@@ -249,9 +248,8 @@ class ModelRegistry:
             )
         except ValidationError as exc:
             raise ArtefactError(validation_message(exc)) from None
-        for spec in signature.inputs:
-            if (problem := image_input_problem(spec)) is not None:
-                raise ArtefactError(problem)
+        if (problem := manifest.registration_problem()) is not None:
+            raise ArtefactError(problem)
         model = load_model(manifest, data, torch.device("cpu"))
         check_signature(model)
         if deterministic:

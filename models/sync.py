@@ -189,12 +189,17 @@ def _manifest_or_none(registry: ModelRegistry, name: str, version: str) -> Model
 
 
 def _check_same(existing: ModelManifest, wanted: ModelManifest, target: ModelRegistry) -> None:
+    """The target's version is this one: the same bytes, and the same manifest but for who
+    registered it and when (the same weights under another signature, say, answer otherwise)."""
+    immutable = "versions are immutable, register the change as a new version"
+    where = f"{wanted.name} {wanted.version} in {target.store.url}"
     if existing.sha256 != wanted.sha256:
         raise DivergedError(
-            f"{wanted.name} {wanted.version} in {target.store.url} has sha256 "
-            f"{existing.sha256[:12]}..., not {wanted.sha256[:12]}...; versions are immutable, "
-            "register the change as a new version"
+            f"{where} has sha256 {existing.sha256[:12]}..., not {wanted.sha256[:12]}...; "
+            f"{immutable}"
         )
+    if differing := wanted.fields_differing_from(existing, ignore={"created", "created_by"}):
+        raise DivergedError(f"{where} has another {', '.join(differing)}; {immutable}")
 
 
 def _merge_index(

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 
 from app.cli.inputs import artefact_format, json_option, read_json
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
-from models.errors import CorruptObjectError
+from models.errors import CorruptObjectError, InvalidNameError, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
 from models.registry import ModelRegistry
 from models.stages import rollback_target
@@ -30,6 +31,7 @@ RegistryOption = Annotated[
 ]
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Who does this (default: user).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why, for the history.")]
+GOLDEN_CHECKS = TypeAdapter(list[GoldenCheck])  # a golden file is a JSON list of checks
 
 
 def open_registry(location: str | None, *, must_exist: bool = False) -> ModelRegistry:
@@ -45,6 +47,13 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
         fail(f"no registry at {store.url}: the directory does not exist")
     return registry
+
+
+def _golden_checks(path: Path) -> tuple[GoldenCheck, ...]:
+    try:
+        return tuple(GOLDEN_CHECKS.validate_python(read_json(path, "golden")))
+    except ValidationError as exc:
+        fail(f"golden file {path} must be a JSON list of checks: {validation_message(exc)}")
 
 
 @registry_app.command()
@@ -76,10 +85,7 @@ def register(
             signature=Signature.model_validate(read_json(signature, "signature")),
             family=family,
             family_config=json_option(family_config, "--family-config"),
-            golden=tuple(
-                GoldenCheck.model_validate(g)
-                for g in (read_json(golden, "golden") if golden else [])
-            ),
+            golden=_golden_checks(golden) if golden else (),
             deterministic=deterministic,
             trusted=trusted,
             description=description,
@@ -102,7 +108,8 @@ def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> 
         for name in reg.list_models():
             try:
                 index = reg.index(name)
-            except (CorruptObjectError, OSError) as exc:  # one model's damage hides no other
+            # One model's damage hides no other (InvalidNameError: a symlink out of the root).
+            except (CorruptObjectError, InvalidNameError, OSError) as exc:
                 rows.append({"name": name, "version": None, "status": f"unreadable: {exc}"})
                 continue
             for version in index.versions:

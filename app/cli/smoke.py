@@ -82,7 +82,7 @@ class SmokeClient:
         )
         started = time.perf_counter()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310  # nosec B310
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 status, data = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, data = exc.code, exc.read()
@@ -98,6 +98,17 @@ class SmokeClient:
             reason = f"{type(exc).__name__} {detail!r}" if detail else type(exc).__name__
             raise Unreachable(f"not an HTTP answer: {reason}") from None
         return Answer(status, data, (time.perf_counter() - started) * 1000)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (a failed check), never followed: urllib would send the API key
+    and the metrics bearer to wherever it points, another host or plain http included."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def zeros_request(metadata: Any) -> bytes:
@@ -257,7 +268,7 @@ def smoke(
         str | None,
         typer.Option(help="Bearer token for /metrics (default: FRAMEWORM_METRICS_TOKEN[_FILE])."),
     ] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds per request.")] = 10.0,
     allow_no_auth: Annotated[
         bool, typer.Option(help="Pass the auth check when the server has auth off.")
     ] = False,

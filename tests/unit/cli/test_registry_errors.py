@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from models.registry import ModelRegistry
 from models.store import LocalStore
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
 
@@ -311,3 +312,62 @@ def test_an_empty_index_is_a_damaged_one_not_a_missing_model(registry: Path) -> 
     assert code == 1
     [line] = lines
     assert line.startswith("error: m/index.json is unreadable: "), line
+
+
+@pytest.mark.parametrize("command", ["list", "verify"])
+def test_a_model_folder_linked_out_of_the_root_is_one_row_and_hides_no_other(
+    registry: Path, tmp_path: Path, command: str
+) -> None:
+    """It failed the whole command in one line (and a server's start, which asks whether the
+    registry is empty): nothing listed, checked or backed up."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "index.json").write_text("{}")
+    (registry / "aaa-linked").symlink_to(outside)
+    code, lines = frameworm(registry, command, "--json")
+    assert code == 1
+    rows = json.loads("\n".join(lines))
+    assert {row["version"] for row in rows if row["name"] == "m"} == {"1.0.0", "2.0.0", "3.0.0"}
+    [row] = [row for row in rows if row["name"] == "aaa-linked"]
+    assert row["version"] is None and "leaves the registry root" in json.dumps(row)
+    assert not ModelRegistry(registry).is_empty()
+
+
+@pytest.mark.parametrize("content", ["null", "5", '{"inputs": {}}'])
+def test_a_golden_file_that_is_not_a_list_fails_in_one_line(
+    tmp_path: Path, signature: Path, content: str
+) -> None:
+    """`null` and `5` were a traceback; an object was read as its keys."""
+    golden = tmp_path / "golden.json"
+    golden.write_text(content)
+    code, lines = register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+        f"--golden={golden}",
+    )
+    assert code == 1
+    assert lines == [
+        f"error: golden file {golden} must be a JSON list of checks: Input should be a valid list"
+    ]
+
+
+def test_metadata_nested_too_deeply_to_read_back_is_refused_before_anything_is_written(
+    tmp_path: Path, signature: Path
+) -> None:
+    """220 levels were registered, then no command could read the manifest again, and the
+    version could not be registered anew either."""
+    deep = "[" * 220 + "]" * 220
+    code, lines = register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+        f'--metadata={{"notes": {deep}}}',
+    )
+    assert code == 1
+    assert lines == ["error: metadata or family_config is nested too deeply to be stored"]
+    assert not (tmp_path / "registry" / "m").exists()

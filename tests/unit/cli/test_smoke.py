@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +31,8 @@ class Behaviour:
     auth: bool = True
     metrics: bytes = b"frameworm_model_ready 1\n"
     bodies: list[bytes] = field(default_factory=list)
+    redirect_to: str | None = None  # every request answered 302 to this base URL
+    keys_seen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +56,17 @@ class StandIn(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def redirected(self) -> bool:
+        behaviour = self.server.behaviour
+        behaviour.keys_seen.extend(self.headers.get_all("x-api-key") or [])
+        if behaviour.redirect_to is None:
+            return False
+        self.send_response(302)
+        self.send_header("location", behaviour.redirect_to + self.path)
+        self.send_header("content-length", "0")
+        self.end_headers()
+        return True
+
     def authorised(self) -> bool:
         if self.server.behaviour.auth and self.headers.get("x-api-key") != KEY:
             self.answer(401, {"detail": "a valid API key is required"})
@@ -61,6 +74,8 @@ class StandIn(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
+        if self.redirected():
+            return
         behaviour = self.server.behaviour
         if self.path == "/healthz":
             self.answer(200, {"status": "ok"})
@@ -76,6 +91,8 @@ class StandIn(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
+        if self.redirected():
+            return
         if self.path == "/v2/models/cnn-digits/infer" and self.authorised():
             self.server.behaviour.bodies.append(body)
             self.answer(200, {"outputs": [{"name": "probabilities", "data": [0.1] * 10}]})
@@ -87,6 +104,10 @@ class BehavedServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def fake() -> Iterator[Fake]:
+    yield from stand_in()
+
+
+def stand_in() -> Generator[Fake, None, None]:
     server = BehavedServer(("127.0.0.1", 0), StandIn)
     server.behaviour = Behaviour()
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -216,3 +237,27 @@ def test_a_port_that_does_not_speak_http_fails_every_check_in_one_line_each() ->
     assert all(line.startswith("FAIL") for line in lines[:6]), lines
     assert "FAIL  healthz         not an HTTP answer: BadStatusLine 'SSH-2.0-OpenSSH_9.6'" in lines
     assert lines[6].startswith("error: smoke failed: healthz, readyz")
+
+
+def test_a_redirect_is_a_failed_check_and_the_key_never_follows_it(fake: Fake) -> None:
+    """urllib followed it with the API key (and the metrics bearer), to any host, https to
+    http included; a POST became a GET without its body."""
+    elsewhere = stand_in()
+    other = next(elsewhere)
+    try:
+        fake.behaviour.redirect_to = other.url
+        code, output = smoke(fake.url, "--api-key", KEY)
+    finally:
+        elsewhere.close()
+    assert code == 1
+    assert "FAIL  model-metadata  HTTP 302" in output
+    assert other.behaviour.keys_seen == []
+    assert fake.behaviour.keys_seen and set(fake.behaviour.keys_seen) == {KEY}
+
+
+@pytest.mark.parametrize("timeout", ["inf", "1e300"])
+def test_a_timeout_past_an_hour_is_refused_in_one_line(fake: Fake, timeout: str) -> None:
+    """inf was an OverflowError traceback."""
+    code, output = smoke(fake.url, "--api-key", KEY, "--timeout", timeout)
+    assert code == 2
+    assert "Traceback" not in output and "--timeout" in output

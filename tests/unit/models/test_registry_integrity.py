@@ -12,7 +12,7 @@ import pytest
 from models.errors import CorruptObjectError, IntegrityError, ModelNotFoundError
 from models.registry import ModelRegistry
 from models.store import sha256_file
-from models.sync import copy_all, copy_model
+from models.sync import DivergedError, copy_all, copy_model
 from tests.unit.models.conftest import Register
 
 
@@ -180,3 +180,25 @@ def test_a_copy_refuses_to_merge_into_an_empty_index_instead_of_starting_a_new_o
     with pytest.raises(CorruptObjectError, match=r"tiny/index\.json is unreadable"):
         copy_model(registry, target, "tiny")
     assert target.store.read("tiny/index.json") == b""
+
+
+def test_a_copy_refuses_a_version_present_with_the_same_bytes_but_another_manifest(
+    registry: ModelRegistry, register: Register, tmp_path: Path
+) -> None:
+    """Only the sha256 was compared: the same weights registered elsewhere under another
+    signature or golden checks were reported "present", and a restore served them otherwise."""
+    register("tiny", "1.0.0", seed=1, description="the source's")
+    target = ModelRegistry(tmp_path / "target")
+    target.register(
+        "tiny",
+        "1.0.0",
+        registry.store.local_path("tiny/1.0.0/model.safetensors"),
+        format="safetensors",
+        family="mlp",
+        family_config=registry.manifest("tiny", "1.0.0").family_config,
+        signature=registry.manifest("tiny", "1.0.0").signature,
+        deterministic=True,
+    )
+    with pytest.raises(DivergedError, match="has another deterministic, description"):
+        copy_model(registry, target, "tiny")
+    assert not target.manifest("tiny", "1.0.0").description
