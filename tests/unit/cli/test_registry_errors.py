@@ -333,6 +333,17 @@ def test_a_model_folder_linked_out_of_the_root_is_one_row_and_hides_no_other(
     assert not ModelRegistry(registry).is_empty()
 
 
+def register_tiny_mlp(tmp_path: Path, signature: Path, *options: str) -> tuple[int, list[str]]:
+    return register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+        *options,
+    )
+
+
 @pytest.mark.parametrize("content", ["null", "5", '{"inputs": {}}'])
 def test_a_golden_file_that_is_not_a_list_fails_in_one_line(
     tmp_path: Path, signature: Path, content: str
@@ -340,14 +351,7 @@ def test_a_golden_file_that_is_not_a_list_fails_in_one_line(
     """`null` and `5` were a traceback; an object was read as its keys."""
     golden = tmp_path / "golden.json"
     golden.write_text(content)
-    code, lines = register(
-        tmp_path,
-        write_tiny_mlp(tmp_path / "m.safetensors"),
-        f"--signature={signature}",
-        "--family=mlp",
-        f"--family-config={json.dumps(TINY_CONFIG)}",
-        f"--golden={golden}",
-    )
+    code, lines = register_tiny_mlp(tmp_path, signature, f"--golden={golden}")
     assert code == 1
     assert lines == [
         f"error: golden file {golden} must be a JSON list of checks: Input should be a valid list"
@@ -360,14 +364,7 @@ def test_metadata_nested_too_deeply_to_read_back_is_refused_before_anything_is_w
     """220 levels were registered, then no command could read the manifest again, and the
     version could not be registered anew either."""
     deep = "[" * 220 + "]" * 220
-    code, lines = register(
-        tmp_path,
-        write_tiny_mlp(tmp_path / "m.safetensors"),
-        f"--signature={signature}",
-        "--family=mlp",
-        f"--family-config={json.dumps(TINY_CONFIG)}",
-        f'--metadata={{"notes": {deep}}}',
-    )
+    code, lines = register_tiny_mlp(tmp_path, signature, f'--metadata={{"notes": {deep}}}')
     assert code == 1
     assert lines == ["error: metadata or family_config is nested too deeply to be stored"]
     assert not (tmp_path / "registry" / "m").exists()
