@@ -37,6 +37,16 @@ class ProbeResponse(HeadResponse):
     media_type = "application/json"
 
 
+def readiness_answer(
+    body: dict[str, Any], ready: bool, headers: dict[str, str] | None = None
+) -> ProbeResponse:
+    """200, or 503 with a Retry-After, as every 503 of this server carries one."""
+    extra = {} if ready else {"retry-after": "1"}
+    return ProbeResponse(
+        orjson.dumps(body), 200 if ready else 503, headers={**(headers or {}), **extra}
+    )
+
+
 def readiness(request: Request) -> tuple[bool, dict[str, dict[str, Any]]]:
     """Each readiness check with its verdict and reason."""
     host = request.state.host
@@ -112,4 +122,4 @@ async def readyz(request: Request, host: HostDep) -> Response:
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
     if "verbose" in request.query_params:
         body["checks"] = checks
-    return ProbeResponse(orjson.dumps(body), 200 if ready else 503, headers=_NO_STORE)
+    return readiness_answer(body, ready, _NO_STORE)

@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from app.api.body_headers import content_encoding, media_type, single_value
-from app.api.health import HeadResponse, ProbeResponse, readiness
+from app.api.health import HeadResponse, ProbeResponse, readiness, readiness_answer
 from app.config import Settings
 from app.deps import HostDep, inference_context
 from app.errors import GUARD_STATUSES, Problem, problem_responses
@@ -94,7 +94,7 @@ async def live() -> Response:
 @router.api_route("/health/ready", methods=["GET", "HEAD"], include_in_schema=False)
 async def ready(request: Request) -> Response:
     ok, _ = readiness(request)
-    return ProbeResponse(orjson.dumps({"ready": ok}), 200 if ok else 503)
+    return readiness_answer({"ready": ok}, ok)
 
 
 MODEL_RESPONSES = problem_responses(*GUARD_STATUSES, 404)
@@ -314,7 +314,7 @@ def _ready(host: ModelHost, name: str, version: str | None) -> Response:
     _this_model(name, host.settings)
     runner = host.runner
     if runner is None:
-        return _json({"name": name, "ready": False}, 503)
+        return readiness_answer({"name": name, "ready": False}, False)
     _this_version(runner.manifest.version, version)
     return _json({"name": name, "ready": True})
 

@@ -22,8 +22,11 @@ def test_readyz_is_503_while_loading_then_200_with_verbose_checks(tmp_path: Path
     with running_app(settings, ready=False) as client:
         early = client.get("/readyz?verbose")
         assert client.get("/healthz").status_code == 200
-        assert client.get("/v2/health/ready").status_code == 503
-        assert client.get("/v2/models/cnn-digits/ready").status_code == 503
+        # Every 503 of this server says when to ask again, the readiness answers too.
+        for path in ("/v2/health/ready", "/v2/models/cnn-digits/ready", "/readyz"):
+            not_ready = client.get(path)
+            assert not_ready.status_code == 503, path
+            assert not_ready.headers["retry-after"] == "1", path
         # While loading, the served model's routes are 503; any other model is 404 already.
         assert client.get("/v2/models/cnn-digits").status_code == 503
         other = [
