@@ -143,10 +143,11 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
             if name in names:
                 raise Problem("invalid-input", f"part {quoted(name)} is given twice")
             names.add(name)
+            size = len(part) if isinstance(part, str) else 0
             if name == "parameters":
-                parameters, _ = _json_part(name, part, settings)
-                if not isinstance(parameters, dict):
-                    raise Problem("invalid-input", "the 'parameters' part must be a JSON object")
+                parameters = await off_the_loop_if_large(
+                    size, _parameters_part, signature, part, settings
+                )
                 continue
             spec = next((s for s in signature.inputs if s.name == name), None)
             if spec is None:
@@ -157,9 +158,8 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
                 raw = await part.read()
                 inputs.images[name] = [EncodedImage(name, raw, spec.image, part.content_type)]
             else:
-                size = len(part) if isinstance(part, str) else 0
                 await off_the_loop_if_large(size, _add_json_part, inputs, name, part, settings)
-        inputs.parameters = check_parameters(signature, parameters)
+        inputs.parameters = check_parameters(signature, parameters)  # checked: only defaults
         return inputs
     finally:
         await form.close()
@@ -169,6 +169,16 @@ def _is_complete_multipart(body: bytes, content_type: str) -> bool:
     """Whether the body holds its close delimiter, "--BOUNDARY--" (RFC 2046, 5.1.1)."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     return boundary is not None and b"--" + boundary + b"--" in body
+
+
+def _parameters_part(
+    signature: Signature, part: str | UploadFile, settings: Settings
+) -> dict[str, Any]:
+    """The `parameters` part, parsed and checked (a million unknown names take a while)."""
+    parameters, _ = _json_part("parameters", part, settings)
+    if not isinstance(parameters, dict):
+        raise Problem("invalid-input", "the 'parameters' part must be a JSON object")
+    return check_parameters(signature, parameters)
 
 
 def _add_json_part(inputs: Inputs, name: str, part: str | UploadFile, settings: Settings) -> None:

@@ -94,7 +94,8 @@ def check_range(
 ) -> None:
     """Values must fit the target dtype (a float one: up to `float_max` when given, for a type
     narrower than the one it travels as): a cast would wrap integers or overflow floats."""
-    if value.dtype == target or value.dtype.kind == "b" or value.size == 0:
+    # The same dtype fits, unless it travels wider than it is used (bfloat16 as float32).
+    if (value.dtype == target and float_max is None) or value.dtype.kind == "b" or not value.size:
         return
     low: float
     high: float

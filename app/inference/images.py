@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.errors import Problem, quoted
 from models.manifest import ImageSpec
@@ -285,6 +285,9 @@ def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
     spec = image.spec
     try:
         opened.load()
+        # As a viewer shows it: phone cameras store the sensor's pixels and an EXIF
+        # Orientation, and a model must not see a portrait photo lying on its side.
+        ImageOps.exif_transpose(opened, in_place=True)
         converted = _eight_bit(opened).convert(spec.mode)
         if converted.size != (spec.width, spec.height):
             converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)

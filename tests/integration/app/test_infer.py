@@ -13,6 +13,8 @@ import orjson
 import pytest
 from PIL import Image
 
+from app.api import infer as infer_api
+from app.inference import codec
 from app.inference.images import REQUEST_MAX_PIXELS
 from models.demo import sample_png
 from tests.integration.app.apps import AppClient
@@ -256,6 +258,36 @@ def test_images_are_decoded_off_the_event_loop(
         response = infer.result(timeout=30)
     assert response.status_code == 200, response.text
     assert predicted(response.json()) == [6]
+
+
+def test_a_large_multipart_parameters_part_is_read_off_the_event_loop(
+    cnn: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was parsed and checked on the loop: a million unknown names held /healthz for 4 s."""
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+    check = codec.check_parameters
+
+    def blocking_check(signature: Any, given: Any) -> Any:
+        if len(given) > 1:  # the large part, not the final defaults pass
+            entered.set()
+            release.wait(10)
+            left.set()
+        return check(signature, given)
+
+    monkeypatch.setattr(infer_api, "check_parameters", blocking_check)
+    parameters = orjson.dumps({f"unknown-{i}": i for i in range(8000)}).decode()
+    body = multipart({"image": orjson.dumps(pixels(2)).decode(), "parameters": parameters})
+    with ThreadPoolExecutor(1) as pool:
+        infer = pool.submit(cnn.post, "/infer", **body)
+        try:
+            assert entered.wait(10)
+            assert cnn.get("/healthz").status_code == 200
+            assert not left.is_set(), "/healthz waited for the parameters"
+        finally:
+            release.set()
+        response = infer.result(timeout=30)
+    assert response.status_code == 422
+    assert "and 7995 more" in response.json()["detail"]
 
 
 def test_images_declaring_more_pixels_than_the_request_budget_are_422(cnn: AppClient) -> None:

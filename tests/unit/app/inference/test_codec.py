@@ -360,6 +360,18 @@ def test_a_bfloat16_input_past_its_range_is_refused_not_sent_as_infinity(value: 
     assert np.isfinite(array).all()
 
 
+@pytest.mark.parametrize("value", [3.39e38, -3.4e38])
+def test_a_bfloat16_input_sent_as_float32_past_its_range_is_refused(value: float) -> None:
+    """The binary extension's FP32 data is float32 already: the range check was skipped, and
+    the model got infinity for a finite value."""
+    wire = np.array([[1.0, value]], dtype=np.float32)
+    with refused() as caught:
+        check_array("x", wire, spec("bfloat16", (-1, 2)))
+    assert "out of range" in caught.value.detail
+    fits = check_array("x", np.array([[1.0, 3.38e38]], dtype=np.float32), spec("bfloat16", (-1, 2)))
+    assert fits.dtype == np.float32 and np.isfinite(fits).all()
+
+
 def test_too_many_images_are_refused_before_any_is_decoded() -> None:
     # Junk that would fail to decode: refused for the count, so nothing was decoded first.
     junk = {"b64": "not base64 at all!", "content_type": "image/png"}

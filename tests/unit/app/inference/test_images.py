@@ -229,3 +229,20 @@ def test_invalid_base64_is_refused(data: str) -> None:
 def test_base64_must_be_a_string(data: object) -> None:
     with refused("invalid-input"):
         decode_b64("image", data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_exif_orientation_is_applied_as_a_viewer_shows_the_picture(fmt: str) -> None:
+    """A phone stores the sensor's pixels and an Orientation: the model saw the 7 lying on its
+    side, and answered 4."""
+    upright = Image.open(io.BytesIO(sample_png(7))).convert("L")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    stored.save(buffer, fmt, exif=exif, **({"quality": 100} if fmt == "JPEG" else {}))
+    decoded = decode_image("image", buffer.getvalue(), SPEC, f"image/{fmt.lower()}")
+    expected = decode_image("image", encoded(upright, fmt), SPEC, f"image/{fmt.lower()}")
+    assert np.abs(decoded - expected).mean() < 0.02
+    sideways = decode_image("image", encoded(stored, fmt), SPEC, f"image/{fmt.lower()}")
+    assert np.abs(sideways - expected).mean() > 0.05
