@@ -48,6 +48,7 @@ def supervise(settings: Settings, sock: socket.socket, serve_one: ServeOne) -> i
     Kubernetes restarts the pod rather than serve on with fewer workers than asked for.
     """
     metrics_dir = tempfile.mkdtemp(prefix="frameworm-metrics-")
+    inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     supervisor = Supervisor(settings, sock, serve_one)
     previous = {sig: signal.signal(sig, supervisor.forward) for sig in supervisor.SIGNALS}
@@ -68,6 +69,11 @@ def supervise(settings: Settings, sock: socket.socket, serve_one: ServeOne) -> i
             if worker.pid is not None:
                 prometheus_multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        # The directory is gone: this process (a test's, say) must not point at it any longer.
+        if inherited is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = inherited
     return supervisor.exit_code()
 
 

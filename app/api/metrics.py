@@ -42,7 +42,10 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
     token = settings.metrics_token
     if token is not None:
         # The scheme is case-insensitive (RFC 9110 section 11.1); the token is compared whole.
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Several Authorization lines that differ are refused, as for API keys: a proxy in
+        # front may have read another one than the first.
+        lines = set(request.headers.getlist("authorization"))
+        scheme, _, given = (lines.pop() if len(lines) == 1 else "").partition(" ")
         expected = token.get_secret_value()
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), expected.encode()

@@ -18,12 +18,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import retry_after, send_problem
 from app.production import APIKeyAuth, TokenBucketLimiter
-from app.production.keys import AuthFailure, KeyStoreUnavailableError
+from app.production.keys import PREFIX_PATTERN, AuthFailure, KeyStoreUnavailableError
 from app.telemetry.metrics import Metrics
 
 log = logging.getLogger("frameworm.auth")
 
-_KEY_ID = re.compile(r"^[a-z]+_([0-9a-f]{8,32})_")
+# A token shaped like a key of ours: its id, for the log; a bearer beside an X-API-Key is one.
+_KEY_ID = re.compile(rf"^{PREFIX_PATTERN}_([0-9a-f]{{8,32}})_")
 _WWW_AUTHENTICATE = {"www-authenticate": 'Bearer realm="frameworm"'}
 
 
@@ -95,24 +96,27 @@ def _tokens(scope: Scope) -> list[str]:
     unless an X-API-Key is there and the bearer is no key of ours (a gateway's own JWT, which
     Cloud Run IAM, oauth2-proxy or a mesh pass on). More than one is refused, not resolved: a
     gateway in front that picked another one would check one key and meter it as another."""
-    keys: list[str] = []
-    bearers: list[str] = []  # every Authorization line: a gateway may read the first, or any
+    keys: dict[str, None] = {}  # distinct, in order (a list made thousands of lines quadratic)
+    bearers: dict[str, None] = {}  # every Authorization line: a gateway may read the first, or any
     for name, value in scope["headers"]:
         if name == b"x-api-key":
             # httptools keeps trailing whitespace, which is not part of the value (RFC 9110).
             # An empty X-API-Key (a client's unset variable) is no key: it hides no bearer.
-            key = value.decode("latin-1").strip(" \t")
-            if key and key not in keys:
-                keys.append(key)
+            if key := value.decode("latin-1").strip(" \t"):
+                keys[key] = None
+                if len(keys) > 1:
+                    break  # ambiguous already: the rest is not read
         elif name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and (bearer := credentials.strip()):
-                bearers.append(bearer)
+                bearers[bearer] = None
     has_api_key = bool(keys)
     for bearer in bearers:
-        if bearer not in keys and (not has_api_key or _KEY_ID.match(bearer)):
-            keys.append(bearer)
-    return keys
+        if not has_api_key or _KEY_ID.match(bearer):
+            keys[bearer] = None
+            if len(keys) > 1:
+                break
+    return list(keys)
 
 
 def over_failure_budget(

@@ -44,8 +44,9 @@ FailureReason = Literal[
     "invalid_limit",
     "ambiguous",  # two different keys in one request (app.middleware.auth)
 ]
-_PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
-_KEY = re.compile(r"([a-z][a-z0-9]{0,15})_([0-9a-f]{16})_([A-Za-z0-9_-]{32,128})")
+PREFIX_PATTERN = r"[a-z][a-z0-9]{0,15}"  # a key's `fw` in fw_<id>_<secret>
+_PREFIX = re.compile(PREFIX_PATTERN)
+_KEY = re.compile(rf"({PREFIX_PATTERN})_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{32,128}})")
 _MAX_TOKEN = 1024
 _MAX_VERIFIED = 4096  # tokens remembered as valid; emptied when full
 # A longer expiry is a typo, and past year 9999 no datetime can show it: one such record made

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.middleware import auth as auth_middleware
 from app.production import APIKeyAuth
 from tests.integration.app.apps import AppClient, app_settings, running_app
 
@@ -59,6 +60,8 @@ def test_an_empty_x_api_key_does_not_hide_a_valid_bearer_token(
         [("x-api-key", "{key}"), ("authorization", "Bearer fw_0123456789abcdef_secret")],
         [("x-api-key", "{key}"), ("x-api-key", "wrong")],  # was served: the last one won
         [("x-api-key", "wrong"), ("x-api-key", "{key}")],
+        # was served: a key whose prefix has a digit was not taken for a key
+        [("x-api-key", "{key}"), ("authorization", "Bearer k8s_0123456789abcdef_secret")],
         # was served: the last Authorization line won (a gateway may check the first)
         [("authorization", "Bearer fw_0123456789abcdef_secret"), ("authorization", "Bearer {key}")],
     ],
@@ -113,6 +116,19 @@ def test_metrics_are_served_with_the_token(guarded: tuple[AppClient, str], schem
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_metrics_with_two_different_authorization_lines_is_401(
+    guarded: tuple[AppClient, str], first: bool
+) -> None:
+    """The first line was used: the token then a wrong one was served, the other order not."""
+    client, _ = guarded
+    lines = [("authorization", f"Bearer {METRICS_TOKEN}"), ("authorization", "Bearer wrong")]
+    response = client.get("/metrics", headers=lines if first else lines[::-1])
+    assert response.status_code == 401
+    same = [lines[0], lines[0]]
+    assert client.get("/metrics", headers=same).status_code == 200
+
+
 def test_a_path_one_slash_off_a_route_is_404_not_a_redirect(
     guarded: tuple[AppClient, str],
 ) -> None:
@@ -156,3 +172,17 @@ def test_guessing_the_metrics_token_spends_the_budget_of_failed_authentications(
         )
         text = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'frameworm_auth_failures_total{reason="metrics_token"} 4.0' in text
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "authorization"])
+def test_thousands_of_credential_lines_are_read_no_further_than_the_second_key(
+    header: str,
+) -> None:
+    """Each line was compared with every other (4,000 lines: half a second of the event loop,
+    before any key was checked, from a client without one)."""
+    value = "{}" if header == "x-api-key" else "Bearer {}"
+    lines = [
+        (header.encode(), value.format(f"fw_{i:016x}_{'s' * 32}").encode()) for i in range(4000)
+    ]
+    tokens = auth_middleware._tokens({"headers": lines})
+    assert tokens == [f"fw_{i:016x}_{'s' * 32}" for i in range(2)]

@@ -52,6 +52,7 @@ def test_a_signal_while_the_workers_start_stops_every_worker(
     SIGTERM reached them as SIGINT, which a worker ignores before its drain. Only SIGKILL
     stopped the pod."""
     StartedThenSignalled.started.clear()
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setattr(multiprocessing, "get_context", lambda method: SignalledWhileStarting)
     settings = Settings(_env_file=None, env="development", workers=WORKERS)
     began = time.monotonic()
@@ -69,3 +70,6 @@ def test_a_signal_while_the_workers_start_stops_every_worker(
         p.is_alive() for p in StartedThenSignalled.started
     )
     assert all(p.exitcode == -signal.SIGTERM for p in StartedThenSignalled.started)
+    # Its metrics directory is gone, and so is the variable naming it: later apps in this
+    # process failed every /metrics.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
