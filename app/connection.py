@@ -14,7 +14,7 @@
   stayed open for good (slowloris). A connection waiting for a request (new, or after a
   response) closes after `timeout_keep_alive` without a byte; a head, once begun, must be whole
   within `header_timeout_s` (answered 408 and closed otherwise). The body has its own deadline
-  in the app (RequestLimitsMiddleware).
+  in the app (RequestLimitsMiddleware); a chunked body's framing is bounded (chunked_body.py).
 
 Errors of the protocol itself (a request httptools cannot parse, a head over the limit, a head
 too slow) are problem responses like the app's, with its security headers, and close the
@@ -41,6 +41,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.chunked_body import MIN_MEAN_CHUNK_BYTES, ChunkedBodyBounds, Excess
 from app.client_gone import GONE, ON_CLIENT_GONE
 from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
 from app.errors import is_v2_path, problem_body
@@ -60,7 +61,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # of the chunks received wholly inside the open request head
         self._chunk_bytes = 0  # of the chunk being parsed
         self._body_bytes = 0  # handed to on_body, all requests together
-        self._framing_bytes = 0  # of the open body's pieces that were not body (chunked)
+        self._bounds = ChunkedBodyBounds(self.max_head_bytes)  # the open body's framing
         self._unread = b""  # read, not parsed yet: the pipeline is full
         self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
@@ -169,6 +170,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        self._bounds.on_chunk(len(body))
         super().on_body(body)
 
     def _parse(self, data: bytes) -> None:
@@ -184,15 +186,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
-        else:  # in a body before the chunk (the chunk may end it)
-            # Bytes that were not body, since the last that was: trailer fields (which httptools
-            # joins by copying, as it did header values) or one endless chunk-size line. Bounded
-            # like the head; a body in many small chunks resets it at each chunk's data.
-            body = self._body_bytes - body_before
-            framing = len(data) - body
-            self._framing_bytes = framing if body else self._framing_bytes + framing
-            if self._framing_bytes > self.max_head_bytes and not self.transport.is_closing():
-                self._refuse_framing()
+        else:  # in a body before the chunk (the chunk may end it): its framing (chunked_body)
+            excess = self._bounds.after_piece(len(data), self._body_bytes - body_before)
+            if excess is not None and not self.transport.is_closing():
+                self._refuse_body(excess)
         # Armed once per head that spans chunks (one that ends where it began costs no timer).
         if self._head_open:
             if self._head_timer is None and not self.transport.is_closing():
@@ -211,7 +208,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # counted above. Measured here, only when this chunk could have carried it past the
         # limit; such a request is answered by `refusing_app` instead of the app. So are a URL
         # that httptools cannot parse for its length and a query string over its limit.
-        self._framing_bytes = 0
+        self._bounds.new_body()
         limit = self.max_head_bytes
         over = self._head_bytes + self._chunk_bytes > limit and self._head_size() > limit
         refusal = head_refusal(over, self.url, limit)
@@ -243,12 +240,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         answered = self._close_with(431, "headers-too-large", detail)
         log.warning("a request head over %d bytes; answered 431", limit, extra=answered)
 
-    def _refuse_framing(self) -> None:
-        """A chunked body whose chunk-size lines and trailers are over the head's limit."""
-        limit = self.max_head_bytes
-        detail = f"the chunked body's size lines and trailers are over {limit // 1024} KB"
-        answered = self._close_with(431, "headers-too-large", detail)
-        log.warning("a chunked body's framing over %d bytes; answered 431", limit, extra=answered)
+    def _refuse_body(self, excess: Excess) -> None:
+        """A chunked body whose size lines and trailers are over the head's limit (431), or
+        whose chunks are too many and too small (400)."""
+        if excess == "framing":
+            kb = self.max_head_bytes // 1024
+            detail = f"the chunked body's size lines and trailers are over {kb} KB"
+            answered = self._close_with(431, "headers-too-large", detail)
+        else:
+            detail = f"the chunked body's chunks average under {MIN_MEAN_CHUNK_BYTES} bytes"
+            answered = self._close_with(400, "malformed-request", detail)
+        log.warning("a chunked body refused: %s", detail, extra=answered)
 
     # ------------------------------------------------------------------ protocol errors
     def send_400_response(self, msg: str) -> None:
@@ -279,6 +281,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         if in_body and self._drop_pipelined(self.cycle):
             in_body = False  # its app never ran: refused in its turn, like a head
+        if in_body and self.cycle is not None and self.cycle.response_complete:
+            self.transport.close()  # answered already (a 401 while its body came): no second
+            return who
         unanswered = [cycle for cycle in self._open if not cycle.response_complete]
         if unanswered and not in_body:
             self._refusal = problem_body(code, detail, request_id, v2=v2), status, request_id

@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from app.chunked_body import FREE_CHUNKS, MIN_MEAN_CHUNK_BYTES
 from app.connection import bounded_protocol
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED
 
@@ -45,6 +46,10 @@ class Transport(asyncio.Transport):
 
 async def healthz(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/early":  # answers before reading the body, as a 401 does
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
         return
     if scope["method"] == "POST":  # reads its body, as /infer does: uvicorn resumes reading
         while (await receive()).get("more_body"):
@@ -200,3 +205,33 @@ def test_framing_in_the_piece_that_ends_the_body_is_counted_too() -> None:
     written = asyncio.run(run())
     assert b"HTTP/1.1 431 " in written  # after the request's own answer, then closed
     assert b"size lines and trailers are over 64 KB" in written
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/early"])
+def test_a_body_in_tiny_chunks_is_refused_past_a_bound(path: str) -> None:
+    """Each chunk is a Python call on the event loop: 1-byte chunks at a few MB/s from one
+    connection held it for seconds, and on after an early answer (a 401) while the rest of
+    the body was read and dropped. Refused once past FREE_CHUNKS averaging under
+    MIN_MEAN_CHUNK_BYTES; an early answer gets no second one."""
+
+    async def run() -> tuple[bytes, int]:
+        transport = Transport()
+        connection = protocol(transport)
+        head = f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        connection.data_received(head.encode())
+        await asyncio.sleep(0)
+        fed = 0
+        while not transport.closing and fed < 100:
+            connection.data_received(b"1\r\nX\r\n" * 1000)
+            fed += 1
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return transport.written, connection._bounds.chunks
+
+    written, chunks = asyncio.run(run())
+    assert chunks <= FREE_CHUNKS + FEED_BYTES // 6 + 1000  # stopped within a read of the bound
+    if path == "/early":
+        assert written.count(b"HTTP/1.1 ") == 1 and written.startswith(b"HTTP/1.1 401")
+    else:
+        assert written.startswith(b"HTTP/1.1 400") and b"malformed-request" in written
+        assert f"under {MIN_MEAN_CHUNK_BYTES} bytes".encode() in written
