@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from app.errors import Problem, quoted
 from models.manifest import ImageSpec
@@ -281,14 +281,51 @@ def _gif_excess(raw: bytes) -> str | None:
     return None
 
 
+_ORIENTATION = 0x0112
+_MAX_IFD_ENTRIES = 64  # a camera writes Orientation among IFD0's first entries (sorted by tag)
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The EXIF Orientation (1 to 8), 1 when absent or unreadable. Read from IFD0's first
+    entries only: Pillow parses a whole EXIF block (a crafted one of 65,535 tags cost two
+    seconds an image, and one it could not parse failed the decode)."""
+    tiff = exif[6:] if exif.startswith(b"Exif\0\0") else exif
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (offset,) = struct.unpack_from(order + "I", tiff, 4)
+    if offset + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack_from(order + "H", tiff, offset)
+    for entry in range(offset + 2, offset + 2 + 12 * min(count, _MAX_IFD_ENTRIES), 12):
+        if entry + 12 > len(tiff):
+            return 1
+        tag, kind, values = struct.unpack_from(order + "HHI", tiff, entry)
+        if tag == _ORIENTATION:
+            (value,) = struct.unpack_from(order + "H", tiff, entry + 8)
+            return value if kind == 3 and values == 1 and 1 <= value <= 8 else 1  # one SHORT
+    return 1
+
+
 def _decode(image: EncodedImage, opened: Image.Image) -> np.ndarray:
     spec = image.spec
     try:
         opened.load()
         # As a viewer shows it: phone cameras store the sensor's pixels and an EXIF
         # Orientation, and a model must not see a portrait photo lying on its side.
-        ImageOps.exif_transpose(opened, in_place=True)
-        converted = _eight_bit(opened).convert(spec.mode)
+        exif = opened.info.get("exif")
+        turn = _TRANSPOSES.get(exif_orientation(exif)) if isinstance(exif, bytes) else None
+        upright = opened.transpose(turn) if turn is not None else opened
+        converted = _eight_bit(upright).convert(spec.mode)
         if converted.size != (spec.width, spec.height):
             converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
     except (

@@ -17,6 +17,7 @@ from app.inference.images import (
     EncodedImage,
     decode_b64,
     decode_images,
+    exif_orientation,
 )
 from models.demo import sample_png
 from models.manifest import ImageSpec
@@ -246,3 +247,33 @@ def test_an_exif_orientation_is_applied_as_a_viewer_shows_the_picture(fmt: str) 
     assert np.abs(decoded - expected).mean() < 0.02
     sideways = decode_image("image", encoded(stored, fmt), SPEC, f"image/{fmt.lower()}")
     assert np.abs(sideways - expected).mean() > 0.05
+
+
+def test_an_exif_block_pillow_cannot_parse_is_no_reason_to_refuse_the_image() -> None:
+    """Handing the block to Pillow's EXIF parser made a PNG whose eXIf is not TIFF a 400."""
+    upright = Image.open(io.BytesIO(sample_png(3))).convert("L")
+    buffer = io.BytesIO()
+    upright.save(buffer, "PNG", exif=b"Exif\0\0not a tiff header at all")
+    decoded = decode_image("image", buffer.getvalue(), SPEC, "image/png")
+    assert np.array_equal(decoded, decode_image("image", encoded(upright), SPEC, "image/png"))
+
+
+def tiff_with(entries: list[tuple[int, int, int, int]], order: str = ">") -> bytes:
+    """An EXIF block: a TIFF header and IFD0 with (tag, type, count, value) entries."""
+    mark = b"MM" if order == ">" else b"II"
+    ifd = struct.pack(order + "H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack(order + "HHIHH", tag, kind, count, value, 0)
+    return b"Exif\0\0" + mark + struct.pack(order + "HI", 42, 8) + ifd + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_the_orientation_is_read_from_the_first_entries_of_ifd0_only(order: str) -> None:
+    """A crafted block of 65,535 tags cost two seconds an image when parsed whole."""
+    make = (0x010F, 2, 4, 0)
+    assert exif_orientation(tiff_with([make, (0x0112, 3, 1, 6)], order)) == 6
+    assert exif_orientation(tiff_with([make] * 100 + [(0x0112, 3, 1, 6)], order)) == 1
+    assert exif_orientation(tiff_with([(0x0112, 3, 1, 9)], order)) == 1  # no such orientation
+    assert exif_orientation(tiff_with([(0x0112, 4, 1, 6)], order)) == 1  # not one SHORT
+    assert exif_orientation(tiff_with([(0x0112, 3, 1, 6)], order)[:20]) == 1  # cut short
+    assert exif_orientation(b"") == exif_orientation(b"Exif\0\0MM\0*\xff\xff\xff\xff") == 1
