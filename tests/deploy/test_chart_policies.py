@@ -462,6 +462,13 @@ def test_the_generated_secrets_warn_gitops_users() -> None:
         ({"secrets": {"bootstrapApiKey": "fw_short"}}, "secrets.bootstrapApiKey is shorter"),
         ({"settings": {"authEnabled": False}}, "settings.authEnabled is false"),
         ({"settings": {"enableDocs": True}}, "settings.enableDocs is true"),
+        # As pydantic reads them; and whatever Secret the pods read their keys from.
+        ({"settings": {"authEnabled": "off"}}, "settings.authEnabled is false"),
+        ({"settings": {"enableDocs": "Yes"}}, "settings.enableDocs is true"),
+        (
+            {"secrets": {"existingSecret": "mine"}, "settings": {"authEnabled": False}},
+            "settings.authEnabled is false",
+        ),
     ],
 )
 def test_values_the_app_refuses_in_production_fail_the_render(
@@ -548,12 +555,32 @@ def test_long_names_are_cut_to_what_kubernetes_accepts() -> None:
         },
         {"podDisruptionBudget": {"minAvailable": "100%"}},
         {"podDisruptionBudget": {"maxUnavailable": 0}},
+        # Kubernetes rounds percentages up: 50% of one pod is that pod, 60% of two is both.
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 1},
+            "podDisruptionBudget": {"minAvailable": "50%"},
+        },
+        {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "60%"}},
+        {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "2"}},
+        {"podDisruptionBudget": {"maxUnavailable": "0%"}},
     ],
 )
 def test_a_disruption_budget_that_allows_no_eviction_is_refused(values_: dict[str, Any]) -> None:
     """kubectl drain waited forever on these pods."""
     with pytest.raises(helm.HelmError, match="allows no voluntary eviction"):
         render_values(values_)
+
+
+@pytest.mark.parametrize(
+    "values_",
+    [
+        {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "50%"}},
+        {"replicaCount": 1, "podDisruptionBudget": {"maxUnavailable": "1%"}},
+        {"replicaCount": 0, "podDisruptionBudget": {"minAvailable": 0}},
+    ],
+)
+def test_a_disruption_budget_that_allows_an_eviction_renders(values_: dict[str, Any]) -> None:
+    render_values(values_)
 
 
 def test_a_disruption_budget_below_the_replica_count_renders() -> None:

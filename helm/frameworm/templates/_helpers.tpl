@@ -183,7 +183,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $data := dict }}
 {{- $_ := set $data "api-key-pepper" ($s.apiKeyPepper | b64enc | default (get $previous "api-key-pepper") | default (randAlphaNum 64 | b64enc)) }}
 {{- $_ := set $data "bootstrap-api-key" ($s.bootstrapApiKey | b64enc | default (get $previous "bootstrap-api-key") | default (printf "fw_%s" (randAlphaNum 40) | b64enc)) }}
-{{- include "frameworm.checkProductionSafe" . }}
 {{- $_ := set $data "metrics-token" ($s.metricsToken | b64enc | default (get $previous "metrics-token") | default (randAlphaNum 48 | b64enc)) }}
 {{- if .Values.redis.enabled }}
 {{- $_ := set $data "redis-url" (required "secrets.redisUrl is required with redis.enabled=true and the chart-made Secret (the pods read FRAMEWORM_REDIS_URL_FILE from its redis-url key); or set secrets.existingSecret to a Secret with a redis-url key" $s.redisUrl | b64enc) }}
@@ -211,16 +210,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq (toString .Values.settings.env) "production" }}
 {{- $s := .Values.secrets }}
 {{- $problems := list }}
-{{- range $name := list "apiKeyPepper" "bootstrapApiKey" "metricsToken" }}
+{{- range $name := ternary (list) (list "apiKeyPepper" "bootstrapApiKey" "metricsToken") (not (empty $s.existingSecret)) }}
 {{- $value := get $s $name | default "" | toString }}
 {{- if and $value (lt (len $value) 32) }}
 {{- $problems = append $problems (printf "secrets.%s is shorter than 32 characters (use a longer one, or leave it empty for a generated one)" $name) }}
 {{- end }}
 {{- end }}
-{{- if eq (toString .Values.settings.authEnabled) "false" }}
+{{- /* As pydantic reads a boolean setting: these spellings, any case. */}}
+{{- if has (toString .Values.settings.authEnabled | lower) (list "false" "0" "off" "no" "f" "n") }}
 {{- $problems = append $problems "settings.authEnabled is false" }}
 {{- end }}
-{{- if eq (toString .Values.settings.enableDocs) "true" }}
+{{- if has (toString .Values.settings.enableDocs | lower) (list "true" "1" "on" "yes" "t" "y") }}
 {{- $problems = append $problems "settings.enableDocs is true" }}
 {{- end }}
 {{- if $problems }}
@@ -266,6 +266,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $secrets := include "frameworm.secretsDir" . }}
 {{- include "frameworm.checkPublicMetrics" . }}
 {{- include "frameworm.checkShutdownCoversRequests" . }}
+{{- include "frameworm.checkProductionSafe" . }}
 {{- if not (hasKey $env "FRAMEWORM_HOST") }}
 {{- $_ := set $env "FRAMEWORM_HOST" "0.0.0.0" }}
 {{- end }}
