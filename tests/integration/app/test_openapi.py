@@ -118,6 +118,7 @@ def with_input(**fields: Any) -> dict[str, Any]:
         with_input(parameters={"shared_memory_region": "region"}),
         {**TRITON_REQUEST, "parameters": {"priority": -1}},
         {**TRITON_REQUEST, "parameters": {"headers": {"x": 1}}},
+        {**TRITON_REQUEST, "outputs": [{"name": "probabilities", "foo": 1}]},
     ],
 )
 def test_what_the_server_refuses_the_v2_schema_refuses(
@@ -128,6 +129,22 @@ def test_what_the_server_refuses_the_v2_schema_refuses(
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(request_, request_schema)
     assert cnn.post("/v2/models/cnn-digits/infer", json=request_).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {**TRITON_REQUEST, "id": None, "outputs": None, "parameters": None},
+        {**TRITON_REQUEST, "parameters": {"headers": None, "timeout": None, "priority": None}},
+        with_input(parameters=None),
+    ],
+)
+def test_nulls_the_server_reads_as_not_given_are_valid_by_the_schema(
+    cnn: AppClient, request_: dict[str, Any]
+) -> None:
+    request_schema, _ = v2_schemas(document())
+    jsonschema.validate(request_, request_schema)
+    assert cnn.post("/v2/models/cnn-digits/infer", json=request_).status_code == 200
 
 
 def test_a_v2_request_without_inputs_is_valid_for_a_generative_model(decoder: AppClient) -> None:
