@@ -138,6 +138,20 @@ class DrainingServer(uvicorn.Server):
         finally:
             watcher.cancel()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn refreshes its Date header in its main loop, which has ended by now: answers
+        # given during the drain (up to the shutdown timeout) carried the second it ended.
+        ticking = asyncio.get_running_loop().create_task(self._keep_date_fresh())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ticking.cancel()
+
+    async def _keep_date_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            await self.on_tick(0)  # the tick on which the main loop remakes the headers
+
     async def _exit_if_model_fails(self) -> None:
         await self.lifecycle.model_failed.wait()
         log.error("the model could not be loaded; exiting with code %d", EXIT_MODEL_FAILED)
