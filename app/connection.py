@@ -170,7 +170,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        self._bounds.on_chunk(len(body))
+        self._bounds.on_chunk()
         super().on_body(body)
 
     def _parse(self, data: bytes) -> None:
@@ -179,6 +179,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         in_head = cycle is None or not cycle.more_body  # before this chunk: not in a body
         self._chunk_bytes, body_before = len(data), self._body_bytes
+        self._bounds.new_piece()
         super().data_received(data)
         if self.cycle is not cycle:  # a head completed in this chunk: a new request
             self._head_bytes = 0

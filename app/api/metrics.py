@@ -44,16 +44,21 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
         # The scheme is case-insensitive (RFC 9110 section 11.1); the token is compared whole.
         # Several Authorization lines that differ are refused, as for API keys: a proxy in
         # front may have read another one than the first.
-        lines = set(request.headers.getlist("authorization"))
-        scheme, _, given = (lines.pop() if len(lines) == 1 else "").partition(" ")
+        credentials = {_credential(line) for line in request.headers.getlist("authorization")}
+        credentials.discard(("", ""))  # an empty line says nothing
+        scheme, given = credentials.pop() if len(credentials) == 1 else ("", "")
         expected = token.get_secret_value()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
+        if scheme != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
             _refuse(request)
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render(request.headers.get("accept", ""))
     return HeadResponse(body, headers={"content-type": content_type})
+
+
+def _credential(line: str) -> tuple[str, str]:
+    """(scheme lower-cased, credentials): `Bearer T` and `bearer T ` are one credential."""
+    scheme, _, given = line.strip().partition(" ")
+    return scheme.lower(), given.strip()
 
 
 def _refuse(request: Request) -> NoReturn:

@@ -53,22 +53,27 @@ V2_REQUEST_SCHEMA: dict[str, Any] = {
                     "name": {"type": "string"},
                     "shape": _SHAPE,
                     "datatype": {"type": "string", "enum": list(NUMPY_OF)},
-                    "data": {
-                        "type": "array",
-                        "description": "the values, row-major, flat or nested; left out when "
-                        "parameters.binary_data_size is given",
-                    },
+                    "data": _or_null(
+                        {
+                            "type": "array",
+                            "description": "the values, row-major, flat or nested; left out "
+                            "when parameters.binary_data_size is given",
+                        }
+                    ),
                     "parameters": _or_null(
                         {
                             "type": "object",
                             "additionalProperties": False,
                             "properties": {
-                                "binary_data_size": {
-                                    "type": "integer",
-                                    "minimum": 0,
-                                    "description": "the input's bytes (little-endian, row-major) "
-                                    "follow the JSON header in an application/octet-stream body",
-                                }
+                                "binary_data_size": _or_null(
+                                    {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "the input's bytes (little-endian, "
+                                        "row-major) follow the JSON header in an "
+                                        "application/octet-stream body",
+                                    }
+                                )
                             },
                         }
                     ),

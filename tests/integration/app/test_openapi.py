@@ -137,6 +137,7 @@ def test_what_the_server_refuses_the_v2_schema_refuses(
         {**TRITON_REQUEST, "id": None, "outputs": None, "parameters": None},
         {**TRITON_REQUEST, "parameters": {"headers": None, "timeout": None, "priority": None}},
         with_input(parameters=None),
+        with_input(parameters={"binary_data_size": None}),
     ],
 )
 def test_nulls_the_server_reads_as_not_given_are_valid_by_the_schema(

@@ -235,3 +235,32 @@ def test_a_body_in_tiny_chunks_is_refused_past_a_bound(path: str) -> None:
     else:
         assert written.startswith(b"HTTP/1.1 400") and b"malformed-request" in written
         assert f"under {MIN_MEAN_CHUNK_BYTES} bytes".encode() in written
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_arriving_in_small_reads_is_not_taken_for_tiny_chunks(chunked: bool) -> None:
+    """Each call for a body was counted as a chunk: 100 KB with a Content-Length in 50-byte
+    reads (a slow network), or in 100-byte chunks split over 70-byte reads, was refused 400.
+    A read costs its call whatever it holds; only many calls for one read are counted."""
+
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport)
+        size = 100_000
+        if chunked:
+            head = b"Transfer-Encoding: chunked\r\n"
+            body = (b"64\r\n" + b"a" * 100 + b"\r\n") * (size // 100) + b"0\r\n\r\n"
+            read = 70
+        else:
+            head, body, read = f"Content-Length: {size}\r\n".encode(), b"a" * size, 50
+        connection.data_received(b"POST /healthz HTTP/1.1\r\nHost: t\r\n" + head + b"\r\n")
+        for start in range(0, len(body), read):
+            connection.data_received(body[start : start + read])
+            if start % (100 * read) == 0:
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    assert written.startswith(b"HTTP/1.1 200"), written[:200]
