@@ -111,13 +111,16 @@ def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
 
 
 def wait_for_every_worker(server: ServerProcess) -> None:
-    """Ready, and every worker up: each live one reports the queue capacity."""
+    """Ready, and every worker up: each live one reports the queue capacity, and has served
+    its model (a worker reports its capacity before its model is loaded, and a signal before
+    that skips the drain delay: nothing can be routed to a worker never ready)."""
     server.wait_ready(READY_TIMEOUT_S)
     with httpx.Client(base_url=server.url, timeout=10) as probe:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while scrape(probe, "frameworm_queue_capacity") < WORKERS * QUEUE_ITEMS:
             assert time.monotonic() < deadline, "a worker never came up"
             time.sleep(0.1)
+    wait_for_log(server, '"message":"model ready"', WORKERS)
 
 
 def _is_zombie(pid: int) -> bool:
