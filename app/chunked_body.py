@@ -48,6 +48,11 @@ class ChunkedBodyBounds:
         self.framing_bytes = framing if body_bytes else self.framing_bytes + framing
         if self.framing_bytes > self.max_framing_bytes:
             return "framing"
+        return self.after_calls(body_bytes)
+
+    def after_calls(self, body_bytes: int) -> Excess | None:
+        """The piece's body calls counted (alone for a piece where a head ended: the head's
+        bytes are not the body's framing); "chunks" past the bound."""
         if self._calls > 1:
             self.chunks += self._calls - 1
             self.chunk_bytes += body_bytes

@@ -183,14 +183,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.cycle is not cycle:  # a head completed in this chunk: a new request
             self._head_bytes = 0
+            self._refuse_body(self._bounds.after_calls(self._body_bytes - body_before))
         elif in_head:  # and no head completed: the whole chunk was head
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse_head()
         else:  # in a body before the chunk (the chunk may end it): its framing (chunked_body)
-            excess = self._bounds.after_piece(len(data), self._body_bytes - body_before)
-            if excess is not None and not self.transport.is_closing():
-                self._refuse_body(excess)
+            self._refuse_body(self._bounds.after_piece(len(data), self._body_bytes - body_before))
         # Armed once per head that spans chunks (one that ends where it began costs no timer).
         if self._head_open:
             if self._head_timer is None and not self.transport.is_closing():
@@ -241,9 +240,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         answered = self._close_with(431, "headers-too-large", detail)
         log.warning("a request head over %d bytes; answered 431", limit, extra=answered)
 
-    def _refuse_body(self, excess: Excess) -> None:
-        """A chunked body whose size lines and trailers are over the head's limit (431), or
-        whose chunks are too many and too small (400)."""
+    def _refuse_body(self, excess: Excess | None) -> None:
+        """Size lines and trailers over the head's limit (431), or too many tiny chunks (400)."""
+        if excess is None or self.transport.is_closing():
+            return
         if excess == "framing":
             kb = self.max_head_bytes // 1024
             detail = f"the chunked body's size lines and trailers are over {kb} KB"

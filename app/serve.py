@@ -138,9 +138,20 @@ class DrainingServer(uvicorn.Server):
         finally:
             watcher.cancel()
 
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn remakes its default headers (the Date) as a new list each second, and each
+        # request keeps the list of the second its head came in: a request answered seconds
+        # later (a slow model, a long upload, the drain) carried that stale Date. One list,
+        # updated in place, is what every open request answers with.
+        headers = self.server_state.default_headers
+        should_exit = await super().on_tick(counter)
+        if self.server_state.default_headers is not headers:
+            headers[:] = self.server_state.default_headers
+            self.server_state.default_headers = headers
+        return should_exit
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn refreshes its Date header in its main loop, which has ended by now: answers
-        # given during the drain (up to the shutdown timeout) carried the second it ended.
+        # The main loop, which ticks, has ended: the drain ticks on (up to the shutdown timeout).
         ticking = asyncio.get_running_loop().create_task(self._keep_date_fresh())
         try:
             await super().shutdown(sockets)

@@ -460,6 +460,9 @@ def test_the_generated_secrets_warn_gitops_users() -> None:
     [
         ({"secrets": {"apiKeyPepper": "short-pepper"}}, "secrets.apiKeyPepper is shorter"),
         ({"secrets": {"bootstrapApiKey": "fw_short"}}, "secrets.bootstrapApiKey is shorter"),
+        # As the app reads a mounted secret: stripped (a file's newline), in characters.
+        ({"secrets": {"metricsToken": "t" * 31 + "\n"}}, "secrets.metricsToken is shorter"),
+        ({"secrets": {"apiKeyPepper": "é" * 16}}, "secrets.apiKeyPepper is shorter"),
         ({"settings": {"authEnabled": False}}, "settings.authEnabled is false"),
         ({"settings": {"enableDocs": True}}, "settings.enableDocs is true"),
         # As pydantic reads them; and whatever Secret the pods read their keys from.

@@ -211,8 +211,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $s := .Values.secrets }}
 {{- $problems := list }}
 {{- range $name := ternary (list) (list "apiKeyPepper" "bootstrapApiKey" "metricsToken") (not (empty $s.existingSecret)) }}
-{{- $value := get $s $name | default "" | toString }}
-{{- if and $value (lt (len $value) 32) }}
+{{- /* As the app reads a mounted secret: stripped, in characters (len counts bytes). */}}
+{{- $value := get $s $name | default "" | toString | trim }}
+{{- if and $value (lt (len (splitList "" $value)) 32) }}
 {{- $problems = append $problems (printf "secrets.%s is shorter than 32 characters (use a longer one, or leave it empty for a generated one)" $name) }}
 {{- end }}
 {{- end }}

@@ -264,3 +264,20 @@ def test_a_body_arriving_in_small_reads_is_not_taken_for_tiny_chunks(chunked: bo
 
     written = asyncio.run(run())
     assert written.startswith(b"HTTP/1.1 200"), written[:200]
+
+
+def test_tiny_chunks_in_the_read_that_carries_the_head_are_counted_too() -> None:
+    """Only pieces read inside a body were counted: a head and 2,600 one-byte chunks in one
+    read were free, and a client sending each request so paid three times the allowance."""
+
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport)
+        head = b"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        connection.data_received(head + b"1\r\nX\r\n" * 2600)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    assert written.startswith(b"HTTP/1.1 400") and b"chunks average under" in written

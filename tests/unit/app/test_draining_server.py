@@ -14,14 +14,18 @@ STALE = (b"date", b"Thu, 01 Jan 1970 00:00:00 GMT")
 
 
 def test_the_date_header_keeps_time_while_the_drain_waits_for_requests() -> None:
-    """uvicorn remakes its Date header in its main loop, which ends when the listener closes:
-    answers given while the drain waited (up to the shutdown timeout) carried that second."""
+    """uvicorn remakes its Date header in its main loop, which ends when the listener closes,
+    and each request answers with the headers of the second its head came in: answers given
+    while the drain waited (up to the shutdown timeout) carried a stale Date."""
     settings = Settings(_env_file=None, env="development")
     server = DrainingServer(uvicorn_config(settings), settings, Lifecycle(GracefulShutdown()))
     server.servers = []
 
     async def drain() -> list[tuple[bytes, bytes]]:
         server.server_state.default_headers = [STALE]
+        # What a request whose head came in before the drain answers with (uvicorn hands each
+        # request the server's list of that second).
+        in_flight = server.server_state.default_headers
 
         async def request_in_flight() -> None:
             await asyncio.sleep(1.5)
@@ -31,7 +35,8 @@ def test_the_date_header_keeps_time_while_the_drain_waits_for_requests() -> None
         task = asyncio.get_running_loop().create_task(request_in_flight())
         server.server_state.tasks.add(task)
         await server.shutdown()
-        return server.server_state.default_headers
+        assert server.server_state.default_headers is in_flight
+        return in_flight
 
     headers = asyncio.run(drain())
     assert STALE not in headers
