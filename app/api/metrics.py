@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from app.api.health import HeadResponse
 from app.deps import SettingsDep
 from app.errors import Problem, problem_responses, retry_after
-from app.middleware.auth import over_failure_budget
+from app.middleware.auth import bearer_token, over_failure_budget
 from app.telemetry.metrics import Metrics
 
 router = APIRouter(tags=["observability"])
@@ -41,24 +41,18 @@ _TEXT = {"schema": {"type": "string"}}
 async def metrics(request: Request, settings: SettingsDep) -> Response:
     token = settings.metrics_token
     if token is not None:
-        # The scheme is case-insensitive (RFC 9110 section 11.1); the token is compared whole.
-        # Several Authorization lines that differ are refused, as for API keys: a proxy in
-        # front may have read another one than the first.
-        credentials = {_credential(line) for line in request.headers.getlist("authorization")}
-        credentials.discard(("", ""))  # an empty line says nothing
-        scheme, given = credentials.pop() if len(credentials) == 1 else ("", "")
-        expected = token.get_secret_value()
-        if scheme != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        # The token is compared whole. Several Authorization lines that differ are refused, as
+        # for API keys: a proxy in front may have read another one than the first. An empty
+        # line says nothing; another scheme's is None, which no token matches.
+        lines = [line for line in request.headers.getlist("authorization") if line.strip()]
+        given = {bearer_token(line) for line in lines}
+        token_given = given.pop() if len(given) == 1 else None
+        expected = token.get_secret_value().encode()
+        if token_given is None or not hmac.compare_digest(token_given.encode(), expected):
             _refuse(request)
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render(request.headers.get("accept", ""))
     return HeadResponse(body, headers={"content-type": content_type})
-
-
-def _credential(line: str) -> tuple[str, str]:
-    """(scheme lower-cased, credentials): `Bearer T` and `bearer T ` are one credential."""
-    scheme, _, given = line.strip().partition(" ")
-    return scheme.lower(), given.strip()
 
 
 def _refuse(request: Request) -> NoReturn:

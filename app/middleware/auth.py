@@ -106,10 +106,8 @@ def _tokens(scope: Scope) -> list[str]:
                 keys[key] = None
                 if len(keys) > 1:
                     break  # ambiguous already: the rest is not read
-        elif name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and (bearer := credentials.strip()):
-                bearers[bearer] = None
+        elif name == b"authorization" and (bearer := bearer_token(value.decode("latin-1"))):
+            bearers[bearer] = None
     has_api_key = bool(keys)
     for bearer in bearers:
         if not has_api_key or _KEY_ID.match(bearer):
@@ -117,6 +115,13 @@ def _tokens(scope: Scope) -> list[str]:
             if len(keys) > 1:
                 break
     return list(keys)
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The credentials of an `Authorization: Bearer ...` line (the scheme in any case, RFC 9110
+    section 11.1); None for another scheme or none."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def over_failure_budget(
