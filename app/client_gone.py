@@ -1,17 +1,23 @@
-"""A request's client going away: the connection tells the app, the app tells the batcher.
+"""What the connection tells a request's app: its client went away, or it answered the request.
 
 The connection (`app.connection`) calls the function a request registered with
 `on_client_gone` when the connection is lost before that request is answered; the batcher uses
 it to drop a queued request, so that a client that gave up costs no forward pass.
+
+When the connection itself answers a request whose app is running (a problem in the body's
+framing: `refused_by_connection`) and closes, the app sees its client gone; it reports the
+status the client was given, under the same request id, rather than a 499.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+import uuid
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 ON_CLIENT_GONE = "frameworm.on_client_gone"
 GONE = object()  # in place of the function once the client has gone
+REFUSED = "frameworm.refused_by_connection"
 
 
 def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:
@@ -29,3 +35,18 @@ def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) ->
 def forget_client_gone(scope: MutableMapping[str, Any]) -> None:
     if scope.get(ON_CLIENT_GONE) is not GONE:
         scope.pop(ON_CLIENT_GONE, None)
+
+
+def refused_by_connection(scope: MutableMapping[str, Any], code: str, detail: str) -> str:
+    """Record that the connection answers this request with the problem `code`; the request id
+    for that problem: the app's, or one the app will take if it has not run yet."""
+    scope[REFUSED] = (code, detail)
+    state: dict[str, Any] = scope.setdefault("state", {})
+    request_id = state.setdefault("request_id", uuid.uuid4().hex)
+    return str(request_id)
+
+
+def connection_refusal(scope: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(code, detail) of the problem the connection answered this request with, if it did."""
+    refusal: tuple[str, str] | None = scope.get(REFUSED)
+    return refusal

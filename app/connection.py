@@ -24,8 +24,7 @@ A client that goes away is noticed: the app hands `on_client_gone` a function fo
 and when the connection is lost (or aborted for a stalled write) before that request is
 answered, it is called (at once, if the client had gone before the app asked). The batcher
 uses it to drop a queued request, so that a client that gave up costs no forward pass.
-A half-close (the client's FIN, reading on) counts as gone, as nginx and Go's net/http count
-it: it cannot be told apart from a client that gave up and closed.
+A half-close (the client's FIN) counts as gone, as in nginx and Go: it cannot be told apart.
 
 `frameworm serve` runs uvicorn with this protocol; plain `uvicorn app.main:create_app` does not.
 """
@@ -42,7 +41,7 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.chunked_body import MIN_MEAN_CHUNK_BYTES, ChunkedBodyBounds, Excess
-from app.client_gone import GONE, ON_CLIENT_GONE
+from app.client_gone import GONE, ON_CLIENT_GONE, refused_by_connection
 from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
 from app.errors import is_v2_path, problem_body
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED, HeldFlow
@@ -265,28 +264,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _close_with(self, status: int, code: str, detail: str) -> dict[str, str | None]:
         """Answer with a problem in its turn on the wire, and close.
 
-        No middleware ran, so the request id is made here, for the client to quote; returned
+        The request id, for the client to quote, is the app's when the app runs; returned
         with the client's address as the `extra` of the caller's log line. Requests that came
         before the refused one are answered first (pipelined): nothing more is read, and the
         problem is written once the last of them is (`on_response_complete`).
         """
         who = self._who()
-        request_id = who["request_id"] = uuid.uuid4().hex
-        # An error in the body of the newest request answers that request; one in a new head
-        # answers a request after every one already open.
-        in_body = not self._head_open and self.cycle is not None and self.cycle.more_body
-        v2 = (
-            is_v2_path(self.cycle.scope["path"])
-            if in_body and self.cycle is not None
-            else is_v2_target(self.url)
-        )
-        if in_body and self._drop_pipelined(self.cycle):
-            in_body = False  # its app never ran: refused in its turn, like a head
-        if in_body and self.cycle is not None and self.cycle.response_complete:
+        # An error in the body of the newest request answers that request (its app runs: one
+        # request id, and this status in its log); one in a new head answers a request after
+        # every one already open.
+        newest = self.cycle
+        in_body = newest if newest and newest.more_body and not self._head_open else None
+        v2 = is_v2_path(in_body.scope["path"]) if in_body else is_v2_target(self.url)
+        if in_body is not None and self._drop_pipelined(in_body):
+            in_body = None  # its app never ran: refused in its turn, like a head
+        if in_body is not None and in_body.response_complete:
             self.transport.close()  # answered already (a 401 while its body came): no second
             return who
+        scope = cast(MutableMapping[str, Any], in_body.scope) if in_body else None
+        who["request_id"] = request_id = (
+            uuid.uuid4().hex if scope is None else refused_by_connection(scope, code, detail)
+        )
         unanswered = [cycle for cycle in self._open if not cycle.response_complete]
-        if unanswered and not in_body:
+        if unanswered and in_body is None:
             self._refusal = problem_body(code, detail, request_id, v2=v2), status, request_id
             self._end_head()
             self.flow.pause_reading()

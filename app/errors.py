@@ -22,6 +22,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Send
 
+from app.client_gone import connection_refusal
+
 log = logging.getLogger("frameworm.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -258,6 +260,9 @@ async def error_response(request: Request, exc: Exception) -> Response:
         )
         return problem_response(problem, request.scope)
     if isinstance(exc, ClientDisconnect):
+        refused = connection_refusal(request.scope)
+        if refused is not None:  # the connection answered it (a 400, a 431) and closed
+            return problem_response(Problem(*refused), request.scope)
         # The client went away (or a limit cut the body off and already answered): nobody
         # reads this response; it is not a server fault.
         log.debug("client disconnected", extra={"request_id": request_id_of(request.scope)})

@@ -89,8 +89,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or self._new_id()
         state = scope.setdefault("state", {})
+        # One the connection gave a request it refused before the app ran (client_gone.py).
+        request_id = state.get("request_id") or _incoming_request_id(scope) or self._new_id()
         state["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -367,3 +367,40 @@ def test_a_non_v2_request_refused_by_the_connection_has_no_error_member(
     data, _ = until_closed(connect, 10)
     ((_, _, body),) = responses(data)
     assert "error" not in json.loads(body)
+
+
+@pytest.mark.parametrize("with_id", [False, True])
+def test_a_body_refused_by_the_connection_is_logged_with_the_status_and_id_the_client_got(
+    server: HardenedServer, connect: socket.socket, with_id: bool
+) -> None:
+    """A body in tiny chunks is refused 400 by the connection while the app reads it: the app
+    saw its client gone and logged a 499 under another request id than the client's."""
+    head = (
+        f"POST /infer HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\n"
+        + ("X-Request-Id: caller-7\r\n" if with_id else "")
+        + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    connect.sendall(head.encode())
+    time.sleep(0.2)  # the app runs and waits for the body
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        for _ in range(20):
+            connect.sendall(b"1\r\n \r\n" * 1000)
+    data, _ = until_closed(connect, 10)
+    ((status, head_bytes, body),) = responses(data)
+    problem = json.loads(body)
+    assert (status, problem["code"]) == (400, "malformed-request"), problem
+    request_id = problem["request_id"]
+    assert request_id == "caller-7" or not with_id
+    assert f"x-request-id: {request_id}".encode() in head_bytes.split(b"\r\n")
+    deadline = time.monotonic() + 5
+    while "request" not in (lines := logged_with_id(server, request_id)):
+        assert time.monotonic() < deadline, f"no access line for the refused request: {lines}"
+        time.sleep(0.1)
+    assert lines["request"]["status"] == 400, lines
+    assert lines["a chunked body refused: the chunked body's chunks average under 64 bytes"]
+
+
+def logged_with_id(server: HardenedServer, request_id: str) -> dict[str, dict[str, object]]:
+    """The server's log records about one request, by message."""
+    records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    return {r["message"]: r for r in records if r.get("request_id") == request_id}

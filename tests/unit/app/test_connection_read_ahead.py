@@ -5,6 +5,7 @@ does stands in for the socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from app.chunked_body import FREE_CHUNKS, MIN_MEAN_CHUNK_BYTES
+from app.client_gone import connection_refusal
 from app.connection import bounded_protocol
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED
 
@@ -281,3 +283,29 @@ def test_tiny_chunks_in_the_read_that_carries_the_head_are_counted_too() -> None
 
     written = asyncio.run(run())
     assert written.startswith(b"HTTP/1.1 400") and b"chunks average under" in written
+
+
+def test_a_refusal_before_the_app_runs_gives_the_app_the_request_id_the_client_got() -> None:
+    """The head and the tiny chunks in one read: the connection answers before the app runs.
+    The app, once it runs, takes that request id and the refusal's status for its log."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await receive()
+
+    async def run() -> bytes:
+        transport = Transport()
+        connection = protocol(transport)
+        connection.app = app
+        head = b"POST /infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        connection.data_received(head + b"1\r\nX\r\n" * 2600)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return transport.written
+
+    written = asyncio.run(run())
+    problem = json.loads(written.partition(b"\r\n\r\n")[2])
+    (scope,) = seen
+    assert scope["state"]["request_id"] == problem["request_id"]
+    assert connection_refusal(scope) == ("malformed-request", problem["detail"])
