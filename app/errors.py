@@ -103,6 +103,7 @@ class Problem(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        version: str | None = None,
     ) -> None:
         if code not in PROBLEMS:
             raise ValueError(f"unknown problem code {code!r}")
@@ -111,6 +112,7 @@ class Problem(Exception):
         self.detail = detail
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        self.version = version  # the model version that failed, for the access log; not sent
 
     @property
     def status(self) -> int:

@@ -223,7 +223,7 @@ async def _infer(
     body, headers = encode_response(
         runner.manifest.name, served.version, signature, served.outputs, v2
     )
-    return Response(body, headers=headers)
+    return Response(body, headers={**headers, "x-model-version": served.version})
 
 
 def _client_deadline_missed(request: Request) -> None:

@@ -41,6 +41,7 @@ from app.inference.pending import (
     abandoned,
     cancelling,
     fail,
+    model_failed,
     shutting_down,
 )
 from app.inference.runner import ModelRunner
@@ -143,12 +144,13 @@ class DynamicBatcher:
         *,
         client_deadline: bool = False,
         on_abandon: Callable[[Callable[[], None]], None] | None = None,
+        request_id: str | None = None,
     ) -> Served:
         """Queue one request's items; its outputs come back split along the batch dimension.
 
         `client_deadline`: the deadline is one the client chose, shorter than the server's.
         `on_abandon` is handed a function that gives the request up (its client went away):
-        still queued, it never reaches the model.
+        still queued, it never reaches the model. `request_id` names it in the log if it fails.
         """
         now = time.monotonic()
         if self._closing:
@@ -168,7 +170,7 @@ class DynamicBatcher:
             )
         self._admit(now, deadline, client_deadline)
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
-        pending = Pending(arrays, items, deadline, future, now, client_deadline)
+        pending = Pending(arrays, items, deadline, future, now, client_deadline, request_id)
         if self._tracer is not None:
             pending.span = trace.get_current_span().get_span_context()
             pending.enqueued_ns = time.time_ns()
@@ -319,11 +321,8 @@ class DynamicBatcher:
                 log.warning("batch of %d items failed (%s)", items, type(exc).__name__)
                 await self._run_halves(batch)
                 return
-            log.exception("batch of %d items failed", items)
-            for pending in batch:
-                problem = Problem("internal-error", "the model failed on this batch")
-                problem.__cause__ = exc  # for error tracking; never shown to the client
-                fail(pending, problem)
+            for pending in batch:  # one request: logged under its own request id
+                model_failed(pending, exc, runner.manifest)
             self._report_outcomes(runner, [(p, False) for p in batch])
             return
         finally:

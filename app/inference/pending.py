@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from opentelemetry import trace
 
 from app.errors import Problem, retry_after
+
+if TYPE_CHECKING:
+    from models.manifest import ModelManifest
+
+log = logging.getLogger("frameworm.batcher")
 
 
 @dataclass
@@ -28,6 +35,7 @@ class Pending:
     # The deadline is the client's own, shorter than the server's: missing it says nothing
     # about the version (a client could otherwise fail any version it likes).
     client_deadline: bool = False
+    request_id: str | None = None  # for the log line if the model fails on it
     # Only when tracing is on: the request's span, and wall-clock times for the queue span.
     span: trace.SpanContext | None = None
     enqueued_ns: int = 0
@@ -50,6 +58,17 @@ def abandoned(future: asyncio.Future[Served]) -> bool:
 def fail(pending: Pending, problem: Problem) -> None:
     if not pending.future.done():
         pending.future.set_exception(problem)
+
+
+def model_failed(pending: Pending, error: Exception, manifest: ModelManifest) -> None:
+    """The model raised on this request alone (a batch of one): the traceback is logged under
+    its request id, and it is answered 500 naming the version that failed."""
+    version = manifest.version
+    context = {"request_id": pending.request_id, "model": manifest.name, "version": version}
+    log.error("the model failed on a request", exc_info=error, extra=context)
+    problem = Problem("internal-error", "the model failed on this batch", version=version)
+    problem.__cause__ = error  # for error tracking; never shown to the client
+    fail(pending, problem)
 
 
 def shutting_down() -> Problem:

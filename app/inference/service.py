@@ -13,6 +13,7 @@ from fastapi import Request
 
 from app.client_gone import forget_client_gone, on_client_gone
 from app.config import Settings
+from app.errors import Problem, request_id_of
 from app.inference.batcher import DynamicBatcher
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, ResultCache, cache_key
 from app.inference.codec import Decoded
@@ -71,9 +72,8 @@ async def run_inference(
         key = cache_key(manifest, decoded.arrays, decoded.parameters)
         outputs = await cache.get(key)
         if outputs is not None and len(outputs) == len(manifest.signature.outputs):
-            served = Served(outputs, manifest.version)
-            request.state.served_model, request.state.served_version = manifest.name, served.version
-            return served
+            _record_served(request, manifest.name, manifest.version)
+            return Served(outputs, manifest.version)
     try:
         served = await batcher.submit(
             decoded.arrays,
@@ -82,10 +82,20 @@ async def run_inference(
             client_deadline=client_deadline,
             # The connection calls it when the client goes away (app/connection.py).
             on_abandon=functools.partial(on_client_gone, request.scope),
+            request_id=request_id_of(request.scope),
         )
+    except Problem as problem:
+        if problem.version is not None:  # the model ran, and failed: the access line names it
+            _record_served(request, manifest.name, problem.version)
+        raise
     finally:
         forget_client_gone(request.scope)
     if cache is not None and key is not None and served.version == manifest.version:
         await cache.put(key, served.outputs)
-    request.state.served_model, request.state.served_version = manifest.name, served.version
+    _record_served(request, manifest.name, served.version)
     return served
+
+
+def _record_served(request: Request, model: str, version: str) -> None:
+    """For the access line: the model version that answered the request, or failed on it."""
+    request.state.served_model, request.state.served_version = model, version

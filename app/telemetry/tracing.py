@@ -24,6 +24,8 @@ from opentelemetry.instrumentation.propagators import (
     TraceResponsePropagator,
     set_global_response_propagator,
 )
+from opentelemetry.propagate import set_global_textmap
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.http import parse_excluded_urls
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,6 +35,8 @@ from app.production.tracing import current_provider, setup_tracing
 
 log = logging.getLogger("frameworm.tracing")
 
+# OpenTelemetry's loggers that warn about a caller's malformed tracestate, quoting it.
+CLIENT_HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation")
 EXCLUDED_URLS = "/healthz$,/readyz,/metrics$,/v2/health/"
 TRACE_EXCLUDED_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
@@ -152,6 +156,11 @@ def tracing_middleware(settings: Settings) -> tuple[trace.Tracer | None, Middlew
         sample_ratio=1.0,  # TraceSampling has decided by the time a span is started
     )
     set_global_response_propagator(TraceResponsePropagator())  # type: ignore[no-untyped-call]
+    # W3C trace context only: baggage is not used here, and its parser logs a warning quoting
+    # each malformed member a caller sends (180 lines for one 8 KB header, before any key).
+    set_global_textmap(TraceContextTextMapPropagator())
+    for name in CLIENT_HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     middleware = Middleware(
         TraceSampling, ratio=settings.trace_sample_ratio, excluded=TRACE_EXCLUDED_PATHS
     )

@@ -653,3 +653,22 @@ def test_a_down_collector_costs_requests_nothing_and_shutdown_stays_bounded(
     assert code == 0, server.logs()
     assert elapsed < SHUTDOWN_TIMEOUT_S, server.logs()
     log_entries(server)  # the exporter's complaints are JSON lines too
+
+
+def test_a_caller_s_malformed_baggage_and_tracestate_reach_no_log_line(
+    frameworm: Frameworm,
+) -> None:
+    """Baggage was parsed (and each malformed member logged as a warning quoting it: 180 lines
+    for one 8 KB header, without a key), as were a tracestate's bad pairs. The trace goes on."""
+    marker = "rogue-member-7f3a"
+    header, trace_id, _ = traceparent()
+    response = frameworm.infer(
+        traceparent=header,
+        baggage=",".join([marker] * 100),
+        tracestate=f"{marker}=,k=v",
+    )
+    assert trace_of(response)[0] == trace_id
+    traced(frameworm, response)  # exported: the request was traced
+    (line,) = frameworm.access_lines({response.headers["x-request-id"]})
+    assert line["trace_id"] == trace_id
+    assert marker not in frameworm.server.logs()

@@ -86,6 +86,7 @@ def test_json_inference_classifies_the_digit(cnn: AppClient, label: int) -> None
     body = response.json()
     assert body["model_name"] == "cnn-digits"
     assert body["model_version"] == "1.0.0"
+    assert response.headers["x-model-version"] == "1.0.0"  # as /infer's (it had none)
     assert body["id"] == "req-1"
     (output,) = body["outputs"]
     assert output["shape"] == [1, 10]
@@ -107,6 +108,7 @@ def test_binary_output_comes_after_the_header(cnn: AppClient) -> None:
     length = int(response.headers["inference-header-content-length"])
     header = orjson.loads(response.content[:length])
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    assert response.headers["x-model-version"] == "1.0.0"
     probabilities = np.frombuffer(response.content[length:], dtype="<f4")
     assert int(np.argmax(probabilities)) == 3
 
