@@ -5,10 +5,9 @@
   held the event loop for minutes. Past `max_head_bytes` the request is answered 431 and the
   connection closed, before the app sees it.
 - A response the client does not read is limited in time: uvicorn waits for the socket to drain
-  with no deadline, so clients that send requests and never read the answers held their
-  concurrency slots for good. When writing has been paused (the client's window and the
-  transport's buffer full) for `write_stall_s`, the connection is aborted: the request ends as
-  a disconnect and its slot is free again.
+  with no deadline (clients that never read held their concurrency slots for good). Writing
+  paused (the client's window and the transport's buffer full) for `write_stall_s`, or at the
+  drain's deadline, aborts the connection: the request ends as a disconnect, its slot free.
 - Waiting is limited in time: uvicorn arms its keep-alive timer only after a response and drops
   it at the first byte of the next request, so a connection that sent nothing, or half a head,
   stayed open for good (slowloris). A connection waiting for a request (new, or after a
@@ -209,8 +208,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # that httptools cannot parse for its length and a query string over its limit.
         self._bounds.new_body()
         limit = self.max_head_bytes
-        over = self._head_bytes + self._chunk_bytes > limit and self._head_size() > limit
-        refusal = head_refusal(over, self.url, limit)
+        seen = self._head_bytes + self._chunk_bytes  # the head is no longer than this
+        refusal = head_refusal(seen, self.parser.get_method(), self.url, self.headers, limit)
         if refusal is not None:
             status, code, detail = refusal
             v2 = is_v2_target(self.url)
@@ -226,11 +225,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._open.append(self.cycle)
         while self._open[0].response_complete:
             self._open.popleft()
-
-    def _head_size(self) -> int:
-        """The parsed head's size: request line and header lines (less optional whitespace)."""
-        line = len(self.parser.get_method()) + 1 + len(self.url) + len(" HTTP/1.1\r\n")
-        return line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
 
     def _refuse_head(self) -> None:
         """A head still arriving, over the limit: answered 431 at once, the connection closed."""
@@ -369,14 +363,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if callable(gone):
                 gone()
 
-    def _abort_stalled_write(self) -> None:
-        self._stall = None
-        stalled = self.write_stall_s
-        log.warning("a client read nothing for %.0fs; aborted", stalled, extra=self._who())
+    def _abort_stalled_write(self, why: str = "") -> None:
+        self._cancel_stall()
+        why = why or f"for {self.write_stall_s:.0f}s"
+        log.warning("a client read nothing %s; aborted", why, extra=self._who())
         # As connection_lost will, but now: uvloop resumes writing as it drops the buffer, and a
         # waiting response must find its client gone rather than write to a closed transport.
         self._clients_gone()
         self.transport.abort()  # close() would wait to flush what the client is not reading
+
+    def abort_if_stalled(self) -> bool:
+        """At the drain's deadline: cut off an answer still waiting for its client to read."""
+        stalled = self._stall is not None
+        if stalled:
+            self._abort_stalled_write("by the shutdown deadline")
+        return stalled
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:

@@ -28,10 +28,13 @@ MAX_URL_BYTES = 65535  # httptools.parse_url refuses longer ones
 MAX_QUERY_BYTES = 2048
 
 
-def head_refusal(over: bool, url: bytes, limit: int) -> tuple[int, str, str] | None:
-    """(status, code, detail) for a whole head refused before the app; `over`: the head is over
-    `limit` bytes."""
-    if over:
+def head_refusal(
+    seen: int, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], limit: int
+) -> tuple[int, str, str] | None:
+    """(status, code, detail) for a whole head refused before the app. `seen`: the bytes that
+    carried it; only when they pass `limit` is the parsed head measured (less optional spaces)."""
+    line = len(method) + 1 + len(url) + len(" HTTP/1.1\r\n")
+    if seen > limit and line + sum(len(k) + len(v) + 4 for k, v in headers) + 2 > limit:
         return 431, "headers-too-large", f"the request line and headers are over {limit // 1024} KB"
     if len(url) > MAX_URL_BYTES:
         return 431, "headers-too-large", "the request line is over 64 KB"

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from app.config import Settings
+from app.connection import BoundedHttpToolsProtocol as BoundedProtocol
 from app.connection import bounded_protocol
 from app.inference.host import TORCH_THREADS
 from app.lifespan import Lifecycle
@@ -64,6 +65,7 @@ class DrainingServer(uvicorn.Server):
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shedding: asyncio.Task[None] | None = None
+        self._stop_signalled = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -80,7 +82,9 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        draining = self.lifecycle.shutdown.is_shutting_down
+        # Noted here, not when the loop begins the drain: two signals in a row both run before
+        # the loop's next turn, and the second must still be the second.
+        draining = self._stop_signalled or self.lifecycle.shutdown.is_shutting_down
         if self.worker and (sig == signal.SIGINT) != draining:
             # Before the drain a SIGINT is the group's Ctrl-C, which the supervisor answers
             # with SIGTERM; during it a SIGTERM is the same stop reaching this worker twice.
@@ -88,11 +92,15 @@ class DrainingServer(uvicorn.Server):
         if self._loop is None:
             self.should_exit = self.force_exit = True  # before startup
             return
+        self._stop_signalled = True
         self._loop.call_soon_threadsafe(self._force_exit if draining else self.begin_drain)
 
     def _force_exit(self) -> None:
         """The second signal: exit now, after answering what is still open 503 `shutting-down`
-        (uvicorn cancels what is left, and answers each with a bare 500 and a traceback)."""
+        (uvicorn cancels what is left, and answers each with a bare 500 and a traceback). The
+        listener closes first: a client answered 503 that connects again is refused, not reset."""
+        for listener in self.servers:
+            listener.close()
         shedding = self._shedding or self._start_shedding()
         shedding.add_done_callback(lambda _: self._exit_now())
 
@@ -107,7 +115,12 @@ class DrainingServer(uvicorn.Server):
             # Never ready, so in no endpoint list: no traffic to wait out. The load is
             # abandoned when the lifespan ends, right after the listener closes.
             delay = 0.0
-        log.info("drain started: not ready; the listener closes in %.1fs", delay)
+        open_requests = len(self.server_state.tasks)  # uvicorn's, probes included
+        log.info(
+            "drain started: not ready; %d request(s) open; the listener closes in %.1fs",
+            open_requests,
+            delay,
+        )
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self._close_listener)
         loop.call_later(delay + timeout, self._start_shedding)
@@ -123,11 +136,17 @@ class DrainingServer(uvicorn.Server):
 
     async def _shed_stragglers(self) -> None:
         items, requests = await self.lifecycle.shed_stragglers()
-        if items or requests:
+        # Answers their clients are not reading would hold the exit until uvicorn's own
+        # deadline (UVICORN_GRACE_MARGIN_S later), which cancels them with a traceback.
+        connections = [c for c in self.server_state.connections if isinstance(c, BoundedProtocol)]
+        stalled = sum(connection.abort_if_stalled() for connection in connections)
+        if items or requests or stalled:
             log.warning(
-                "shutdown deadline: answered %d queued item(s) and %d other request(s) with 503",
+                "shutdown deadline: answered %d item(s) queued or running and %d other "
+                "request(s) with 503; %d connection(s) not reading their answers aborted",
                 items,
                 requests,
+                stalled,
             )
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]

@@ -95,15 +95,17 @@ class DynamicBatcher:
             self._task = asyncio.create_task(self._loop(), name="frameworm-batcher")
 
     async def close(self, timeout_s: float) -> int:
-        """Stop taking work, let the queue drain within the bound; returns items abandoned."""
+        """Stop taking work, drain within the bound; returns the items abandoned, queued or run."""
         self._closing = True
         self._wakeup.set()
         if self._task is None:
             return 0
+        abandoned = 0
         if not self._task.done():  # an earlier close (the shutdown deadline) may have ended it
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
+                abandoned = self.in_flight_items  # the running batch's requests: 503 too
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
@@ -111,7 +113,6 @@ class DynamicBatcher:
                 # Another close (the shutdown deadline's) cancelled the loop: not this caller.
                 if not self._task.cancelled() or cancelling():
                     raise
-        abandoned = 0
         while self._queue:
             pending = self._queue.popleft()
             if pending.queued:

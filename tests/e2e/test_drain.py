@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from safetensors.torch import save_file
 
@@ -415,3 +416,41 @@ def test_a_client_that_leaves_with_pipelined_requests_open_leaves_no_traceback(
             assert time.monotonic() < deadline, server.logs()[-2000:]
             time.sleep(0.1)
         assert "Exception in ASGI application" not in server.logs()
+
+
+def test_a_client_not_reading_its_answers_is_cut_off_at_the_shutdown_deadline(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """An answer waiting on a client that reads nothing outlived the app's deadline: the exit
+    waited for uvicorn's own, 5 s later, which cancelled it with an ERROR traceback."""
+    registry = ModelRegistry(tmp_path / "registry")
+    seed_demo(registry)
+    env = {
+        "FRAMEWORM_MODEL": "vae-digits",
+        "FRAMEWORM_DRAIN_DELAY_S": "0.5",
+        "FRAMEWORM_SHUTDOWN_TIMEOUT_S": "2",
+        "FRAMEWORM_TORCH_THREADS": "1",
+    }
+    images = [[[[0.1] * 28] * 28]] * 128  # each answer is 128 decoded images, over 1 MB
+    body = orjson.dumps({"inputs": {"image": images}})
+    head = (
+        "POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with running(tmp_path, tmp_path / "registry", env) as server, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        for _ in range(4):  # pipelined, and never read
+            sock.sendall(head + body)
+        time.sleep(2)  # answered, and stuck on the full socket
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(30)
+        exit_after_s = time.monotonic() - signalled
+    logs = server.logs()
+    assert code == 0, logs
+    assert "connection(s) not reading their answers aborted" in logs, logs
+    assert "a client read nothing by the shutdown deadline; aborted" in logs, logs
+    assert "Exception in ASGI application" not in logs, logs
+    assert "timeout graceful shutdown exceeded" not in logs, logs
+    record_property("exit_after_sigterm_s", round(exit_after_s, 3))

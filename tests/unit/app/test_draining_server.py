@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from email.utils import parsedate_to_datetime
 
 from app.config import Settings
@@ -42,3 +43,52 @@ def test_the_date_header_keeps_time_while_the_drain_waits_for_requests() -> None
     assert STALE not in headers
     date = dict(headers)[b"date"].decode()
     assert parsedate_to_datetime(date).year > 1970
+
+
+def draining_server() -> DrainingServer:
+    settings = Settings(_env_file=None, env="development")
+    return DrainingServer(uvicorn_config(settings), settings, Lifecycle(GracefulShutdown()))
+
+
+def test_a_second_signal_before_the_loop_began_the_drain_is_still_the_second() -> None:
+    """Whether a signal was the second was read from the drain's state, which the loop sets
+    only when it runs `begin_drain`: two signals handled before the loop's next turn both
+    began the drain, and the "exit at once" of the second was lost."""
+    server = draining_server()
+    loop = asyncio.new_event_loop()
+    scheduled: list[object] = []
+    loop.call_soon_threadsafe = scheduled.append  # type: ignore[method-assign,assignment]
+    server._loop = loop
+    try:
+        server.handle_exit(signal.SIGTERM, None)
+        server.handle_exit(signal.SIGTERM, None)
+    finally:
+        loop.close()
+    assert scheduled == [server.begin_drain, server._force_exit]
+
+
+def test_the_forced_exit_stops_accepting_before_it_answers_what_is_open() -> None:
+    """The listener stayed open while the stragglers were answered 503: clients connecting
+    again in that window were reset (a POST that meets a reset is not retried)."""
+    server = draining_server()
+    events: list[str] = []
+
+    class Listener:
+        def close(self) -> None:
+            events.append("listener closed")
+
+    async def shed() -> tuple[int, int]:
+        events.append("shed")
+        return 0, 0
+
+    server.servers = [Listener()]  # type: ignore[list-item]
+    server.lifecycle.shed_stragglers = shed  # type: ignore[method-assign]
+
+    async def force() -> None:
+        server._force_exit()
+        assert events == ["listener closed"]  # at once, before any answer
+        while not server.force_exit:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(force())
+    assert events == ["listener closed", "shed"]

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 @dataclass
 class FakeManifest:
+    name: str = "fake"
     version: str = "9.9.9"
 
 
@@ -558,7 +559,7 @@ def test_close_answers_queued_items_with_503_and_reports_them_abandoned() -> Non
         return abandoned, outcome
 
     abandoned, outcome = run(main)
-    assert abandoned == 2
+    assert abandoned == 3  # the two queued, and the one in the pass cut short (it gets 503)
     assert isinstance(outcome, Problem)
     assert (outcome.code, outcome.status) == ("shutting-down", 503)
     assert "retry-after" in outcome.headers
@@ -594,18 +595,20 @@ def test_a_closed_batcher_refuses_new_work_with_503() -> None:
 def test_close_answers_the_in_flight_batch_with_503_when_its_bound_passes() -> None:
     runner = FakeRunner(gate=asyncio.Event())
 
-    async def main() -> BaseException | Served:
+    async def main() -> tuple[int, BaseException | Served]:
         batcher = make_batcher(runner)
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later(3.0)))
+        in_flight = asyncio.create_task(batcher.submit(items(1.0, 2.0), 2, later(3.0)))
         await runner.started.wait()
-        await batcher.close(0.05)
+        abandoned = await batcher.close(0.05)
         done, _ = await asyncio.wait({in_flight}, timeout=1.0)
         if not done:
             in_flight.cancel()
-            return TimeoutError("the in-flight request was left waiting")
-        return in_flight.exception() or in_flight.result()
+            return abandoned, TimeoutError("the in-flight request was left waiting")
+        return abandoned, in_flight.exception() or in_flight.result()
 
-    outcome = run(main)
+    # Counted: the drain's log said nothing was shed while the running batch's requests got 503.
+    abandoned, outcome = run(main)
+    assert abandoned == 2
     assert isinstance(outcome, Problem)
     assert outcome.code == "shutting-down"
 
