@@ -9,9 +9,10 @@ torch's loader (torch 2.13) does not only build a graph from `models/model.json`
   `getattr(base, "SEGMENT")`);
 - the input and output specs name types that torch's spec reader imports by module name.
 
-So these are checked, on the JSON, before torch reads it: `guards_code` must be empty (what
-torch.export writes; the server checks inputs against the signature itself), names must be
-Python identifiers, and specs may hold only tuples, lists and dicts of tensors. The graph's
+So these are checked, on the JSON, before torch reads it: `guards_code` may hold only the
+guards torch.export writes for inputs that share a dimension (the usual multi-input model:
+`L['x'].size()[0] == L['w'].size()[0]`, a comparison of two sizes, matched whole), names must
+be Python identifiers, and specs may hold only tuples, lists and dicts of tensors. The graph's
 nodes are checked after loading (models/pt2_ops.py).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import re
 from typing import Any
 
 from models.errors import ArtefactError
@@ -28,6 +30,9 @@ from models.pt2_symbols import refuse_unsafe_expressions
 VALUE_TABLES = frozenset(
     {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"}
 )
+# What torch.export writes when inputs share a dimension: one input's size equals another's.
+_SIZE = r"L\['[A-Za-z_][A-Za-z0-9_]{0,127}'\]\.size\(\)\[\d{1,2}\]"
+SHARED_SIZE_GUARD = re.compile(rf"{_SIZE} == {_SIZE}")
 # A spec node's type: a tensor (None), or a container torch.export writes for one.
 SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})
 
@@ -41,10 +46,13 @@ def refuse_code_in_program(program_json: bytes) -> None:
     if not isinstance(document, dict):
         raise ArtefactError("the torch.export program is not a JSON object")
     refuse_unsafe_expressions(document)
-    if document.get("guards_code") not in (None, []):
+    guards = document.get("guards_code") or []
+    if not isinstance(guards, list) or not all(
+        isinstance(guard, str) and SHARED_SIZE_GUARD.fullmatch(guard) for guard in guards
+    ):
         raise ArtefactError(
-            "the exported program carries guards_code, Python that torch runs on every call; "
-            "refused"
+            "the exported program's guards_code holds more than comparisons of input sizes "
+            "(Python that torch runs on every call); refused"
         )
     for name in _names(document):
         _check_identifier(name)

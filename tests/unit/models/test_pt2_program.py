@@ -58,10 +58,33 @@ def test_what_torch_export_writes_passes() -> None:
     refuse_code_in_program(program(in_spec=kwargs_spec("mask")))
 
 
-def test_guards_code_is_refused() -> None:
+SHARED = "L['x'].size()[0] == L['w'].size()[0]"
+
+
+@pytest.mark.parametrize(
+    "guards",
+    [
+        ["__import__('os').system('id') == 0"],
+        [SHARED, "__import__('os').system('id') == 0"],
+        [SHARED + " or __import__('os').system('id')"],
+        [SHARED + "\n__import__('os')"],
+        ["L['x'].size()[0] == L[__import__('os').system('id')].size()[0]"],
+        ["L['x'].size()[0] == L['w'].size()[0].__class__"],
+        [5],
+    ],
+)
+def test_guards_code_beyond_comparing_input_sizes_is_refused(guards: list[Any]) -> None:
     """torch pastes each guard into source it executes on every forward pass."""
     with pytest.raises(ArtefactError, match="guards_code"):
-        refuse_code_in_program(program(guards=["__import__('os').system('id') == 0"]))
+        refuse_code_in_program(program(guards=guards))
+    with pytest.raises(ArtefactError, match="guards_code"):
+        refuse_code_in_program(json.dumps({"guards_code": SHARED}).encode())  # not a list
+
+
+def test_the_guards_of_inputs_sharing_a_dimension_pass() -> None:
+    """What torch.export writes for two inputs with one batch dimension (`x * w`): every such
+    model was refused."""
+    refuse_code_in_program(program(guards=[SHARED, "L['w'].size()[1] == L['z_2'].size()[1]"]))
 
 
 @pytest.mark.parametrize(
