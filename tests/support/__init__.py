@@ -1,11 +1,14 @@
-"""Shared test support: free ports, required tools."""
+"""Shared test support: free ports, required tools, child processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
-from typing import NoReturn
+import subprocess
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -30,3 +33,17 @@ def skip_unless_ci(message: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[subprocess.Popen[Any]]]:
+    """Processes the block starts, appended to the list: killed by pid and reaped on the way
+    out, whatever the outcome, so a failing or hung test leaves none running."""
+    started: list[subprocess.Popen[Any]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()  # reaped, its pipes closed

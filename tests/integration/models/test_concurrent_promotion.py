@@ -12,18 +12,20 @@ import pytest
 
 from models.registry import ModelRegistry
 from models.store import LocalStore
+from tests.support import children
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
 
 PROMOTER = """
-import os, sys
+import os, sys, time
 from models.errors import ConflictError
 from models.registry import ModelRegistry
 from models.store import LocalStore
 root, version, revision, go, rounds = sys.argv[1:6]
 registry = ModelRegistry(root)
 print("ready", flush=True)  # imports (torch) take seconds: the race starts after everyone's
-while not os.path.exists(go):
-    pass
+waited = time.monotonic() + 120  # never spin on after the test has gone
+while not os.path.exists(go) and time.monotonic() < waited:
+    time.sleep(0.0005)
 wins, last = 0, -1
 for _ in range(int(rounds)):
     expected = int(revision) if revision != "-" else None
@@ -60,19 +62,15 @@ def race(
     registry: ModelRegistry, versions: list[str], revision: str, rounds: int, go: Path
 ) -> list[int]:
     """Start one promoter per version, wait until all are ready, then release them at once."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PROMOTER, registry.store.url, v, revision, str(go), str(rounds)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for v in versions
-    ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n"
-    go.touch()
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    with children() as procs:
+        for v in versions:
+            argv = [sys.executable, "-c", PROMOTER, registry.store.url, v, revision, str(go)]
+            procs.append(subprocess.Popen([*argv, str(rounds)], stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        go.touch()
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs)
     return [int(out) for out in outputs]
 
 

@@ -18,6 +18,7 @@ from tests.load.openloop import (
     OpenLoopRun,
     ProtocolError,
     Target,
+    _Dispatch,
     open_loop,
     parse_head,
     percentile,
@@ -94,11 +95,11 @@ def test_fixed_rate_over_keep_alive_connections() -> None:
     assert (s.scheduled, s.ok, s.errors, s.timeouts, dict(s.non2xx)) == (200, 200, 0, 0, {})
     assert tiny.requests == 200 and tiny.bodies[0] == b'{"x": 1}'
     assert tiny.connections == run.connects == 8  # kept alive, never reopened
-    # Never above the offered rate; the slack below is for responses a loaded machine delays
-    # past the window's end (5% is the last 25 ms of sends).
-    assert 0.8 * 400 <= s.achieved_rps <= 400
-    assert 0 < s.latency.p50_us < 50_000 and s.latency.count == 200
-    assert 0.5 <= run.wall_s < 1.5
+    # Never above the offered rate. Below it, only as far as a loaded machine delays answers
+    # past the window's end: the bounds are loose, this checks the generator, not a speed.
+    assert 0.5 * 400 <= s.achieved_rps <= 400
+    assert s.latency.p50_us > 0 and s.latency.count == 200
+    assert run.wall_s >= 0.5
 
 
 @pytest.mark.parametrize(
@@ -115,12 +116,39 @@ def test_response_framing_and_statuses(
     assert (run.connects > 4) is reopened
 
 
-def test_a_light_load_keeps_to_one_warm_connection() -> None:
+def test_a_light_load_is_served_on_the_connections_opened_at_the_start() -> None:
     tiny = TinyServer()
     run = asyncio.run(tiny.run("/ok", rate=100, duration_s=0.3, connections=8))
     assert summarize(run).ok == 30 and tiny.connections == 8
-    # The connection freed last goes first (round robin would give each about 4).
-    assert max(tiny.per_connection) >= 20, tiny.per_connection
+
+
+def test_the_worker_idle_last_gets_the_next_request_and_a_backlog_goes_in_order() -> None:
+    """So that a light load keeps to one warm connection (round robin would spread it over
+    all of them). Checked on the dispatch itself: through a server, whether an answer is back
+    before the next send depends on the machine's load (it failed 6 runs in 10 beside a busy
+    loop on the same core)."""
+
+    async def main() -> tuple[list[tuple[str, int]], list[int]]:
+        dispatch = _Dispatch()
+        got: list[tuple[str, int]] = []
+
+        async def worker(name: str) -> None:
+            got.append((name, await dispatch.get()))
+
+        workers = [asyncio.create_task(worker(name)) for name in ("first", "second", "third")]
+        await asyncio.sleep(0)  # all three idle, "third" last
+        dispatch.put(1)
+        dispatch.put(2)
+        await asyncio.sleep(0)
+        workers[0].cancel()  # its worker gone: its waiting turn is skipped
+        await asyncio.sleep(0)
+        for request in (3, 4, 5):  # nobody idle: queued, and taken in order
+            dispatch.put(request)
+        return got, [await dispatch.get() for _ in range(3)]
+
+    got, backlog = asyncio.run(main())
+    assert got == [("third", 1), ("second", 2)]
+    assert backlog == [3, 4, 5]
 
 
 def test_a_body_until_close_over_http_1_0() -> None:
