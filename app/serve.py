@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import Generator
 from types import FrameType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -33,13 +34,13 @@ import uvicorn
 from app.config import Settings
 from app.connection import BoundedHttpToolsProtocol as BoundedProtocol
 from app.connection import bounded_protocol
-from app.inference.host import TORCH_THREADS
-from app.lifespan import Lifecycle
-from app.main import create_app
 from app.production import APIKeyAuth
 from app.production.shutdown import attach_server, detach_server
 from app.telemetry.logs import configure_logging
 from app.workers import supervise
+
+if TYPE_CHECKING:
+    from app.lifespan import Lifecycle
 
 log = logging.getLogger("frameworm.serve")
 
@@ -296,6 +297,10 @@ def serve_one(
     settings: Settings, sock: socket.socket | None = None, *, worker: bool = False
 ) -> int:
     """One server process (the only one, or a worker on an inherited socket)."""
+    # Imported here, in the process that serves: a supervisor of workers holds no torch.
+    from app.inference.host import TORCH_THREADS
+    from app.main import create_app
+
     app = create_app(settings)
     lifecycle: Lifecycle = app.state.lifecycle
     attach_server(lifecycle.join)  # GracefulShutdown.start() inside the app joins this drain

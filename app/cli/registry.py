@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
@@ -14,9 +14,11 @@ from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from models.errors import CorruptObjectError, InvalidNameError, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
-from models.registry import ModelRegistry
 from models.stages import rollback_target
 from models.store import LocalStore
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
 
 registry_app = typer.Typer(
     help="Model versions, stage aliases (staging, production) and their history.",
@@ -42,6 +44,10 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     clean backup, or a restore as an empty one. Writers (register, a copy's target, the server)
     create it.
     """
+    # Imported here: the registry needs torch, which `frameworm serve --workers N`'s supervisor
+    # (this CLI, serving nothing itself) would otherwise hold in memory (about 240 MiB).
+    from models.registry import ModelRegistry
+
     registry = ModelRegistry(location or Settings().registry)
     store = registry.store
     if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
@@ -307,7 +313,7 @@ def push(
     with errors_as_one_line():
         _copy(
             open_registry(registry, must_exist=True),
-            ModelRegistry(to),
+            open_registry(to),
             name,
             version,
             all_models,

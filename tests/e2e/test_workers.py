@@ -81,6 +81,9 @@ def test_two_workers_serve_one_port_share_metrics_and_both_drain_on_sigterm(
         wait_for_every_worker(server)
         workers = worker_pids(server.pid)
         assert len(workers) == WORKERS, workers
+        # The supervisor serves nothing: it held torch (about 240 MiB) for no use.
+        assert "libtorch" in Path(f"/proc/{workers[0]}/maps").read_text()
+        assert "libtorch" not in Path(f"/proc/{server.pid}/maps").read_text()
         # A fresh connection per request, so the kernel spreads them over both workers.
         no_reuse = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(base_url=server.url, timeout=10, limits=no_reuse) as client:
