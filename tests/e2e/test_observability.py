@@ -28,6 +28,7 @@ from prometheus_client.samples import Sample
 
 from app.config import Settings
 from app.production import APIKeyAuth
+from app.production.tracing import MAX_ATTRIBUTE_CHARS
 from tests.support import free_port, require_executable
 from tests.support.otlp import ExportedSpan, SpanSink, otlp_grpc_receiver, otlp_http_receiver
 from tests.support.server import ServerProcess, start_server
@@ -672,3 +673,16 @@ def test_a_caller_s_malformed_baggage_and_tracestate_reach_no_log_line(
     (line,) = frameworm.access_lines({response.headers["x-request-id"]})
     assert line["trace_id"] == trace_id
     assert marker not in frameworm.server.logs()
+
+
+def test_a_long_url_is_cut_in_its_span(frameworm: Frameworm) -> None:
+    """The span copied a request's path whole: a caller without a key, sending sampled
+    traceparents and 60 KB paths, could fill the export queue with a quarter of a GB."""
+    header, trace_id, _ = traceparent()
+    path = "/" + "a" * 20_000
+    assert frameworm.client.get(path, headers={"traceparent": header}).status_code in (401, 404)
+    got = frameworm.spans.wait_for(lambda got: any(s.trace_id == trace_id for s in got))
+    spans = [s for s in got if s.trace_id == trace_id]
+    values = [v for s in spans for v in s.attributes.values() if isinstance(v, str)]
+    assert any(v.startswith("/aaa") for v in values), spans
+    assert max(len(v) for v in values) <= MAX_ATTRIBUTE_CHARS
