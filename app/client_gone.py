@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+from app.errors import incoming_request_id
+
 ON_CLIENT_GONE = "frameworm.on_client_gone"
 GONE = object()  # in place of the function once the client has gone
 REFUSED = "frameworm.refused_by_connection"
@@ -42,8 +44,9 @@ def refused_by_connection(scope: MutableMapping[str, Any], code: str, detail: st
     for that problem: the app's, or one the app will take if it has not run yet."""
     scope[REFUSED] = (code, detail)
     state: dict[str, Any] = scope.setdefault("state", {})
-    request_id = state.setdefault("request_id", uuid.uuid4().hex)
-    return str(request_id)
+    if "request_id" not in state:  # the app has not run: the id it will take, the client's if any
+        state["request_id"] = incoming_request_id(scope) or uuid.uuid4().hex
+    return str(state["request_id"])
 
 
 def connection_refusal(scope: Mapping[str, Any]) -> tuple[str, str] | None:

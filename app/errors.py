@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Send
-
-from app.client_gone import connection_refusal
 
 log = logging.getLogger("frameworm.errors")
 
@@ -174,6 +173,19 @@ def is_v2_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
+# A client-supplied id is echoed only if it is short and plain (it ends up in logs).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def incoming_request_id(scope: Mapping[str, Any]) -> str | None:
+    """The client's X-Request-Id, when it is one to echo."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.fullmatch(text) else None
+    return None
+
+
 def request_id_of(scope: Mapping[str, Any]) -> str | None:
     state = scope.get("state") or {}
     rid = state.get("request_id")
@@ -262,9 +274,6 @@ async def error_response(request: Request, exc: Exception) -> Response:
         )
         return problem_response(problem, request.scope)
     if isinstance(exc, ClientDisconnect):
-        refused = connection_refusal(request.scope)
-        if refused is not None:  # the connection answered it (a 400, a 431) and closed
-            return problem_response(Problem(*refused), request.scope)
         # The client went away (or a limit cut the body off and already answered): nobody
         # reads this response; it is not a server fault.
         log.debug("client disconnected", extra={"request_id": request_id_of(request.scope)})

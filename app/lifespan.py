@@ -69,8 +69,8 @@ class Lifecycle:
     async def shed_stragglers(self) -> tuple[int, int]:
         """The app-side shutdown deadline: answer everything still waiting with 503 now.
 
-        Returns the batcher's queued items, then the other requests answered (a body still
-        arriving, a request being decoded).
+        Returns the batcher's items answered (queued or running), then the other requests
+        answered (a body still arriving, a request being decoded).
         """
         items = await self.batcher.close(timeout_s=0) if self.batcher else 0
         await asyncio.sleep(0)  # the requests just failed answer themselves: not counted again
@@ -150,7 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # 1. Anything still queued gets a 503 body now, not a dropped connection.
         abandoned = await batcher.close(timeout_s=QUEUE_CLOSE_TIMEOUT_S)
         if abandoned:
-            log.warning("answered %d queued item(s) with 503 at shutdown", abandoned)
+            log.warning("answered %d item(s), queued or running, with 503 at shutdown", abandoned)
         # 2./3. Hooks: the server's (telemetry flush among them), then its users', each after
         # the work it tracks (`track_request`) has finished, within the same bound.
         for shutdown in (lifecycle.shutdown, *lifecycle.joined):

@@ -31,7 +31,7 @@ VALUE_TABLES = frozenset(
     {"tensor_values", "sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values"}
 )
 # What torch.export writes when inputs share a dimension: one input's size equals another's.
-_SIZE = r"L\['[A-Za-z_][A-Za-z0-9_]{0,127}'\]\.size\(\)\[\d{1,2}\]"
+_SIZE = r"L\['[A-Za-z_][A-Za-z0-9_]{0,127}'\]\.size\(\)\[(?:0|[1-9][0-9]?)\]"  # ASCII only
 SHARED_SIZE_GUARD = re.compile(rf"{_SIZE} == {_SIZE}")
 # A spec node's type: a tensor (None), or a container torch.export writes for one.
 SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})

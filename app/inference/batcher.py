@@ -85,6 +85,7 @@ class DynamicBatcher:
         self._recent_batches: deque[float] = deque(maxlen=RECENT_BATCHES)
         self.in_flight_items = 0
         self.running_since: float | None = None  # monotonic, while a forward pass runs
+        self._batch: list[Pending] = []  # the one running, halves and all
 
     @property
     def queued_items(self) -> int:
@@ -104,8 +105,8 @@ class DynamicBatcher:
         if not self._task.done():  # an earlier close (the shutdown deadline) may have ended it
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except TimeoutError:
-                abandoned = self.in_flight_items  # the running batch's requests: 503 too
+            except TimeoutError:  # the running batch's requests not yet answered get 503 too
+                abandoned = sum(p.items for p in self._batch if not p.future.done())
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
@@ -246,7 +247,7 @@ class DynamicBatcher:
                 await self._wakeup.wait()
                 continue
             await self._maybe_wait_to_fill()
-            batch = self._take()
+            self._batch = batch = self._take()
             if not batch:
                 continue
             try:
@@ -255,6 +256,7 @@ class DynamicBatcher:
                 log.exception("the batcher failed after a batch of %d requests", len(batch))
                 for pending in batch:
                     fail(pending, Problem("internal-error", "the server failed on this batch"))
+            self._batch = []  # its requests' inputs are not held until the next batch
 
     async def _maybe_wait_to_fill(self) -> None:
         if self._closing or self._queued_items >= self.max_batch_size or self.max_delay_s == 0:
@@ -289,12 +291,8 @@ class DynamicBatcher:
                 continue
             if head.deadline <= now:
                 self._observer.shed("deadline")
-                fail(
-                    head,
-                    Problem(
-                        "deadline-exceeded", "the request's deadline passed while it was queued"
-                    ),
-                )
+                expired = "the request's deadline passed while it was queued"
+                fail(head, Problem("deadline-exceeded", expired))
                 continue
             batch.append(head)
             items += head.items

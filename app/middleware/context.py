@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +11,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.client_gone import connection_refusal
+from app.errors import PROBLEMS, incoming_request_id
 from app.telemetry.logs import log_fields
 from app.telemetry.tracing import (
     CALLER_TRACE_ID,
@@ -22,8 +23,6 @@ from app.telemetry.tracing import (
 
 access_log = logging.getLogger("frameworm.access")
 
-# A client-supplied id is echoed only if it is short and plain (it ends up in logs).
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
@@ -91,7 +90,7 @@ class RequestContextMiddleware:
             return
         state = scope.setdefault("state", {})
         # One the connection gave a request it refused before the app ran (client_gone.py).
-        request_id = state.get("request_id") or _incoming_request_id(scope) or self._new_id()
+        request_id = state.get("request_id") or incoming_request_id(scope) or self._new_id()
         state["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -116,6 +115,11 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            # The connection may have answered it itself (its body's framing), and closed: the
+            # app then saw its client gone, or answered without reading the body, to nobody.
+            refused = connection_refusal(scope)
+            if refused is not None:
+                status, response_started = PROBLEMS[refused[0]].status, True
             self._log(scope, request_id, status if response_started else 500, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
@@ -157,11 +161,3 @@ def _is_docs(scope: Scope) -> bool:
     """The docs page: its path, on an app that serves docs (FastAPI's docs_url is None when
     they are off; Starlette puts the app in the scope before any middleware runs)."""
     return scope["path"] == "/docs" and getattr(scope.get("app"), "docs_url", None) == "/docs"
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            text = value.decode("latin-1")
-            return text if _REQUEST_ID.fullmatch(text) else None
-    return None

@@ -369,22 +369,35 @@ def test_a_non_v2_request_refused_by_the_connection_has_no_error_member(
     assert "error" not in json.loads(body)
 
 
-@pytest.mark.parametrize("with_id", [False, True])
+@pytest.mark.parametrize(
+    ("with_id", "at_once", "media_type"),
+    [
+        (False, False, "application/json"),
+        (True, False, "application/json"),
+        (True, True, "application/json"),
+        (True, True, "text/plain"),  # answered 415 by the app without reading its body
+    ],
+)
 def test_a_body_refused_by_the_connection_is_logged_with_the_status_and_id_the_client_got(
-    server: HardenedServer, connect: socket.socket, with_id: bool
+    server: HardenedServer, connect: socket.socket, with_id: bool, at_once: bool, media_type: str
 ) -> None:
-    """A body in tiny chunks is refused 400 by the connection while the app reads it: the app
-    saw its client gone and logged a 499 under another request id than the client's."""
+    """A body in tiny chunks is refused 400 by the connection: the app saw its client gone and
+    logged a 499 under another request id than the client's. Sent with its head, it is refused
+    before the app runs: the app's own answer (a 415) was logged, and the client's id lost."""
     head = (
         f"POST /infer HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\n"
         + ("X-Request-Id: caller-7\r\n" if with_id else "")
-        + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"Content-Type: {media_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    connect.sendall(head.encode())
-    time.sleep(0.2)  # the app runs and waits for the body
+    chunks = b"1\r\n \r\n" * 1000
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-        for _ in range(20):
-            connect.sendall(b"1\r\n \r\n" * 1000)
+        if at_once:
+            connect.sendall(head.encode() + chunks * 20)
+        else:
+            connect.sendall(head.encode())
+            time.sleep(0.2)  # the app runs and waits for the body
+            for _ in range(20):
+                connect.sendall(chunks)
     data, _ = until_closed(connect, 10)
     ((status, head_bytes, body),) = responses(data)
     problem = json.loads(body)

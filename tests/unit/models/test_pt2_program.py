@@ -70,6 +70,8 @@ SHARED = "L['x'].size()[0] == L['w'].size()[0]"
         [SHARED + "\n__import__('os')"],
         ["L['x'].size()[0] == L[__import__('os').system('id')].size()[0]"],
         ["L['x'].size()[0] == L['w'].size()[0].__class__"],
+        ["L['x'].size()[\u0660] == L['w'].size()[0]"],  # an Arabic-Indic zero
+        ["L['x'].size()[01] == L['w'].size()[0]"],
         [5],
     ],
 )

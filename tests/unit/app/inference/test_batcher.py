@@ -725,3 +725,30 @@ def test_a_close_that_is_itself_cancelled_still_raises() -> None:
             await request
 
     run(main)
+
+
+def test_close_counts_only_the_running_requests_it_answers_503() -> None:
+    """It counted the running pass's items: a request answered 504 while its pass ran was
+    counted as answered 503 at shutdown, and of a failed batch re-run in halves only the
+    running half was counted, though both halves got 503."""
+    held = FakeRunner(gate=asyncio.Event())
+    halves = FakeRunner(failures=1, delay_s=1.0)  # the batch of two fails, its halves are slow
+
+    async def expired() -> tuple[int, BaseException | Served]:
+        batcher = make_batcher(held)
+        late = asyncio.create_task(batcher.submit(items(1.0), 1, time.monotonic() + 0.1))
+        await asyncio.sleep(0.3)  # answered 504 while its pass is held
+        return await batcher.close(0), (await asyncio.gather(late, return_exceptions=True))[0]
+
+    async def halved() -> tuple[int, list[BaseException | Served]]:
+        batcher = make_batcher(halves)
+        both = [asyncio.create_task(batcher.submit(items(v), 1, later())) for v in (1.0, 2.0)]
+        await asyncio.sleep(1.5)  # the batch failed at 1 s; its first half runs until 2 s
+        return await batcher.close(0), await asyncio.gather(*both, return_exceptions=True)
+
+    abandoned, outcome = run(expired)
+    assert abandoned == 0 and isinstance(outcome, Problem) and outcome.code == "deadline-exceeded"
+    abandoned, outcomes = run(halved)
+    assert halves.batch_sizes == [2, 1]
+    assert [getattr(o, "code", o) for o in outcomes] == ["shutting-down"] * 2
+    assert abandoned == 2
