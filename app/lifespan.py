@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Send
 
 from app.config import Settings
 from app.inference.batcher import DynamicBatcher
+from app.inference.cache import ResultCache
 from app.inference.host import ModelHost
 from app.inference.rollout import StageFollower
 from app.inference.service import build_cache
@@ -133,6 +134,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     loading = asyncio.create_task(
         _load(host, lifecycle, metrics, follower), name="frameworm-model-load"
     )
+    forced = False
     try:
         yield {
             "settings": settings,
@@ -142,28 +144,46 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             "follower": follower,
             "cache": cache,
         }
+    except asyncio.CancelledError:
+        # A second signal: uvicorn exits at once and cancels this. Its stragglers have had
+        # their 503s; the hooks and the model release (up to 5 s for a pass) are skipped.
+        forced = True
+        raise
     finally:
         lifecycle.begin_drain()
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
-        # 1. Anything still queued gets a 503 body now, not a dropped connection.
-        abandoned = await batcher.close(timeout_s=QUEUE_CLOSE_TIMEOUT_S)
-        if abandoned:
-            log.warning("answered %d item(s), queued or running, with 503 at shutdown", abandoned)
-        # 2./3. Hooks: the server's (telemetry flush among them), then its users', each after
-        # the work it tracks (`track_request`) has finished, within the same bound.
-        for shutdown in (lifecycle.shutdown, *lifecycle.joined):
-            await shutdown.wait_for_inflight(timeout=HOOK_TIMEOUT_S)
-            await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
-        if cache is not None:
-            await cache.close()
-        # 4. The model goes last: nothing can reach it any more.
-        if follower is not None:
-            await asyncio.to_thread(follower.close)
-        await asyncio.to_thread(host.close)
-        if gpu is not None:
-            await asyncio.to_thread(gpu.stop)
+        if not forced:
+            await _release(lifecycle, batcher, cache, follower, host, gpu)
+
+
+async def _release(
+    lifecycle: Lifecycle,
+    batcher: DynamicBatcher,
+    cache: ResultCache | None,
+    follower: StageFollower | None,
+    host: ModelHost,
+    gpu: GpuSampler | None,
+) -> None:
+    """The lifespan's shutdown, in order, each step bounded."""
+    # 1. Anything still queued gets a 503 body now, not a dropped connection.
+    abandoned = await batcher.close(timeout_s=QUEUE_CLOSE_TIMEOUT_S)
+    if abandoned:
+        log.warning("answered %d item(s), queued or running, with 503 at shutdown", abandoned)
+    # 2./3. Hooks: the server's (telemetry flush among them), then its users', each after
+    # the work it tracks (`track_request`) has finished, within the same bound.
+    for shutdown in (lifecycle.shutdown, *lifecycle.joined):
+        await shutdown.wait_for_inflight(timeout=HOOK_TIMEOUT_S)
+        await shutdown.run_handlers(timeout_per_handler=HOOK_TIMEOUT_S)
+    if cache is not None:
+        await cache.close()
+    # 4. The model goes last: nothing can reach it any more.
+    if follower is not None:
+        await asyncio.to_thread(follower.close)
+    await asyncio.to_thread(host.close)
+    if gpu is not None:
+        await asyncio.to_thread(gpu.stop)
 
 
 def quiet_forced_exit(receive: Receive, send: Send) -> tuple[Receive, Send]:

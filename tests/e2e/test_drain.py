@@ -454,3 +454,33 @@ def test_a_client_not_reading_its_answers_is_cut_off_at_the_shutdown_deadline(
     assert "Exception in ASGI application" not in logs, logs
     assert "timeout graceful shutdown exceeded" not in logs, logs
     record_property("exit_after_sigterm_s", round(exit_after_s, 3))
+
+
+def test_a_second_signal_exits_at_once_with_a_forward_pass_stuck(tmp_path: Path) -> None:
+    """The forced exit's "hooks and model release skipped" was not so: the lifespan, cancelled,
+    still ran them, and the release waited 5 s for the pass before the process could leave."""
+    registry = ModelRegistry(tmp_path / "registry")
+    register_looping(registry, "1.0.0", tmp_path, seed=0)
+    registry.promote(MODEL, "1.0.0", "production", actor="tests")
+    env = {"FRAMEWORM_SHUTDOWN_TIMEOUT_S": "30", "FRAMEWORM_REQUEST_TIMEOUT_MS": "60000"}
+    endless = {"inputs": {"x": [[1e9, 0.0, 0.0, 0.0]]}}  # minutes of looping
+    with running(tmp_path, tmp_path / "registry", env) as server:
+
+        async def scenario() -> tuple[int, float, int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                stuck = asyncio.create_task(client.post("/infer", json=endless))
+                await asyncio.sleep(1.0)  # in the forward pass
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(1.0)  # draining, waiting for the pass
+                signalled = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                code = await wait_exit(server)
+                return code, time.monotonic() - signalled, (await stuck).status_code
+
+        code, exit_after_s, status = asyncio.run(scenario())
+    logs = server.logs()
+    assert status == 503, logs[-3000:]
+    assert code == 0, logs[-3000:]
+    assert exit_after_s < 4.0, logs[-3000:]  # the release's own wait is 5 s
+    assert "forward pass is still running after" not in logs, logs[-3000:]
+    assert "forced exit: the drain's hooks and the model release were skipped" in logs
