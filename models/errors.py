@@ -69,6 +69,16 @@ class CorruptObjectError(RegistryError, ValueError):
     artefact. The message names the key."""
 
 
+class AccessDeniedError(RegistryError):
+    """The store refused these credentials an object (S3's 403): one object unreadable, as a
+    file another user owns is, or the whole registry when every request is refused."""
+
+
+# What makes one registry object unreadable, the registry itself being fine: a listing shows it
+# as such and goes on (InvalidNameError: a symlink out of the root, say).
+UNREADABLE = (CorruptObjectError, InvalidNameError, AccessDeniedError, OSError)
+
+
 class ArtefactError(RegistryError):
     """An artefact that cannot be loaded safely or does not fit its signature."""
 

@@ -25,11 +25,11 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from models.errors import (
+    UNREADABLE,
     ArtefactError,
     ConflictError,
     CorruptObjectError,
     IntegrityError,
-    InvalidNameError,
     ModelNotFoundError,
     StageError,
     VersionExistsError,
@@ -166,13 +166,17 @@ class ModelRegistry:
         """Raise IntegrityError unless the artefact's sha256 is the registered one.
 
         Reads the file in chunks: checking a large artefact must not hold it in memory (a
-        restore runs in a small init container); `artefact_bytes` is for loading.
+        restore runs in a small init container); `artefact_bytes` is for loading. A remote
+        store's download is dropped once hashed: checking a backup held a second copy of it
+        whole on the disk; one artefact at a time is there now.
         """
         key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
         try:
             actual = sha256_file(self.store.local_path(key))
         except FileNotFoundError:
             raise IntegrityError(key, manifest.sha256, None) from None
+        finally:
+            self.store.forget_local_copy(key)
         if actual != manifest.sha256:
             raise IntegrityError(key, manifest.sha256, actual)
 
@@ -182,7 +186,7 @@ class ModelRegistry:
         unreadable index is one failed result (version None)."""
         try:
             index = self.index(name)
-        except (CorruptObjectError, InvalidNameError, OSError) as exc:  # or a symlink out
+        except UNREADABLE as exc:
             return [VerifyResult(name=name, version=None, ok=False, detail=str(exc))]
         versions = [version] if version else index.versions
         results = []
@@ -190,7 +194,7 @@ class ModelRegistry:
             try:
                 self.verify_artefact(self._registered_manifest(index, v))
                 results.append(VerifyResult(name=name, version=v, ok=True, detail="sha256 ok"))
-            except (IntegrityError, CorruptObjectError, InvalidNameError, OSError) as exc:
+            except (IntegrityError, *UNREADABLE) as exc:
                 results.append(VerifyResult(name=name, version=v, ok=False, detail=str(exc)))
             except ModelNotFoundError as exc:
                 if version is not None:

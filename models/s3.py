@@ -28,7 +28,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from models.errors import InvalidNameError, RegistryError
+from models.errors import AccessDeniedError, InvalidNameError, RegistryError
 from models.store import CHUNK, check_key, sha256_file
 
 try:
@@ -69,7 +69,7 @@ class S3BucketNotFoundError(S3Error):
     pass
 
 
-class S3AccessDeniedError(S3Error):
+class S3AccessDeniedError(S3Error, AccessDeniedError):
     pass
 
 
@@ -186,7 +186,11 @@ class S3Store:
                 self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             except ClientError as exc:
                 if _code(exc) in _LOST_RACE or (expected is not None and _code(exc) in _MISSING):
-                    return False
+                    # botocore sends a PUT again when its answer was lost (a reset, a 5xx after
+                    # the write), and S3 refuses the copy: the write may have been this one.
+                    # Every index and manifest differs from all others (a revision, a time).
+                    written = self._get(key)
+                    return written is not None and written[0] == data
                 raise
         return True
 

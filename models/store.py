@@ -16,7 +16,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from filelock import FileLock
 
-from models.errors import InvalidNameError
+from models.errors import AccessDeniedError, InvalidNameError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CHUNK = 1 << 20
@@ -156,7 +156,8 @@ def holds(store: Store, key: str) -> bool:
     asking whether a registry holds something must not fail for one damaged object."""
     try:
         return store.read(key) is not None
-    except (OSError, InvalidNameError):  # InvalidNameError: a symlink out of the root, say
+    # InvalidNameError: a symlink out of the root, say; AccessDeniedError: S3's 403 for it.
+    except (OSError, InvalidNameError, AccessDeniedError):
         return True
 
 

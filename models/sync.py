@@ -141,7 +141,7 @@ def _copy_version(
     if existing is not None:
         _check_same(existing, manifest, target)
         try:
-            _verify_and_forget(target, existing, artefact_key)
+            target.verify_artefact(existing)
             return "present"
         except IntegrityError:
             pass  # an interrupted or damaged copy: send the artefact again
@@ -163,22 +163,11 @@ def _copy_version(
         existing = target.manifest(name, version)  # created meanwhile by another copy
         _check_same(existing, manifest, target)
     target.store.put_file(artefact_key, path)
-    _verify_and_forget(target, target.manifest(name, version), artefact_key)
+    target.verify_artefact(target.manifest(name, version))  # its download is not kept
     # A remote source downloaded the artefact into its cache just for this copy: drop it, or a
     # pull leaves a second full copy of every artefact on the disk.
     source.store.forget_local_copy(artefact_key)
     return "copied" if existing is None else "repaired"
-
-
-def _verify_and_forget(target: ModelRegistry, manifest: ModelManifest, artefact_key: str) -> None:
-    """IntegrityError unless the target's artefact has the manifest's sha256 (hashed in chunks,
-    never read whole: a pull must fit a small init container). A remote target is checked
-    through a downloaded copy: dropped at once, or a backup would keep the whole registry in
-    the backup job's cache (one artefact at a time is on disk instead)."""
-    try:
-        target.verify_artefact(manifest)
-    finally:
-        target.store.forget_local_copy(artefact_key)
 
 
 def _manifest_or_none(registry: ModelRegistry, name: str, version: str) -> ModelManifest | None:

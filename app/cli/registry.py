@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.cli.inputs import artefact_format, json_option, read_json
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
-from models.errors import CorruptObjectError, InvalidNameError, validation_message
+from models.errors import UNREADABLE, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
 from models.stages import rollback_target
 from models.store import LocalStore
@@ -40,9 +40,9 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     """The registry at LOCATION (default FRAMEWORM_REGISTRY).
 
     `must_exist` for commands that only read (a copy's source too): a local registry that is
-    not there is an error, not an empty registry, or a mistyped path would pass `verify` as a
-    clean backup, or a restore as an empty one. Writers (register, a copy's target, the server)
-    create it.
+    not there, or an S3 prefix holding nothing, is an error, not an empty registry, or a
+    mistyped path would pass `verify` as a clean backup, or a restore as an empty one. Writers
+    (register, a copy's target, the server) create it.
     """
     # Imported here: the registry needs torch, which `frameworm serve --workers N`'s supervisor
     # (this CLI, serving nothing itself) would otherwise hold in memory (about 240 MiB).
@@ -52,6 +52,8 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     store = registry.store
     if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
         fail(f"no registry at {store.url}: the directory does not exist")
+    if must_exist and not isinstance(store, LocalStore) and not store.list(""):
+        fail(f"no registry at {store.url}: nothing is stored under that prefix")
     return registry
 
 
@@ -115,7 +117,7 @@ def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> 
             try:
                 index = reg.index(name)
             # One model's damage hides no other (InvalidNameError: a symlink out of the root).
-            except (CorruptObjectError, InvalidNameError, OSError) as exc:
+            except UNREADABLE as exc:
                 rows.append({"name": name, "version": None, "status": f"unreadable: {exc}"})
                 continue
             for version in index.versions:

@@ -273,6 +273,10 @@ def _only_json_handler(logger: logging.Logger, level: int) -> BatchedStreamHandl
     return None
 
 
+# Loggers of the S3 client, whose DEBUG lines print every request header.
+CREDENTIAL_HEADER_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     """Route the root logger and uvicorn's loggers to one stdout handler in one format."""
     handler = BatchedStreamHandler(sys.stdout)
@@ -292,6 +296,9 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
             previous.close()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # Their debug lines carry whole request headers: S3's Authorization and the session token.
+    for name in CREDENTIAL_HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.telemetry.logs import CREDENTIAL_HEADER_LOGGERS, configure_logging
 from models.errors import ConflictError, IntegrityError
 from models.registry import ModelRegistry
-from models.s3 import S3Store
+from models.s3 import S3AccessDeniedError, S3Store
 from tests.support.artefacts import TINY_CONFIG, TINY_SIGNATURE, write_tiny_mlp
 from tests.support.s3 import S3Server
 
@@ -117,3 +119,91 @@ def test_the_cli_names_a_missing_bucket_in_one_line(s3_env: dict[str, str]) -> N
     assert result.output.strip().splitlines() == [
         "error: S3 bucket 'no-such-bucket' does not exist"
     ]
+
+
+def test_a_model_whose_objects_are_denied_is_one_unreadable_row(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another team's model under a bucket policy that refuses these credentials (403): its
+    error ended `list` and `verify` for every model, and a server's start on the bucket."""
+    registry = ModelRegistry(s3_url)
+    register_tiny(registry, tmp_path, "1.0.0")
+    artefact = write_tiny_mlp(tmp_path / "other.safetensors", seed=9)
+    registry.register(
+        "aaa-other",  # listed first
+        "1.0.0",
+        artefact,
+        format="safetensors",
+        family="mlp",
+        family_config=TINY_CONFIG,
+        signature=TINY_SIGNATURE,
+    )
+    read = S3Store.read
+
+    def denied(store: S3Store, key: str) -> bytes | None:
+        if key.startswith("aaa-other/"):  # what S3 answers such a read: 403
+            raise S3AccessDeniedError(f"access denied to s3://{store.bucket} (AccessDenied)")
+        return read(store, key)
+
+    monkeypatch.setattr(S3Store, "read", denied)
+    assert not ModelRegistry(s3_url).is_empty()  # a server on the bucket does not seed it
+    env = {"FRAMEWORM_REGISTRY": s3_url}
+    listed = CliRunner().invoke(cli, ["registry", "list", "--json"], env=env)
+    verified = CliRunner().invoke(cli, ["registry", "verify", "--json"], env=env)
+    assert (listed.exit_code, verified.exit_code) == (1, 1), (listed.output, verified.output)
+    rows = {row["name"]: row for row in json.loads(listed.output)}
+    assert rows["tiny"]["status"] == "registered"
+    assert rows["aaa-other"]["status"].startswith("unreadable: access denied")
+    checks = {row["name"]: row["ok"] for row in json.loads(verified.output)}
+    assert checks == {"aaa-other": False, "tiny": True}
+
+
+@pytest.mark.parametrize("command", [["verify"], ["list"], ["pull", "--all", "--from", "{url}"]])
+def test_a_mistyped_s3_prefix_is_an_error_not_an_empty_registry(
+    s3_url: str, tmp_path: Path, command: list[str]
+) -> None:
+    """A backup's check or its restore from a mistyped prefix passed as an empty registry."""
+    register_tiny(ModelRegistry(s3_url), tmp_path, "1.0.0")
+    typo = s3_url.rstrip("/") + "-typo"
+    args = [arg.format(url=typo) for arg in command]
+    env = {"FRAMEWORM_REGISTRY": typo if command[0] != "pull" else str(tmp_path / "restored")}
+    result = CliRunner().invoke(cli, ["registry", *args], env=env)
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output.strip()
+        == f"error: no registry at {typo}: nothing is stored under that prefix"
+    )
+
+
+def test_verify_on_s3_keeps_no_copy_of_what_it_checked(s3_url: str, tmp_path: Path) -> None:
+    """Each artefact checked was left in the download cache: checking a restored backup kept a
+    second copy of the whole registry on the disk."""
+    register_tiny(ModelRegistry(s3_url), tmp_path, "1.0.0", "1.1.0")
+    checker = ModelRegistry(S3Store(s3_url, cache_dir=tmp_path / "cache"))
+    assert [r.ok for r in checker.verify("tiny")] == [True, True]
+    assert (tmp_path / "cache").is_dir()  # downloaded there, to be hashed
+    assert list((tmp_path / "cache").rglob("*.safetensors")) == []
+
+
+def test_debug_logs_carry_no_aws_credentials(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At FRAMEWORM_LOG_LEVEL=debug botocore logged every request's headers: the signature
+    and the session token (IRSA's, STS's) went to the log store."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "SESSION-TOKEN-SECRET-0123")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    quiet = {name: logging.getLogger(name).level for name in CREDENTIAL_HEADER_LOGGERS}
+    try:
+        configure_logging("json", "debug")
+        ModelRegistry(S3Store(s3_url, cache_dir=tmp_path)).list_models()
+        logging.getLogger("frameworm.test").debug("a debug line of the app's")
+        root.handlers[0].flush()
+    finally:
+        root.handlers[0].close()
+        root.handlers, root.level = saved
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+    out = capsys.readouterr().out
+    assert "a debug line of the app's" in out
+    assert "SESSION-TOKEN-SECRET" not in out and "Signature=" not in out

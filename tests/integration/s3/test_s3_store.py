@@ -136,3 +136,22 @@ def test_an_unreachable_endpoint_is_one_clear_error(
 
 def test_s3_errors_are_registry_errors() -> None:
     assert issubclass(S3UnreachableError, RegistryError)
+
+
+def test_a_conditional_write_whose_answer_was_lost_counts_as_written(s3_url: str) -> None:
+    """botocore sends a PUT again when its answer is lost (a reset, a 5xx after the write);
+    the copy fails its condition (412), and the move S3 had made was reported as a lost race,
+    "nothing was written": an operator retrying a rollback went back two versions."""
+    store = S3Store(s3_url)
+    store.put_bytes("m/index.json", b"one")
+    put = store._s3.put_object
+
+    def answer_lost(**request: object) -> object:
+        put(**request)  # done; its answer lost on the way back
+        return put(**request)  # botocore's retry
+
+    store._s3.put_object = answer_lost
+    assert store.swap("m/index.json", b"two", b"one")
+    assert store.swap("m/new.json", b"first", None)
+    assert not store.swap("m/index.json", b"three", b"one")  # a real lost race stays one
+    assert (store.read("m/index.json"), store.read("m/new.json")) == (b"two", b"first")
