@@ -472,6 +472,12 @@ def test_the_generated_secrets_warn_gitops_users() -> None:
             {"secrets": {"existingSecret": "mine"}, "settings": {"authEnabled": False}},
             "settings.authEnabled is false",
         ),
+        # The app refuses several workers counting rate limits each in its own memory.
+        ({"settings": {"workers": 2}}, "settings.workers=2 count rate limits each"),
+        (
+            {"settings": {"workers": "3", "rateLimitStorage": "memory://"}},
+            "settings.workers=3 count rate limits each",
+        ),
     ],
 )
 def test_values_the_app_refuses_in_production_fail_the_render(
@@ -482,6 +488,35 @@ def test_values_the_app_refuses_in_production_fail_the_render(
         render_values(values_)
     development = values_.get("settings", {}) | {"env": "development"}
     render_values({**values_, "settings": development})
+
+
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {"settings": {"rateLimitEnabled": "false"}},
+        {"settings": {"rateLimitStorage": "rediss://limits.example:6380/0"}},
+        {
+            "redis": {"enabled": True, "rateLimits": True},
+            "secrets": {"redisUrl": "redis://redis.example:6379/0"},
+        },
+    ],
+)
+def test_several_workers_render_when_their_rate_limits_are_shared_or_off(
+    shared: dict[str, Any],
+) -> None:
+    settings_ = {"workers": 2, **shared.get("settings", {})}
+    render_values({**shared, "settings": settings_})
+
+
+def test_empty_ingress_settings_give_the_proxy_the_app_s_defaults() -> None:
+    """Left out of the ConfigMap, so the app used 10 MB, 10 s and 30 s, while the ingress read
+    them as 0: no body limit, a 5 s proxy timeout, a 0 s body timeout."""
+    empty = {"maxBodyMb": "", "requestTimeoutMs": None, "bodyTimeoutS": ""}
+    values_ = {"ingress": {"enabled": True}, "settings": empty}
+    annotations = one(render_values(values_), "Ingress")["metadata"]["annotations"]
+    defaults = one(render_values({"ingress": {"enabled": True}}), "Ingress")["metadata"]
+    assert annotations == defaults["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "10m"
 
 
 def test_whole_numbers_of_a_million_or_more_are_written_as_integers() -> None:

@@ -224,6 +224,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if has (toString .Values.settings.enableDocs | lower) (list "true" "1" "on" "yes" "t" "y") }}
 {{- $problems = append $problems "settings.enableDocs is true" }}
 {{- end }}
+{{- /* Several workers each counting rate limits in memory: a key gets its limit per worker. */}}
+{{- $workers := .Values.settings.workers | default 1 | int }}
+{{- $limited := not (has (toString .Values.settings.rateLimitEnabled | lower) (list "false" "0" "off" "no" "f" "n")) }}
+{{- $storage := .Values.settings.rateLimitStorage | default "" | toString | trimPrefix "async+" }}
+{{- $shared := or (and .Values.redis.enabled .Values.redis.rateLimits) (regexMatch "^(redis|rediss|redis\\+unix)://" $storage) }}
+{{- if and (gt $workers 1) $limited (not $shared) }}
+{{- $problems = append $problems (printf "settings.workers=%d count rate limits each in its own memory (set redis.enabled with redis.rateLimits, or settings.rateLimitEnabled=false, or one worker)" $workers) }}
+{{- end }}
 {{- if $problems }}
 {{- fail (printf "the app refuses to start with these values in production (settings.env=production): %s" (join "; " $problems)) }}
 {{- end }}
