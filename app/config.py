@@ -8,54 +8,20 @@ never at import time.
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.secret_files import SecretFiles
+from models.manifest import check_name, check_version
 
 Environment = Literal["development", "production"]
 KeyStoreKind = Literal["file", "redis", "hashed-file"]
 
 DEFAULT_HOME = Path.home() / ".frameworm"
-# Settings that hold secrets: each may be given as FRAMEWORM_<NAME>_FILE.
-SECRET_FIELDS = (
-    "api_key_pepper",
-    "bootstrap_api_key",
-    "redis_url",
-    "rate_limit_storage",  # a redis:// URL may carry a password
-    "metrics_token",
-    "sentry_dsn",
-)
-
-
-class SecretFiles(PydanticBaseSettingsSource):
-    """`FRAMEWORM_<NAME>_FILE` for each secret, set in the environment or in the `.env` file the
-    settings read (the dotenv source's variables); the file's content is the value."""
-
-    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource):
-        super().__init__(settings_cls)
-        self.dotenv_vars: dict[str, str | None] = getattr(dotenv, "env_vars", {})
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ reads them all at once
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for field in SECRET_FIELDS:
-            name = f"FRAMEWORM_{field.upper()}_FILE"
-            path = os.environ.get(name) or self.dotenv_vars.get(name.lower())
-            if path:
-                try:
-                    values[field] = Path(path).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ValueError(f"{name} cannot be read: {exc}") from None
-                except UnicodeDecodeError:  # its message would quote the secret's bytes
-                    raise ValueError(f"{name}: the file is not UTF-8 text") from None
-        return values
 
 
 def _redis_url_problem(url: str, schemes: tuple[str, ...] = ("redis", "rediss", "unix")) -> str:
@@ -228,12 +194,38 @@ class Settings(BaseSettings):
         # is bound); the DSN holds a key, so the message never shows it.
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value())
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018  # raises ValueError for a port out of range or not a number
+        except ValueError:
+            parts = urlsplit("")
+        # sentry-sdk reads the project as the path's last part, a number (`/1/` has none).
+        project = parts.path.rsplit("/", 1)[-1]
         if parts.scheme not in ("http", "https") or not (
-            parts.username and parts.hostname and parts.path.strip("/")
+            parts.username and parts.hostname and project.isascii() and project.isdigit()
         ):
             raise ValueError("not a Sentry DSN of the form https://KEY@HOST/PROJECT")
         return value
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        # Empty is "." to pathlib: the demo models were seeded into the working directory.
+        if not value.strip():
+            raise ValueError("empty: name the registry's directory or s3://bucket/prefix")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return check_name(value)  # a typo here was three failed loads and exit 3, not one line
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _model_version(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # empty, as the chart writes an unpinned version: the stage decides
+        return check_version(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _what_is_used_is_complete(self) -> Settings:

@@ -36,6 +36,7 @@ from app.connection import BoundedHttpToolsProtocol as BoundedProtocol
 from app.connection import bounded_protocol
 from app.production import APIKeyAuth
 from app.production.shutdown import attach_server, detach_server
+from app.secret_files import SECRET_FIELDS
 from app.telemetry.logs import configure_logging
 from app.workers import supervise
 
@@ -198,9 +199,10 @@ def ensure_a_key(settings: Settings) -> None:
     # Built even with a bootstrap key: what fails here (the pepper, the key store) would fail
     # in each of several workers, each with its own line, after the port is bound.
     auth = APIKeyAuth(settings=settings)
-    if settings.bootstrap_api_key is not None:
-        return
-    if any(r.revoked is None and not r.is_expired() for r in auth.list_keys()):
+    # Read with a bootstrap key too: it reaches the key store (an unreachable Redis is one line
+    # here, where it was a ready server answering every other key 503).
+    usable = any(r.revoked is None and not r.is_expired() for r in auth.list_keys())
+    if settings.bootstrap_api_key is not None or usable:
         return
     if settings.env == "production":
         raise ValueError(
@@ -238,8 +240,16 @@ def check_rate_limit_is_shared(settings: Settings) -> None:
     log.warning(problem)
 
 
+# FRAMEWORM_* variables read outside the settings.
+OTHER_VARIABLES = frozenset({"FRAMEWORM_S3_ENDPOINT_URL"})
+
+
 def warn_of_settings_without_effect(settings: Settings) -> None:
     """Settings that serve, but cannot do what they ask for."""
+    known = {f"FRAMEWORM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    known |= {f"FRAMEWORM_{name.upper()}_FILE" for name in SECRET_FIELDS}
+    for name in sorted(n for n in os.environ if n.startswith("FRAMEWORM_") and n not in known):
+        log.warning("%s is no setting (misspelt?): ignored", name)
     if settings.auto_rollback and not settings.follow_stage:
         log.warning(
             "FRAMEWORM_AUTO_ROLLBACK is ignored: automatic rollback watches the versions the "

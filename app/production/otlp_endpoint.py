@@ -25,6 +25,8 @@ def endpoint_problem(endpoint: str) -> str | None:
         parts.port  # noqa: B018  # raises ValueError as the exporter would
     except ValueError:  # the exporter raised "Invalid IPv6 URL", naming nothing
         return "its host or port does not parse: write http://HOST:PORT"
+    if not (parts.hostname or "").strip() and parts.scheme != "unix":
+        return "it names no host: write http://HOST:PORT"
     if "@" in parts.netloc or "?" in endpoint or "#" in endpoint:  # an empty query too
         # The exporters dial a user:password@ host as a name and log it at each failure,
         # and the HTTP one put /v1/traces after a query. Credentials go in headers.

@@ -68,12 +68,48 @@ def test_a_read_only_key_store_without_a_key_is_one_line_not_a_traceback(
     ]
 
 
-def test_an_unreachable_redis_key_store_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_an_unreachable_redis_key_store_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, bootstrap: bool
+) -> None:
+    """With a bootstrap key (as the chart always sets) the key store was not read at start: a
+    server became ready that answered every other key 503."""
+    if bootstrap:
+        monkeypatch.setenv("FRAMEWORM_BOOTSTRAP_API_KEY", "b" * 40)
     url = f"redis://127.0.0.1:{free_port()}/0"
     code, errors = serve(monkeypatch, API_KEY_STORE="redis", REDIS_URL=url)
     assert code == 1
     [line] = errors
     assert line.startswith("error: Redis: ") and "Connection refused" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("MODEL", "Cnn Digits", "FRAMEWORM_MODEL: invalid model name"),
+        ("MODEL_VERSION", "1.0", "FRAMEWORM_MODEL_VERSION: invalid version '1.0'"),
+        ("REGISTRY", " ", "FRAMEWORM_REGISTRY: empty"),
+        ("OTLP_ENDPOINT", "http://:4317", "FRAMEWORM_OTLP_ENDPOINT: it names no host"),
+        ("SENTRY_DSN", "https://key@sentry.example:99999/1", "FRAMEWORM_SENTRY_DSN: not a"),
+        ("SENTRY_DSN", "https://key@sentry.example/1/", "FRAMEWORM_SENTRY_DSN: not a"),
+    ],
+)
+def test_settings_found_wrong_only_later_are_refused_at_start_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    """A misspelt model was three failed loads and exit 3 (a broken artefact, it read); an
+    empty registry seeded the demo models into the working directory; a DSN's bad port was
+    refused after the port was bound, as if FRAMEWORM_PORT were wrong; an endpoint without a
+    host failed every export."""
+    code, errors = serve(monkeypatch, **{name: value})
+    assert code == 1
+    [line] = errors
+    assert line.startswith(f"error: {problem}"), line
+    assert "key@" not in line
+
+
+def test_an_empty_model_version_is_no_pin() -> None:
+    assert Settings(_env_file=None, model_version="").model_version is None
 
 
 def test_a_rate_limit_storage_without_a_scheme_is_refused_without_its_password(
@@ -159,6 +195,26 @@ def test_settings_that_cannot_take_effect_are_warned_about_at_start(
         r for r in caplog.records if r.name == "frameworm.serve" and r.levelname == "WARNING"
     ]
     assert warning.getMessage().startswith(warned)
+
+
+def test_a_misspelt_variable_is_warned_about_and_real_ones_are_not(
+    home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FRAMEWORM_MAX_BATCHSIZE=7 was ignored without a word (the settings ignore unknowns)."""
+
+    def cannot_listen(settings: Settings) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(serve_module, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(serve_module, "listening_socket", cannot_listen)
+    monkeypatch.setenv("FRAMEWORM_MAX_BATCHSIZE", "7")
+    (home / "token").write_text("t" * 40)
+    monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN_FILE", str(home / "token"))  # a secret's: known
+    monkeypatch.setenv("FRAMEWORM_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
+        serve_module.run(Settings(_env_file=None, bootstrap_api_key="k" * 32))
+    warned = [r.getMessage() for r in caplog.records if "FRAMEWORM_" in r.getMessage()]
+    assert warned == ["FRAMEWORM_MAX_BATCHSIZE is no setting (misspelt?): ignored"]
 
 
 def test_auto_rollback_with_a_followed_stage_is_not_warned_about(
