@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -242,14 +243,18 @@ def check_rate_limit_is_shared(settings: Settings) -> None:
 
 # FRAMEWORM_* variables read outside the settings.
 OTHER_VARIABLES = frozenset({"FRAMEWORM_S3_ENDPOINT_URL"})
+# What Kubernetes sets for a Service whose name starts so (the chart turns these links off).
+_SERVICE_LINK = re.compile(r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT\w*|PORT_\d+_(TCP|UDP|SCTP)\w*)$")
 
 
 def warn_of_settings_without_effect(settings: Settings) -> None:
     """Settings that serve, but cannot do what they ask for."""
     known = {f"FRAMEWORM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
     known |= {f"FRAMEWORM_{name.upper()}_FILE" for name in SECRET_FIELDS}
-    for name in sorted(n for n in os.environ if n.startswith("FRAMEWORM_") and n not in known):
-        log.warning("%s is no setting (misspelt?): ignored", name)
+    for name in sorted(os.environ):
+        upper = name.upper()  # as the settings read them
+        if upper.startswith("FRAMEWORM_") and upper not in known and not _SERVICE_LINK.match(upper):
+            log.warning("%s is no setting (misspelt?): ignored", name)
     if settings.auto_rollback and not settings.follow_stage:
         log.warning(
             "FRAMEWORM_AUTO_ROLLBACK is ignored: automatic rollback watches the versions the "
@@ -324,8 +329,10 @@ def serve_one(
         # A load the drain abandoned (a SIGTERM during start-up or a switch), or a forward pass
         # past the release's wait, may be inside torch: the interpreter's exit would tear torch
         # down under it and the C++ runtime abort the process (SIGABRT, exit 134). Exit without
-        # finalization, the logs flushed first (the drain has flushed the telemetry).
-        log.info("a model load or forward pass is still running; not waiting for it")
+        # finalization, the logs flushed first (the drain has flushed the telemetry). A forced
+        # exit skipped the release: the runner's idle thread is left, and was said to be busy.
+        if not server.force_exit:
+            log.info("a model load or forward pass is still running; not waiting for it")
         logging.shutdown()
         os._exit(code)
     return code  # 1: e.g. the port was taken, which uvicorn has logged

@@ -77,6 +77,10 @@ class S3UnreachableError(S3Error):
     pass
 
 
+class S3OutcomeUnknownError(S3Error):
+    """A conditional write whose first answer was lost: it may or may not have been applied."""
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); the prefix may be empty."""
     if not url.startswith("s3://"):
@@ -190,7 +194,16 @@ class S3Store:
                     # the write), and S3 refuses the copy: the write may have been this one.
                     # Every index and manifest differs from all others (a revision, a time).
                     written = self._get(key)
-                    return written is not None and written[0] == data
+                    if written is not None and written[0] == data:
+                        return True
+                    if exc.response.get("ResponseMetadata", {}).get("RetryAttempts"):
+                        # ...and another writer may have moved it on since: nobody can tell.
+                        raise S3OutcomeUnknownError(
+                            f"a write to s3://{self.bucket} key {key} was retried and refused: "
+                            "the first try may have been applied; read the history before "
+                            "trying again"
+                        ) from None
+                    return False
                 raise
         return True
 

@@ -172,7 +172,7 @@ class GracefulShutdown:
             if self._shutting_down:
                 return False
             self._shutting_down = True
-        logger.info("shutdown begun; %d request(s) in flight", self.inflight)
+        logger.info("shutdown begun; %d tracked request(s) in flight", self.inflight)
         return True
 
     async def wait_for_inflight(self, timeout: float | None = None) -> int:

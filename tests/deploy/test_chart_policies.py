@@ -96,6 +96,14 @@ def test_every_pod_meets_the_restricted_pod_security_standard(values_set: str) -
 
 
 @pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_no_pod_gets_service_links(values_set: str) -> None:
+    """Kubernetes gives each pod every Service's host and port as variables named after it: a
+    release named frameworm made FRAMEWORM_SERVICE_HOST and friends, among the settings."""
+    for where, spec in pod_specs(render(values_set)):
+        assert spec.get("enableServiceLinks") is False, where
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
 def test_the_service_account_token_is_never_mounted(values_set: str) -> None:
     for account in of_kind(render(values_set), "ServiceAccount"):
         assert account["automountServiceAccountToken"] is False

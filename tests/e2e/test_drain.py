@@ -226,6 +226,7 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(
     logs = server.logs()
     assert "forced exit: the drain's hooks and the model release were skipped" in logs, logs
     assert '"level":"error"' not in logs.replace(" ", ""), logs  # no traceback: it was asked for
+    assert "forward pass is still running" not in logs, logs  # the runner is idle
 
 
 def test_requests_left_at_a_second_sigterm_get_503_problems_not_bare_500s(

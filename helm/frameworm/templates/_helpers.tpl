@@ -412,6 +412,9 @@ metadata:
 spec:
   serviceAccountName: {{ include "frameworm.serviceAccountName" . }}
   automountServiceAccountToken: false
+  # No Service's host and port as FRAMEWORM_* variables (a Service named after the release
+  # would set FRAMEWORM_PORT=tcp://...): the settings read that prefix.
+  enableServiceLinks: false
   terminationGracePeriodSeconds: {{ include "frameworm.terminationGracePeriodSeconds" . }}
   securityContext:
     {{- include "frameworm.podSecurityContext" . | nindent 4 }}

@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from models.errors import InvalidNameError, RegistryError
 from models.s3 import (
     S3BucketNotFoundError,
+    S3OutcomeUnknownError,
     S3Store,
     S3UnreachableError,
     parse_s3_url,
@@ -155,3 +157,27 @@ def test_a_conditional_write_whose_answer_was_lost_counts_as_written(s3_url: str
     assert store.swap("m/new.json", b"first", None)
     assert not store.swap("m/index.json", b"three", b"one")  # a real lost race stays one
     assert (store.read("m/index.json"), store.read("m/new.json")) == (b"two", b"first")
+
+
+def test_a_retried_write_refused_after_another_writer_is_reported_as_unknown(
+    s3_url: str,
+) -> None:
+    """The first try landed, another writer moved the object on, then botocore's retry was
+    refused: this was reported as "nothing was written" (a retried rollback went back two
+    versions). Whether it was applied cannot be known: the error says so."""
+    store = S3Store(s3_url)
+    store.put_bytes("m/index.json", b"one")
+    put = store._s3.put_object
+
+    def overtaken(**request: object) -> object:
+        put(**request)  # done; its answer lost
+        put(Bucket=request["Bucket"], Key=request["Key"], Body=b"another writer's")
+        try:
+            return put(**request)  # botocore's retry, refused
+        except ClientError as exc:
+            exc.response["ResponseMetadata"]["RetryAttempts"] = 1
+            raise
+
+    store._s3.put_object = overtaken
+    with pytest.raises(S3OutcomeUnknownError, match="may have been applied"):
+        store.swap("m/index.json", b"two", b"one")

@@ -211,6 +211,11 @@ def test_a_misspelt_variable_is_warned_about_and_real_ones_are_not(
     (home / "token").write_text("t" * 40)
     monkeypatch.setenv("FRAMEWORM_METRICS_TOKEN_FILE", str(home / "token"))  # a secret's: known
     monkeypatch.setenv("FRAMEWORM_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("FRAMEWORM_Max_Batch_Size", "7")  # read: the settings ignore case
+    # What Kubernetes sets for Services named frameworm and frameworm-metrics, links on.
+    monkeypatch.setenv("FRAMEWORM_METRICS_SERVICE_HOST", "10.0.0.7")
+    monkeypatch.setenv("FRAMEWORM_SERVICE_PORT_HTTP", "80")
+    monkeypatch.setenv("FRAMEWORM_PORT_80_TCP_ADDR", "10.0.0.6")
     with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
         serve_module.run(Settings(_env_file=None, bootstrap_api_key="k" * 32))
     warned = [r.getMessage() for r in caplog.records if "FRAMEWORM_" in r.getMessage()]
