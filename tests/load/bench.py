@@ -606,6 +606,11 @@ def run_stop_command(argv: list[str], launch: Launch, timeout_s: float = 75.0) -
 
 
 # ---------------------------------------------------------------- HTTP
+# No proxy from the environment (http_proxy): the servers are on this machine, and wrk, which
+# reads none, goes straight to them.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http(
     url: str,
     body: bytes | None = None,
@@ -618,7 +623,7 @@ def http(
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -1360,7 +1365,9 @@ def options(args: argparse.Namespace) -> Options:
         raise SystemExit("--duration >= 1, --warmup >= 0 and --runs >= 1 please")
     alone = args.alone_seconds if args.alone_seconds is not None else (2.0 if args.quick else 5.0)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    server_env = dict(item.split("=", 1) for item in args.server_env if "=" in item)
+    if bad := [item for item in args.server_env if "=" not in item]:
+        raise SystemExit(f"--server-env takes NAME=VALUE, not {bad[0]!r}")
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     if args.device != "cpu":  # Frameworm's setting, and the plain endpoint's
         server_env = {
             "FRAMEWORM_DEVICE": args.device,
@@ -1384,6 +1391,10 @@ def options(args: argparse.Namespace) -> Options:
     )
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.alone_worker is not None:
@@ -1403,6 +1414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {LOAD_CORE})  # this process stays off the server's core
+    # A SIGTERM (or a closed terminal) unwinds like Ctrl-C: the servers and wrk are stopped by
+    # pid and the work directory removed, where the default action left them all running.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     report = sweep(opts)
     print()
     print(report)

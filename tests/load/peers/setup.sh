@@ -10,11 +10,14 @@
 # directory; any other torch spec would fetch a multi-GB CUDA build), numpy, safetensors and the
 # peer, all pinned. The peer servers import `models.families` from the repository (torch only),
 # never the `app` package. TorchServe also needs Java 17 or newer (`java` on PATH).
-# Environment: PYTHON (default python3.11, else python3) makes the venvs.
+# Environment: PYTHON (default python3.11, else python3) makes the venvs. Where pip has no
+# local CPU wheel, PyPI's torch is a CUDA build (several GB): set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
 TORCH="torch==2.13.0"
+TORCH_INDEX=(${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"})
 COMMON=("$TORCH" "numpy==2.4.6" "safetensors==0.8.0")
 LITSERVE=("litserve==0.2.19")
 # PyYAML: the worker imports yaml, which torchserve does not declare.
@@ -30,7 +33,7 @@ make_venv() { # name, packages...
     echo "setup: $dir ($*)"
     "$PYTHON" -m venv --clear "$dir"
     # torch first and alone, so no other package's requirement can pick another build.
-    "$dir/bin/python" -m pip install -q "$TORCH"
+    "$dir/bin/python" -m pip install -q "${TORCH_INDEX[@]}" "$TORCH"
     "$dir/bin/python" -m pip install -q "${COMMON[@]}" "$@"
     "$dir/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
     echo "setup: $dir ready: $("$dir/bin/python" -m pip freeze | grep -iE "^(litserve|torchserve|torch-model-archiver|torch|numpy|safetensors|pyyaml)==" | tr '\n' ' ')"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.load import bench
+from tests.support import free_port
 
 
 def test_defaults_and_choices() -> None:
@@ -37,6 +40,7 @@ def test_defaults_and_choices() -> None:
         ["--open-connections", "0"],
         ["--repeat-fraction", "1.5"],
         ["--hot-inputs", "0"],
+        ["--server-env", "FRAMEWORM_LOG_LEVEL info"],  # was dropped without a word
     ],
 )
 def test_nonsense_is_refused(args: list[str]) -> None:
@@ -58,3 +62,31 @@ def test_cache_configurations_differ_only_in_the_cache(tmp_path: Path) -> None:
     assert workload is not None and workload.env["FRAMEWORM_BENCH_HOT"] == "3"
     assert (Path(workload.env["FRAMEWORM_BENCH_BODIES"]) / "hot-002.json").exists()
     assert bench.wrk_workload(bench.SERVER_CONFIGS["cnn-batching"], opts, body) is None
+
+
+def test_probes_go_straight_to_the_server_whatever_the_proxy_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """urllib followed http_proxy: every server read "not ready" through a proxy, while wrk
+    went straight to it."""
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+            assert bench.http(url) == (200, b"ok")
+        finally:
+            server.shutdown()
