@@ -30,6 +30,8 @@ def json_option(text: str, option: str) -> Any:
 
 def artefact_format(given: str, path: Path) -> ArtefactFormat:
     """The format named by --format, else the one the artefact's suffix says."""
+    if not path.is_file():  # said first: a directory's suffix tells nothing
+        fail(f"artefact {path} is not a file")
     if given:
         if given not in FORMATS:
             fail(f"unknown format {given!r}; formats are {', '.join(FORMATS)}")

@@ -77,6 +77,7 @@ def list_keys(as_json: bool = JsonOption) -> None:
                 "created": _when(r.created),
                 "expires": _when(r.expires),
                 "revoked": _when(r.revoked),
+                "expired": r.is_expired(),
                 "rate_limit": r.rate_limit,
                 # False for a limit the server cannot apply (edited by hand, or made by an
                 # earlier version): the server refuses that key (401 invalid_limit).
@@ -91,6 +92,7 @@ def list_keys(as_json: bool = JsonOption) -> None:
             return "\n".join(
                 f"{r.id}  {r.owner}  {','.join(r.scopes)}"
                 + ("  revoked" if r.revoked else "")
+                + ("  expired" if r.is_expired() else "")  # the server refuses it, as revoked
                 + (f"  expires {_when(r.expires)}" if r.expires else "")
                 + (f"  limit {r.rate_limit}" if r.rate_limit is not None else "")
                 + ("" if r.has_usable_limit() else " (unusable: the server refuses this key)")

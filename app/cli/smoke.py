@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from dotenv import dotenv_values
 
 from app.cli.output import emit, fail
 
@@ -239,24 +240,31 @@ class SmokeRun:
         )
 
 
+def _setting(name: str) -> str | None:
+    """FRAMEWORM_<NAME> as the server reads it: the environment, else `.env` here."""
+    variable = f"FRAMEWORM_{name}"
+    return os.environ.get(variable) or dotenv_values(".env").get(variable) or None
+
+
 def _secret(given: str | None, name: str) -> str | None:
     """The option, else FRAMEWORM_<NAME>_FILE (as the server reads it), else FRAMEWORM_<NAME>."""
     if given:
         return given
-    path = os.environ.get(f"FRAMEWORM_{name}_FILE")
+    path = _setting(f"{name}_FILE")
     if path:
         try:
             return Path(path).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
             fail(f"FRAMEWORM_{name}_FILE cannot be read: {exc}")
-    return os.environ.get(f"FRAMEWORM_{name}") or None
+    return _setting(name)
 
 
 def smoke(
     url: Annotated[str, typer.Argument(help="The server's base URL, e.g. http://host:8000.")],
     model: Annotated[
-        str, typer.Option(envvar="FRAMEWORM_MODEL", help="The model the server serves.")
-    ] = "cnn-digits",
+        str | None,
+        typer.Option(help="The model the server serves (default: FRAMEWORM_MODEL, cnn-digits)."),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -281,7 +289,7 @@ def smoke(
         fail(str(exc))
     results = SmokeRun(
         client,
-        model,
+        model or _setting("MODEL") or "cnn-digits",
         allow_no_auth=allow_no_auth,
         metrics_token=_secret(metrics_token, "METRICS_TOKEN"),
     ).run()

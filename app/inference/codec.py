@@ -7,7 +7,7 @@ can fix its request; nothing here echoes the client's values back.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,11 +244,14 @@ def rules_for(signature: Signature) -> SignatureRules:
     return rules
 
 
-def check_parameters(signature: Signature, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Known parameters only, of the declared type, within bounds; defaults filled in."""
+def check_parameters(
+    signature: Signature, given: Mapping[str, Any], also: Collection[str] = ()
+) -> dict[str, Any]:
+    """Known parameters only, of the declared type, within bounds; defaults filled in. `also`:
+    what the route itself takes (v2's protocol parameters), named among those accepted."""
     unknown = set(given) - set(signature.parameters)
     if unknown:
-        accepted = sorted(signature.parameters)
+        accepted = sorted({*signature.parameters, *also})
         raise Problem(
             "invalid-input", f"unknown parameter(s) {quoted_list(unknown)}; accepted: {accepted}"
         )

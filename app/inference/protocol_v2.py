@@ -127,6 +127,7 @@ def decode_request(
             for k, v in params.items()
             if k not in PROTOCOL_PARAMETERS and k not in SEQUENCE_PARAMETERS
         },
+        also=PROTOCOL_PARAMETERS,
     )
 
     arrays: dict[str, np.ndarray] = {}

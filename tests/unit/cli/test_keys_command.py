@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,16 @@ def test_a_key_whose_limit_the_server_cannot_apply_is_flagged_in_the_listing(key
     assert bob.endswith("limit 10/minute")
     code, output = frameworm("list", "--json")
     assert [row["rate_limit_usable"] for row in json.loads(output)] == [False, True]
+
+
+def test_an_expired_key_is_listed_as_expired(keys: Path) -> None:
+    """The server refuses it (401 expired); the listing showed it like a live one."""
+    assert frameworm("create", "alice", "--expires-in", "1s")[0] == 0
+    assert frameworm("create", "bob")[0] == 0
+    time.sleep(1.1)
+    code, output = frameworm("list")
+    assert code == 0, output
+    alice, bob = output.splitlines()
+    assert "  expired  expires " in alice and "expired" not in bob
+    rows = json.loads(frameworm("list", "--json")[1])
+    assert [row["expired"] for row in rows] == [True, False]

@@ -368,3 +368,12 @@ def test_metadata_nested_too_deeply_to_read_back_is_refused_before_anything_is_w
     assert code == 1
     assert lines == ["error: metadata or family_config is nested too deeply to be stored"]
     assert not (tmp_path / "registry" / "m").exists()
+
+
+def test_a_directory_for_an_artefact_is_named_as_not_a_file(
+    tmp_path: Path, signature: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its format was guessed first: "cannot tell the format of ; pass --format"."""
+    monkeypatch.chdir(tmp_path)
+    code, lines = register(tmp_path, Path("."), "--signature", str(signature))
+    assert (code, lines) == (1, ["error: artefact . is not a file"])

@@ -261,3 +261,18 @@ def test_a_timeout_past_an_hour_is_refused_in_one_line(fake: Fake, timeout: str)
     code, output = smoke(fake.url, "--api-key", KEY, "--timeout", timeout)
     assert code == 2
     assert "Traceback" not in output and "--timeout" in output
+
+
+def test_the_key_and_the_model_may_come_from_dotenv_as_the_server_reads_them(
+    fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server, `registry` and `keys` read `.env`; smoke read the environment only: beside
+    the server's own `.env` it failed with 401, then asked for the default model."""
+    monkeypatch.chdir(tmp_path)
+    empty = {"FRAMEWORM_BOOTSTRAP_API_KEY": "", "FRAMEWORM_MODEL": ""}
+    (tmp_path / ".env").write_text(f"FRAMEWORM_BOOTSTRAP_API_KEY={KEY}\n")
+    code, output = smoke(fake.url, env=empty)
+    assert code == 0, output
+    (tmp_path / ".env").write_text(f"FRAMEWORM_BOOTSTRAP_API_KEY={KEY}\nFRAMEWORM_MODEL=other\n")
+    code, output = smoke(fake.url, env=empty)
+    assert code == 1 and "this server does not serve that model" in output, output

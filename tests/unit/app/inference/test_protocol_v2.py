@@ -420,9 +420,13 @@ def test_an_output_parameter_this_server_does_not_implement_is_refused() -> None
     assert "classification" in caught.value.detail
 
 
-def test_unknown_parameters_are_refused() -> None:
-    with refused():
+def test_unknown_parameters_are_refused_naming_the_protocol_s_as_accepted() -> None:
+    """It said "accepted: []" while the route takes timeout, priority, binary_data_output."""
+    with refused() as caught:
         decode_request(SIG, header(x_input(data=[0] * 6), parameters={"temperature": 1}), None)
+    assert "accepted: ['binary_data_output', 'headers', 'priority', 'timeout']" in (
+        caught.value.detail
+    )
 
 
 def test_model_parameters_drive_generated_inputs() -> None:
