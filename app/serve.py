@@ -245,6 +245,7 @@ def check_rate_limit_is_shared(settings: Settings) -> None:
 OTHER_VARIABLES = frozenset({"FRAMEWORM_S3_ENDPOINT_URL"})
 # What Kubernetes sets for a Service whose name starts so (the chart turns these links off).
 _SERVICE_LINK = re.compile(r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT\w*|PORT_\d+_(TCP|UDP|SCTP)\w*)$")
+_SERVICE_ADDRESS = re.compile(r"(tcp|udp|sctp)://[^/]+:\d+$")  # <SERVICE>_PORT's value
 
 
 def warn_of_settings_without_effect(settings: Settings) -> None:
@@ -253,7 +254,8 @@ def warn_of_settings_without_effect(settings: Settings) -> None:
     known |= {f"FRAMEWORM_{name.upper()}_FILE" for name in SECRET_FIELDS}
     for name in sorted(os.environ):
         upper = name.upper()  # as the settings read them
-        if upper.startswith("FRAMEWORM_") and upper not in known and not _SERVICE_LINK.match(upper):
+        link = _SERVICE_LINK.match(upper) or _SERVICE_ADDRESS.match(os.environ[name])
+        if upper.startswith("FRAMEWORM_") and upper not in known and not link:
             log.warning("%s is no setting (misspelt?): ignored", name)
     if settings.auto_rollback and not settings.follow_stage:
         log.warning(

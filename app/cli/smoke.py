@@ -242,8 +242,10 @@ class SmokeRun:
 
 def _setting(name: str) -> str | None:
     """FRAMEWORM_<NAME> as the server reads it: the environment, else `.env` here."""
-    variable = f"FRAMEWORM_{name}"
-    return os.environ.get(variable) or dotenv_values(".env").get(variable) or None
+    variable = f"FRAMEWORM_{name}"  # in any case, as the settings read names
+    environment = next((v for k, v in os.environ.items() if k.upper() == variable), None)
+    dotenv = {k.upper(): v for k, v in dotenv_values(".env").items()}
+    return environment or dotenv.get(variable) or None
 
 
 def _secret(given: str | None, name: str) -> str | None:

@@ -216,6 +216,7 @@ def test_a_misspelt_variable_is_warned_about_and_real_ones_are_not(
     monkeypatch.setenv("FRAMEWORM_METRICS_SERVICE_HOST", "10.0.0.7")
     monkeypatch.setenv("FRAMEWORM_SERVICE_PORT_HTTP", "80")
     monkeypatch.setenv("FRAMEWORM_PORT_80_TCP_ADDR", "10.0.0.6")
+    monkeypatch.setenv("FRAMEWORM_REDIS_PORT", "tcp://10.0.0.8:6379")  # frameworm-redis's
     with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
         serve_module.run(Settings(_env_file=None, bootstrap_api_key="k" * 32))
     warned = [r.getMessage() for r in caplog.records if "FRAMEWORM_" in r.getMessage()]

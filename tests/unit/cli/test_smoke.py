@@ -276,3 +276,7 @@ def test_the_key_and_the_model_may_come_from_dotenv_as_the_server_reads_them(
     (tmp_path / ".env").write_text(f"FRAMEWORM_BOOTSTRAP_API_KEY={KEY}\nFRAMEWORM_MODEL=other\n")
     code, output = smoke(fake.url, env=empty)
     assert code == 1 and "this server does not serve that model" in output, output
+    # In any case, as the settings read names (lower case was missed).
+    (tmp_path / ".env").write_text(f"frameworm_bootstrap_api_key={KEY}\nframeworm_model=other\n")
+    code, output = smoke(fake.url, env=empty)
+    assert code == 1 and "this server does not serve that model" in output, output
