@@ -321,6 +321,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"{value!r}: Frameworm serves on cpu or cuda")
+        if device.type == "cpu" and device.index is not None:  # labelled cpu:7 in metrics
+            raise ValueError(f"{value!r}: the CPU has no index: use cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{value!r}: CUDA is not available on this machine")
         return value

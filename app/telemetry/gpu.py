@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -50,18 +52,35 @@ class GpuSampler:
             multiprocess_mode="max",
             registry=registry,
         )
+        self._failures: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="frameworm-gpu", daemon=True)
 
     def sample(self) -> None:
-        for index in range(self.nvml.nvmlDeviceGetCount()):
-            handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
-            rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-            memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+        """Each reading on its own: one NVML refuses (a MIG GPU's utilization: NotSupported; a
+        lost GPU: all of them) leaves its series out, and the rest are still read. One failure
+        ended the whole pass, every gauge frozen at its last value, a traceback each time."""
+        nvml = self.nvml
+        for index in range(nvml.nvmlDeviceGetCount()):
             gpu = str(index)
-            self.utilization.labels(gpu).set(rates.gpu / 100)
-            self.memory_used.labels(gpu).set(memory.used)
-            self.memory_total.labels(gpu).set(memory.total)
+            handle = self._read(gpu, "device", nvml.nvmlDeviceGetHandleByIndex, index)
+            rates = memory = None
+            if handle is not None:
+                rates = self._read(gpu, "utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
+                memory = self._read(gpu, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+            _show(self.utilization, gpu, None if rates is None else rates.gpu / 100)
+            _show(self.memory_used, gpu, None if memory is None else memory.used)
+            _show(self.memory_total, gpu, None if memory is None else memory.total)
+
+    def _read(self, gpu: str, what: str, call: Callable[[Any], Any], argument: Any) -> Any | None:
+        try:
+            return call(argument)
+        except Exception as exc:  # pynvml's NVMLError_*
+            failure = (gpu, what, type(exc).__name__)
+            if failure not in self._failures:  # once each, not every interval
+                self._failures.add(failure)
+                log.warning("GPU %s: no %s reading (%s); left out while it fails", *failure)
+            return None
 
     def start(self) -> None:
         self._thread.start()
@@ -82,3 +101,11 @@ class GpuSampler:
             except Exception:
                 log.warning("GPU sampling failed", exc_info=True)
             self._stop.wait(self.interval_s)
+
+
+def _show(gauge: Gauge, gpu: str, value: float | None) -> None:
+    if value is not None:
+        gauge.labels(gpu).set(value)
+    else:
+        with contextlib.suppress(KeyError):  # never set: nothing to take out
+            gauge.remove(gpu)

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -1129,6 +1130,22 @@ def prepare_workspace(root: Path, need_demo: bool) -> Workspace:
     return ws
 
 
+def device_problem(device: str) -> str | None:
+    """Why `--device` cannot be benchmarked here: found before any server starts (each one
+    exited 1 on it, and the sweep ended in a traceback)."""
+    if device == "cpu":
+        return None
+    if not re.fullmatch(r"cuda(:[0-9]+)?", device):
+        return f"--device {device!r}: use cpu, cuda or cuda:N"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"--device {device}: CUDA is not available on this machine"
+    if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
 def check_tools() -> list[str]:
     problems = []
     if shutil.which("wrk") is None:
@@ -1408,7 +1425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:20} (a measurement; see --help)")
         return 0
     opts = options(args)
-    problems = check_tools()
+    problems = check_tools() + [p for p in [device_problem(opts.device)] if p is not None]
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -92,6 +92,8 @@ def test_an_unreachable_redis_key_store_is_one_line(
         ("OTLP_ENDPOINT", "http://:4317", "FRAMEWORM_OTLP_ENDPOINT: it names no host"),
         ("SENTRY_DSN", "https://key@sentry.example:99999/1", "FRAMEWORM_SENTRY_DSN: not a"),
         ("SENTRY_DSN", "https://key@sentry.example/1/", "FRAMEWORM_SENTRY_DSN: not a"),
+        # Served as "cpu:7", a label no dashboard filtering on cpu would find.
+        ("DEVICE", "cpu:7", "FRAMEWORM_DEVICE: 'cpu:7': the CPU has no index"),
     ],
 )
 def test_settings_found_wrong_only_later_are_refused_at_start_in_one_line(

@@ -90,3 +90,20 @@ def test_probes_go_straight_to_the_server_whatever_the_proxy_settings(
             assert bench.http(url) == (200, b"ok")
         finally:
             server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [
+        ("cpu", None),
+        ("cuda", "--device cuda: CUDA is not available on this machine"),
+        ("cuda:1", "--device cuda:1: CUDA is not available on this machine"),
+        ("mps", "--device 'mps': use cpu, cuda or cuda:N"),
+        ("garbage", "--device 'garbage': use cpu, cuda or cuda:N"),
+    ],
+)
+def test_a_device_the_benchmark_cannot_use_is_refused_before_any_server_starts(
+    device: str, problem: str | None
+) -> None:
+    """Each server exited 1 on it, three times, and the sweep ended in a traceback."""
+    assert bench.device_problem(device) == problem

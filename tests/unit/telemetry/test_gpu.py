@@ -148,3 +148,48 @@ def test_load_nvml_is_none_on_this_machine_without_an_nvidia_driver() -> None:
     if Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi"):
         pytest.skip("this machine has an NVIDIA driver")
     assert load_nvml() is None
+
+
+def test_a_reading_nvml_refuses_is_left_out_and_the_rest_still_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One failure ended the pass: a MIG GPU (utilization NotSupported) had no memory gauges
+    either, a lost GPU froze every gauge, the healthy one's too, at its last value, and each
+    interval logged a traceback."""
+
+    class NotSupported(Exception):  # as pynvml's NVMLError_NotSupported
+        pass
+
+    class Mixed(FakeNvml):
+        lost = False
+
+        def nvmlDeviceGetUtilizationRates(self, handle: int) -> Utilization:
+            if handle == 0:  # a MIG GPU
+                raise NotSupported
+            return super().nvmlDeviceGetUtilizationRates(handle)
+
+        def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+            if index == 1 and self.lost:
+                raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+            return super().nvmlDeviceGetHandleByIndex(index)
+
+    nvml = Mixed(two_gpus().devices)
+    registry = CollectorRegistry()
+    sampler = GpuSampler(registry, nvml)
+    with caplog.at_level("WARNING", logger="frameworm.gpu"):
+        sampler.sample()
+        sampler.sample()
+        assert gauge(registry, "frameworm_gpu_utilization_ratio", "0") is None
+        assert gauge(registry, "frameworm_gpu_memory_used_bytes", "0") == 20 * GIB
+        assert gauge(registry, "frameworm_gpu_utilization_ratio", "1") == 1.0
+        nvml.lost = True
+        sampler.sample()
+        sampler.sample()
+    assert gauge(registry, "frameworm_gpu_memory_used_bytes", "0") == 20 * GIB
+    for name in ("utilization_ratio", "memory_used_bytes", "memory_total_bytes"):
+        assert gauge(registry, f"frameworm_gpu_{name}", "1") is None  # gone, not frozen
+    assert [r.getMessage() for r in caplog.records] == [
+        "GPU 0: no utilization reading (NotSupported); left out while it fails",
+        "GPU 1: no device reading (RuntimeError); left out while it fails",
+    ]
+    assert not any(r.exc_info for r in caplog.records)
