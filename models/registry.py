@@ -165,11 +165,8 @@ class ModelRegistry:
     def verify_artefact(self, manifest: ModelManifest) -> None:
         """Raise IntegrityError unless the artefact's sha256 is the registered one.
 
-        Reads the file in chunks: checking a large artefact must not hold it in memory (a
-        restore runs in a small init container); `artefact_bytes` is for loading. A remote
-        store's download is dropped once hashed: checking a backup held a second copy of it
-        whole on the disk; one artefact at a time is there now.
-        """
+        Reads the file in chunks (a restore runs in a small init container); a remote store's
+        download is dropped once hashed (checking a backup kept a second copy of it)."""
         key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
         try:
             actual = sha256_file(self.store.local_path(key))

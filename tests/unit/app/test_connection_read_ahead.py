@@ -272,17 +272,21 @@ def test_tiny_chunks_in_the_read_that_carries_the_head_are_counted_too() -> None
     """Only pieces read inside a body were counted: a head and 2,600 one-byte chunks in one
     read were free, and a client sending each request so paid three times the allowance."""
 
-    async def run() -> bytes:
-        transport = Transport()
-        connection = protocol(transport)
-        head = b"POST /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-        connection.data_received(head + b"1\r\nX\r\n" * 2600)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        return transport.written
-
-    written = asyncio.run(run())
+    written = asyncio.run(head_and_tiny_chunks_in_one_read("/healthz"))
     assert written.startswith(b"HTTP/1.1 400") and b"chunks average under" in written
+
+
+async def head_and_tiny_chunks_in_one_read(path: str, app: Any = None) -> bytes:
+    """What the connection writes for a head and 2,600 one-byte chunks sent in one read."""
+    transport = Transport()
+    connection = protocol(transport)
+    if app is not None:
+        connection.app = app
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    connection.data_received(head.encode() + b"1\r\nX\r\n" * 2600)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return transport.written
 
 
 def test_a_refusal_before_the_app_runs_gives_the_app_the_request_id_the_client_got() -> None:
@@ -294,17 +298,7 @@ def test_a_refusal_before_the_app_runs_gives_the_app_the_request_id_the_client_g
         seen.append(scope)
         await receive()
 
-    async def run() -> bytes:
-        transport = Transport()
-        connection = protocol(transport)
-        connection.app = app
-        head = b"POST /infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-        connection.data_received(head + b"1\r\nX\r\n" * 2600)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        return transport.written
-
-    written = asyncio.run(run())
+    written = asyncio.run(head_and_tiny_chunks_in_one_read("/infer", app))
     problem = json.loads(written.partition(b"\r\n\r\n")[2])
     (scope,) = seen
     assert scope["state"]["request_id"] == problem["request_id"]
