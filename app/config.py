@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     # to the registry, so a server loads it only when its operator says so too.
     allow_torchscript: bool = False
     follow_stage: bool = False
-    follow_interval_s: float = Field(default=5.0, gt=0)
+    # At least 0.1 s: each poll reads the registry (a GET per poll on S3); less is a busy loop.
+    follow_interval_s: float = Field(default=5.0, ge=0.1)
     load_retries: int = Field(default=3, ge=1)
     # Automatic rollback after a followed promotion (opt-in; never writes to the registry).
     auto_rollback: bool = False
@@ -111,13 +112,15 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1)
+    # Upper bounds: a typo of an extra digit forks thousands of processes, or starts
+    # thousands of OpenMP threads, each with its own copy of the model or stack.
+    workers: int = Field(default=1, ge=1, le=256)
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_batch_delay_ms: float = Field(default=5.0, ge=0)
     max_queue_items: int = Field(default=2048, ge=1)
     request_timeout_ms: float = Field(default=10_000, gt=0)
     max_concurrency: int = Field(default=1024, ge=1)
-    torch_threads: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     # glibc: keep freed batch memory for the next batch (app/inference/allocator.py).
     retain_freed_memory: bool = True
     # On the CPU, models with 2-D convolutions run channels-last when outputs allow it.

@@ -273,6 +273,9 @@ def test_a_secret_file_named_in_the_env_file_is_read(tmp_path: Path) -> None:
         ("max_body_mb", "inf"),
         ("request_timeout_ms", "1e309"),
         ("max_body_mb", "1e-9"),  # less than a byte
+        ("follow_interval_s", "1e-300"),  # a busy poll of the registry
+        ("workers", "100000"),  # an extra digit: thousands of processes, each with the model
+        ("torch_threads", "100000"),
     ],
 )
 def test_infinite_or_vanishing_sizes_and_timeouts_are_refused(field: str, value: str) -> None:
