@@ -149,6 +149,21 @@ def test_the_depth_limit_counts_brackets_not_the_letters_kept_beside_them() -> N
         check_json_shape(b'{"x": [[[[1]]]]}', 4, 1000)
 
 
+def test_the_element_limit_counts_numbers_and_lists() -> None:
+    check_json_shape(b"[" + b",".join([b"0"] * 99) + b"]", 32, 100)  # 99 numbers and a list
+    with refused("payload-too-large"):
+        check_json_shape(b"[" + b",".join([b"0"] * 100) + b"]", 32, 100)
+
+
+def test_lists_of_one_element_count_toward_the_limit_without_commas() -> None:
+    """`[[[0]]]` items: 4.6 million lists in a 10 MB body counted as its 160,000 commas, and
+    orjson made every list before the request was refused."""
+    packed = b"[" + b",".join([b"[[[[0]]]]"] * 30) + b"]"  # 29 commas, 151 lists
+    with refused("payload-too-large") as caught:
+        check_json_shape(packed, 32, 100)
+    assert "more than 100 elements" in caught.value.detail
+
+
 def test_a_body_without_boolean_literals_skips_the_element_walk() -> None:
     # The walk is what refuses: told the text has no literal, a caller gets numpy's reading.
     assert array_from_json("x", [[True, 2, 3]], spec(), may_hold_bools=False).tolist() == [
