@@ -8,12 +8,13 @@
   with no deadline (clients that never read held their concurrency slots for good). Writing
   paused (the client's window and the transport's buffer full) for `write_stall_s`, or at the
   drain's deadline, aborts the connection: the request ends as a disconnect, its slot free.
-- Waiting is limited in time: uvicorn arms its keep-alive timer only after a response and drops
-  it at the first byte of the next request, so a connection that sent nothing, or half a head,
-  stayed open for good (slowloris). A connection waiting for a request (new, or after a
-  response) closes after `timeout_keep_alive` without a byte; a head, once begun, must be whole
-  within `header_timeout_s` (answered 408 and closed otherwise). The body has its own deadline
-  in the app (RequestLimitsMiddleware); a chunked body's framing is bounded (chunked_body.py).
+- Waiting is limited in time (connection_waits.py): for a request, for a head to end, for a
+  body answered early to end. The body has its own deadline in the app
+  (RequestLimitsMiddleware); a chunked body's framing is bounded (chunked_body.py).
+- An upgrade request (`Upgrade` with `Connection: upgrade`, or CONNECT) is the connection's
+  last: httptools skips its body and parses what follows as new requests, so a body holding a
+  request smuggled it past a proxy that forwards upgrades. One with a body is refused (400);
+  one without is served as plain HTTP (no WebSockets here) and the connection closes after.
 
 Errors of the protocol itself (a request httptools cannot parse, a head over the limit, a head
 too slow) are problem responses like the app's, with its security headers, and close the
@@ -37,121 +38,45 @@ from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.chunked_body import MIN_MEAN_CHUNK_BYTES, ChunkedBodyBounds, Excess
 from app.client_gone import GONE, ON_CLIENT_GONE, refused_by_connection
 from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
+from app.connection_waits import WaitingBounds
 from app.errors import is_v2_path, problem_body
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED, HeldFlow
 
 log = logging.getLogger("frameworm.connection")
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
+class BoundedHttpToolsProtocol(WaitingBounds):
     # Set per server by `bounded_protocol`; these defaults are the settings' defaults.
     max_head_bytes = 64 * 1024
     write_stall_s = 30.0
-    header_timeout_s = 10.0
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._head_bytes = 0  # of the chunks received wholly inside the open request head
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # of the chunks that carried the open request head (at least)
+        self._head_slack = 0  # of those, the first chunk's bytes if it began mid-chunk
         self._chunk_bytes = 0  # of the chunk being parsed
         self._body_bytes = 0  # handed to on_body, all requests together
         self._bounds = ChunkedBodyBounds(self.max_head_bytes)  # the open body's framing
         self._unread = b""  # read, not parsed yet: the pipeline is full
         self._open: deque[RequestResponseCycle] = deque()  # requests not yet answered
         self._stall: asyncio.TimerHandle | None = None
-        self._head_open = False  # a request head has begun and not ended
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._discard_timer: asyncio.TimerHandle | None = None
+        self._last_request_read = False  # an upgrade request: nothing after it is parsed
         # A problem (body, status, request id) to write once the requests before it are answered.
         self._refusal: tuple[bytes, int, str] | None = None
 
-    # ------------------------------------------------------------------ waiting
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = HeldFlow(transport, lambda: bool(self._unread))
-        # uvicorn's keep-alive timer, armed for a new connection too: the first byte drops it.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
-
-    def timeout_keep_alive_handler(self) -> None:
-        self.timeout_keep_alive_task = None
-        # A head that began before the timer was armed (pipelined) has its own deadline.
-        if not self._head_open and not self.transport.is_closing():
-            wait = self.timeout_keep_alive
-            log.debug("no request for %gs; connection closed", wait, extra=self._who())
-            self.transport.close()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_open = True  # the head timer is armed after the chunk, if the head is open
-
-    def on_message_complete(self) -> None:
-        # uvicorn leaves `more_body` set on a request answered before its body ended (a 401, a
-        # 413): the connection would count as in a body for good, its next heads unmeasured.
-        if self.cycle is not None and self.cycle.response_complete:
-            self.cycle.more_body = False
-        super().on_message_complete()
-
-    def _after_data(self) -> None:
-        """Bytes came that opened no head: keep a deadline on the connection. uvicorn drops
-        its keep-alive timer at any byte and arms it again only after an answer."""
-        cycle = self.cycle
-        if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
-            return  # the app is at work on a request, under its own deadlines
-        if cycle is not None and cycle.more_body:
-            # Answered early, its body still coming and thrown away (nginx's lingering close):
-            # for at most the header timeout from its first byte after the answer.
-            if self._discard_timer is None:
-                self._discard_timer = self.loop.call_later(
-                    self.header_timeout_s, self._discard_timed_out
-                )
-            return
-        self._cancel_discard()
-        if self.timeout_keep_alive_task is None and not self.pipeline:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-
-    def _discard_timed_out(self) -> None:
-        self._discard_timer = None
-        if not self.transport.is_closing():
-            limit = self.header_timeout_s
-            log.info("an answered request's body not over in %gs; closed", limit, extra=self._who())
-            self.transport.close()
-
-    def _cancel_discard(self) -> None:
-        if self._discard_timer is not None:
-            self._discard_timer.cancel()
-            self._discard_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing():
-            return
-        if self.flow.read_paused:  # pipelined requests wait: the server is not reading, for now
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-            return
-        limit = self.header_timeout_s
-        answered = self._close_with(
-            408, "request-timeout", f"the request head took over {limit:g} s"
-        )
-        log.info("a request head not whole in %gs; answered 408", limit, extra=answered)
-
-    def _end_head(self) -> None:
-        self._head_open = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
 
     # ------------------------------------------------------------------ request head
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:
-            return  # after a refused request nothing is read: the connection closes
+        if self._refusal is not None or self._last_request_read:
+            return  # after a refused or an upgrade request nothing is read: the connection closes
         if self._unread:  # bytes read earlier wait for the pipeline: these go after them
             self._unread += data
             self.flow.pause_reading()
@@ -180,20 +105,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._bounds.new_piece()
         super().data_received(data)
         if self.cycle is not cycle:  # a head completed in this chunk: a new request
-            self._head_bytes = 0
+            self._begin_head_count(data)
             self._refuse_body(self._bounds.after_calls(self._body_bytes - body_before))
         elif in_head:  # and no head completed: the whole chunk was head
             self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+            # The slack may be the previous message's: refused while arriving only when the
+            # head alone is surely over; measured exactly once whole (on_headers_complete).
+            over = self._head_bytes - self._head_slack > self.max_head_bytes
+            if over and not self.transport.is_closing():
                 self._refuse_head()
         else:  # in a body before the chunk (the chunk may end it): its framing (chunked_body)
             self._refuse_body(self._bounds.after_piece(len(data), self._body_bytes - body_before))
-        # Armed once per head that spans chunks (one that ends where it began costs no timer).
-        if self._head_open:
-            if self._head_timer is None and not self.transport.is_closing():
-                self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-        else:
-            self._after_data()
+            self._begin_head_count(data)
+        self._after_parse()
+
+    def _begin_head_count(self, data: bytes) -> None:
+        """A message ended in this chunk: a head begun after it is counted from the chunk's
+        start, more than its bytes and never fewer (it went uncounted: a 78 KB head after a
+        GET in one read passed a 64 KB limit)."""
+        self._head_bytes = self._head_slack = len(data) if self._head_open else 0
 
     def _unsupported_upgrade_warning(self) -> None:
         # Serving no WebSockets (ws="none") is deliberate: an upgrade request is plain HTTP.
@@ -209,7 +139,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._bounds.new_body()
         limit = self.max_head_bytes
         seen = self._head_bytes + self._chunk_bytes  # the head is no longer than this
-        refusal = head_refusal(seen, self.parser.get_method(), self.url, self.headers, limit)
+        upgrade = self.parser.should_upgrade()
+        self._last_request_read = upgrade
+        method = self.parser.get_method()
+        refusal = head_refusal(seen, method, self.url, self.headers, limit, upgrade=upgrade)
         if refusal is not None:
             status, code, detail = refusal
             v2 = is_v2_target(self.url)
@@ -221,6 +154,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.app = app
         else:
             super().on_headers_complete()
+        if upgrade:
+            self.cycle.keep_alive = False  # answered with `Connection: close`, then closed
         # Every request still to answer, pipelined ones included: uvicorn keeps only the newest.
         self._open.append(self.cycle)
         while self._open[0].response_complete:
@@ -342,8 +277,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_stall()
-        self._end_head()
-        self._cancel_discard()
         self._unset_keepalive_if_required()  # uvicorn does only on a clean close
         self._clients_gone()
         super().connection_lost(exc)
@@ -383,9 +316,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-
-    def _who(self) -> dict[str, str | None]:
-        return {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
 
 
 def bounded_protocol(

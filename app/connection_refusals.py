@@ -29,18 +29,31 @@ MAX_QUERY_BYTES = 2048
 
 
 def head_refusal(
-    seen: int, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], limit: int
+    seen: int,
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+    limit: int,
+    *,
+    upgrade: bool = False,
 ) -> tuple[int, str, str] | None:
     """(status, code, detail) for a whole head refused before the app. `seen`: the bytes that
-    carried it; only when they pass `limit` is the parsed head measured (less optional spaces)."""
+    carried it; only when they pass `limit` is the parsed head measured (less optional spaces).
+    `upgrade`: httptools takes the request for an upgrade, and will skip its body."""
     line = len(method) + 1 + len(url) + len(" HTTP/1.1\r\n")
     if seen > limit and line + sum(len(k) + len(v) + 4 for k, v in headers) + 2 > limit:
         return 431, "headers-too-large", f"the request line and headers are over {limit // 1024} KB"
+    if upgrade and any(_announces_a_body(name, value) for name, value in headers):
+        return 400, "malformed-request", "an upgrade request cannot carry a body here"
     if len(url) > MAX_URL_BYTES:
         return 431, "headers-too-large", "the request line is over 64 KB"
     if len(url.partition(b"?")[2]) > MAX_QUERY_BYTES:
         return 414, "uri-too-long", f"the query string is over {MAX_QUERY_BYTES} bytes"
     return None
+
+
+def _announces_a_body(name: bytes, value: bytes) -> bool:
+    return name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0") != b"")
 
 
 def refusing_app(

@@ -1,6 +1,5 @@
 """The connection's read-ahead bounds (app/connection.py), driven with bytes and no socket:
-pipelined requests and a chunked body's framing. A transport that records what the protocol
-does stands in for the socket."""
+pipelined requests and a chunked body's framing (tests/support/connection.py)."""
 
 from __future__ import annotations
 
@@ -9,66 +8,11 @@ import json
 from typing import Any
 
 import pytest
-import uvicorn
-from uvicorn.server import ServerState
 
 from app.chunked_body import FREE_CHUNKS, MIN_MEAN_CHUNK_BYTES
 from app.client_gone import connection_refusal
-from app.connection import bounded_protocol
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED
-
-REQUEST = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closing = False
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
-async def healthz(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/early":  # answers before reading the body, as a 401 does
-        await send({"type": "http.response.start", "status": 401, "headers": []})
-        await send({"type": "http.response.body", "body": b"no"})
-        return
-    if scope["method"] == "POST":  # reads its body, as /infer does: uvicorn resumes reading
-        while (await receive()).get("more_body"):
-            pass
-        await asyncio.sleep(0)  # and works on it (the batcher, the model) before answering
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
-def protocol(transport: Transport, max_head_kb: int = 64) -> Any:
-    # No log_config or log_level: uvicorn would set its loggers' levels for the whole process.
-    config = uvicorn.Config(healthz, lifespan="off", log_config=None, log_level=None)
-    config.load()
-    cls = bounded_protocol(max_head_kb * 1024, write_stall_s=30.0)
-    made = cls(config=config, server_state=ServerState(), app_state={})
-    made.connection_made(transport)
-    return made
+from tests.support.connection import REQUEST, Transport, protocol
 
 
 def test_pipelined_requests_are_read_ahead_a_bounded_number_at_a_time_and_all_answered() -> None:
