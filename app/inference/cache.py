@@ -126,12 +126,21 @@ class MemoryCache:
 class RedisCache:
     SAME_OUTAGE_S = 60.0  # failures of reads and of writes this close are one outage
 
-    def __init__(self, url: str, ttl_s: int, timeout_s: float = 0.05) -> None:
+    def __init__(
+        self, url: str, ttl_s: int, timeout_s: float = 0.05, max_connections: int = 100
+    ) -> None:
         import redis.asyncio
 
-        self._client = redis.asyncio.Redis.from_url(
-            url, **redis_options(timeout_s, asynchronous=True)
+        # Blocking: the default pool fails at once past 100 connections, so a burst of requests
+        # was a burst of misses (and failure logs) while Redis was fine. Waits are bounded by
+        # each call's timeout.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            **redis_options(timeout_s, asynchronous=True),
         )
+        self._client = redis.asyncio.Redis.from_pool(pool)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         # What fails now, "read" and/or "write". They fail apart (a TTL Redis refuses, a full

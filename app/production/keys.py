@@ -99,8 +99,9 @@ def build_key_store(settings: Settings) -> KeyStore:
     return RedisKeyStore(settings.redis_url.get_secret_value())
 
 
-def resolve_pepper(settings: Settings) -> bytes:
-    """The configured pepper; in development only, one generated and kept beside the keys."""
+def resolve_pepper(settings: Settings, store: KeyStore | None = None) -> bytes:
+    """The configured pepper; in development only, one generated and kept beside the keys,
+    while `store` (by default the one `settings` names) holds no keys yet."""
     if settings.api_key_pepper is not None:
         return settings.api_key_pepper.get_secret_value().encode("utf-8")
     if settings.env != "development":
@@ -109,6 +110,13 @@ def resolve_pepper(settings: Settings) -> bytes:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.exists():
         return path.read_bytes().strip()
+    if (build_key_store(settings) if store is None else store).records():
+        # Its keys were hashed with another pepper (the server's, say): a new one would make
+        # keys that never authenticate, and leave it here for every later run.
+        raise ValueError(
+            f"the key store holds keys but there is no pepper at {path}: set "
+            "FRAMEWORM_API_KEY_PEPPER (or _FILE) to the pepper they were made with"
+        )
     pepper = secrets.token_urlsafe(32)
     # Written whole under a temporary name (mode 0600), then linked into place: the link fails
     # when another process starting at the same time got there first, so both agree on one
@@ -146,8 +154,8 @@ class APIKeyAuth:
         if store is None or pepper is None:
             if settings is None:
                 settings = Settings()
-            pepper = resolve_pepper(settings) if pepper is None else pepper
             store = build_key_store(settings) if store is None else store
+            pepper = resolve_pepper(settings, store) if pepper is None else pepper
         self._pepper = pepper.encode("utf-8") if isinstance(pepper, str) else bytes(pepper)
         if not self._pepper:
             raise ValueError("the API key pepper must not be empty")

@@ -267,15 +267,24 @@ def _fsync_directory(directory: Path) -> None:
 class RedisKeyStore:
     """Records in Redis, one JSON string per key id; changes are visible to all at once.
 
-    Admin operations use a blocking client; `aget` (the request path) uses redis.asyncio.
+    Admin operations use a blocking client; `aget` (the request path) uses redis.asyncio, with
+    at most `max_connections` connections: a burst beyond them waits, within `timeout_s`.
     """
 
-    def __init__(self, url: str, *, prefix: str = "frameworm:apikey:", timeout_s: float = 1.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "frameworm:apikey:",
+        timeout_s: float = 1.0,
+        max_connections: int = 100,
+    ) -> None:
         import redis
 
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self.max_connections = max_connections
         self._client: redis.Redis = redis.Redis.from_url(
             url, **redis_options(timeout_s, asynchronous=False)
         )
@@ -286,16 +295,13 @@ class RedisKeyStore:
         return self.prefix + key_id
 
     @staticmethod
-    def _decode(raw: bytes | str | None) -> KeyRecord | None:
-        if raw is None:
-            return None
-        try:
-            return KeyRecord.from_dict(parse_json(raw))
-        except (ValueError, KeyError, TypeError) as exc:
-            # Written by hand past the CLI's checks: no key, rather than a 500 on every use.
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.error("an invalid key record in Redis, refused (%s)", reason)
-            return None
+    def _decode(raw: bytes | str | None, name: str | bytes) -> KeyRecord | None:
+        if raw is not None:
+            try:
+                return KeyRecord.from_dict(parse_json(raw))
+            except (ValueError, KeyError, TypeError) as exc:
+                _no_record(name, exc)
+        return None
 
     def _async_client(self) -> redis.asyncio.Redis:
         import redis.asyncio
@@ -304,10 +310,15 @@ class RedisKeyStore:
         with self._lock:
             # A redis.asyncio connection belongs to the loop that opened it.
             if self._async is None or self._async[0] is not loop:
-                client = redis.asyncio.Redis.from_url(
-                    self.url, **redis_options(self.timeout_s, asynchronous=True)
+                # Blocking: the default pool fails at once past 100 connections, so a burst (of
+                # made-up keys, say) was a 503 while Redis was fine. `aget` bounds the wait.
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.url,
+                    max_connections=self.max_connections,
+                    timeout=self.timeout_s,
+                    **redis_options(self.timeout_s, asynchronous=True),
                 )
-                self._async = (loop, client)
+                self._async = (loop, redis.asyncio.Redis.from_pool(pool))
             return self._async[1]
 
     def add(self, record: KeyRecord) -> None:
@@ -315,14 +326,32 @@ class RedisKeyStore:
         if not self._client.set(self._key(record.id), payload, nx=True):
             raise ValueError(f"key id {record.id} already exists")
 
+    def _read(self, client: redis.Redis, name: str | bytes) -> KeyRecord | None:
+        import redis
+
+        try:
+            return self._decode(client.get(name), name)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            _no_record(name, exc)  # a hash, say: not a key, nor a store outage
+        return None
+
     def get(self, key_id: str) -> KeyRecord | None:
-        return self._decode(self._client.get(self._key(key_id)))
+        return self._read(self._client, self._key(key_id))
 
     async def aget(self, key_id: str) -> KeyRecord | None:
-        # One bound on the lookup, the retry on a closed connection included.
-        async with asyncio.timeout(self.timeout_s):
-            raw = await self._async_client().get(self._key(key_id))
-        return self._decode(raw)
+        import redis
+
+        name = self._key(key_id)
+        try:  # one bound on the lookup, the wait for a connection and the retry included
+            async with asyncio.timeout(self.timeout_s):
+                return self._decode(await self._async_client().get(name), name)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            _no_record(name, exc)
+        return None
 
     def revoke(self, key_id: str, when: float) -> bool:
         import redis
@@ -333,7 +362,7 @@ class RedisKeyStore:
                 try:
                     # Optimistic lock: retry if another writer touched the record meanwhile.
                     pipe.watch(name)  # type: ignore[no-untyped-call]
-                    record = self._decode(pipe.get(name))
+                    record = self._read(pipe, name)
                     if record is None:
                         return False
                     if record.revoked is not None:
@@ -348,7 +377,7 @@ class RedisKeyStore:
     def records(self) -> list[KeyRecord]:
         records = []
         for name in self._client.scan_iter(match=self.prefix + "*", count=500):
-            record = self._decode(self._client.get(name))
+            record = self._read(self._client, name)
             if record is not None:
                 records.append(record)
         return sorted(records, key=lambda r: r.created)
@@ -363,3 +392,9 @@ class RedisKeyStore:
         if current is not None:
             await current[1].aclose()
         self.close()
+
+
+def _no_record(name: str | bytes, exc: Exception) -> None:
+    """A value written by hand past the CLI's checks is no key, not a 500 or 503 on every use."""
+    reason = f"{type(exc).__name__}: {exc}"
+    logger.error("an invalid key record in Redis at %r, refused (%s)", name, reason)

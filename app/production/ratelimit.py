@@ -50,6 +50,11 @@ STORAGE_SCHEMES: dict[str, StorageKind] = {
 
 # "N per 0 seconds": `limits` reads the 0 as no multiple, i.e. one second.
 _ZERO_PERIODS = re.compile(r"(?:/|per)\s*0+\s*[a-z]", re.IGNORECASE)
+# Bounds far above any real limit. Past about 1e17 requests or 9.2e15 s (its milliseconds
+# overflow Redis's 64-bit integers) every Redis hit failed, taken for a storage outage, and
+# memory storage sent a Retry-After of 8.6e15 s.
+MAX_AMOUNT = 10**12
+MAX_PERIOD_S = 36_500 * 86_400  # 100 years
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,7 +63,8 @@ def parse_limit(text: str) -> RateLimitItem:
 
     `limits` also reads several limits (`"2/second;3/minute"`), a zero amount and zero periods;
     each is refused here: only the first of several limits would be enforced, and a limit of
-    zero would refuse every request for good.
+    zero would refuse every request for good. So are amounts above MAX_AMOUNT and periods
+    above MAX_PERIOD_S (100 years).
     """
     if not isinstance(text, str):
         raise ValueError("a rate limit is a string such as '100/minute'")
@@ -67,6 +73,11 @@ def parse_limit(text: str) -> RateLimitItem:
         raise ValueError(f"one rate limit only, such as '100/minute', not {text!r}")
     if items[0].amount < 1 or _ZERO_PERIODS.search(text):
         raise ValueError(f"a rate limit allows at least 1 request in at least 1 period: {text!r}")
+    if items[0].amount > MAX_AMOUNT or items[0].get_expiry() > MAX_PERIOD_S:
+        raise ValueError(
+            f"a rate limit allows at most 10^12 requests in at most 100 years (36500 days): "
+            f"{text!r}"
+        )
     return items[0]
 
 
@@ -127,10 +138,10 @@ class RateLimiter:
         key_prefix: str = "frameworm",
         max_connections: int = 32,
     ) -> None:
-        if max_requests < 1:
-            raise ValueError("max_requests must be at least 1")
-        if window_seconds < 1 or float(window_seconds) != int(window_seconds):
-            raise ValueError("window_seconds must be a whole number of seconds, at least 1")
+        if not 1 <= max_requests <= MAX_AMOUNT:
+            raise ValueError("max_requests must be at least 1 and at most 10^12")
+        if not 1 <= window_seconds <= MAX_PERIOD_S or float(window_seconds) != int(window_seconds):
+            raise ValueError("window_seconds must be a whole number of seconds, 1 to 100 years")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.max_requests = int(max_requests)

@@ -114,3 +114,16 @@ def test_an_expired_key_is_listed_as_expired(keys: Path) -> None:
     assert "  expired  expires " in alice and "expired" not in bob
     rows = json.loads(frameworm("list", "--json")[1])
     assert [row["expired"] for row in rows] == [True, False]
+
+
+@pytest.mark.parametrize("limit", ["100000000000000000000/second", "1/9300000000000000 seconds"])
+def test_a_rate_limit_redis_could_not_count_is_refused_in_one_line(keys: Path, limit: str) -> None:
+    """Every hit of such a key failed in Redis (an outage) and memory storage sent a
+    Retry-After of 8.6e15 seconds."""
+    code, output = frameworm("create", "bob", "--rate-limit", limit)
+    assert code == 1
+    assert output.splitlines() == [
+        f"error: a rate limit allows at most 10^12 requests in at most 100 years (36500 days): "
+        f"{limit!r}"
+    ]
+    assert not keys.exists() or json.loads(keys.read_text())["keys"] == []

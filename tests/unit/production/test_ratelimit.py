@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import ValidationError
 
+from app.config import Settings
 from app.production import RateLimitDecision, RateLimiter, parse_limit
 from tests.support import free_port
 from tests.unit.production.conftest import FakeClock
@@ -122,6 +124,34 @@ def test_a_limit_that_is_not_exactly_one_positive_limit_is_refused(text: object)
     with pytest.raises(ValueError):
         parse_limit(text)
     assert parse_limit("10 per 2 minutes").get_expiry() == 120
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "100000000000000000000/second",  # every Redis hit failed: an outage, fail-open or closed
+        "1000000000001/second",
+        "1/9300000000000000 seconds",  # its milliseconds overflow Redis's integers
+        "1/36501 days",  # and memory storage sent a Retry-After of 8.6e15 s at the far end
+        "1/1000 years",
+    ],
+)
+def test_a_limit_past_a_trillion_requests_or_a_hundred_years_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="at most 10\\^12 requests in at most 100 years"):
+        parse_limit(text)
+
+
+def test_the_largest_limits_are_accepted_and_enforced() -> None:
+    assert parse_limit("1000000000000/second").amount == 10**12
+    assert parse_limit("1/36500 days").get_expiry() == 36_500 * 86_400
+    limiter = RateLimiter.from_string("1/100 years")
+    assert limiter.allow("k") and not limiter.allow("k")
+    with pytest.raises(ValueError, match="max_requests"):
+        RateLimiter(10**12 + 1, 1)
+    with pytest.raises(ValueError, match="window_seconds"):
+        RateLimiter(1, 36_500 * 86_400 + 1)
+    with pytest.raises(ValidationError, match="FRAMEWORM_RATE_LIMIT"):
+        Settings(_env_file=None, rate_limit="1/1000 years")
 
 
 @pytest.mark.parametrize(

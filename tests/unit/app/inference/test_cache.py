@@ -260,3 +260,25 @@ def test_a_write_failure_left_marked_does_not_hide_a_later_outage_of_reads(
         "result cache write failed (TimeoutError): serving without it",
         "result cache read failed (ConnectionError): serving without it",
     ]
+
+
+def test_a_burst_beyond_the_pool_waits_for_a_connection_and_hits(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The default async pool raised MaxConnectionsError past 100 connections: the rest of a
+    burst were misses (each running the model) and a logged outage while Redis was fine."""
+    burst = 300  # concurrent lookups, past the pool's 100 connections
+
+    async def main() -> list[list[np.ndarray] | None]:
+        cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=10)  # a loaded machine is slow
+        try:
+            await cache.put("k", [np.arange(3)])
+            return await asyncio.gather(*(cache.get("k") for _ in range(burst)))
+        finally:
+            await cache.close()
+
+    with caplog.at_level("DEBUG", logger="frameworm.cache"):
+        results = asyncio.run(main())
+    assert sum(r is not None for r in results) == burst
+    assert caplog.records == []
