@@ -59,14 +59,15 @@ def _redis_url_problem(url: str, schemes: tuple[str, ...] = ("redis", "rediss", 
     return ""
 
 
-def _is_limit(text: str) -> bool:
+def _limit_problem(text: str) -> str | None:
+    """Why the rate limiter could not use `text`, or None."""
     from app.production.ratelimit import parse_limit  # as the rate limiter reads it
 
     try:
         parse_limit(text)
-    except ValueError:
-        return False
-    return True
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class Settings(BaseSettings):
@@ -237,8 +238,8 @@ class Settings(BaseSettings):
         if self.rate_limit_enabled:
             limits["FRAMEWORM_RATE_LIMIT"] = self.rate_limit
         for name, value in limits.items():
-            if not _is_limit(value):
-                raise ValueError(f"{name}: {value!r} is not a limit such as 100/minute")
+            if (problem := _limit_problem(value)) is not None:
+                raise ValueError(f"{name}: {problem}")
         users = [
             name
             for name, uses in (

@@ -68,7 +68,10 @@ def parse_limit(text: str) -> RateLimitItem:
     """
     if not isinstance(text, str):
         raise ValueError("a rate limit is a string such as '100/minute'")
-    items = parse_many(text)
+    try:
+        items = parse_many(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a limit such as 100/minute") from None
     if len(items) != 1:
         raise ValueError(f"one rate limit only, such as '100/minute', not {text!r}")
     if items[0].amount < 1 or _ZERO_PERIODS.search(text):

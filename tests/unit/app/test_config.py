@@ -284,6 +284,11 @@ def test_infinite_or_vanishing_sizes_and_timeouts_are_refused(field: str, value:
         Settings(**values)
 
 
+def test_a_limit_past_what_can_be_counted_is_refused_saying_why() -> None:
+    with pytest.raises(ValidationError, match="at most 10\\^12 requests in at most 100 years"):
+        Settings(rate_limit="99999999999999/second")
+
+
 @pytest.mark.parametrize("field", ["rate_limit", "auth_failure_limit"])
 def test_a_limit_that_does_not_parse_is_refused_at_start(field: str) -> None:
     values: dict[str, Any] = {field: "lots"}
