@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import uuid
 from collections import deque
 from collections.abc import MutableMapping
@@ -48,6 +50,7 @@ from app.errors import is_v2_path, problem_body
 from app.read_ahead import FEED_BYTES, MAX_PIPELINED, HeldFlow
 
 log = logging.getLogger("frameworm.connection")
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 class BoundedHttpToolsProtocol(WaitingBounds):
@@ -303,6 +306,12 @@ class BoundedHttpToolsProtocol(WaitingBounds):
         # As connection_lost will, but now: uvloop resumes writing as it drops the buffer, and a
         # waiting response must find its client gone rather than write to a closed transport.
         self._clients_gone()
+        # A reset, the unread answers dropped: the socket closed with a lingering send queue
+        # (a client that had no request left unread) kept MBs in the kernel, sent on for as
+        # long as the client would take them (FIN-WAIT-1).
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         self.transport.abort()  # close() would wait to flush what the client is not reading
 
     def abort_if_stalled(self) -> bool:
