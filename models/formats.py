@@ -30,17 +30,28 @@ from models.families import build_model
 from models.manifest import ModelManifest, Signature
 from models.pt2_ops import refuse_unsafe_ops
 from models.pt2_program import check_attribute_path, refuse_code_in_program
-from models.tensors import FLOAT_DTYPES, TORCH_DTYPES, example_inputs, generate
+from models.tensors import FLOAT_DTYPES, example_inputs, generate
 
 Forward = Callable[..., Any]
 
 
 class LoadedModel:
-    """A model on a device, called with tensors in signature order, returning outputs in order."""
+    """A model on a device, called with tensors in signature order, returning outputs in order.
 
-    def __init__(self, manifest: ModelManifest, module: Forward, device: torch.device) -> None:
+    `max_batch`: the most items the artefact takes in one call (a .pt2 exported with a capped
+    batch Dim); None when there is no such bound. `forward` takes any batch size regardless.
+    """
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        module: Forward,
+        device: torch.device,
+        max_batch: int | None = None,
+    ) -> None:
         self.manifest = manifest
         self.device = device
+        self.max_batch = max_batch
         self._module: Forward | None = module
 
     @property
@@ -48,6 +59,18 @@ class LoadedModel:
         return self.manifest.signature
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        cap = self.max_batch
+        if cap is not None and inputs and len(inputs[0]) > cap:
+            # Batches are formed up to FRAMEWORM_MAX_BATCH_SIZE or a request's size, which may
+            # pass the bound the program was exported with: run it in slices of the bound.
+            parts = [
+                self._forward([t[i : i + cap] for t in inputs])
+                for i in range(0, len(inputs[0]), cap)
+            ]
+            return [torch.cat(outs) for outs in zip(*parts, strict=True)]
+        return self._forward(inputs)
+
+    def _forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self._module is None:
             raise RuntimeError(f"{self.manifest.name} {self.manifest.version} was released")
         on_device = [t.to(self.device, non_blocking=True) for t in inputs]
@@ -129,11 +152,15 @@ def _drop_tensors(module: nn.Module) -> None:
 
 def load_model(manifest: ModelManifest, data: bytes, device: torch.device) -> LoadedModel:
     """Build a runnable model from an artefact's verified bytes."""
-    loader = _LOADERS[manifest.format]
-    return LoadedModel(manifest, loader(manifest, data, device), device)
+    module, max_batch = _LOADERS[manifest.format](manifest, data, device)
+    return LoadedModel(manifest, module, device, max_batch)
 
 
-def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
+# A loader gives the module and the most items it takes in one call (None: no bound).
+_Loaded = tuple[Forward, int | None]
+
+
+def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device) -> _Loaded:
     if manifest.family is None:
         raise ArtefactError("a safetensors artefact needs a model family")
     module = build_model(manifest.family, manifest.family_config)
@@ -147,13 +174,15 @@ def _load_safetensors(manifest: ModelManifest, data: bytes, device: torch.device
         raise ArtefactError(
             f"weights do not fit family {manifest.family!r} with its config: {first_line(exc)}"
         ) from None
-    return module.to(device).eval()
+    return module.to(device).eval(), None
 
 
-def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
+def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.device) -> _Loaded:
     # Imported here: torch.export's serialisation takes 2 s to import, a third of a server's
     # cold start, for a format most registries never hold.
     from torch.export.pt2_archive._package import load_pt2
+
+    from models.pt2_batch import batch_bound
 
     refuse_pickled_entries(data)
     try:
@@ -168,10 +197,10 @@ def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.devic
         module: Forward = program.module().to(device)
     except Exception as exc:
         raise ArtefactError(f"not a loadable torch.export archive: {first_line(exc)}") from None
-    return module
+    return module, batch_bound(program)
 
 
-def _load_torchscript(manifest: ModelManifest, data: bytes, device: torch.device) -> Forward:
+def _load_torchscript(manifest: ModelManifest, data: bytes, device: torch.device) -> _Loaded:
     if not manifest.trusted:
         raise ArtefactError("TorchScript artefacts load only when registered as trusted")
     try:
@@ -182,10 +211,10 @@ def _load_torchscript(manifest: ModelManifest, data: bytes, device: torch.device
         raise ArtefactError(f"not a loadable TorchScript archive: {first_line(exc)}") from None
     if isinstance(module, nn.Module):
         module.eval()
-    return module
+    return module, None
 
 
-_LOADERS: dict[str, Callable[[ModelManifest, bytes, torch.device], Forward]] = {
+_LOADERS: dict[str, Callable[[ModelManifest, bytes, torch.device], _Loaded]] = {
     "safetensors": _load_safetensors,
     "torch_export": _load_torch_export,
     "torchscript": _load_torchscript,
@@ -329,55 +358,3 @@ def _elements(tensor_meta: dict[str, Any]) -> int | None:
     ):
         return None
     return math.prod(int(d["as_int"]) for d in dims)
-
-
-def check_deterministic(model: LoadedModel) -> None:
-    """A model declared deterministic answers the same input alike twice: its answers are
-    cached and replayed (the result cache), so a random one would replay one draw for good.
-    Inputs of ones, not zeros: random masks (dropout left on) vanish on zeros."""
-    inputs = [torch.ones_like(tensor) for tensor in example_inputs(model.signature, 2)]
-    first, second = model.forward(inputs), model.forward(inputs)
-    for spec, a, b in zip(model.signature.outputs, first, second, strict=True):
-        floating = a.is_floating_point() or a.is_complex()
-        same = torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all() if floating else a.equal(b)
-        if not same:
-            raise ArtefactError(
-                f"declared deterministic, but output {spec.name!r} differs between two runs on "
-                "the same inputs: its cached answers would replay one draw; register it "
-                "without --deterministic"
-            )
-
-
-def check_signature(model: LoadedModel, batch_sizes: Sequence[int] = (1, 3)) -> None:
-    """Run zero inputs at several batch sizes; outputs must keep the batch and match the spec.
-
-    This is what catches a .pt2 exported without `dynamic_shapes`: its batch size is fixed.
-    """
-    signature = model.signature
-    for batch in batch_sizes:
-        try:
-            outputs = model.forward(example_inputs(signature, batch))
-        except ArtefactError:
-            raise
-        except Exception as exc:  # any failure of the user's model is an artefact problem
-            hint = ""
-            if model.manifest.format == "torch_export":
-                hint = (
-                    " (was it exported with a fixed batch size? export with "
-                    "dynamic_shapes marking dimension 0 of every input as torch.export.Dim)"
-                )
-            raise ArtefactError(
-                f"model fails on a batch of {batch} inputs of its signature: "
-                f"{first_line(exc)}{hint}"
-            ) from None
-        for spec, out in zip(signature.outputs, outputs, strict=True):
-            expected = (batch, *spec.shape[1:])
-            if tuple(out.shape) != expected:
-                raise ArtefactError(
-                    f"output {spec.name!r} has shape {tuple(out.shape)} for a batch of {batch}, "
-                    f"the signature says {expected}"
-                )
-            if out.dtype != TORCH_DTYPES[spec.dtype]:
-                raise ArtefactError(
-                    f"output {spec.name!r} is {out.dtype}, the signature says {spec.dtype}"
-                )

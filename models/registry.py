@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
+from models.checks import check_deterministic, check_signature
 from models.errors import (
     UNREADABLE,
     ArtefactError,
@@ -35,7 +36,7 @@ from models.errors import (
     VersionExistsError,
     validation_message,
 )
-from models.formats import LoadedModel, check_deterministic, check_signature, load_model
+from models.formats import LoadedModel, load_model
 from models.golden import run_golden_checks
 from models.manifest import (
     STAGES,

@@ -177,6 +177,8 @@ class ModelHost:
                 "version": manifest.version,
                 "device": str(self.device),
                 "channels_last": channels_last,
+                # Batches past it run in slices: a .pt2 exported with a capped batch Dim.
+                "max_batch": runner.model.max_batch,
                 "torch_threads": torch.get_num_threads(),
                 "seconds": round(time.perf_counter() - started, 3),
             },
