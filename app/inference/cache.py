@@ -6,8 +6,10 @@ arrays (dtype and shape included), so results are never shared across versions, 
 two registries that each hold a version of the same name. Only manifests marked
 `deterministic` are cached: a generative model drawing from a seedless RNG is not. In memory it
 is an LRU bounded in entries and in bytes; with Redis it is shared by replicas, with a TTL, and
-a slow or down Redis, or an entry it cannot read, is a miss (bounded by a short timeout), never
-an error.
+a slow or down Redis, or an entry it cannot read or that does not fit the request (its outputs'
+number, dtypes and shapes), is a miss (bounded by a short timeout), never an error. After a
+failure Redis is skipped for a second at a time, one call probing it, and writes run in the
+background: an outage costs a request no wait past the first failure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,7 +28,8 @@ import orjson
 
 from app.production.redis_client import redis_options
 from app.telemetry.metrics import Metrics
-from models.manifest import ModelManifest
+from models.manifest import ModelManifest, TensorSpec
+from models.tensors import NUMPY_DTYPES
 
 log = logging.getLogger("frameworm.cache")
 
@@ -75,8 +79,26 @@ def _unpack(blob: bytes) -> list[np.ndarray]:
     return outputs
 
 
+def _misfit(outputs: list[np.ndarray], specs: Sequence[TensorSpec], items: int) -> str | None:
+    """Why `outputs` cannot answer a request of `items` items to these output specs, or None.
+
+    A readable entry may still be another's (another layout, a stray writer): served, a wrong
+    shape or dtype was a wrong answer (bool as false, a [3, 7] for one item) or a 500 (a
+    big-endian or 0-d array the encoders refuse)."""
+    if len(outputs) != len(specs):
+        return "has the wrong number of outputs"
+    for out, spec in zip(outputs, specs, strict=True):
+        if out.dtype != NUMPY_DTYPES[spec.dtype]:  # native byte order included: >f8 is not <f8
+            return "has an output of the wrong dtype"
+        if out.shape != (items, *spec.shape[1:]):
+            return "has an output of the wrong shape"
+    return None
+
+
 class ResultCache(Protocol):
-    async def get(self, key: str) -> list[np.ndarray] | None: ...
+    async def get(
+        self, key: str, specs: Sequence[TensorSpec], items: int
+    ) -> list[np.ndarray] | None: ...
     async def put(self, key: str, outputs: list[np.ndarray]) -> None: ...
     async def close(self) -> None: ...
 
@@ -92,7 +114,11 @@ class MemoryCache:
         self.nbytes = 0
         self._entries: OrderedDict[str, list[np.ndarray]] = OrderedDict()
 
-    async def get(self, key: str) -> list[np.ndarray] | None:
+    async def get(
+        self, key: str, specs: Sequence[TensorSpec], items: int
+    ) -> list[np.ndarray] | None:
+        """Unchecked: entries are this process's own outputs, under keys that fix the version
+        and the inputs' shapes, so they fit the request by construction."""
         outputs = self._entries.get(key)
         if outputs is not None:
             self._entries.move_to_end(key)
@@ -125,6 +151,9 @@ class MemoryCache:
 
 class RedisCache:
     SAME_OUTAGE_S = 60.0  # failures of reads and of writes this close are one outage
+    # After a failure, reads (or writes) skip Redis this long, then one call probes it: a hung
+    # Redis otherwise cost every request its whole timeout, twice, for as long as it hung.
+    RETRY_S = 1.0
 
     def __init__(
         self, url: str, ttl_s: int, timeout_s: float = 0.05, max_connections: int = 100
@@ -145,9 +174,16 @@ class RedisCache:
         self.timeout_s = timeout_s
         # What fails now, "read" and/or "write". They fail apart (a TTL Redis refuses, a full
         # Redis with noeviction: every write fails while every read succeeds), so a read that
-        # succeeds does not end an outage of writes.
+        # succeeds does not end an outage of writes, and each backs off on its own.
         self._failing: set[str] = set()
+        self._retry_at: dict[str, float] = {}  # when a failing "read"/"write" is tried again
         self._warned_at = 0.0
+        # Writes in flight. The loop keeps only weak references to tasks: unreferenced, one
+        # could be collected mid-write. Bounded to half the pool, so writes never take every
+        # connection from the lookups that responses wait for.
+        self._writes: set[asyncio.Task[None]] = set()
+        self.max_writes = max(1, max_connections // 2)
+        self._said: set[str] = set()  # the kinds of unusable entry logged so far
 
     def _failed(self, what: str, exc: Exception) -> None:
         # Once per outage at warning level (every request is a miss meanwhile: only the
@@ -163,14 +199,41 @@ class RedisCache:
         else:
             log.debug("result cache %s failed: %s", what, type(exc).__name__)
         self._failing.add(what)
+        self._retry_at[what] = now + self.RETRY_S
 
     def _succeeded(self, what: str) -> None:
+        self._retry_at.pop(what, None)
         if what in self._failing:
             self._failing.discard(what)
             if not self._failing:
                 log.info("result cache reachable again")
 
-    async def get(self, key: str) -> list[np.ndarray] | None:
+    def _skips(self, what: str) -> bool:
+        """Whether this read or write skips Redis: for RETRY_S after a failure; then this call
+        probes it, and the others skip another RETRY_S unless it succeeds."""
+        retry_at = self._retry_at.get(what)
+        if retry_at is None:
+            return False
+        now = time.monotonic()
+        if now < retry_at:
+            return True
+        self._retry_at[what] = now + self.RETRY_S
+        return False
+
+    def _unusable(self, key: str, why: str) -> None:
+        # Once per kind: a stray writer's entries would otherwise log on every request.
+        if why in self._said:
+            log.debug("result cache entry %s %s: a miss", key[:16], why)
+            return
+        self._said.add(why)
+        log.warning("result cache entry %s %s: a miss (said once)", key[:16], why)
+
+    async def get(
+        self, key: str, specs: Sequence[TensorSpec], items: int
+    ) -> list[np.ndarray] | None:
+        """The outputs stored under `key` if they fit `items` items of these output specs."""
+        if self._skips("read"):
+            return None
         try:
             async with asyncio.timeout(self.timeout_s):
                 blob = await self._client.get(f"frameworm:result:{key}")
@@ -181,33 +244,56 @@ class RedisCache:
         if not isinstance(blob, bytes) or not blob:
             return None
         try:
-            return _unpack(blob)
+            outputs = _unpack(blob)
         except Exception:  # not ours, another layout: numpy and orjson raise several types
-            log.warning("result cache entry %s is unreadable: a miss", key[:16])
+            self._unusable(key, "is unreadable")
             return None
+        misfit = _misfit(outputs, specs, items)
+        if misfit is not None:
+            self._unusable(key, misfit)
+            return None
+        return outputs
 
     async def put(self, key: str, outputs: list[np.ndarray]) -> None:
+        """Starts the write and returns: no response waits for Redis. Dropped (a later miss
+        writes it) while writes back off or `max_writes` are in flight."""
+        if len(self._writes) >= self.max_writes or self._skips("write"):
+            return
+        task = asyncio.create_task(self._write(key, _pack(outputs)), name="result-cache-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: str, blob: bytes) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._client.set(f"frameworm:result:{key}", _pack(outputs), ex=self.ttl_s)
+                await self._client.set(f"frameworm:result:{key}", blob, ex=self.ttl_s)
         except Exception as exc:
             self._failed("write", exc)
             return
         self._succeeded("write")
 
+    async def drain(self) -> None:
+        """Waits for the writes in flight, each bounded by the timeout."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
     async def close(self) -> None:
+        # Writes first: a task still pending when the loop closes is destroyed with a warning.
+        await self.drain()
         await self._client.aclose()
 
 
 class CountingCache:
-    """Counts hits and misses into the metrics."""
+    """Counts hits and misses into the metrics: an entry the lookup throws away is a miss."""
 
     def __init__(self, inner: ResultCache, metrics: Metrics | None) -> None:
         self.inner = inner
         self.metrics = metrics
 
-    async def get(self, key: str) -> list[np.ndarray] | None:
-        outputs = await self.inner.get(key)
+    async def get(
+        self, key: str, specs: Sequence[TensorSpec], items: int
+    ) -> list[np.ndarray] | None:
+        outputs = await self.inner.get(key, specs, items)
         if self.metrics is not None:
             self.metrics.cache_requests.labels("hit" if outputs is not None else "miss").inc()
         return outputs

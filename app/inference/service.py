@@ -111,8 +111,10 @@ async def run_inference(
     key = None
     if cache is not None and manifest.deterministic and not decoded.random:
         key = cache_key(manifest, decoded.arrays, decoded.parameters)
-        outputs = await cache.get(key)
-        if outputs is not None and len(outputs) == len(manifest.signature.outputs):
+        # The lookup checks the entry fits the request (outputs, dtypes, shapes): what it
+        # returns is served, and counted as a hit, as it is.
+        outputs = await cache.get(key, manifest.signature.outputs, decoded.items)
+        if outputs is not None:
             _record_served(request, manifest.name, manifest.version)
             return Served(outputs, manifest.version)
     try:
@@ -132,7 +134,7 @@ async def run_inference(
     finally:
         forget_client_gone(request.scope)
     if cache is not None and key is not None and served.version == manifest.version:
-        await cache.put(key, served.outputs)
+        await cache.put(key, served.outputs)  # Redis writes in the background: no wait here
     _record_served(request, manifest.name, served.version)
     return served
 

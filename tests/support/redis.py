@@ -93,3 +93,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server per test."""
     with run_redis_server(tmp_path / "redis") as server:
         yield server
+
+
+@contextmanager
+def hung(server: RedisServer) -> Iterator[None]:
+    """Redis stopped, not gone: it keeps its connections and answers nothing."""
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)

@@ -22,6 +22,7 @@ import redis
 
 from app.inference.cache import RedisCache
 from app.production import RateLimiter, RedisKeyStore
+from models.manifest import TensorSpec
 from tests.support.redis import run_redis_server
 
 BURST = 10
@@ -76,10 +77,12 @@ def test_the_result_cache_serves_a_burst_after_a_redis_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     outputs = [np.arange(4, dtype=np.float32)]
+    specs = (TensorSpec(name="y", shape=(-1,)),)  # four items of one value each
 
     async def put_then_get(cache: RedisCache) -> list[np.ndarray] | None:
         await cache.put("k", outputs)
-        return await cache.get("k")
+        await cache.drain()  # the write runs in the background
+        return await cache.get("k", specs, 4)
 
     def cache(url: str) -> RedisCache:
         return RedisCache(url, ttl_s=60, timeout_s=1.0)

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
-from app.inference.cache import MemoryCache, RedisCache, _pack, _unpack, cache_key
+from app.inference.cache import CountingCache, MemoryCache, RedisCache, _pack, _unpack, cache_key
+from app.telemetry.metrics import Metrics
 from models.manifest import ModelManifest, Signature, TensorSpec
 from tests.support import free_port
 from tests.support.redis import RedisServer, redis_server  # noqa: F401  # fixture
@@ -16,6 +18,8 @@ MB = 1024 * 1024
 SIGNATURE = Signature(
     inputs=(TensorSpec(name="x", shape=(-1, 2)),), outputs=(TensorSpec(name="y", shape=(-1, 2)),)
 )
+Y = SIGNATURE.outputs  # one float32 output of two values an item
+ROW = np.array([[1.5, 2.5]], dtype=np.float32)  # the answer to one item
 
 
 def manifest(version: str) -> ModelManifest:
@@ -76,9 +80,9 @@ def test_the_memory_cache_evicts_the_least_recently_used_entry() -> None:
         one = [np.zeros(1)]
         await cache.put("a", one)
         await cache.put("b", one)
-        await cache.get("a")  # "a" is now the most recently used
+        await cache.get("a", Y, 1)  # "a" is now the most recently used
         await cache.put("c", one)
-        return [await cache.get(k) is not None for k in ("a", "b", "c")]
+        return [await cache.get(k, Y, 1) is not None for k in ("a", "b", "c")]
 
     assert asyncio.run(main()) == [True, False, True]
 
@@ -89,7 +93,7 @@ def test_the_memory_cache_keeps_a_read_only_copy_of_a_request_s_rows_not_its_bat
 
     async def main() -> list[np.ndarray] | None:
         await cache.put("k", [batch[3:4]])  # one request's rows: a view of the batch
-        return await cache.get("k")
+        return await cache.get("k", Y, 1)
 
     kept = asyncio.run(main())
     assert kept is not None
@@ -103,14 +107,15 @@ def test_the_redis_cache_round_trips_and_expires_nothing_early(redis_server: Red
     async def main() -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
         cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
         try:
-            await cache.put("k", [np.array([1.5, 2.5], dtype=np.float32)])
-            return await cache.get("k"), await cache.get("missing")
+            await cache.put("k", [ROW])
+            await cache.drain()  # the write runs in the background
+            return await cache.get("k", Y, 1), await cache.get("missing", Y, 1)
         finally:
             await cache.close()
 
     hit, miss = asyncio.run(main())
     assert hit is not None and miss is None
-    np.testing.assert_array_equal(hit[0], np.array([1.5, 2.5], dtype=np.float32))
+    np.testing.assert_array_equal(hit[0], ROW)
 
 
 def test_an_unreachable_redis_is_a_miss_not_an_error_and_said_once(
@@ -121,8 +126,8 @@ def test_an_unreachable_redis_is_a_miss_not_an_error_and_said_once(
     async def main() -> list[list[np.ndarray] | None]:
         cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_s=0.2)
         try:
-            await cache.put("k", [np.zeros(1)])  # must not raise
-            return [await cache.get("k") for _ in range(3)]
+            await cache.put("k", [ROW])  # must not raise
+            return [await cache.get("k", Y, 1) for _ in range(3)]
         finally:
             await cache.close()
 
@@ -138,7 +143,7 @@ def test_the_memory_cache_never_holds_more_than_its_bound(entries: int) -> None:
         cache = MemoryCache(max_entries=entries, max_bytes=MB)
         for i in range(10):
             await cache.put(str(i), [np.zeros(1)])
-        return sum([await cache.get(str(i)) is not None for i in range(10)])
+        return sum([await cache.get(str(i), Y, 1) is not None for i in range(10)])
 
     assert asyncio.run(main()) == entries
 
@@ -148,10 +153,10 @@ def test_the_memory_cache_never_holds_more_bytes_than_its_bound() -> None:
         cache = MemoryCache(max_entries=100, max_bytes=2500)
         for key in "abc":
             await cache.put(key, [np.zeros(100)])  # 800 bytes each
-        await cache.get("a")  # "b" is now the least recently used
+        await cache.get("a", Y, 1)  # "b" is now the least recently used
         await cache.put("d", [np.zeros(100)])
         await cache.put("huge", [np.zeros(1000)])  # 8,000 bytes: never kept
-        kept = [await cache.get(k) is not None for k in ("a", "b", "c", "d", "huge")]
+        kept = [await cache.get(k, Y, 1) is not None for k in ("a", "b", "c", "d", "huge")]
         return kept, cache.nbytes
 
     assert asyncio.run(main()) == ([True, False, True, True, False], 2400)
@@ -190,7 +195,7 @@ def test_an_unreadable_redis_entry_is_a_miss_not_an_error(
         cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
         try:
             await cache._client.set("frameworm:result:k", blob)
-            return await cache.get("k")
+            return await cache.get("k", Y, 1)
         finally:
             await cache.close()
 
@@ -200,19 +205,23 @@ def test_an_unreadable_redis_entry_is_a_miss_not_an_error(
 def test_writes_that_always_fail_beside_reads_that_work_are_one_warning(
     redis_server: RedisServer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A TTL Redis refuses (or a full Redis with noeviction) fails every write while reads
     work: each read ended the outage, so each request's write warned again."""
+    monkeypatch.setattr(RedisCache, "RETRY_S", 0.0)  # every write tries: none backs off
 
     async def main() -> None:
         cache = RedisCache(redis_server.url, ttl_s=10**16, timeout_s=1.0)  # past Redis's bound
         try:
             for _ in range(4):
-                assert await cache.get("k") is None
-                await cache.put("k", [np.zeros(1)])
+                assert await cache.get("k", Y, 1) is None
+                await cache.put("k", [ROW])
+                await cache.drain()
             cache.ttl_s = 60  # writes work again: one line says so
-            await cache.put("k", [np.zeros(1)])
-            assert await cache.get("k") is not None
+            await cache.put("k", [ROW])
+            await cache.drain()
+            assert await cache.get("k", Y, 1) is not None
         finally:
             await cache.close()
 
@@ -247,12 +256,13 @@ def test_a_write_failure_left_marked_does_not_hide_a_later_outage_of_reads(
     async def main() -> None:
         cache = RedisCache("redis://127.0.0.1:1/0", ttl_s=60)
         client = cache._client = Flaky()  # type: ignore[assignment]
-        assert await cache.get("k") is None
-        await cache.put("k", [np.zeros(1)])  # one write fails
+        assert await cache.get("k", Y, 1) is None
+        await cache.put("k", [ROW])  # one write fails
+        await cache.drain()
         for _ in range(3):
-            assert await cache.get("k") is None  # reads work
+            assert await cache.get("k", Y, 1) is None  # reads work
         client.reads_fail = True
-        assert await cache.get("k") is None
+        assert await cache.get("k", Y, 1) is None
 
     with caplog.at_level("INFO", logger="frameworm.cache"):
         asyncio.run(main())
@@ -273,8 +283,9 @@ def test_a_burst_beyond_the_pool_waits_for_a_connection_and_hits(
     async def main() -> list[list[np.ndarray] | None]:
         cache = RedisCache(redis_server.url, ttl_s=60, timeout_s=10)  # a loaded machine is slow
         try:
-            await cache.put("k", [np.arange(3)])
-            return await asyncio.gather(*(cache.get("k") for _ in range(burst)))
+            await cache.put("k", [ROW])
+            await cache.drain()
+            return await asyncio.gather(*(cache.get("k", Y, 1) for _ in range(burst)))
         finally:
             await cache.close()
 
@@ -282,3 +293,75 @@ def test_a_burst_beyond_the_pool_waits_for_a_connection_and_hits(
         results = asyncio.run(main())
     assert sum(r is not None for r in results) == burst
     assert caplog.records == []
+
+
+# Readable entries that are not an answer to one item of Y (one float32 output of shape [1, 2]).
+MISFITS: dict[str, list[np.ndarray]] = {
+    "no-outputs": [],
+    "two-outputs": [ROW, ROW],
+    "three-by-seven": [np.zeros((3, 7), dtype=np.float32)],
+    "two-items": [np.zeros((2, 2), dtype=np.float32)],
+    "zero-d": [np.array(1.0, dtype=np.float32)],
+    "bool": [np.ones((1, 2), dtype=np.bool_)],
+    "int64": [np.ones((1, 2), dtype=np.int64)],
+    "float64": [np.ones((1, 2), dtype=np.float64)],
+    "big-endian": [np.ones((1, 2), dtype=">f4")],
+}
+
+
+def looked_up(
+    url: str, entries: list[list[np.ndarray]], metrics: Metrics | None = None
+) -> list[list[np.ndarray] | None]:
+    """Each entry stored under "k" by another writer, then looked up twice for one item of Y."""
+
+    async def main() -> list[list[np.ndarray] | None]:
+        redis_cache = RedisCache(url, ttl_s=60, timeout_s=1.0)
+        cache = CountingCache(redis_cache, metrics)
+        try:
+            found = []
+            for outputs in entries:
+                await redis_cache._client.set("frameworm:result:k", _pack(outputs))
+                found += [await cache.get("k", Y, 1), await cache.get("k", Y, 1)]
+            return found
+        finally:
+            await cache.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("outputs", MISFITS.values(), ids=MISFITS.keys())
+def test_an_entry_that_does_not_fit_the_request_is_a_miss(
+    redis_server: RedisServer,  # noqa: F811
+    outputs: list[np.ndarray],
+) -> None:
+    """A [3, 7] array was served for one item, bool and int64 as false and 0 for a float32
+    output; a big-endian or 0-d array was a 500. Only the number of outputs was checked."""
+    assert looked_up(redis_server.url, [outputs]) == [None, None]
+
+
+def test_an_entry_that_fits_is_a_hit(redis_server: RedisServer) -> None:  # noqa: F811
+    found = looked_up(redis_server.url, [[ROW]])
+    assert all(hit is not None and np.array_equal(hit[0], ROW) for hit in found)
+
+
+def test_entries_that_do_not_fit_are_logged_once_per_kind_and_counted_as_misses(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The hit counter counted entries the request then threw away, running the model."""
+    registry = CollectorRegistry()
+    with caplog.at_level("DEBUG", logger="frameworm.cache"):
+        looked_up(redis_server.url, [*MISFITS.values(), [ROW]], Metrics("m", registry))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [message.split(" ", 4)[-1] for message in warned] == [
+        "has the wrong number of outputs: a miss (said once)",
+        "has an output of the wrong shape: a miss (said once)",
+        "has an output of the wrong dtype: a miss (said once)",
+    ]
+    counted = {
+        result: registry.get_sample_value(
+            "frameworm_result_cache_requests_total", {"result": result}
+        )
+        for result in ("hit", "miss")
+    }
+    assert counted == {"hit": 2, "miss": 2 * len(MISFITS)}
