@@ -91,7 +91,7 @@ class BoundedHttpToolsProtocol(WaitingBounds):
                 return
             piece, data = data[:FEED_BYTES], data[FEED_BYTES:]
             self._parse(piece)
-            if self._refusal is not None or self.transport.is_closing():
+            if self._refusal is not None or self._last_request_read or self.transport.is_closing():
                 return
 
     def on_body(self, body: bytes) -> None:

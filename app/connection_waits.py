@@ -61,6 +61,10 @@ class WaitingBounds(HttpToolsProtocol):
         # 413): the connection would count as in a body for good, its next heads unmeasured.
         if self.cycle is not None and self.cycle.response_complete:
             self.cycle.more_body = False
+            # A body thrown away has ended: the wait for the next request begins now, not at
+            # the early answer (a body longer than the keep-alive closed the connection at
+            # once, under a client about to reuse it).
+            self._waited_until = self.loop.time() + self.timeout_keep_alive
         # A body being thrown away has ended, whatever follows it in the same read.
         self._cancel_discard()
         super().on_message_complete()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail
 from app.config import Settings
 from app.production import APIKeyAuth
-from app.production.keys import MAX_EXPIRES_IN_S
+from app.production.keys import MAX_EXPIRES_IN_S, build_key_store
 
 keys_app = typer.Typer(help="API keys: shown once at creation, stored only as a keyed hash.")
 
@@ -68,7 +69,9 @@ def create(
 def list_keys(as_json: bool = JsonOption) -> None:
     """Every key's id, owner, scopes and state (never the key)."""
     with errors_as_one_line():
-        records = APIKeyAuth(settings=Settings()).list_keys()
+        # The store alone: listing and revoking hash nothing, so they need no pepper (and
+        # must work without the server's, to revoke a leaked key; nor make one up).
+        records = build_key_store(Settings()).records()
         rows = [
             {
                 "id": r.id,
@@ -106,6 +109,6 @@ def list_keys(as_json: bool = JsonOption) -> None:
 def revoke(key_id: str) -> None:
     """Revoke a key by its id; running servers refuse it within seconds (at once with Redis)."""
     with errors_as_one_line():
-        if not APIKeyAuth(settings=Settings()).revoke_id(key_id):
+        if not build_key_store(Settings()).revoke(key_id, time.time()):
             fail(f"no key with id {key_id}")
         typer.echo(f"revoked {key_id}")

@@ -124,3 +124,26 @@ def test_a_head_begun_in_the_read_that_ended_the_previous_request_is_measured_wh
     body = b"x" * (16 * 1024 - 2_000)
     post = b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
     assert statuses(asyncio.run(run(post + body + get(6_000)))) == [b"200", b"200"]
+
+
+def test_after_a_thrown_away_body_the_connection_waits_a_whole_keep_alive() -> None:
+    """The wait was measured from the early answer: a body longer in coming than the
+    keep-alive closed the connection as it ended, under a client about to reuse it."""
+
+    async def run() -> Transport:
+        transport = Transport()
+        connection = protocol(transport, keep_alive_s=0.3, header_timeout_s=2.0)
+        connection.data_received(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n")
+        await settle()  # answered 401 before its body
+        for byte in b"012345":  # the body over 0.6 s, twice the keep-alive
+            connection.data_received(bytes([byte]))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)
+        assert not transport.closing, "closed as the body ended"
+        connection.data_received(REQUEST)  # reused within a keep-alive of the body's end
+        await settle()
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport.written) == [b"401", b"200"], transport.written
+    assert not transport.closing

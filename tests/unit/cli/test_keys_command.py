@@ -127,3 +127,18 @@ def test_a_rate_limit_redis_could_not_count_is_refused_in_one_line(keys: Path, l
         f"{limit!r}"
     ]
     assert not keys.exists() or json.loads(keys.read_text())["keys"] == []
+
+
+def test_keys_are_listed_and_revoked_without_the_server_s_pepper(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing and revoking hash nothing: they failed (no pepper beside keys made with one),
+    so a leaked key could not be revoked without first finding the server's pepper."""
+    assert frameworm("create", "alice")[0] == 0
+    [alice] = json.loads(keys.read_text())["keys"]
+    monkeypatch.delenv("FRAMEWORM_API_KEY_PEPPER")
+    code, output = frameworm("list")
+    assert code == 0 and output.startswith(f"{alice['id']}  alice"), output
+    assert frameworm("revoke", alice["id"]) == (0, f"revoked {alice['id']}\n")
+    assert json.loads(keys.read_text())["keys"][0]["revoked"] is not None
+    assert not (keys.parent / "pepper").exists()  # nor made one up

@@ -158,7 +158,7 @@ def test_the_element_limit_counts_numbers_and_lists() -> None:
 def test_lists_of_one_element_count_toward_the_limit_without_commas() -> None:
     """`[[[0]]]` items: 4.6 million lists in a 10 MB body counted as its 160,000 commas, and
     orjson made every list before the request was refused."""
-    packed = b"[" + b",".join([b"[[[[0]]]]"] * 30) + b"]"  # 29 commas, 151 lists
+    packed = b"[" + b",".join([b"[[[[0]]]]"] * 30) + b"]"  # 30 numbers and 121 lists: 151 elements
     with refused("payload-too-large") as caught:
         check_json_shape(packed, 32, 100)
     assert "more than 100 elements" in caught.value.detail
