@@ -1,14 +1,17 @@
-"""The batcher's spans: a sampled request's wait in the queue, and a batch's forward pass.
-
-Only batches holding a sampled request are traced; the provider samples what it is handed.
+"""A batch's forward pass, and the batcher's spans: a sampled request's wait in the queue, and
+the forward pass of a batch holding one (the provider samples what it is handed).
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from opentelemetry import trace
 
+from app.inference.pending import Pending
 from app.inference.runner import ModelRunner
+from models.errors import ArtefactError
 
 
 def sampled(context: trace.SpanContext | None) -> bool:
@@ -49,3 +52,27 @@ async def traced_forward(
         },
     ):
         return await runner.run(arrays)
+
+
+async def forward_batch(
+    runner: ModelRunner, batch: list[Pending], items: int, tracer: trace.Tracer | None
+) -> list[np.ndarray]:
+    """The batch's requests joined, run (traced when one of them is sampled), checked."""
+    arrays = (
+        batch[0].arrays
+        if len(batch) == 1
+        else [np.concatenate(parts) for parts in zip(*(p.arrays for p in batch), strict=True)]
+    )
+    if tracer is None or not any(sampled(p.span) for p in batch):
+        outputs = await runner.run(arrays)
+    else:
+        dispatched = time.time_ns()
+        for pending in batch:
+            pending.dispatched_ns = dispatched
+        spans = [p.span for p in batch]
+        outputs = await traced_forward(tracer, runner, arrays, spans, items)
+    # Split by rows next: a model answering another number (a reduction over the batch,
+    # say) would hand requests each other's rows, or none.
+    if any(out.shape[:1] != (items,) for out in outputs):
+        raise ArtefactError(f"the model answered {items} items with other row counts")
+    return outputs

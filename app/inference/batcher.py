@@ -32,7 +32,7 @@ import numpy as np
 from opentelemetry import trace
 
 from app.errors import Problem, retry_after
-from app.inference.batch_spans import record_queue_wait, sampled, sampled_trace_id, traced_forward
+from app.inference.batch_spans import forward_batch, record_queue_wait, sampled, sampled_trace_id
 from app.inference.observer import BatchObserver, NoObserver
 from app.inference.pending import (
     Pending,
@@ -45,7 +45,6 @@ from app.inference.pending import (
     shutting_down,
 )
 from app.inference.runner import ModelRunner
-from models.errors import ArtefactError
 
 log = logging.getLogger("frameworm.batcher")
 
@@ -185,7 +184,7 @@ class DynamicBatcher:
         self._wakeup.set()
         # At the deadline the future fails with 504 (unless answered): one timer handle, where
         # asyncio.timeout costs several times as much per request.
-        expiry = asyncio.get_running_loop().call_later(deadline - now, self._expire, future)
+        expiry = asyncio.get_running_loop().call_later(deadline - now, self._expire, pending)
         try:
             served = await future
             if self._tracer is not None and pending.dispatched_ns and sampled(pending.span):
@@ -232,10 +231,11 @@ class DynamicBatcher:
             pending.queued = False
             self._queued_items -= pending.items
 
-    def _expire(self, future: asyncio.Future[Served]) -> None:
-        if not future.done():
-            self._observer.shed("deadline")
-            future.set_exception(Problem("deadline-exceeded", "the request's deadline passed"))
+    def _expire(self, pending: Pending) -> None:
+        if not pending.future.done():
+            if pending.queued:  # shed: answered without running the model (not in its pass)
+                self._observer.shed("deadline")
+            fail(pending, Problem("deadline-exceeded", "the request's deadline passed"))
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
@@ -299,7 +299,7 @@ class DynamicBatcher:
         self._observer.queued(self._queued_items)
         return batch
 
-    async def _run(self, batch: list[Pending]) -> None:
+    async def _run(self, batch: list[Pending], retried: bool = False) -> None:
         runner = self._runner()
         if runner is None:
             for pending in batch:
@@ -309,13 +309,16 @@ class DynamicBatcher:
         start = time.monotonic()
         self.in_flight_items, self.running_since = items, start
         try:
-            outputs = await self._forward(runner, batch, items)
+            outputs = await forward_batch(runner, batch, items, self._tracer)
         except asyncio.CancelledError:
             # close() ran out of time mid-batch: these requests still get an answer.
             for pending in batch:
                 fail(pending, shutting_down())
             raise
         except Exception as exc:
+            # A failed pass took the device's time too: observed, or a model slow and then
+            # failing showed in neither the inference nor the HTTP latency of its requests.
+            self._observe(runner, batch, items, start, retried)
             if len(batch) > 1:
                 log.warning("batch of %d items failed (%s)", items, type(exc).__name__)
                 await self._run_halves(batch)
@@ -326,14 +329,10 @@ class DynamicBatcher:
             return
         finally:
             self.in_flight_items, self.running_since = 0, None
-        end = time.monotonic()
-        seconds = end - start
+        seconds = self._observe(runner, batch, items, start, retried)
         # A request larger than a batch runs alone: of a batch's time, it tells its share.
         self._recent_batches.append(seconds * min(1.0, self.max_batch_size / items))
-        self._busy_until = end + self.max_delay_s if items > 1 else 0.0
-        trace_ids = [sampled_trace_id(p.span) for p in batch] if self._tracer else None
-        waits = [start - p.enqueued for p in batch]
-        self._observer.batch_done(runner, items, seconds, waits, trace_ids)
+        self._busy_until = start + seconds + self.max_delay_s if items > 1 else 0.0
         version = runner.manifest.version
         offset = 0
         outcomes: list[tuple[Pending, bool]] = []
@@ -360,34 +359,22 @@ class DynamicBatcher:
         try:
             for half in (waiting[: len(waiting) // 2], waiting[len(waiting) // 2 :]):
                 if half:
-                    await self._run(half)
+                    await self._run(half, retried=True)
         except asyncio.CancelledError:  # close() ran out of time: the rest still get an answer
             for pending in batch:
                 fail(pending, shutting_down())
             raise
 
-    async def _forward(
-        self, runner: ModelRunner, batch: list[Pending], items: int
-    ) -> list[np.ndarray]:
-        """The batch's requests joined, run (traced when one of them is sampled), checked."""
-        arrays = (
-            batch[0].arrays
-            if len(batch) == 1
-            else [np.concatenate(parts) for parts in zip(*(p.arrays for p in batch), strict=True)]
-        )
-        if self._tracer is None or not any(sampled(p.span) for p in batch):
-            outputs = await runner.run(arrays)
-        else:
-            dispatched = time.time_ns()
-            for pending in batch:
-                pending.dispatched_ns = dispatched
-            spans = [p.span for p in batch]
-            outputs = await traced_forward(self._tracer, runner, arrays, spans, items)
-        # Split by rows next: a model answering another number (a reduction over the batch,
-        # say) would hand requests each other's rows, or none.
-        if any(out.shape[:1] != (items,) for out in outputs):
-            raise ArtefactError(f"the model answered {items} items with other row counts")
-        return outputs
+    def _observe(
+        self, runner: ModelRunner, batch: list[Pending], items: int, start: float, retried: bool
+    ) -> float:
+        """The pass's seconds, reported; each request's queue wait at its first pass only."""
+        seconds = time.monotonic() - start
+        first = [] if retried else batch
+        trace_ids = [sampled_trace_id(p.span) for p in first] if self._tracer else None
+        waits = [start - p.enqueued for p in first]
+        self._observer.batch_done(runner, items, seconds, waits, trace_ids)
+        return seconds
 
     def _report_outcomes(self, runner: ModelRunner, outcomes: list[tuple[Pending, bool]]) -> None:
         listener = self.outcome_listener

@@ -752,3 +752,59 @@ def test_close_counts_only_the_running_requests_it_answers_503() -> None:
     assert halves.batch_sizes == [2, 1]
     assert [getattr(o, "code", o) for o in outcomes] == ["shutting-down"] * 2
     assert abandoned == 2
+
+
+class Recorder(NoObserver):
+    """What the batcher reports: sheds, and each pass's (items, seconds, queue waits)."""
+
+    def __init__(self) -> None:
+        self.sheds: list[str] = []
+        self.passes: list[tuple[int, float, list[float]]] = []
+
+    def shed(self, reason: str) -> None:
+        self.sheds.append(reason)
+
+    def batch_done(
+        self, runner: Any, items: int, seconds: float, waits: list[float], *rest: object
+    ) -> None:
+        self.passes.append((items, seconds, waits))
+
+
+def test_a_deadline_passing_in_the_forward_pass_is_a_504_but_not_a_shed_request() -> None:
+    """`frameworm_requests_shed_total` counts requests answered without running the model: one
+    whose deadline passed while the model ran on it was counted as shed too."""
+    runner = FakeRunner(delay_s=0.3)
+    recorder = Recorder()
+
+    async def main() -> None:
+        batcher = make_batcher(runner, observer=recorder)
+        with pytest.raises(Problem, match="deadline"):
+            await batcher.submit(items(1.0), 1, later(0.1))
+        await batcher.close(1)
+
+    run(main)
+    assert runner.batch_sizes == [1] and recorder.sheds == []
+    assert [p[0] for p in recorder.passes] == [1]  # the pass it was in is observed
+
+
+def test_failed_passes_are_observed_and_each_queue_wait_once() -> None:
+    """A failed pass took the model's time too, yet was never observed: a model slow and then
+    failing showed in no inference duration or batch size."""
+    runner = FakeRunner(poison=9.0, delay_s=0.05)
+    recorder = Recorder()
+
+    async def main() -> list[Any]:
+        batcher = make_batcher(runner, observer=recorder, max_delay_s=0.05)
+        outcomes = await asyncio.gather(
+            batcher.submit(items(1.0), 1, later()),
+            batcher.submit(items(9.0), 1, later()),
+            return_exceptions=True,
+        )
+        await batcher.close(1)
+        return list(outcomes)
+
+    good, bad = run(main)
+    assert isinstance(good, Served) and isinstance(bad, Problem)
+    assert runner.batch_sizes == [2, 1, 1]  # the pair failed, then each alone
+    assert [(items, len(waits)) for items, _, waits in recorder.passes] == [(2, 2), (1, 0), (1, 0)]
+    assert all(seconds >= 0.05 for _, seconds, _ in recorder.passes)
