@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
+
+from app.telemetry.metrics import multiprocess_dir
 
 log = logging.getLogger("frameworm.gpu")
 
@@ -26,7 +28,13 @@ def load_nvml() -> Any | None:
 
 
 class GpuSampler:
-    """Every `interval_s`, per GPU: utilization (0-1), memory used and total (bytes)."""
+    """Every `interval_s`, per GPU: utilization (0-1), memory used and total (bytes).
+
+    With several workers each samples the same GPUs into the shared files, and `/metrics` shows
+    the most recent reading of any worker. Those files cannot drop a series, so there a reading
+    NVML refuses is written as NaN; the newest write wins, so it reads NaN while the reading
+    fails and the value again once it comes back, whichever worker read last.
+    """
 
     def __init__(self, registry: CollectorRegistry, nvml: Any, interval_s: float = 5.0) -> None:
         self.nvml = nvml
@@ -35,21 +43,21 @@ class GpuSampler:
             "frameworm_gpu_utilization_ratio",
             "GPU busy fraction over NVML's last sample period.",
             ["gpu"],
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
             registry=registry,
         )
         self.memory_used = Gauge(
             "frameworm_gpu_memory_used_bytes",
             "GPU memory in use.",
             ["gpu"],
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
             registry=registry,
         )
         self.memory_total = Gauge(
             "frameworm_gpu_memory_total_bytes",
             "GPU memory in all.",
             ["gpu"],
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
             registry=registry,
         )
         self._failures: set[tuple[str, str, str]] = set()
@@ -58,8 +66,9 @@ class GpuSampler:
 
     def sample(self) -> None:
         """Each reading on its own: one NVML refuses (a MIG GPU's utilization: NotSupported; a
-        lost GPU: all of them) leaves its series out, and the rest are still read. One failure
-        ended the whole pass, every gauge frozen at its last value, a traceback each time."""
+        lost GPU: all of them) leaves its series out (NaN with several workers), and the rest
+        are still read. One failure ended the whole pass, every gauge frozen at its last value,
+        a traceback each time."""
         nvml = self.nvml
         for index in range(nvml.nvmlDeviceGetCount()):
             gpu = str(index)
@@ -104,8 +113,12 @@ class GpuSampler:
 
 
 def _show(gauge: Gauge, gpu: str, value: float | None) -> None:
+    """The reading, or for a refused one no series (NaN with several workers)."""
     if value is not None:
         gauge.labels(gpu).set(value)
+    elif multiprocess_dir() is None:
+        gauge.remove(gpu)
     else:
-        with contextlib.suppress(KeyError):  # never set: nothing to take out
-            gauge.remove(gpu)
+        # remove() only warns there and leaves the last value in the shared file, frozen.
+        # Not "max" across workers: NaN compares false, so the file read first would decide.
+        gauge.labels(gpu).set(math.nan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import re
 import select
@@ -59,6 +60,38 @@ class JSONFormatter(logging.Formatter):
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second = second
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A readable line: time, level, logger and message, then the record's fields (its `extra=`)
+    as key=value pairs, as in the JSON line; the exception, if any, on the lines after.
+
+    A value with a space, quote, `=`, backslash or control character, or an empty one, is
+    written as a JSON string, so the fields stay on one line and can be split apart again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        pairs = [
+            f"{key}={_console_value(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
+        ]
+        return " ".join([super().formatMessage(record), *pairs])
+
+
+def _console_value(value: object) -> str:
+    text = str(value)
+    if text and not _NEEDS_QUOTES.search(text):
+        return text
+    # The standard library's: orjson refuses lone surrogates (a path decoded with
+    # surrogateescape), which the handler escapes when the stream cannot take them.
+    return json.dumps(text, ensure_ascii=False)
+
+
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f]')
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -283,7 +316,7 @@ def configure_logging(fmt: Literal["json", "console"], level: str) -> None:
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(ConsoleFormatter())
     # Nothing here prints the caller's file, thread or process: skip collecting them (the
     # logging HOWTO's "Optimization" settings), a good part of a record's cost.
     logging._srcfile = None

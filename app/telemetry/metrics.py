@@ -9,6 +9,7 @@ other unbounded value.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -173,6 +174,41 @@ class Metrics:
         if directory is not None:
             registry = CollectorRegistry()
             prometheus_multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        if "application/openmetrics-text" in accept:
+        if _asks_for_openmetrics(accept):
             return generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
         return generate_latest(registry), TEXT_TYPE
+
+
+# Ranges that cover Prometheus text, most specific first; the first the header names sets text's q.
+_TEXT_RANGES = ("text/plain", "text/*", "*/*")
+
+
+def _asks_for_openmetrics(accept: str) -> bool:
+    """Whether an Accept header gets OpenMetrics rather than Prometheus text.
+
+    It does when it names `application/openmetrics-text` with a q above 0 and at least the q
+    of text/plain (or, where that is not named, of text/*, else of */*). Media types are matched
+    without regard to case; q is 1 unless given, and a range whose q is not a number from 0 to
+    1 is ignored. Anything else, no Accept at all included, gets text.
+    """
+    openmetrics = 0.0
+    text: dict[str, float] = {}
+    for media_range in accept.split(","):
+        media_type, *params = (part.strip() for part in media_range.split(";"))
+        media_type = media_type.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = math.nan
+        if not 0 <= q <= 1:  # NaN too
+            continue
+        if media_type == "application/openmetrics-text":
+            openmetrics = max(openmetrics, q)  # Prometheus lists one per version
+        elif media_type in _TEXT_RANGES:
+            text[media_type] = max(text.get(media_type, 0.0), q)
+    text_q = next((text[kind] for kind in _TEXT_RANGES if kind in text), 0.0)
+    return openmetrics > 0 and openmetrics >= text_q

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import subprocess
 import sys
 import threading
 import types
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.telemetry.gpu import GpuSampler, load_nvml
 
@@ -193,3 +197,52 @@ def test_a_reading_nvml_refuses_is_left_out_and_the_rest_still_read(
         "GPU 1: no device reading (RuntimeError); left out while it fails",
     ]
     assert not any(r.exc_info for r in caplog.records)
+
+
+ONE_WORKER = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from app.telemetry.gpu import GpuSampler
+from tests.unit.telemetry.test_gpu import FakeNvml, two_gpus
+
+class Refusing(FakeNvml):
+    def nvmlDeviceGetUtilizationRates(self, handle: int):
+        if sys.argv[1] == "refused":
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return super().nvmlDeviceGetUtilizationRates(handle)
+
+GpuSampler(CollectorRegistry(), Refusing(two_gpus().devices)).sample()
+shared = CollectorRegistry()
+multiprocess.MultiProcessCollector(shared)
+print(generate_latest(shared).decode())
+"""
+
+
+def test_with_several_workers_a_refused_reading_reads_nan_then_the_value_again(
+    tmp_path: Path,
+) -> None:
+    """Workers share files that cannot drop a series: remove() only warned, and the gauge kept
+    its last value for good. Each run below is a worker process sampling into the one directory;
+    /metrics shows the newest reading of any of them."""
+
+    def worker(reading: str) -> float:
+        # prometheus_client picks its multiprocess values at import: a fresh interpreter.
+        done = subprocess.run(
+            [sys.executable, "-W", "error::UserWarning", "-c", ONE_WORKER, reading],
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        samples = {
+            (sample.name, sample.labels["gpu"]): sample.value
+            for family in text_string_to_metric_families(done.stdout)
+            for sample in family.samples
+        }
+        assert samples[("frameworm_gpu_memory_used_bytes", "0")] == 20 * GIB  # still read
+        return samples[("frameworm_gpu_utilization_ratio", "0")]
+
+    assert worker("read") == pytest.approx(0.37)
+    assert math.isnan(worker("refused"))  # not 0.37, frozen
+    assert worker("read") == pytest.approx(0.37)

@@ -1,10 +1,12 @@
-"""The JSON log format: one object per line, `extra=` fields at the top level."""
+"""The log formats: one JSON object per line, `extra=` fields at the top level, or a console
+line with them as key=value pairs."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import re
 import select
 import sys
 import threading
@@ -74,6 +76,62 @@ def test_uvicorn_logs_through_the_one_json_handler_without_its_access_line(
     logging.getLogger().handlers[0].flush()  # what the flush thread does every 0.2 s
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["Uvicorn running"]
+
+
+CONSOLE_LINE = re.compile(r"\S+ \S+ (?P<level>\w+) +(?P<logger>\S+): (?P<rest>.*)")
+CONSOLE_FIELD = re.compile(r' (\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def console_fields(line: str) -> tuple[str, str, dict[str, str]]:
+    """A console line's level, logger and fields (quoted values read back as JSON strings)."""
+    head = CONSOLE_LINE.fullmatch(line)
+    assert head is not None, line
+    fields = {
+        key: json.loads(value) if value.startswith('"') else value
+        for key, value in CONSOLE_FIELD.findall(head["rest"])
+    }
+    return head["level"], head["logger"], fields
+
+
+def test_console_lines_carry_the_fields_json_lines_carry(
+    logging_restored: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console format printed only the message: "INFO frameworm.access: request", without
+    request id, status, route or latency, and an auth failure without its reason."""
+    configure_logging("console", "info")
+    access = {"request_id": "ab12", "status": 200, "route": "/v2/models/{name}/infer"}
+    log_fields(logging.getLogger("frameworm.access"), logging.INFO, "request", access)
+    odd = {"reason": 'said "no"\nthen = left', "empty": "", "version": None, "_private": 1}
+    logging.getLogger("frameworm.auth").warning("authentication failed", extra=odd)
+    logging.getLogger().handlers[0].flush()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2  # a value's newline stays escaped: one record, one line
+    assert console_fields(lines[0]) == (
+        "INFO",
+        "frameworm.access",
+        {"request_id": "ab12", "status": "200", "route": "/v2/models/{name}/infer"},
+    )
+    assert console_fields(lines[1]) == (
+        "WARNING",
+        "frameworm.auth",
+        {"reason": 'said "no"\nthen = left', "empty": "", "version": "None"},
+    )
+    assert lines[1].split(": ", 1)[1].startswith("authentication failed reason=")
+
+
+def test_a_console_line_s_exception_follows_its_fields(
+    logging_restored: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("console", "info")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("frameworm.app").exception("failed", extra={"request_id": "r1"})
+    logging.getLogger().handlers[0].flush()
+    first, *traceback = capsys.readouterr().out.splitlines()
+    assert first.endswith(" ERROR   frameworm.app: failed request_id=r1")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "ValueError: boom"
 
 
 class CountingStream(io.StringIO):
