@@ -21,7 +21,9 @@ def golden_inputs(signature: Signature, check: GoldenCheck) -> list[torch.Tensor
                 tensors.append(generate(spec, batch, check.parameters.get("seed")))
             else:
                 raise GoldenCheckError(f"golden check {check.name!r} lacks input {spec.name!r}")
-    except (ValueError, TypeError) as exc:  # the check's JSON holds values of any type
+    # The check's JSON holds values of any type; torch refuses some with RuntimeError (a seed
+    # that is no integer, a negative batch size), numbers too large with OverflowError.
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
         raise GoldenCheckError(
             f"golden check {check.name!r}: bad input: {first_line(exc)}"
         ) from None

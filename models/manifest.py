@@ -218,6 +218,54 @@ class GoldenCheck(_Strict):
     rtol: float = Field(default=1e-4, ge=0)
 
 
+# A golden check's `seed` seeds a torch.Generator, which takes a 64-bit integer.
+SEEDS = range(-(2**63), 2**63)
+
+
+def golden_problem(check: GoldenCheck, signature: Signature) -> str | None:
+    """Why a golden check would pass while checking nothing (a misspelt input or output is
+    skipped, an empty `expected` compares nothing), or could not run, or None. Checked when a
+    version is registered, as `image_input_problem` is: stored manifests keep loading."""
+    where = f"golden check {check.name!r}"
+    named = (
+        ("input", check.inputs, signature.inputs),
+        ("output", check.expected, signature.outputs),
+    )
+    for kind, given, specs in named:
+        names = [spec.name for spec in specs]
+        if unknown := [key for key in given if key not in names]:
+            return (
+                f"{where}: the signature has no {kind} {unknown[0]!r} "
+                f"(its {kind}s: {', '.join(names)})"
+            )
+    if not check.expected:
+        return f"{where}: 'expected' names no output, so the check would compare nothing"
+    batch, seed = check.parameters.get("batch_size", 1), check.parameters.get("seed")
+    most = signature.max_items_per_request
+    if type(batch) is not int or not 1 <= batch <= most:  # type(): a JSON true is no batch size
+        return f"{where}: parameter batch_size must be an integer from 1 to {most}"
+    if seed is not None and (type(seed) is not int or seed not in SEEDS):
+        return f"{where}: parameter seed must be a 64-bit integer"
+    return None
+
+
+def non_finite_number(value: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity in nested dicts and lists, with its dotted path, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # not recursive: metadata may be nested hundreds of levels deep
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path, item
+        if isinstance(item, dict):
+            children = list(item.items())
+        elif isinstance(item, list | tuple):
+            children = list(enumerate(item))
+        else:
+            continue
+        stack.extend((f"{path}.{key}" if path else str(key), c) for key, c in reversed(children))
+    return None
+
+
 class ModelManifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: Annotated[str, Field(min_length=1)]
@@ -253,6 +301,14 @@ class ModelManifest(_Strict):
         for spec in self.signature.inputs:
             if (problem := image_input_problem(spec)) is not None:
                 return problem
+        for check in self.golden:
+            if (problem := golden_problem(check, self.signature)) is not None:
+                return problem
+        # JSON has no NaN or infinity: pydantic writes them as null, so a metadata value would
+        # silently become null, and a tolerance of null could never be read back.
+        if (found := non_finite_number(self.model_dump())) is not None:
+            where, number = found
+            return f"{where} is {number}: a manifest is JSON, which has no NaN or infinity"
         # pydantic writes JSON of any depth it can but reads it back only to 200 levels: a
         # version registered deeper could never be read again, nor registered anew.
         try:

@@ -38,6 +38,7 @@ from models.errors import (
 )
 from models.formats import LoadedModel, load_model
 from models.golden import run_golden_checks
+from models.index_store import read_index, update_index
 from models.manifest import (
     STAGES,
     ArtefactFormat,
@@ -56,12 +57,12 @@ from models.stages import (
     archive_version,
     default_actor,
     move_alias,
-    parse_index,
     rollback_target,
 )
 from models.store import Store, holds, open_store, sha256_bytes, sha256_file
 
-# Index writes that only add (register) retry a lost compare-and-swap this many times.
+# Index writes that may be applied again to an index changed meanwhile (a registration only adds
+# its version; a rollback whose target stays the one checked) retry a lost swap this many times.
 INDEX_ATTEMPTS = 5
 
 
@@ -91,11 +92,7 @@ class ModelRegistry:
         return (name for name in names if holds(self.store, f"{name}/index.json"))
 
     def index(self, name: str) -> ModelIndex:
-        key = f"{check_name_safe(name)}/index.json"
-        raw = self.store.read(key)
-        if raw is None:
-            raise ModelNotFoundError(name)
-        return parse_index(raw, key, name)
+        return read_index(self.store, name)
 
     def manifest(self, name: str, version: str) -> ModelManifest:
         """The stored manifest, even of a version whose registration has not finished (which
@@ -314,14 +311,25 @@ class ModelRegistry:
         actor: str | None = None,
         reason: str = "",
         expected_revision: int | None = None,
+        expected_target: str | None = None,
     ) -> ModelIndex:
+        """Move `stage` back a step. With `expected_target` (the version the caller checked),
+        only onto that version; a change meanwhile that leaves it the target (a registration)
+        is then retried, not refused."""
+
         def back(ix: ModelIndex) -> None:
             previous = rollback_target(ix, stage)
             if previous is None:
                 raise StageError(f"{name} has no earlier {stage} version to roll back to")
+            if expected_target is not None and previous != expected_target:
+                raise ConflictError(
+                    f"{name}'s {stage} was moved meanwhile: rolling back now goes to {previous}, "
+                    f"not {expected_target}; nothing was written"
+                )
             move_alias(ix, stage, previous, "rollback", actor, reason)
 
-        return self._update(name, back, expected_revision=expected_revision)
+        attempts = 1 if expected_target is None else INDEX_ATTEMPTS
+        return self._update(name, back, expected_revision=expected_revision, attempts=attempts)
 
     def archive(
         self, name: str, version: str, *, actor: str | None = None, reason: str = ""
@@ -357,7 +365,11 @@ class ModelRegistry:
         # Manifests are written once and the stored one is finished: any other field asked for
         # (a family_config, golden checks, a description) would be silently dropped.
         if differing := manifest.fields_differing_from(stored, ignore={"created", "created_by"}):
-            unfinished = f"its unfinished registration stored another {', '.join(differing)}"
+            unfinished = (
+                f"not registered yet: delete {self.store.url}/{name}/{version}/ to start over, "
+                "or register it as before to finish; its unfinished registration stored "
+                f"another {', '.join(differing)}"
+            )
             raise VersionExistsError(name, version, unfinished)
         return stored
 
@@ -367,34 +379,6 @@ class ModelRegistry:
         except ModelNotFoundError:
             return ModelIndex(name=name)
 
-    def _update(
-        self,
-        name: str,
-        change: Callable[[ModelIndex], None],
-        *,
-        create: bool = False,
-        expected_revision: int | None = None,
-        attempts: int = 1,
-    ) -> ModelIndex:
-        """Apply `change` to the index by compare-and-swap, re-reading after a lost swap up to
-        `attempts` times in all. A change that changes nothing writes nothing."""
-        key = f"{check_name_safe(name)}/index.json"
-        for _ in range(attempts):
-            raw = self.store.read(key)
-            if raw is None and not create:
-                raise ModelNotFoundError(name)
-            # An empty index is a damaged one, as any other that does not parse: never a new one.
-            index = parse_index(raw, key, name) if raw is not None else ModelIndex(name=name)
-            if expected_revision is not None and index.revision != expected_revision:
-                raise ConflictError(
-                    f"{name} is at revision {index.revision}, not {expected_revision}; "
-                    "re-read and retry"
-                )
-            before = index.model_dump_json()
-            change(index)
-            if raw is not None and index.model_dump_json() == before:
-                return index  # e.g. a promotion to the current target: no event, same revision
-            index.revision += 1
-            if self.store.swap(key, index.model_dump_json(indent=2).encode(), raw):
-                return index
-        raise ConflictError(f"{name} was changed by someone else meanwhile; nothing was written")
+    def _update(self, name: str, change: Callable[[ModelIndex], None], **kw: Any) -> ModelIndex:
+        """`update_index` on this registry's store: every index write goes through here."""
+        return update_index(self.store, name, change, **kw)

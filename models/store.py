@@ -7,6 +7,7 @@ read the same state cannot both replace it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -20,6 +21,10 @@ from models.errors import AccessDeniedError, InvalidNameError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CHUNK = 1 << 20
+# A temporary file is named ".<object>.<random hex>.tmp"; the glob matches exactly that hex, so
+# the leftovers of "model.pt" are never taken for those of a "model.pt.x".
+_TOKEN_BYTES = 8
+_TOKEN_GLOB = "[0-9a-f]" * (2 * _TOKEN_BYTES)
 
 
 def check_key(key: str) -> str:
@@ -106,13 +111,16 @@ class LocalStore:
     def put_file(self, key: str, source: Path) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with source.open("rb") as src:
+        # Under the key's lock, as every write: see _atomic_write. No timeout: a writer of an
+        # artefact may hold it for minutes, and a killed one releases it with its process.
+        with source.open("rb") as src, FileLock(str(path) + ".lock"):
             self._atomic_write(path, src)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._atomic_write(path, data)
+        with FileLock(str(path) + ".lock"):
+            self._atomic_write(path, data)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
@@ -131,10 +139,16 @@ class LocalStore:
 
     @staticmethod
     def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
-        # Write beside the target, fsync, rename: a crash leaves the old object or the new one.
+        """Write beside the target, fsync, rename: a crash leaves the old object or the new one.
+
+        The caller holds the key's lock, as every writer of the key does: a temporary file of
+        the key found now was left by a writer killed midway (kill -9 skips every cleanup).
+        """
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{_TOKEN_GLOB}.tmp"):
+            stale.unlink(missing_ok=True)
         # Not mkstemp, whose files are 0600 whatever the umask: a registry shared by the CLI's
         # user and the server's needs 0666 & ~umask, like any other new file.
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import TypeAdapter, ValidationError
 
 from app.cli.inputs import artefact_format, json_option, read_json
-from app.cli.output import JsonOption, emit, errors_as_one_line, fail
+from app.cli.output import JsonOption, emit, errors_as_one_line, fail, table
 from app.config import Settings
 from models.errors import UNREADABLE, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
@@ -36,8 +36,10 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why, for the histor
 GOLDEN_CHECKS = TypeAdapter(list[GoldenCheck])  # a golden file is a JSON list of checks
 
 
-def open_registry(location: str | None, *, must_exist: bool = False) -> ModelRegistry:
-    """The registry at LOCATION (default FRAMEWORM_REGISTRY).
+def open_registry(
+    location: str | None, *, must_exist: bool = False, option: str = "--registry"
+) -> ModelRegistry:
+    """The registry at LOCATION (default FRAMEWORM_REGISTRY), given as OPTION.
 
     `must_exist` for commands that only read (a copy's source too): a local registry that is
     not there, or an S3 prefix holding nothing, is an error, not an empty registry, or a
@@ -48,7 +50,11 @@ def open_registry(location: str | None, *, must_exist: bool = False) -> ModelReg
     # (this CLI, serving nothing itself) would otherwise hold in memory (about 240 MiB).
     from models.registry import ModelRegistry
 
-    registry = ModelRegistry(location or Settings().registry)
+    # An empty one is refused, as FRAMEWORM_REGISTRY="" is: `--registry "$REG"` with REG unset
+    # registered, promoted and rolled back in the default registry.
+    if location is not None and not location.strip():
+        fail(f"{option}: empty: name the registry's directory or s3://bucket/prefix")
+    registry = ModelRegistry(location if location is not None else Settings().registry)
     store = registry.store
     if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
         fail(f"no registry at {store.url}: the directory does not exist")
@@ -122,7 +128,7 @@ def list_models(registry: RegistryOption = None, as_json: bool = JsonOption) -> 
                 continue
             for version in index.versions:
                 rows.append({"name": name, "version": version, "status": index.status(version)})
-        emit(rows, as_json, lambda: _table(rows, ("name", "version", "status")))
+        emit(rows, as_json, lambda: table(rows, ("name", "version", "status")))
         if any(row["version"] is None for row in rows):
             raise typer.Exit(1)
 
@@ -196,13 +202,13 @@ def rollback(
     """
     with errors_as_one_line():
         reg = open_registry(registry)
-        read = reg.index(name)
-        previous = rollback_target(read, _stage(stage))
+        previous = rollback_target(reg.index(name), _stage(stage))
         if previous is not None and not skip_checks:
             reg.check(name, previous)
-        # At the revision read: the version checked is the version rolled back to.
+        # Onto the version checked only; a registration meanwhile (while a big artefact is
+        # checked, say) leaves it the target, and must not fail an emergency rollback.
         index = reg.rollback(
-            name, _stage(stage), actor=actor, reason=reason, expected_revision=read.revision
+            name, _stage(stage), actor=actor, reason=reason, expected_target=previous
         )
         target = index.aliases[_stage(stage)]
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {target}")
@@ -236,7 +242,7 @@ def verify(
         names = [name] if name else reg.list_models()
         results = [r for n in names for r in reg.verify(n, version)]
         rows = [r.model_dump() for r in results]
-        emit(rows, as_json, lambda: _table(rows, ("name", "version", "ok", "detail")))
+        emit(rows, as_json, lambda: table(rows, ("name", "version", "ok", "detail")))
         if not all(r.ok for r in results):
             raise typer.Exit(1)
 
@@ -248,7 +254,7 @@ def history(name: str, registry: RegistryOption = None, as_json: bool = JsonOpti
         reg = open_registry(registry, must_exist=True)
         rows = [e.model_dump(mode="json") for e in reg.history(name)]
         columns = ("at", "action", "stage", "from_version", "version", "actor", "reason")
-        emit(rows, as_json, lambda: _table(rows, columns))
+        emit(rows, as_json, lambda: table(rows, columns))
 
 
 @registry_app.command("seed-demo")
@@ -271,16 +277,6 @@ def _stage(value: str) -> Stage:
     if value not in ("staging", "production"):
         fail(f"unknown stage {value!r}; stages are staging, production")
     return value  # type: ignore[return-value]
-
-
-def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 # ---------------------------------------------------------------- copies between registries
@@ -315,7 +311,7 @@ def push(
     with errors_as_one_line():
         _copy(
             open_registry(registry, must_exist=True),
-            open_registry(to),
+            open_registry(to, option="--to"),
             name,
             version,
             all_models,
@@ -341,7 +337,7 @@ def pull(
     """Copy versions of NAME (or --all models) from --from into --registry, sha256-verified."""
     with errors_as_one_line():
         _copy(
-            open_registry(source, must_exist=True),
+            open_registry(source, must_exist=True, option="--from"),
             open_registry(registry),
             name,
             version,

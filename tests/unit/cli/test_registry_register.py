@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,23 @@ def register(tmp_path: Path, artefact: Path, *options: str) -> tuple[int, list[s
     # An exception escaping the command is what prints a traceback outside the test runner.
     assert isinstance(result.exception, SystemExit | None), repr(result.exception)
     return result.exit_code, result.output.splitlines()
+
+
+def register_tiny_mlp(
+    tmp_path: Path, signature: Path, golden: Mapping[str, object], *options: str
+) -> tuple[int, list[str]]:
+    """`register` of the tiny MLP with one golden check."""
+    path = tmp_path / "golden.json"
+    path.write_text(json.dumps([golden]))
+    return register(
+        tmp_path,
+        write_tiny_mlp(tmp_path / "m.safetensors"),
+        f"--signature={signature}",
+        f"--golden={path}",
+        "--family=mlp",
+        f"--family-config={json.dumps(TINY_CONFIG)}",
+        *options,
+    )
 
 
 def test_a_golden_input_the_model_cannot_take_fails_in_one_line(
@@ -79,3 +97,61 @@ def test_an_exported_program_whose_module_cannot_be_built_fails_in_one_line(
     assert code == 1
     assert len(lines) == 1
     assert lines[0].startswith("error: not a loadable torch.export archive: missing a required")
+
+
+@pytest.mark.parametrize(
+    ("golden", "metadata", "message"),
+    [
+        (
+            {"name": "typo", "inputs": {"x": [[1, 2, 3, 4]]}, "expected": {"Y": [[9, 9, 9]]}},
+            "{}",
+            "golden check 'typo': the signature has no output 'Y' (its outputs: y)",
+        ),
+        (
+            {"name": "none", "inputs": {"x": [[1, 2, 3, 4]]}, "expected": {}},
+            "{}",
+            "golden check 'none': 'expected' names no output, so the check would compare nothing",
+        ),
+        (
+            {"inputs": {"x": [[1, 2, 3, 4]]}, "expected": {"y": [[0, 0, 0]]}},
+            '{"score": NaN}',
+            "metadata.score is nan: a manifest is JSON, which has no NaN or infinity",
+        ),
+        (
+            {"inputs": {"x": [[1, 2, 3, 4]]}, "expected": {"y": [[0, 0, 0]]}, "atol": 1e400},
+            "{}",
+            "golden.0.atol is inf: a manifest is JSON, which has no NaN or infinity",
+        ),
+    ],
+    ids=["misspelt-output", "no-expected", "metadata-nan", "atol-inf"],
+)
+def test_a_golden_check_or_metadata_that_cannot_be_registered_is_named_in_one_line(
+    tmp_path: Path, signature: Path, golden: dict[str, object], metadata: str, message: str
+) -> None:
+    code, lines = register_tiny_mlp(tmp_path, signature, golden, f"--metadata={metadata}")
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines[0]
+    assert not (tmp_path / "registry" / "m" / "1.0.0").exists()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"batch_size": -1}, "parameter batch_size must be an integer from 1 to 128"),
+        ({"batch_size": 1, "seed": 1.5}, "parameter seed must be a 64-bit integer"),
+    ],
+    ids=["negative-batch", "float-seed"],
+)
+def test_golden_parameters_torch_refuses_fail_in_one_line(
+    tmp_path: Path, parameters: dict[str, object], message: str
+) -> None:
+    """torch raised RuntimeError ("negative dimension", manual_seed's), shown as a traceback."""
+    generated = TINY_SIGNATURE.model_dump(mode="json")
+    generated["inputs"][0]["generate"] = "standard_normal"
+    generated["parameters"] = {"batch_size": {"type": "int", "minimum": 1}, "seed": {"type": "int"}}
+    signature = tmp_path / "signature.json"
+    signature.write_text(json.dumps(generated))
+    check = {"name": "drawn", "inputs": {}, "parameters": parameters, "expected": {"y": [[0] * 3]}}
+    code, lines = register_tiny_mlp(tmp_path, signature, check)
+    assert (code, lines) == (1, [f"error: golden check 'drawn': {message}"])

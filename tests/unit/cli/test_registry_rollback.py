@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,49 @@ def test_staging_has_nothing_to_roll_back_to_once_the_version_between_is_archive
     assert code == 1
     assert lines == [f"error: {MODEL} has no earlier staging version to roll back to"]
     assert registry.index(MODEL) == before
+
+
+def while_checking(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[ModelRegistry], object]
+) -> None:
+    """Have someone else change the registry while the rollback checks its target (seconds for
+    a big artefact), through another registry object, as another process would."""
+    check = ModelRegistry.check
+
+    def check_while_someone_writes(reg: ModelRegistry, name: str, version: str) -> object:
+        meanwhile(ModelRegistry(reg.store.url))
+        return check(reg, name, version)
+
+    monkeypatch.setattr(ModelRegistry, "check", check_while_someone_writes)
+
+
+def test_a_registration_while_the_target_is_checked_does_not_fail_the_rollback(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It failed with "tiny is at revision 5, not 4; re-read and retry", a revision the operator
+    never gave, although the registration left the target as it was."""
+    while_checking(monkeypatch, lambda other: register_mlp(other, "3.0.0", tmp_path, seed=3))
+    assert rollback(registry) == (0, [f"{MODEL}: production -> 1.0.0"])
+    index = registry.index(MODEL)
+    assert index.aliases["production"] == "1.0.0"
+    assert "3.0.0" in index.versions
+
+
+def test_a_stage_move_while_the_target_is_checked_refuses_the_rollback(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolling back now would go to 2.0.0, a version nobody checked: refused, naming both."""
+
+    def promote_another(other: ModelRegistry) -> None:
+        register_mlp(other, "3.0.0", tmp_path, seed=3)
+        other.promote(MODEL, "3.0.0", "production")
+
+    while_checking(monkeypatch, promote_another)
+    assert rollback(registry) == (
+        1,
+        [
+            f"error: {MODEL}'s production was moved meanwhile: rolling back now goes to 2.0.0, "
+            "not 1.0.0; nothing was written"
+        ],
+    )
+    assert registry.index(MODEL).aliases["production"] == "3.0.0"

@@ -243,11 +243,14 @@ def test_registration_runs_golden_checks_and_refuses_a_wrong_expectation(
         register("tiny", "2.0.0", golden=(bad,))
 
 
+Y = {"y": [[0.0, 0.0, 0.0]]}  # an expectation the checks below never get to compare
+
+
 @pytest.mark.parametrize(
     ("golden", "message"),
     [
-        (GoldenCheck(name="narrow", inputs={"x": [[1.0, 2.0, 3.0]]}, expected={}), "fails on"),
-        (GoldenCheck(name="typed", inputs={"x": {"a": 1}}, expected={}), "bad input"),
+        (GoldenCheck(name="narrow", inputs={"x": [[1.0, 2.0, 3.0]]}, expected=Y), "fails on"),
+        (GoldenCheck(name="typed", inputs={"x": {"a": 1}}, expected=Y), "bad input"),
         (GoldenCheck(name="ragged", inputs={"x": [[0.0] * 4]}, expected={"y": [[1], []]}), "bad"),
     ],
     ids=["model-raises", "input-not-a-list", "expected-ragged"],
