@@ -58,6 +58,7 @@ from models.stages import (
     default_actor,
     move_alias,
     rollback_target,
+    stage_state,
 )
 from models.store import Store, holds, open_store, sha256_bytes, sha256_file
 
@@ -311,24 +312,25 @@ class ModelRegistry:
         actor: str | None = None,
         reason: str = "",
         expected_revision: int | None = None,
-        expected_target: str | None = None,
+        expected: ModelIndex | None = None,
     ) -> ModelIndex:
-        """Move `stage` back a step. With `expected_target` (the version the caller checked),
-        only onto that version; a change meanwhile that leaves it the target (a registration)
-        is then retried, not refused."""
+        """Move `stage` back a step. With `expected` (the index the caller read, and whose
+        target it checked): only while the stage is as it was then, so a change meanwhile that
+        leaves the stage alone (a registration, another stage's move) is retried, not refused,
+        and one that moved it (even there and back again) is refused."""
 
         def back(ix: ModelIndex) -> None:
             previous = rollback_target(ix, stage)
             if previous is None:
                 raise StageError(f"{name} has no earlier {stage} version to roll back to")
-            if expected_target is not None and previous != expected_target:
+            if expected is not None and stage_state(ix, stage) != stage_state(expected, stage):
                 raise ConflictError(
                     f"{name}'s {stage} was moved meanwhile: rolling back now goes to {previous}, "
-                    f"not {expected_target}; nothing was written"
+                    f"not {rollback_target(expected, stage)}; nothing was written"
                 )
             move_alias(ix, stage, previous, "rollback", actor, reason)
 
-        attempts = 1 if expected_target is None else INDEX_ATTEMPTS
+        attempts = 1 if expected is None else INDEX_ATTEMPTS
         return self._update(name, back, expected_revision=expected_revision, attempts=attempts)
 
     def archive(

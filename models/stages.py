@@ -95,6 +95,12 @@ def archive_version(ix: ModelIndex, version: str, actor: str | None, reason: str
     )
 
 
+def stage_state(ix: ModelIndex, stage: Stage) -> tuple[str | None, list[StageEvent]]:
+    """All that decides where `stage` is and where a rollback of it goes: its alias and its
+    history (events of other stages, and registrations, leave it as it is)."""
+    return ix.aliases.get(stage), [event for event in ix.history if event.stage == stage]
+
+
 def rollback_target(ix: ModelIndex, stage: Stage) -> str | None:
     """The version `stage` pointed at before the last move still in force; None when none.
 

@@ -202,14 +202,13 @@ def rollback(
     """
     with errors_as_one_line():
         reg = open_registry(registry)
-        previous = rollback_target(reg.index(name), _stage(stage))
+        read = reg.index(name)
+        previous = rollback_target(read, _stage(stage))
         if previous is not None and not skip_checks:
             reg.check(name, previous)
-        # Onto the version checked only; a registration meanwhile (while a big artefact is
-        # checked, say) leaves it the target, and must not fail an emergency rollback.
-        index = reg.rollback(
-            name, _stage(stage), actor=actor, reason=reason, expected_target=previous
-        )
+        # Onto the version checked only, the stage as it was read; a registration meanwhile
+        # (while a big artefact is checked, say) must not fail an emergency rollback.
+        index = reg.rollback(name, _stage(stage), actor=actor, reason=reason, expected=read)
         target = index.aliases[_stage(stage)]
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {target}")
 

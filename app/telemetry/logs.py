@@ -87,11 +87,17 @@ def _console_value(value: object) -> str:
     if text and not _NEEDS_QUOTES.search(text):
         return text
     # The standard library's: orjson refuses lone surrogates (a path decoded with
-    # surrogateescape), which the handler escapes when the stream cannot take them.
-    return json.dumps(text, ensure_ascii=False)
+    # surrogateescape), which the handler escapes when the stream cannot take them. It leaves
+    # DEL, the C1 controls (a terminal's CSI) and the Unicode line breaks raw: escaped here.
+    return _RAW_BREAKS.sub(_unicode_escape, json.dumps(text, ensure_ascii=False))
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f]')
+def _unicode_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
+
+
+_RAW_BREAKS = re.compile("[\x7f-\x9f\u2028\u2029]")
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

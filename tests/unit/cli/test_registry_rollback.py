@@ -118,3 +118,20 @@ def test_a_stage_move_while_the_target_is_checked_refuses_the_rollback(
         ],
     )
     assert registry.index(MODEL).aliases["production"] == "3.0.0"
+
+
+def test_a_rollback_does_not_undo_a_promotion_it_never_saw(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone rolls back to 1.0.0 and promotes 3.0.0 meanwhile: the target is 1.0.0 again, the
+    one checked, but moving there now would silently undo 3.0.0. Refused: the stage moved."""
+
+    def rollback_and_promote(other: ModelRegistry) -> None:
+        other.rollback(MODEL)
+        register_mlp(other, "3.0.0", tmp_path, seed=3)
+        other.promote(MODEL, "3.0.0", "production")
+
+    while_checking(monkeypatch, rollback_and_promote)
+    code, lines = rollback(registry)
+    assert code == 1 and "production was moved meanwhile" in lines[0], lines
+    assert registry.index(MODEL).aliases["production"] == "3.0.0"

@@ -355,3 +355,18 @@ def test_log_fields_takes_the_logging_path_when_anything_else_would_see_the_reco
         handler.close()
     assert [r.__dict__["status"] for r in seen] == [200]
     assert stream.getvalue().count("\n") == 1
+
+
+def test_a_console_value_with_unicode_line_breaks_or_c1_controls_stays_escaped(
+    logging_restored: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """json.dumps leaves U+2028, NEL and the C1 controls (a terminal's CSI) raw: a line read by
+    splitlines() broke in two, and a CSI reached the operator's terminal."""
+    configure_logging("console", "info")
+    value = "a\u2028b\x85c\x9bd\x7fe"
+    logging.getLogger("frameworm.auth").warning("authentication failed", extra={"who": value})
+    logging.getLogger().handlers[0].flush()
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\u2028\x85\x9b\x7f"), repr(out)
+    assert len(out.splitlines()) == 1
+    assert console_fields(out.splitlines()[0])[2] == {"who": value}
