@@ -44,7 +44,8 @@ def head_refusal(
     if seen > limit and line + sum(len(k) + len(v) + 4 for k, v in headers) + 2 > limit:
         return 431, "headers-too-large", f"the request line and headers are over {limit // 1024} KB"
     if upgrade and any(_announces_a_body(name, value) for name, value in headers):
-        return 400, "malformed-request", "an upgrade request cannot carry a body here"
+        detail = "an upgrade request cannot carry a body here: send it without Upgrade"
+        return 400, "malformed-request", detail + " (curl: --http1.1)"
     if len(url) > MAX_URL_BYTES:
         return 431, "headers-too-large", "the request line is over 64 KB"
     if len(url.partition(b"?")[2]) > MAX_QUERY_BYTES:
