@@ -143,7 +143,6 @@ class BoundedHttpToolsProtocol(WaitingBounds):
         limit = self.max_head_bytes
         seen = self._head_bytes + self._chunk_bytes  # the head is no longer than this
         upgrade = self.parser.should_upgrade()
-        self._last_request_read = upgrade
         method = self.parser.get_method()
         refusal = head_refusal(seen, method, self.url, self.headers, limit, upgrade=upgrade)
         if refusal is not None:
@@ -157,8 +156,10 @@ class BoundedHttpToolsProtocol(WaitingBounds):
                 self.app = app
         else:
             super().on_headers_complete()
-        if upgrade:
+        if upgrade or self._last_head:
             self.cycle.keep_alive = False  # answered with `Connection: close`, then closed
+        if upgrade:
+            self._last_request_read = True  # its body is skipped: what follows is not parsed
         # Every request still to answer, pipelined ones included: uvicorn keeps only the newest.
         self._open.append(self.cycle)
         while self._open[0].response_complete:
@@ -320,6 +321,13 @@ class BoundedHttpToolsProtocol(WaitingBounds):
         if stalled:
             self._abort_stalled_write("by the shutdown deadline")
         return stalled
+
+    def refuse_open_head(self) -> bool:
+        """At the drain's deadline: a request head still arriving is answered 503."""
+        if not self._head_open or self.transport.is_closing():
+            return False
+        self._close_with(503, "shutting-down", "the server is shutting down")
+        return True
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:

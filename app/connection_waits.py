@@ -32,6 +32,7 @@ class WaitingBounds(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._discard_timer: asyncio.TimerHandle | None = None
         self._waited_until = 0.0  # when the connection's wait for a request must end
+        self._last_head = False  # the listener closed while this head arrived: the last request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -128,6 +129,15 @@ class WaitingBounds(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def shutdown(self) -> None:
+        """The listener closed: uvicorn closes a connection between requests at once, which
+        dropped one whose next head had begun to arrive, unanswered. That request is served
+        (its head under the header timeout), as the connection's last."""
+        if self._head_open and (self.cycle is None or self.cycle.response_complete):
+            self._last_head = True
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()

@@ -143,6 +143,7 @@ class DrainingServer(uvicorn.Server):
         # deadline (UVICORN_GRACE_MARGIN_S later), which cancels them with a traceback.
         connections = [c for c in self.server_state.connections if isinstance(c, BoundedProtocol)]
         stalled = sum(connection.abort_if_stalled() for connection in connections)
+        requests += sum(connection.refuse_open_head() for connection in connections)
         if items or requests or stalled:
             log.warning(
                 "shutdown deadline: answered %d item(s) queued or running and %d other "

@@ -147,3 +147,38 @@ def test_after_a_thrown_away_body_the_connection_waits_a_whole_keep_alive() -> N
     transport = asyncio.run(run())
     assert statuses(transport.written) == [b"401", b"200"], transport.written
     assert not transport.closing
+
+
+def test_a_head_arriving_when_the_listener_closes_is_served_as_the_last_request() -> None:
+    """uvicorn's shutdown closed a connection between requests at once: one whose next head
+    had begun was dropped without an answer, its client unable to tell whether it ran."""
+
+    async def run() -> tuple[Transport, bool]:
+        transport = Transport()
+        connection = protocol(transport)
+        connection.data_received(b"POST /healthz HTTP/1.1\r\nHost: t\r\n")
+        await settle()
+        connection.shutdown()  # the listener closes (the drain)
+        kept = not transport.closing
+        connection.data_received(b"Content-Length: 2\r\n\r\n{}")
+        await settle()
+        return transport, kept
+
+    transport, kept = asyncio.run(run())
+    assert kept, "closed under a head still arriving"
+    assert statuses(transport.written) == [b"200"], transport.written
+    assert b"connection: close" in transport.written.lower() and transport.closing
+
+
+def test_a_head_still_arriving_at_the_drain_s_deadline_is_answered_503() -> None:
+    async def run() -> tuple[Transport, bool]:
+        transport = Transport()
+        connection = protocol(transport)
+        connection.data_received(b"POST /healthz HTTP/1.1\r\nHost: t\r\n")
+        await settle()
+        connection.shutdown()
+        return transport, connection.refuse_open_head()
+
+    transport, refused = asyncio.run(run())
+    assert refused and statuses(transport.written) == [b"503"], transport.written
+    assert b'"code":"shutting-down"' in transport.written and transport.closing
