@@ -1,4 +1,5 @@
-"""What the connection tells a request's app: its client went away, or it answered the request.
+"""What the connection tells a request's app: its client went away, or it answered the request,
+or it holds requests pipelined behind it (`read_ahead`).
 
 The connection (`app.connection`) calls the function a request registered with
 `on_client_gone` when the connection is lost before that request is answered; the batcher uses
@@ -20,6 +21,14 @@ from app.errors import incoming_request_id
 ON_CLIENT_GONE = "frameworm.on_client_gone"
 GONE = object()  # in place of the function once the client has gone
 REFUSED = "frameworm.refused_by_connection"
+READ_AHEAD = "frameworm.read_ahead"
+
+
+def read_ahead(scope: Mapping[str, Any]) -> bool:
+    """Whether the connection has read requests pipelined behind this one, to answer in turn
+    (a `Connection: close` on this answer would drop them: the drain adds it only to the last)."""
+    waiting = scope.get(READ_AHEAD)
+    return bool(waiting is not None and waiting())
 
 
 def on_client_gone(scope: MutableMapping[str, Any], call: Callable[[], None]) -> None:

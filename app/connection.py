@@ -43,7 +43,7 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from app.chunked_body import MIN_MEAN_CHUNK_BYTES, ChunkedBodyBounds, Excess
-from app.client_gone import GONE, ON_CLIENT_GONE, refused_by_connection
+from app.client_gone import GONE, ON_CLIENT_GONE, READ_AHEAD, refused_by_connection
 from app.connection_refusals import head_refusal, is_v2_target, problem_bytes, refusing_app
 from app.connection_waits import WaitingBounds
 from app.errors import is_v2_path, problem_body
@@ -156,6 +156,7 @@ class BoundedHttpToolsProtocol(WaitingBounds):
                 self.app = app
         else:
             super().on_headers_complete()
+        self.cycle.scope[READ_AHEAD] = self._reads_ahead  # type: ignore[literal-required]
         if upgrade or self._last_head:
             self.cycle.keep_alive = False  # answered with `Connection: close`, then closed
         if upgrade:
@@ -164,6 +165,9 @@ class BoundedHttpToolsProtocol(WaitingBounds):
         self._open.append(self.cycle)
         while self._open[0].response_complete:
             self._open.popleft()
+
+    def _reads_ahead(self) -> bool:
+        return bool(self.pipeline or self._unread)
 
     def _refuse_head(self) -> None:
         """A head still arriving, over the limit: answered 431 at once, the connection closed."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.client_gone import connection_refusal
+from app.client_gone import connection_refusal, read_ahead
 from app.errors import PROBLEMS, incoming_request_id
 from app.telemetry.logs import log_fields
 from app.telemetry.tracing import (
@@ -107,7 +107,8 @@ class RequestContextMiddleware:
                 headers += DOCS_SECURITY_HEADERS if _is_docs(scope) else SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
                 headers += state.get(RESPONSE_HEADERS, ())
-                if self.draining is not None and self.draining():
+                # Only on the last request read: one pipelined behind it would be dropped.
+                if self.draining is not None and self.draining() and not read_ahead(scope):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)

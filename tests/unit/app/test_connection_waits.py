@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
+from app.client_gone import read_ahead
+from app.middleware.context import RequestContextMiddleware
 from tests.support.connection import REQUEST, Transport, protocol
 
 SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -182,3 +185,42 @@ def test_a_head_still_arriving_at_the_drain_s_deadline_is_answered_503() -> None
     transport, refused = asyncio.run(run())
     assert refused and statuses(transport.written) == [b"503"], transport.written
     assert b'"code":"shutting-down"' in transport.written and transport.closing
+
+
+def test_the_connection_tells_each_request_whether_requests_wait_behind_it() -> None:
+    seen: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(read_ahead(scope))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> None:
+        connection = protocol(Transport())
+        connection.app = app
+        connection.data_received(REQUEST * 3)
+        await settle()
+
+    asyncio.run(run())
+    assert seen == [True, True, False]
+
+
+def test_while_draining_only_the_last_request_read_closes_its_connection() -> None:
+    """Each answer carried `Connection: close` during the drain: requests a client pipelined
+    behind the first were dropped (a reset when still unread, cutting off that answer too)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> Transport:
+        transport = Transport()
+        connection = protocol(transport)
+        connection.app = RequestContextMiddleware(app, draining=lambda: True)
+        connection.data_received(REQUEST * 3)
+        await settle(60)
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport.written) == [b"200"] * 3, transport.written
+    assert transport.written.lower().count(b"connection: close") == 1 and transport.closing
