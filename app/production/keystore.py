@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -265,11 +265,9 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class RedisKeyStore:
-    """Records in Redis, one JSON string per key id; changes are visible to all at once.
-
-    Admin operations use a blocking client; `aget` (the request path) uses redis.asyncio, with
-    at most `max_connections` connections: a burst beyond them waits, within `timeout_s`.
-    """
+    """Records in Redis, one JSON string per key id; changes are visible to all at once. Admin
+    operations use a blocking client; `aget` (the request path) uses redis.asyncio, with at
+    most `max_connections` connections: a burst beyond them waits, within `timeout_s`."""
 
     def __init__(
         self,
@@ -296,12 +294,11 @@ class RedisKeyStore:
 
     @staticmethod
     def _decode(raw: bytes | str | None, name: str | bytes) -> KeyRecord | None:
-        if raw is not None:
-            try:
-                return KeyRecord.from_dict(parse_json(raw))
-            except (ValueError, KeyError, TypeError) as exc:
-                _no_record(name, exc)
-        return None
+        try:
+            return None if raw is None else KeyRecord.from_dict(parse_json(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            _no_record(name, exc)
+            return None
 
     def _async_client(self) -> redis.asyncio.Redis:
         import redis.asyncio
@@ -327,30 +324,19 @@ class RedisKeyStore:
             raise ValueError(f"key id {record.id} already exists")
 
     def _read(self, client: redis.Redis, name: str | bytes) -> KeyRecord | None:
-        import redis
-
-        try:
+        with _values_of_another_type_are_no_key(name):
             return self._decode(client.get(name), name)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
-                raise
-            _no_record(name, exc)  # a hash, say: not a key, nor a store outage
         return None
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._read(self._client, self._key(key_id))
 
     async def aget(self, key_id: str) -> KeyRecord | None:
-        import redis
-
         name = self._key(key_id)
-        try:  # one bound on the lookup, the wait for a connection and the retry included
+        with _values_of_another_type_are_no_key(name):
+            # One bound on the lookup, the wait for a connection and the retry included.
             async with asyncio.timeout(self.timeout_s):
                 return self._decode(await self._async_client().get(name), name)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
-                raise
-            _no_record(name, exc)
         return None
 
     def revoke(self, key_id: str, when: float) -> bool:
@@ -392,6 +378,19 @@ class RedisKeyStore:
         if current is not None:
             await current[1].aclose()
         self.close()
+
+
+@contextlib.contextmanager
+def _values_of_another_type_are_no_key(name: str | bytes) -> Iterator[None]:
+    """A value that is no string (a hash, say: WRONGTYPE) is no key, nor a store outage."""
+    import redis
+
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        _no_record(name, exc)
 
 
 def _no_record(name: str | bytes, exc: Exception) -> None:

@@ -20,6 +20,11 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+async def answer_ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
 def statuses(written: bytes) -> list[bytes]:
     return [line.split(b" ", 2)[1] for line in written.split(b"\r\n") if line.startswith(b"HTTP/")]
 
@@ -192,8 +197,7 @@ def test_the_connection_tells_each_request_whether_requests_wait_behind_it() -> 
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(read_ahead(scope))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(scope, receive, send)
 
     async def run() -> None:
         connection = protocol(Transport())
@@ -209,14 +213,10 @@ def test_while_draining_only_the_last_request_read_closes_its_connection() -> No
     """Each answer carried `Connection: close` during the drain: requests a client pipelined
     behind the first were dropped (a reset when still unread, cutting off that answer too)."""
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
     async def run() -> Transport:
         transport = Transport()
         connection = protocol(transport)
-        connection.app = RequestContextMiddleware(app, draining=lambda: True)
+        connection.app = RequestContextMiddleware(answer_ok, draining=lambda: True)
         connection.data_received(REQUEST * 3)
         await settle(60)
         return transport
