@@ -31,12 +31,13 @@ from app.inference.rollout import StageFollower
 from app.inference.service import build_cache
 from app.production import GracefulShutdown
 from app.telemetry.gpu import GpuSampler, load_nvml
-from app.telemetry.metrics import Metrics
+from app.telemetry.metrics import Metrics, multiprocess_dir
 
 log = logging.getLogger("frameworm.lifespan")
 
 HOOK_TIMEOUT_S = 5.0
 QUEUE_CLOSE_TIMEOUT_S = 1.0
+METRICS_FLUSH_S = 1.0
 
 
 @dataclass
@@ -114,6 +115,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     batcher.start()
     metrics: Metrics | None = app.state.metrics
     gpu: GpuSampler | None = None
+    flushing: asyncio.Task[None] | None = None
     if metrics is not None:
         metrics.model_serving(None, settings.served_as, str(host.device))
         metrics.queue_capacity.labels(settings.model).set(settings.max_queue_items)
@@ -121,6 +123,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if nvml is not None:
             gpu = GpuSampler(metrics.registry, nvml)
             gpu.start()
+        if multiprocess_dir() is not None:
+            flushing = asyncio.create_task(_flush_tallies(metrics), name="frameworm-metrics")
     follower = None
     if settings.follow_stage and settings.model_version is not None:
         log.warning(
@@ -154,8 +158,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
+        if flushing is not None:
+            flushing.cancel()
         if not forced:
             await _release(lifecycle, batcher, cache, follower, host, gpu)
+            if metrics is not None:
+                metrics.flush()  # the last requests' counts (with workers, into the shared files)
+
+
+async def _flush_tallies(metrics: Metrics) -> None:
+    """With several workers, /metrics adds up every worker's shared files, and a scrape flushes
+    only the tallies of the worker it reaches: each worker writes its own there every second."""
+    while True:
+        await asyncio.sleep(METRICS_FLUSH_S)
+        metrics.flush()
 
 
 async def _release(

@@ -164,6 +164,7 @@ def build_middleware(
             Middleware(
                 HttpMetricsMiddleware,
                 registry=metrics.registry,
+                tallies=metrics.tallies,
                 buckets=LATENCY_BUCKETS,
                 handlers=route_templates(*ROUTERS, metrics_api.router),
                 excluded_paths=QUIET_PATHS,

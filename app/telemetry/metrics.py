@@ -4,7 +4,9 @@ Each app gets its own CollectorRegistry (tests build many apps; nothing global).
 worker processes (`PROMETHEUS_MULTIPROC_DIR` set), values live in shared files and `/metrics`
 aggregates them; gauges declare how (`multiprocess_mode`), and there are no Info metrics or
 custom collectors, which that mode cannot carry. No label ever holds a user id, a key or any
-other unbounded value.
+other unbounded value. The series written for every request are tallied on the event loop and
+flushed into their values before a scrape (app/telemetry/tally.py; with several workers, every
+second too, so that another worker's scrape sees them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from app.telemetry.tally import HistogramTally, Tallies
 
 if TYPE_CHECKING:
     from app.inference.runner import ModelRunner
@@ -36,6 +40,7 @@ class Metrics:
     def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
         self.model = model
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.tallies = Tallies()
         r = self.registry
         self.inference_duration = Histogram(
             "frameworm_inference_duration_seconds",
@@ -61,7 +66,7 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self._queue_depth = self.queue_depth.labels(model)  # set on every request: looked up once
+        self._queue_depth = self.tallies.gauge(self.queue_depth.labels(model))
         self.queue_capacity = Gauge(
             "frameworm_queue_capacity",
             "Items the batcher queue holds before shedding.",
@@ -75,6 +80,7 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self._inflight = self.tallies.gauge(self.inflight)
         self.model_info = Gauge(
             "frameworm_model_info",
             "The model version being served (1; 0 for one served before, with several workers).",
@@ -90,6 +96,9 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self._batch_size = self.tallies.histogram(self.batch_size.labels(model))
+        self._queue_wait = self.tallies.histogram(self.queue_wait.labels(model))
+        self._inference_duration: dict[str, HistogramTally] = {}  # by version
         self.auth_failures = Counter(
             "frameworm_auth_failures", "Failed authentications by reason.", ["reason"], registry=r
         )
@@ -126,7 +135,7 @@ class Metrics:
 
     # ------------------------------------------------------------ BatchObserver (observer.py)
     def queued(self, depth_items: int) -> None:
-        self._queue_depth.set(depth_items)
+        self._queue_depth.value = depth_items
 
     def shed(self, reason: str) -> None:
         self.shed_requests.labels(reason).inc()
@@ -141,18 +150,32 @@ class Metrics:
     ) -> None:
         # Exemplars (trace ids of sampled requests) reach scrapers that ask for OpenMetrics;
         # multiprocess mode cannot carry them and leaves them out.
-        ids = trace_ids or [None] * len(waits)
-        sampled = next((t for t in ids if t is not None), None)
-        self.inference_duration.labels(self.model, runner.manifest.version).observe(
-            seconds, exemplar={"trace_id": sampled} if sampled else None
-        )
-        self.batch_size.labels(self.model).observe(items)
-        wait = self.queue_wait.labels(self.model)
-        for value, trace_id in zip(waits, ids, strict=True):
-            wait.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
+        version = runner.manifest.version
+        duration = self._inference_duration.get(version)
+        if duration is None:
+            child = self.inference_duration.labels(self.model, version)
+            duration = self._inference_duration[version] = self.tallies.histogram(child)
+        self._batch_size.observe(items)
+        wait = self._queue_wait
+        if not trace_ids or not any(trace_ids):
+            duration.observe(seconds)
+            for value in waits:
+                wait.observe(value)
+            return
+        sampled = next(t for t in trace_ids if t is not None)
+        duration.observe_with_exemplar(seconds, {"trace_id": sampled})
+        for value, trace_id in zip(waits, trace_ids, strict=True):
+            if trace_id:
+                wait.observe_with_exemplar(value, {"trace_id": trace_id})
+            else:
+                wait.observe(value)
 
     def admitted(self, delta: int) -> None:
-        self.inflight.inc(delta)
+        self._inflight.value += delta
+
+    def flush(self) -> None:
+        """Adds what the tallies hold to the series (on the event loop's thread)."""
+        self.tallies.flush()
 
     # ------------------------------------------------------------------ model state
     def model_serving(self, manifest: ModelManifest | None, stage: str, device: str) -> None:
@@ -169,6 +192,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ exposition
     def render(self, accept: str) -> tuple[bytes, str]:
+        self.flush()
         directory = multiprocess_dir()
         registry = self.registry
         if directory is not None:

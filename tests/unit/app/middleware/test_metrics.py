@@ -14,9 +14,18 @@ from starlette.types import Receive, Scope, Send
 from app.errors import send_problem
 from app.middleware.metrics import HttpMetricsMiddleware
 from app.telemetry.metrics import LATENCY_BUCKETS
+from app.telemetry.tally import Tallies
 
 
-def instrumented(refuse: bool = False) -> tuple[Any, CollectorRegistry]:
+class Series:
+    """A registry and its tallies, read as /metrics reads them: the tallies flushed first."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tallies = Tallies()
+
+
+def instrumented(refuse: bool = False) -> tuple[Any, Series]:
     app = FastAPI()
 
     @app.post("/items/{item}")
@@ -34,15 +43,16 @@ def instrumented(refuse: bool = False) -> tuple[Any, CollectorRegistry]:
             return
         await app(scope, receive, send)
 
-    registry = CollectorRegistry()
+    series = Series()
     middleware = HttpMetricsMiddleware(
         refusing,
-        registry=registry,
+        registry=series.registry,
+        tallies=series.tallies,
         buckets=LATENCY_BUCKETS,
         handlers=frozenset({"/items/{item}", "/healthz"}),
         excluded_paths=frozenset({"/healthz"}),
     )
-    return middleware, registry
+    return middleware, series
 
 
 def send(asgi: Any, method: str, path: str, **options: Any) -> httpx.Response:
@@ -54,8 +64,9 @@ def send(asgi: Any, method: str, path: str, **options: Any) -> httpx.Response:
     return asyncio.run(go())
 
 
-def exposition(registry: CollectorRegistry) -> str:
-    return generate_latest(registry).decode()
+def exposition(series: Series) -> str:
+    series.tallies.flush()
+    return generate_latest(series.registry).decode()
 
 
 def test_requests_are_counted_by_route_template_method_and_status_class() -> None:
