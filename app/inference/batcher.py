@@ -146,12 +146,14 @@ class DynamicBatcher:
         client_deadline: bool = False,
         on_abandon: Callable[[Callable[[], None]], None] | None = None,
         request_id: str | None = None,
+        traced: bool = True,
     ) -> Served:
         """Queue one request's items; its outputs come back split along the batch dimension.
 
         `client_deadline`: the deadline is one the client chose, shorter than the server's.
         `on_abandon` is handed a function that gives the request up (its client went away):
         still queued, it never reaches the model. `request_id` names it in the log if it fails.
+        `traced=False`: the request has no span (not sampled), so none is looked up for it.
         """
         now = time.monotonic()
         if self._closing:
@@ -172,7 +174,7 @@ class DynamicBatcher:
         self._admit(now, deadline, client_deadline)
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         pending = Pending(arrays, items, deadline, future, now, client_deadline, request_id)
-        if self._tracer is not None:
+        if self._tracer is not None and traced:
             pending.span = trace.get_current_span().get_span_context()
             pending.enqueued_ns = time.time_ns()
         if on_abandon is not None:

@@ -22,6 +22,7 @@ from app.inference.codec import Decoded
 from app.inference.pending import Served
 from app.inference.runner import ModelRunner
 from app.telemetry.metrics import Metrics
+from app.telemetry.tracing import is_traced
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -126,6 +127,9 @@ async def run_inference(
             # The connection calls it when the client goes away (app/connection.py).
             on_abandon=functools.partial(on_client_gone, request.scope),
             request_id=request_id_of(request.scope),
+            # 99 requests in 100 are not sampled: OpenTelemetry's context is not searched for
+            # a span they do not have.
+            traced=is_traced(request.scope),
         )
     except Problem as problem:
         if problem.version is not None:  # the model ran, and failed: the access line names it
