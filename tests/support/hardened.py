@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -22,7 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.production import APIKeyAuth
-from app.production.keystore import FileKeyStore
+from app.production.keystore import FileKeyStore, HashedFileKeyStore
 from models.demo import sample_png
 from tests.support import free_port
 from tests.support.server import FRAMEWORM, ServerProcess, server_env
@@ -41,6 +42,8 @@ INHERITED_SETTINGS_DROPPED = (
 )
 # A pepper long enough for production mode; tests share it with the CLI they run.
 TEST_PEPPER = "pepper-for-tests-only-" + "x" * 32
+# How soon a server sees a change to its key file: it re-reads it at most this often.
+KEY_FILE_REFRESH_S = HashedFileKeyStore("keys.json").refresh_s
 
 
 @dataclass
@@ -60,16 +63,28 @@ class HardenedServer(ServerProcess):
 
     def add_key(self, owner: str, **options: Any) -> str:
         """A new key made in-process in this server's file store (no CLI start-up cost)."""
+        written = time.monotonic()
         store = FileKeyStore(self.env["FRAMEWORM_API_KEYS_FILE"])
         auth = APIKeyAuth(store=store, pepper=self.env["FRAMEWORM_API_KEY_PEPPER"])
-        return auth.create_key(owner, **options)
+        key = auth.create_key(owner, **options)
+        _until_the_server_reads_keys_written_at(written)
+        return key
 
     def create_key(self, owner: str, *options: str) -> tuple[str, str]:
         """A new key through the CLI: (id, key)."""
+        written = time.monotonic()
         result = self.keys("create", owner, *options, "--json")
         assert result.returncode == 0, result.stderr
         created: dict[str, str] = json.loads(result.stdout)
+        _until_the_server_reads_keys_written_at(written)
         return created["id"], created["key"]
+
+
+def _until_the_server_reads_keys_written_at(written: float) -> None:
+    """A server that looked at its key file just before the write looks again only after
+    KEY_FILE_REFRESH_S: until then the new key is unknown to it (401). A CLI that started in
+    under a second (and a key written in-process) would be tested against the old file."""
+    time.sleep(max(0.0, written + KEY_FILE_REFRESH_S + 0.05 - time.monotonic()))
 
 
 def hardened_env(
