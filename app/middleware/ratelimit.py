@@ -54,16 +54,18 @@ class RateLimitMiddleware:
                 detail = "the rate limit cannot be checked (its storage is unreachable)"
                 await send_problem(send, scope, "not-ready", detail, retry_after(STORAGE_RETRY_S))
             return
+        # The numbers are ints: b"%d" writes what str() did, without two calls for each.
+        reset_s = decision.retry_after_s
         headers = [
-            (b"ratelimit-limit", str(decision.limit).encode()),
-            (b"ratelimit-remaining", str(decision.remaining).encode()),
-            (b"ratelimit-reset", str(decision.retry_after_s).encode()),
+            (b"ratelimit-limit", b"%d" % decision.limit),
+            (b"ratelimit-remaining", b"%d" % decision.remaining),
+            (b"ratelimit-reset", b"%d" % reset_s),
         ]
         if not decision.allowed:
             if self.metrics is not None:
                 self.metrics.rate_limited.inc()
             extra = {k.decode(): v.decode() for k, v in headers}
-            extra["retry-after"] = str(decision.retry_after_s)
+            extra["retry-after"] = str(reset_s)
             await send_problem(send, scope, "rate-limited", "the rate limit is exhausted", extra)
             return
         add_response_headers(scope, headers)  # written by the context layer, outermost

@@ -191,7 +191,7 @@ class HashedFileKeyStore:
 
     async def aget(self, key_id: str) -> KeyRecord | None:
         # A stat at most every refresh_s and a small read on change: cheap enough inline.
-        return self.get(key_id)
+        return self._refresh().get(key_id)
 
     def records(self) -> list[KeyRecord]:
         # An admin listing: a file that cannot be read is an error, not an empty (or stale) list.

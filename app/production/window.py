@@ -43,7 +43,13 @@ class MovingWindow:
         with self._lock:
             if now >= self._next_sweep:
                 self._sweep(now)
-            hits = self._current((key, amount, window_s), now, create=True)
+            # `_current`'s work, inline: this runs on every request, and a call costs as much.
+            hits = self._hits.get((key, amount, window_s))
+            if hits is None:
+                hits = self._hits[key, amount, window_s] = deque()
+            horizon = now - window_s
+            while hits and hits[0] <= horizon:
+                hits.popleft()
             allowed = len(hits) < amount
             if allowed:
                 hits.append(now)
@@ -53,7 +59,7 @@ class MovingWindow:
         """The state without counting a hit (`allowed`: whether a hit would be)."""
         now = time.time()
         with self._lock:
-            hits = self._current((key, amount, window_s), now, create=False)
+            hits = self._current((key, amount, window_s), now)
             return WindowState(
                 len(hits) < amount, amount - len(hits), hits[0] + window_s if hits else now
             )
@@ -65,13 +71,11 @@ class MovingWindow:
     def __len__(self) -> int:
         return len(self._hits)
 
-    def _current(self, window: WindowKey, now: float, *, create: bool) -> deque[float]:
+    def _current(self, window: WindowKey, now: float) -> deque[float]:
+        """The window's hits still inside it (a new, unstored deque for a window not seen)."""
         hits = self._hits.get(window)
         if hits is None:
-            hits = deque()
-            if create:
-                self._hits[window] = hits
-            return hits
+            return deque()
         horizon = now - window[2]
         while hits and hits[0] <= horizon:
             hits.popleft()

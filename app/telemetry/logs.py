@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import logging
+import operator
 import re
 import select
 import sys
@@ -13,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 import orjson
 
@@ -294,22 +295,74 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
 def _only_json_handler(logger: logging.Logger, level: int) -> BatchedStreamHandler | None:
     """The handler a record of `logger` at `level` reaches, when that is only ours, unfiltered.
 
-    Mirrors `Logger.handle` and `callHandlers`: the logger's own filters, then every handler up
-    the chain (until `propagate` is off) whose level admits the record.
+    Worked out by `_route`, then reused while what it read is unchanged: the state of every
+    logger on the way and the level and filters of every handler on it. Comparing those takes a
+    few comparisons made in C; walking the chain took a hundred bytecodes a request. Logging
+    keeps no count of its changes (handlers are added in place), so only looking can tell.
     """
-    if logger.disabled or logger.filters:
-        return None
-    reached: list[logging.Handler] = []
+    route = _routes.get((logger, level))
+    if route is None or route.seen != (
+        list(map(_LOGGER_STATE, route.loggers)),
+        list(map(_HANDLER_STATE, route.handlers)),
+    ):
+        route = _routes[logger, level] = _route(logger, level)
+    return route.handler
+
+
+class _LoggerState(NamedTuple):
+    disabled: bool
+    filters: list[Any]
+    handlers: list[logging.Handler]
+    propagate: bool
+    parent: logging.Logger | None
+
+
+class _Route(NamedTuple):
+    handler: BatchedStreamHandler | None
+    loggers: list[logging.Logger]  # the chain, from the logger up
+    handlers: list[logging.Handler]  # every handler on it, whatever its level
+    seen: tuple[list[_LoggerState], list[tuple[int, list[Any]]]]  # their state then
+
+
+_LOGGER_STATE = operator.attrgetter(*_LoggerState._fields)
+_HANDLER_STATE = operator.attrgetter("level", "filters")
+_routes: dict[tuple[logging.Logger, int], _Route] = {}
+
+
+def _route(logger: logging.Logger, level: int) -> _Route:
+    """Mirrors `Logger.handle` and `callHandlers`: the logger's own filters, then every handler
+    up the chain (until `propagate` is off) whose level admits the record.
+
+    The chain is followed in the state kept to compare with, copied first (lists change in
+    place), so a change made meanwhile by another thread differs from it, seen at the next call.
+    """
+    loggers: list[logging.Logger] = []
+    states: list[_LoggerState] = []
     current: logging.Logger | None = logger
     while current is not None:
-        reached += [h for h in current.handlers if level >= h.level]
-        if not current.propagate:
-            break
-        current = current.parent
+        state = _LoggerState(
+            current.disabled,
+            list(current.filters),
+            list(current.handlers),
+            current.propagate,
+            current.parent,
+        )
+        loggers.append(current)
+        states.append(state)
+        current = state.parent if state.propagate else None
+    handlers = [h for state in states for h in state.handlers]
+    seen = (states, [(h.level, list(h.filters)) for h in handlers])
+    # The rest is read now: anything changed since the copies were taken differs from them.
+    reached = [h for h in handlers if level >= h.level]
     only = reached[0] if len(reached) == 1 else None
-    if isinstance(only, BatchedStreamHandler) and not only.filters:
-        return only
-    return None
+    if (
+        isinstance(only, BatchedStreamHandler)
+        and not only.filters
+        and not logger.disabled
+        and not logger.filters
+    ):
+        return _Route(only, loggers, handlers, seen)
+    return _Route(None, loggers, handlers, seen)
 
 
 # Loggers of the S3 client, whose DEBUG lines print every request header.

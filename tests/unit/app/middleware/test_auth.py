@@ -46,6 +46,25 @@ def test_whitespace_around_a_key_is_not_part_of_it(
     assert _tokens({"headers": headers}) == [token]
 
 
+OTHER_LINES = [(b"host", b"example"), (b"x-api-keys", b"fw_no"), (b"authorizations", b"fw_no")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "tokens"),
+    [
+        ([*OTHER_LINES, (b"x-api-key", b"fw_a"), *OTHER_LINES], ["fw_a"]),
+        ([(b"x-api-key", b"fw_b"), *OTHER_LINES, (b"x-api-key", b"fw_a")], ["fw_b", "fw_a"]),
+        ([(b"authorization", b"Bearer jwt"), *OTHER_LINES, (b"x-api-key", b"fw_a")], ["fw_a"]),
+        ([*OTHER_LINES, [b"authorization", b"Bearer fw_a"]], ["fw_a"]),  # lists are pairs too
+        (OTHER_LINES, []),
+    ],
+)
+def test_only_the_key_lines_are_read_among_the_others_in_order(
+    headers: list[tuple[bytes, bytes]], tokens: list[str]
+) -> None:
+    assert _tokens({"headers": headers}) == tokens
+
+
 def test_without_auth_the_rate_limit_counts_an_ipv6_64_as_one_client() -> None:
     """Counted per address, each of a host's 2**64 addresses had a budget of its own."""
     app = RateLimitMiddleware(
