@@ -161,9 +161,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if flushing is not None:
             flushing.cancel()
         if not forced:
-            await _release(lifecycle, batcher, cache, follower, host, gpu)
-            if metrics is not None:
-                metrics.flush()  # the last requests' counts (with workers, into the shared files)
+            try:
+                await _release(lifecycle, batcher, cache, follower, host, gpu)
+            finally:
+                if metrics is not None:  # the last counts (with workers, into the shared files)
+                    metrics.flush()
 
 
 async def _flush_tallies(metrics: Metrics) -> None:

@@ -96,8 +96,9 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=r,
         )
-        self._batch_size = self.tallies.histogram(self.batch_size.labels(model))
-        self._queue_wait = self.tallies.histogram(self.queue_wait.labels(model))
+        # Made at the first batch, as prometheus_client's children were (their _created says when).
+        self._batch_size: HistogramTally | None = None
+        self._queue_wait: HistogramTally | None = None
         self._inference_duration: dict[str, HistogramTally] = {}  # by version
         self.auth_failures = Counter(
             "frameworm_auth_failures", "Failed authentications by reason.", ["reason"], registry=r
@@ -155,6 +156,9 @@ class Metrics:
         if duration is None:
             child = self.inference_duration.labels(self.model, version)
             duration = self._inference_duration[version] = self.tallies.histogram(child)
+        if self._batch_size is None or self._queue_wait is None:
+            self._batch_size = self.tallies.histogram(self.batch_size.labels(self.model))
+            self._queue_wait = self.tallies.histogram(self.queue_wait.labels(self.model))
         self._batch_size.observe(items)
         wait = self._queue_wait
         if not trace_ids or not any(trace_ids):

@@ -63,27 +63,26 @@ class HardenedServer(ServerProcess):
 
     def add_key(self, owner: str, **options: Any) -> str:
         """A new key made in-process in this server's file store (no CLI start-up cost)."""
-        written = time.monotonic()
         store = FileKeyStore(self.env["FRAMEWORM_API_KEYS_FILE"])
         auth = APIKeyAuth(store=store, pepper=self.env["FRAMEWORM_API_KEY_PEPPER"])
         key = auth.create_key(owner, **options)
-        _until_the_server_reads_keys_written_at(written)
+        _until_the_server_reads_keys_written_at(time.monotonic())
         return key
 
     def create_key(self, owner: str, *options: str) -> tuple[str, str]:
         """A new key through the CLI: (id, key)."""
-        written = time.monotonic()
         result = self.keys("create", owner, *options, "--json")
         assert result.returncode == 0, result.stderr
         created: dict[str, str] = json.loads(result.stdout)
-        _until_the_server_reads_keys_written_at(written)
+        _until_the_server_reads_keys_written_at(time.monotonic())
         return created["id"], created["key"]
 
 
 def _until_the_server_reads_keys_written_at(written: float) -> None:
-    """A server that looked at its key file just before the write looks again only after
-    KEY_FILE_REFRESH_S: until then the new key is unknown to it (401). A CLI that started in
-    under a second (and a key written in-process) would be tested against the old file."""
+    """A server that looked at its key file just before the write (`written`: when the write
+    had ended) looks again only after KEY_FILE_REFRESH_S: until then the new key is unknown to
+    it (401). A CLI that ran in under a second, and a key written in-process, were tested
+    against the old file."""
     time.sleep(max(0.0, written + KEY_FILE_REFRESH_S + 0.05 - time.monotonic()))
 
 

@@ -187,3 +187,15 @@ print(generate_latest(registry).decode())
     assert 'frameworm_queue_wait_seconds_count{model="m"} 6.0' in done.stdout
     assert 'frameworm_queue_wait_seconds_bucket{le="0.001",model="m"} 2.0' in done.stdout
     assert 'frameworm_batch_size_sum{model="m"} 6.0' in done.stdout
+
+
+def test_the_batchers_series_appear_at_the_first_batch_as_before() -> None:
+    """Their children are made at the first batch (a `_created` of the app's start, and zeros
+    before any batch, would differ from what prometheus_client's own observe gave)."""
+    metrics = Metrics("m")
+    text = metrics.render("text/plain")[0].decode()
+    assert 'frameworm_batch_size_count{model="m"}' not in text
+    assert 'frameworm_queue_wait_seconds_count{model="m"}' not in text
+    metrics.batch_done(runner("1.0.0"), 1, 0.01, [0.001])
+    text = metrics.render("text/plain")[0].decode()
+    assert 'frameworm_batch_size_count{model="m"} 1.0' in text
