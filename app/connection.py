@@ -156,6 +156,10 @@ class BoundedHttpToolsProtocol(WaitingBounds):
                 self.app = app
         else:
             super().on_headers_complete()
+        # The request's headers are complete: trailer fields after a chunked body would be
+        # appended to the same list, which the app reads (an API key or a Content-Encoding
+        # sent after the body was honoured). RFC 9110 6.5.1: they are not merged; dropped.
+        self.headers = []
         self.cycle.scope[READ_AHEAD] = self._reads_ahead  # type: ignore[literal-required]
         if upgrade or self._last_head:
             self.cycle.keep_alive = False  # answered with `Connection: close`, then closed

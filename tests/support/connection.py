@@ -61,10 +61,11 @@ def protocol(
     *,
     keep_alive_s: float = 5.0,
     header_timeout_s: float = 10.0,
+    app: Any = healthz,
 ) -> Any:
     # No log_config or log_level: uvicorn would set its loggers' levels for the whole process.
     config = uvicorn.Config(
-        healthz,
+        app,
         lifespan="off",
         log_config=None,
         log_level=None,
