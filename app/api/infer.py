@@ -127,7 +127,8 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
     # for complete and drops the part it was in, so a truncated request would be served
     # without its last part. Request.form() then parses the body kept here.
     if not _is_complete_multipart(await request.body(), request.headers["content-type"]):
-        raise Problem("malformed-request", "the multipart body ends before its closing boundary")
+        detail = "the multipart body has no boundary or ends before its closing boundary"
+        raise Problem("malformed-request", detail)
     try:
         # A JSON field may take the whole body (Starlette's default stops fields at 1 MB).
         form = await request.form(
@@ -166,9 +167,10 @@ async def read_multipart(request: Request, signature: Signature, settings: Setti
 
 
 def _is_complete_multipart(body: bytes, content_type: str) -> bool:
-    """Whether the body holds its close delimiter, "--BOUNDARY--" (RFC 2046, 5.1.1)."""
+    """Whether the body holds its close delimiter, "--BOUNDARY--" (RFC 2046, 5.1.1). An empty
+    boundary is none (its delimiter would be any "----")."""
     boundary = parse_options_header(content_type)[1].get(b"boundary")
-    return boundary is not None and b"--" + boundary + b"--" in body
+    return boundary is not None and boundary != b"" and b"--" + boundary + b"--" in body
 
 
 def _parameters_part(

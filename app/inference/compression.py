@@ -66,4 +66,7 @@ def decompressed(body: bytes, content_encoding: str | None, max_bytes: int) -> b
 
 
 def _coding(content_encoding: str | None) -> str:
-    return (content_encoding or "").strip().lower()  # codings are case-insensitive
+    """The codings, lower-cased (they are case-insensitive), without empty list elements
+    (`gzip,` is `gzip`: RFC 9110 5.6.1), joined as `a, b`."""
+    codings = (part.strip().lower() for part in (content_encoding or "").split(","))
+    return ", ".join(coding for coding in codings if coding)

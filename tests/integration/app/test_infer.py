@@ -158,6 +158,16 @@ def test_a_multipart_body_cut_short_is_400_not_served_without_its_last_part(
     assert "closing boundary" in response.json()["detail"]
 
 
+def test_a_multipart_body_with_an_empty_boundary_is_400(decoder: AppClient) -> None:
+    """RFC 2046: a boundary has 1 to 70 characters. An empty one makes any "----" a close
+    delimiter, and python-multipart parsed such bodies."""
+    body = b'--\r\nContent-Disposition: form-data; name="parameters"\r\n\r\n{}\r\n----\r\n'
+    headers = {"content-type": "multipart/form-data; boundary="}
+    response = decoder.post("/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "no boundary" in response.json()["detail"]
+
+
 def test_a_multipart_json_field_over_a_megabyte_is_read(cnn: AppClient) -> None:
     # Starlette stops form fields at 1 MB by default; the body limit is what applies.
     field = orjson.dumps(pixels(4)).decode() + " " * 1_200_000

@@ -39,6 +39,12 @@ def test_gzip_and_deflate_bodies_are_decompressed(
     assert decompressed(compress(BODY), encoding, 1024) == BODY
 
 
+@pytest.mark.parametrize("encoding", ["gzip,", ", gzip", " ,GZIP, ", "gzip, ,"])
+def test_empty_elements_of_the_coding_list_are_ignored(encoding: str) -> None:
+    """RFC 9110 5.6.1: `gzip,` (or a second, empty Content-Encoding line) is `gzip`."""
+    assert decompressed(gzip.compress(BODY), encoding, 1024) == BODY
+
+
 def test_a_body_that_expands_past_the_limit_is_413_without_inflating_it_all() -> None:
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in about 64 kB
     assert len(bomb) < 100_000
