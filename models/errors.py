@@ -63,6 +63,19 @@ class IntegrityError(RegistryError):
         super().__init__(message)
 
 
+class ArtefactSizeError(IntegrityError):
+    """The stored artefact is not the registered size: refused before it is read or downloaded
+    (an object of 10 GB put there by mistake filled the cache and the memory first)."""
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        RegistryError.__init__(
+            self,
+            f"artefact {key} is corrupted or tampered with: it is {actual} bytes, "
+            f"registered as {expected}",
+        )
+        self.key = key
+
+
 class CorruptObjectError(RegistryError, ValueError):
     """A registry object (an index or a manifest) that does not parse, or whose content does not
     match where it is stored: a manifest under a/1.0.0 that names b 2.0.0 would point at b's

@@ -139,7 +139,7 @@ class ModelRegistry:
         """The artefact's bytes, refused unless their sha256 is the registered one."""
         key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
         try:
-            data = self.store.local_path(key).read_bytes()
+            data = self.store.local_path(key, size=manifest.size_bytes).read_bytes()
         except FileNotFoundError:
             raise IntegrityError(key, manifest.sha256, None) from None
         actual = sha256_bytes(data)
@@ -168,7 +168,7 @@ class ModelRegistry:
         download is dropped once hashed (checking a backup kept a second copy of it)."""
         key = f"{manifest.name}/{manifest.version}/{manifest.artefact}"
         try:
-            actual = sha256_file(self.store.local_path(key))
+            actual = sha256_file(self.store.local_path(key, size=manifest.size_bytes))
         except FileNotFoundError:
             raise IntegrityError(key, manifest.sha256, None) from None
         finally:

@@ -16,6 +16,7 @@ downloaded; otherwise it is fetched again, so the cache never serves stale or al
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -28,13 +29,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from models.errors import AccessDeniedError, InvalidNameError, RegistryError
+from models.errors import AccessDeniedError, ArtefactSizeError, InvalidNameError, RegistryError
 from models.store import CHUNK, check_key, sha256_file
 
 try:
     import boto3
     import botocore.loaders
     import botocore.session
+    from boto3.exceptions import S3UploadFailedError
     from botocore.config import Config
     from botocore.exceptions import (
         BotoCoreError,
@@ -214,11 +216,19 @@ class S3Store:
     def put_file(self, key: str, source: Path) -> None:
         # A managed upload (multipart for large files): S3 makes the object visible only whole.
         with self._errors(key):
-            self._s3.upload_file(str(source), self.bucket, self._key(key))
+            try:
+                self._s3.upload_file(str(source), self.bucket, self._key(key))
+            except S3UploadFailedError as exc:
+                # boto3 wraps the request's ClientError in this: read as any other S3 failure
+                # (it escaped as a traceback, and stopped `push --all` at the first model).
+                if isinstance(exc.__context__, ClientError):
+                    raise exc.__context__ from None
+                raise S3Error(f"upload to s3://{self.bucket} key {key} failed: {exc}") from None
 
     # ------------------------------------------------------------------ cache
-    def local_path(self, key: str) -> Path:
-        """The object in the local cache, downloaded again unless the cached copy is current."""
+    def local_path(self, key: str, size: int | None = None) -> Path:
+        """The object in the local cache, downloaded again unless the cached copy is current;
+        with `size`, refused (ArtefactSizeError) before any download when it is another size."""
         remote = self._key(key)
         with self._errors(key):
             try:
@@ -227,6 +237,8 @@ class S3Store:
                 if _code(exc) in _MISSING:
                     raise FileNotFoundError(key) from None
                 raise
+        if size is not None and head.get("ContentLength") != size:
+            raise ArtefactSizeError(f"{self.url}/{key}", size, int(head.get("ContentLength", -1)))
         etag = str(head["ETag"])
         path = self._cache.joinpath(*key.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +268,11 @@ class S3Store:
             return False
 
     def _download(self, remote: str, path: Path, etag: str) -> str:
+        # Under the key's lock (local_path): any earlier download's file is a killed process's
+        # (SIGKILL, a deadline, an eviction skip the cleanup below), left to fill the cache.
+        # mkstemp's names: the prefix, 8 random characters, the suffix (not another key's).
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         digest = hashlib.sha256()
         try:

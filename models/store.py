@@ -17,7 +17,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from filelock import FileLock
 
-from models.errors import AccessDeniedError, InvalidNameError
+from models.errors import AccessDeniedError, ArtefactSizeError, InvalidNameError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CHUNK = 1 << 20
@@ -63,8 +63,9 @@ class Store(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write an object (atomically)."""
 
-    def local_path(self, key: str) -> Path:
-        """A local file with the object's bytes (remote stores download to a cache)."""
+    def local_path(self, key: str, size: int | None = None) -> Path:
+        """A local file with the object's bytes (remote stores download to a cache). With
+        `size`, an object of another size raises ArtefactSizeError, before any download."""
 
     def list(self, prefix: str) -> list[str]:
         """Names directly under a key prefix ("" for the root)."""
@@ -122,10 +123,12 @@ class LocalStore:
         with FileLock(str(path) + ".lock"):
             self._atomic_write(path, data)
 
-    def local_path(self, key: str) -> Path:
+    def local_path(self, key: str, size: int | None = None) -> Path:
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(key)
+        if size is not None and (actual := path.stat().st_size) != size:
+            raise ArtefactSizeError(key, size, actual)
         return path
 
     def forget_local_copy(self, key: str) -> None:

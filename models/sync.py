@@ -147,7 +147,7 @@ def _copy_version(
             pass  # an interrupted or damaged copy: send the artefact again
 
     try:
-        path = source.store.local_path(artefact_key)
+        path = source.store.local_path(artefact_key, size=manifest.size_bytes)
     except FileNotFoundError:
         raise IntegrityError(f"{source.store.url}/{artefact_key}", manifest.sha256, None) from None
     actual = sha256_file(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from models.errors import InvalidNameError, RegistryError
+from models.errors import ArtefactSizeError, InvalidNameError, RegistryError
 from models.s3 import (
     S3BucketNotFoundError,
     S3OutcomeUnknownError,
@@ -181,3 +181,46 @@ def test_a_retried_write_refused_after_another_writer_is_reported_as_unknown(
     store._s3.put_object = overtaken
     with pytest.raises(S3OutcomeUnknownError, match="may have been applied"):
         store.swap("m/index.json", b"two", b"one")
+
+
+def test_an_upload_that_s3_refuses_is_one_clear_error(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """boto3's upload_file wraps the request's error in S3UploadFailedError, which escaped as a
+    traceback (and stopped `registry push --all` at the first model)."""
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"weights")
+    store = S3Store("s3://no-such-bucket/registry", cache_dir=tmp_path / "cache")
+    with pytest.raises(S3BucketNotFoundError, match="'no-such-bucket' does not exist"):
+        store.put_file("m/1.0.0/model.safetensors", source)
+
+
+def test_an_object_of_another_size_is_refused_before_it_is_downloaded(
+    s3_url: str, tmp_path: Path
+) -> None:
+    """An object of 10 GB put there by mistake was downloaded whole, then read into memory,
+    before its sha256 refused it; the size is in the manifest."""
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    store.put_bytes("m/1.0.0/model.pt2", b"x" * 1000)
+    with pytest.raises(ArtefactSizeError, match="it is 1000 bytes, registered as 10"):
+        store.local_path("m/1.0.0/model.pt2", size=10)
+    assert not list((tmp_path / "cache").rglob("model.pt2*"))  # nothing was downloaded
+    assert store.local_path("m/1.0.0/model.pt2", size=1000).read_bytes() == b"x" * 1000
+
+
+def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
+    s3_url: str, tmp_path: Path
+) -> None:
+    """A download killed by SIGKILL, a deadline or an eviction skips its cleanup: its partial
+    file stayed in the cache for good, and GB-sized ones filled the volume."""
+    store = S3Store(s3_url, cache_dir=tmp_path / "cache")
+    store.put_bytes("m/1.0.0/model.pt2", b"genuine")
+    folder = tmp_path / "cache" / store.bucket / "team" / "registry" / "m" / "1.0.0"
+    folder.mkdir(parents=True)
+    stale = folder / ".model.pt2.k1ll3d_0.tmp"
+    stale.write_bytes(b"partial")
+    other = folder / ".model.pt2.bak.k1ll3d_0.tmp"  # another key's download: left alone
+    other.write_bytes(b"")
+    assert store.local_path("m/1.0.0/model.pt2").read_bytes() == b"genuine"
+    assert not stale.exists()
+    assert [p.name for p in folder.glob("*.tmp")] == [other.name]

@@ -202,3 +202,21 @@ def test_a_copy_refuses_a_version_present_with_the_same_bytes_but_another_manife
     with pytest.raises(DivergedError, match="has another deterministic, description"):
         copy_model(registry, target, "tiny")
     assert not target.manifest("tiny", "1.0.0").description
+
+
+def test_an_artefact_of_another_size_than_registered_is_refused_unread(
+    registry: ModelRegistry, register: Register
+) -> None:
+    """Its size is in the manifest: checked before the bytes are read (or, from S3,
+    downloaded), and a manifest whose size was edited no longer passes verify."""
+    register("tiny", "1.0.0", seed=1)
+    manifest = registry.manifest("tiny", "1.0.0")
+    path = manifest_path(registry, "tiny", "1.0.0")
+    data = json.loads(path.read_text())
+    data["size_bytes"] = manifest.size_bytes + 1
+    path.write_text(json.dumps(data))
+    edited = registry.manifest("tiny", "1.0.0")
+    with pytest.raises(IntegrityError, match=f"registered as {manifest.size_bytes + 1}"):
+        registry.artefact_bytes(edited)
+    [result] = registry.verify("tiny", "1.0.0")
+    assert not result.ok and "registered as" in result.detail
