@@ -14,7 +14,7 @@ GIL (so the event loop stalls with the worker), at about 1 us a byte where they 
 of empty PNG chunks held it 13 s. Their structure is walked first, cheaply and with a bound, and
 an image whose structure no encoder writes is refused before Pillow sees it (`PNG_MAX_CHUNKS`,
 `JPEG_MAX_SEGMENTS`, `JPEG_MAX_FILL_BYTES`, `JPEG_MAX_HEADER_ENTRIES`, `GIF_MAX_BLOCKS`).
-A PNG's text chunks are removed before Pillow reads it (`_without_png_text`).
+A PNG's compressed text chunks are removed before Pillow reads it (`_without_png_text`).
 """
 
 from __future__ import annotations
@@ -195,17 +195,19 @@ def _png_excess(raw: bytes) -> str | None:
     return None
 
 
-_PNG_TEXT = frozenset([b"tEXt", b"zTXt", b"iTXt"])
+# Compressed text: zTXt always, iTXt optionally. Plain tEXt is kept: it costs no more than
+# its own bytes, and Pillow reads Exif (the orientation) from a tEXt chunk keyed "exif".
+_PNG_TEXT = frozenset([b"zTXt", b"iTXt"])
 
 
 def _without_png_text(raw: bytes) -> bytes:
-    """A PNG without its text chunks (other images as they are).
+    """A PNG without its compressed text chunks (other images as they are).
 
     Pillow inflates every compressed text chunk when it opens a PNG, up to 1 MB each and 64 MB
     an image, and keeps the text: a 66 KB PNG of 63 such chunks took 63 MB and 0.3 s, and a
-    request carries up to 128 images. The text (comments, XMP) says nothing about the pixels,
-    nor the orientation (that is eXIf), so it is dropped unread; a chunk cut short is left for
-    Pillow to refuse.
+    request carries up to 128 images. That text (comments, XMP) says nothing the decoding
+    reads (the orientation is Exif: an eXIf chunk, or tEXt keyed "exif"), so it is dropped
+    unread; a chunk cut short is left for Pillow to refuse.
     """
     if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
         return raw

@@ -372,6 +372,17 @@ def test_a_pngs_text_chunks_are_dropped_unread_and_its_pixels_kept(
     assert inflated == []  # not one text chunk was inflated
 
 
+def test_an_orientation_in_a_text_chunk_keyed_exif_is_still_applied() -> None:
+    """Pillow reads Exif from a tEXt chunk keyed "exif" too: that chunk is not dropped."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise to view
+    digit = Image.open(io.BytesIO(sample_png(7)))
+    raw = saved(digit, "PNG")
+    tagged = raw[:33] + chunk(b"tEXt", b"exif\x00" + exif.tobytes()) + raw[33:]
+    upright = saved(digit.transpose(Image.Transpose.ROTATE_270), "PNG")
+    assert np.array_equal(decode(tagged), decode(upright))
+
+
 def test_a_text_chunk_cut_short_is_left_for_pillow_to_refuse() -> None:
     cut = png(before=chunk(b"tEXt", b"Comment\x00" + b"x" * 100))[:60]
     assert "not an image" in refusal(cut)
