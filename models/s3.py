@@ -320,9 +320,20 @@ class S3Store:
                 "or AWS_PROFILE"
             ) from None
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            raise S3UnreachableError(f"cannot reach the S3 endpoint for {where}: {exc}") from None
+            reason = _without_userinfo(str(exc))
+            message = f"cannot reach the S3 endpoint for {where}: {reason}"
+            raise S3UnreachableError(message) from None
         except BotoCoreError as exc:
-            raise S3Error(f"S3 request for {where} failed: {exc}") from None
+            reason = _without_userinfo(str(exc))
+            raise S3Error(f"S3 request for {where} failed: {reason}") from None
+
+
+# botocore quotes the endpoint URL whole: user:password@ in it must not reach logs.
+_USERINFO = re.compile(r"(?<=://)[^/@\s\"']+@")
+
+
+def _without_userinfo(text: str) -> str:
+    return _USERINFO.sub("***@", text)
 
 
 def _code(exc: ClientError) -> str:

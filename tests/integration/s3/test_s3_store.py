@@ -136,6 +136,18 @@ def test_an_unreachable_endpoint_is_one_clear_error(
         S3Store("s3://bucket/registry").list("")
 
 
+def test_credentials_in_the_endpoint_url_are_not_in_the_error(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's message quotes the URL whole, and the error reaches the server's log."""
+    url = f"http://admin:s3cr3t@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("FRAMEWORM_S3_ENDPOINT_URL", url)
+    with pytest.raises(S3UnreachableError, match="cannot reach the S3 endpoint") as caught:
+        S3Store("s3://bucket/registry").list("")
+    assert "s3cr3t" not in str(caught.value) and "admin" not in str(caught.value)
+    assert "***@127.0.0.1" in str(caught.value)
+
+
 def test_s3_errors_are_registry_errors() -> None:
     assert issubclass(S3UnreachableError, RegistryError)
 
