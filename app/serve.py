@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import re
 import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Generator
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -52,9 +50,6 @@ UVICORN_GRACE_MARGIN_S = 5.0  # uvicorn's own deadline is later than the app's
 EXIT_MODEL_FAILED = 3
 EXIT_CANNOT_LISTEN = 1  # uvicorn would exit 3 itself, the code that means "no model"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# A worker's SIGINT this soon after the SIGTERM that began its drain is the group's Ctrl-C
-# arriving late, not a second one (a person pressing twice takes longer).
-GROUP_SIGNAL_S = 0.5
 
 
 class DrainingServer(uvicorn.Server):
@@ -74,7 +69,6 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shedding: asyncio.Task[None] | None = None
         self._stop_signalled = False
-        self._drain_signalled_at = -math.inf  # monotonic
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -98,16 +92,10 @@ class DrainingServer(uvicorn.Server):
             # Before the drain a SIGINT is the group's Ctrl-C, which the supervisor answers
             # with SIGTERM; during it a SIGTERM is the same stop reaching this worker twice.
             return
-        if self.worker and time.monotonic() - self._drain_signalled_at < GROUP_SIGNAL_S:
-            # The group's Ctrl-C can reach a worker after the supervisor's SIGTERM that answers
-            # it (seen in CI): that late copy is not a second Ctrl-C.
-            return
         if self._loop is None:
             self.should_exit = self.force_exit = True  # before startup
             return
         self._stop_signalled = True
-        if not draining:
-            self._drain_signalled_at = time.monotonic()
         self._loop.call_soon_threadsafe(self._force_exit if draining else self.begin_drain)
 
     def _force_exit(self) -> None:

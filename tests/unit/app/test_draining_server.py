@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from email.utils import parsedate_to_datetime
 
-import pytest
-
-from app import serve
 from app.config import Settings
 from app.lifespan import Lifecycle
 from app.production.shutdown import GracefulShutdown
@@ -66,36 +62,6 @@ def test_a_second_signal_before_the_loop_began_the_drain_is_still_the_second() -
     try:
         server.handle_exit(signal.SIGTERM, None)
         server.handle_exit(signal.SIGTERM, None)
-    finally:
-        loop.close()
-    assert scheduled == [server.begin_drain, server._force_exit]
-
-
-def test_a_workers_late_copy_of_the_groups_ctrl_c_is_not_a_second_signal(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A Ctrl-C to the process group reaches a worker directly and as the supervisor's SIGTERM;
-    when the SIGTERM came first, the group's SIGINT right after it forced the worker's exit
-    (seen in CI). Later, a SIGINT is the supervisor's "exit now" again."""
-    server = DrainingServer(
-        uvicorn_config(Settings(_env_file=None, env="development")),
-        Settings(_env_file=None, env="development"),
-        Lifecycle(GracefulShutdown()),
-        worker=True,
-    )
-    loop = asyncio.new_event_loop()
-    scheduled: list[object] = []
-    loop.call_soon_threadsafe = scheduled.append  # type: ignore[method-assign,assignment]
-    server._loop = loop
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    try:
-        server.handle_exit(signal.SIGTERM, None)  # the supervisor's
-        now[0] += 0.05
-        server.handle_exit(signal.SIGINT, None)  # the group's, late
-        assert scheduled == [server.begin_drain]
-        now[0] += serve.GROUP_SIGNAL_S
-        server.handle_exit(signal.SIGINT, None)  # the supervisor's second: exit now
     finally:
         loop.close()
     assert scheduled == [server.begin_drain, server._force_exit]
