@@ -11,7 +11,8 @@ SIGTERM (or the first SIGINT) starts the drain, in this order, every wait bounde
   e. the lifespan hook runs the GracefulShutdown hooks, flushes spans, releases the model;
   f. the process exits 0 (plain uvicorn re-raises the signal and exits 143).
 A second SIGTERM or SIGINT exits at once. A model that cannot be loaded exits with code 3.
-With --workers N, app.workers supervises N such processes.
+With --workers N, app.workers supervises N such processes: a worker drains at SIGTERM, exits at
+once at SIGQUIT, and leaves SIGINT (the group's Ctrl-C) to the supervisor.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from app.production import APIKeyAuth
 from app.production.shutdown import attach_server, detach_server
 from app.secret_files import SECRET_FIELDS
 from app.telemetry.logs import configure_logging
-from app.workers import supervise
+from app.workers import WORKER_EXIT_NOW, WORKER_SIGNALS, supervise
 
 if TYPE_CHECKING:
     from app.lifespan import Lifecycle
@@ -49,7 +50,6 @@ log = logging.getLogger("frameworm.serve")
 UVICORN_GRACE_MARGIN_S = 5.0  # uvicorn's own deadline is later than the app's
 EXIT_MODEL_FAILED = 3
 EXIT_CANNOT_LISTEN = 1  # uvicorn would exit 3 itself, the code that means "no model"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DrainingServer(uvicorn.Server):
@@ -76,7 +76,7 @@ class DrainingServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        signals = (signal.SIGINT, signal.SIGTERM)
+        signals = WORKER_SIGNALS if self.worker else (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
         try:
             yield
@@ -88,15 +88,14 @@ class DrainingServer(uvicorn.Server):
         # Noted here, not when the loop begins the drain: two signals in a row both run before
         # the loop's next turn, and the second must still be the second.
         draining = self._stop_signalled or self.lifecycle.shutdown.is_shutting_down
-        if self.worker and (sig == signal.SIGINT) != draining:
-            # Before the drain a SIGINT is the group's Ctrl-C, which the supervisor answers
-            # with SIGTERM; during it a SIGTERM is the same stop reaching this worker twice.
-            return
+        if self.worker and sig == signal.SIGTERM and draining:
+            return  # the same stop reaching this worker twice: the group's, and its forwarded copy
         if self._loop is None:
             self.should_exit = self.force_exit = True  # before startup
             return
         self._stop_signalled = True
-        self._loop.call_soon_threadsafe(self._force_exit if draining else self.begin_drain)
+        exit_now = draining or sig == WORKER_EXIT_NOW
+        self._loop.call_soon_threadsafe(self._force_exit if exit_now else self.begin_drain)
 
     def _force_exit(self) -> None:
         """The second signal: exit now, after answering what is still open 503 `shutting-down`

@@ -1,11 +1,11 @@
 """`frameworm serve --workers N`: N worker processes accepting on one socket, one supervisor.
 
 A signal sent to the whole process group (a terminal's Ctrl-C, systemd's control-group kill)
-reaches each worker directly and again forwarded by the supervisor. So the supervisor speaks
-for the group: a worker ignores SIGINT until it drains and a repeated SIGTERM while it drains;
-the supervisor forwards its first signal to each worker as SIGTERM (drain) and any later one as
-SIGINT (exit at once). A worker started after the first signal (it came while the workers were
-being started) is sent SIGTERM as it starts, and no worker is started after that.
+reaches each worker directly and again forwarded by the supervisor, in either order. So the
+supervisor speaks for the group: it forwards its first signal to each worker as SIGTERM (drain)
+and any later one as SIGQUIT (exit at once); a worker ignores SIGINT, and a repeated SIGTERM
+while it drains. A worker started after the first signal (it came while the workers were being
+started) is sent SIGTERM as it starts, and no worker is started after that.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ from app.telemetry.logs import configure_logging
 log = logging.getLogger("frameworm.serve")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What a worker answers (app.serve): SIGTERM drains, SIGQUIT exits at once. Never SIGINT, which
+# a terminal's Ctrl-C sends each worker directly too.
+WORKER_EXIT_NOW = signal.SIGQUIT
+WORKER_SIGNALS = (signal.SIGTERM, WORKER_EXIT_NOW)
 # One server process on an inherited socket: app.serve.serve_one, handed in (it imports this).
 ServeOne = Callable[..., int]
 
@@ -94,7 +98,7 @@ class Supervisor:
         ]
         self.started: list[BaseProcess] = []
         self.stopping = threading.Event()
-        self._told: set[int] = set()  # sent SIGTERM: a later signal is SIGINT for them
+        self._told: set[int] = set()  # sent SIGTERM: a later signal is SIGQUIT for them
 
     def start(self) -> None:
         for worker in self.workers:
@@ -128,20 +132,23 @@ class Supervisor:
         starting has no drain to run yet)."""
         codes = [w.exitcode or 0 for w in self.started]
         if self.stopping.is_set():
-            codes = [0 if c in (-signal.SIGTERM, -signal.SIGINT) else c for c in codes]
+            codes = [0 if c in (-signal.SIGTERM, -WORKER_EXIT_NOW) else c for c in codes]
         return max((abs(c) for c in codes), default=0)
 
     def _tell(self, worker: BaseProcess) -> None:
         pid = worker.pid
         if pid is not None and worker.is_alive():
-            command = signal.SIGINT if pid in self._told else signal.SIGTERM
+            command = WORKER_EXIT_NOW if pid in self._told else signal.SIGTERM
             self._told.add(pid)
             os.kill(pid, command)
 
 
 def _worker(serve_one: ServeOne, settings: Settings, sock: socket.socket, supervisor: int) -> None:
-    # Until the server's own handlers are in: the group's Ctrl-C is the supervisor's to answer.
+    # The group's Ctrl-C is the supervisor's to answer. Until the server's own handlers are in,
+    # a SIGQUIT would dump core: the supervisor sends it only after SIGTERM, which ends a
+    # worker still starting.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(WORKER_EXIT_NOW, signal.SIG_IGN)
     _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)
     # What stops a worker from building its app is one line, as with a single process (the

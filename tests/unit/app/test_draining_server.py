@@ -45,9 +45,24 @@ def test_the_date_header_keeps_time_while_the_drain_waits_for_requests() -> None
     assert parsedate_to_datetime(date).year > 1970
 
 
-def draining_server() -> DrainingServer:
+def draining_server(*, worker: bool = False) -> DrainingServer:
     settings = Settings(_env_file=None, env="development")
-    return DrainingServer(uvicorn_config(settings), settings, Lifecycle(GracefulShutdown()))
+    lifecycle = Lifecycle(GracefulShutdown())
+    return DrainingServer(uvicorn_config(settings), settings, lifecycle, worker=worker)
+
+
+def scheduled_by(server: DrainingServer, *signals: int) -> list[object]:
+    """What the loop is asked to run for these signals, handled before its next turn."""
+    loop = asyncio.new_event_loop()
+    scheduled: list[object] = []
+    loop.call_soon_threadsafe = scheduled.append  # type: ignore[method-assign,assignment]
+    server._loop = loop
+    try:
+        for sig in signals:
+            server.handle_exit(sig, None)
+    finally:
+        loop.close()
+    return scheduled
 
 
 def test_a_second_signal_before_the_loop_began_the_drain_is_still_the_second() -> None:
@@ -55,16 +70,33 @@ def test_a_second_signal_before_the_loop_began_the_drain_is_still_the_second() -
     only when it runs `begin_drain`: two signals handled before the loop's next turn both
     began the drain, and the "exit at once" of the second was lost."""
     server = draining_server()
-    loop = asyncio.new_event_loop()
-    scheduled: list[object] = []
-    loop.call_soon_threadsafe = scheduled.append  # type: ignore[method-assign,assignment]
-    server._loop = loop
-    try:
-        server.handle_exit(signal.SIGTERM, None)
-        server.handle_exit(signal.SIGTERM, None)
-    finally:
-        loop.close()
-    assert scheduled == [server.begin_drain, server._force_exit]
+    assert scheduled_by(server, signal.SIGTERM, signal.SIGTERM) == [
+        server.begin_drain,
+        server._force_exit,
+    ]
+
+
+def test_a_worker_leaves_sigint_to_its_supervisor() -> None:
+    """A terminal's Ctrl-C reaches each worker directly and, as SIGTERM, from the supervisor, in
+    either order: a worker that took the SIGINT after the SIGTERM as a second signal exited at
+    once instead of draining."""
+    server = draining_server(worker=True)
+    before = signal.getsignal(signal.SIGINT)
+    with server.capture_signals():
+        assert signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+        assert signal.getsignal(signal.SIGQUIT) == server.handle_exit
+    assert signal.getsignal(signal.SIGQUIT) is signal.SIG_DFL
+
+
+def test_a_worker_drains_once_and_exits_at_once_at_sigquit() -> None:
+    server = draining_server(worker=True)
+    # The group's SIGTERM and the supervisor's copy: one drain.
+    assert scheduled_by(server, signal.SIGTERM, signal.SIGTERM) == [server.begin_drain]
+    # The supervisor's "exit at once", during the drain or before it.
+    assert scheduled_by(server, signal.SIGQUIT) == [server._force_exit]
+    fresh = draining_server(worker=True)
+    assert scheduled_by(fresh, signal.SIGQUIT) == [fresh._force_exit]
 
 
 def test_the_forced_exit_stops_accepting_before_it_answers_what_is_open() -> None:
