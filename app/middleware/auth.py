@@ -10,6 +10,7 @@ while; valid keys from that address keep working.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import logging
@@ -156,6 +157,9 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
+# Remembered: with auth off the rate limit keys every request by it, and parsing the address
+# (ipaddress, in Python) cost more than the rest of the rate limit.
+@functools.lru_cache(maxsize=4096)
 def failure_bucket(address: str) -> str:
     """Whose failed authentications are counted together: an IPv4 address, or an IPv6 /64.
     One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so a budget per

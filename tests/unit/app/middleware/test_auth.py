@@ -31,6 +31,13 @@ def test_an_ipv4_address_counts_alone_and_an_ipv6_one_with_its_64(
     assert failure_bucket(address) == bucket
 
 
+def test_an_address_is_parsed_once_while_it_keeps_coming() -> None:
+    failure_bucket.cache_clear()
+    for _ in range(3):
+        assert failure_bucket("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert failure_bucket.cache_info().misses == 1
+
+
 @pytest.mark.parametrize(
     ("headers", "token"),
     [
