@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -99,11 +100,14 @@ async def infer(request: Request) -> Response:
     else:
         raise Problem("unsupported-media-type", "send application/json or multipart/form-data")
     # Decoding images is slow CPU work: in a worker thread, so the loop serves other requests
-    # (and the probes) meanwhile. Tensors alone, the hot path, are assembled inline.
-    decoded = await asyncio.to_thread(inputs.decode) if inputs.images else inputs.decode()
-    served = await run_inference(
-        request, runner, batcher, decoded, settings.request_timeout_ms / 1000
-    )
+    # (and the probes) meanwhile. Tensors alone, the hot path, are assembled inline. The
+    # deadline counts from here: images' decoding spends it too.
+    deadline = time.monotonic() + settings.request_timeout_ms / 1000
+    if inputs.images:
+        decoded = await asyncio.to_thread(inputs.decode, deadline)
+    else:
+        decoded = inputs.decode()
+    served = await run_inference(request, runner, batcher, decoded, deadline - time.monotonic())
     body = encode_infer_json(
         runner.manifest.name,
         served.version,

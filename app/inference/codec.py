@@ -205,10 +205,12 @@ class Inputs:
                 check_items(len(value), self.signature)
             self.arrays[name] = array_from_json(name, value, spec, may_hold_bools)
 
-    def decode(self) -> Decoded:
+    def decode(self, deadline: float = math.inf) -> Decoded:
+        """`deadline` (`time.monotonic()`): when decoding images gives up (504)."""
         if self.images:
             # One call for all of them: the request's pixel budget spans its inputs.
-            decoded = iter(decode_images([i for batch in self.images.values() for i in batch]))
+            images = [i for batch in self.images.values() for i in batch]
+            decoded = iter(decode_images(images, deadline))
             for name, batch in self.images.items():
                 stacked = np.stack([next(decoded) for _ in batch])
                 self.arrays[name] = check_array(name, stacked, self.signature.input(name))

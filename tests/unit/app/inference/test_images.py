@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -277,3 +278,11 @@ def test_the_orientation_is_read_from_the_first_entries_of_ifd0_only(order: str)
     assert exif_orientation(tiff_with([(0x0112, 4, 1, 6)], order)) == 1  # not one SHORT
     assert exif_orientation(tiff_with([(0x0112, 3, 1, 6)], order)[:20]) == 1  # cut short
     assert exif_orientation(b"") == exif_orientation(b"Exif\0\0MM\0*\xff\xff\xff\xff") == 1
+
+
+def test_no_image_is_decoded_once_the_deadline_has_passed() -> None:
+    images = [EncodedImage("image", sample_png(1), SPEC, "image/png")]
+    with refused("deadline-exceeded") as caught:
+        decode_images(images, deadline=time.monotonic())
+    assert caught.value.status == 504
+    assert decode_images(images, deadline=time.monotonic() + 60)[0].shape == (1, 28, 28)
