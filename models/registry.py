@@ -304,6 +304,11 @@ class ModelRegistry:
 
         return self._update(name, move, expected_revision=expected_revision)
 
+    def same_signature(self, name: str, version: str, other: str) -> bool:
+        """Whether two versions take and give the same tensors: a server switches from one to
+        the other live only then (their clients' requests would break)."""
+        return self.manifest(name, version).signature == self.manifest(name, other).signature
+
     def rollback(
         self,
         name: str,

@@ -32,6 +32,10 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)

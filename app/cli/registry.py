@@ -10,7 +10,7 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 
 from app.cli.inputs import artefact_format, json_option, read_json
-from app.cli.output import JsonOption, emit, errors_as_one_line, fail, table
+from app.cli.output import JsonOption, emit, errors_as_one_line, fail, table, warn
 from app.config import Settings
 from models.errors import UNREADABLE, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
@@ -171,18 +171,22 @@ def promote(
     registry: RegistryOption = None,
     as_json: bool = JsonOption,
 ) -> None:
-    """Point STAGE at VERSION (production archives the version it leaves).
-
-    The version is first verified, loaded and run through its golden checks.
-    """
+    """Point STAGE at VERSION (production archives the version it leaves), once VERSION is
+    verified, loaded and run through its golden checks."""
     with errors_as_one_line():
         reg = open_registry(registry)
         if not skip_checks:
             reg.check(name, version)
+        leaving = reg.index(name).aliases.get(_stage(stage))
         index = reg.promote(
             name, version, _stage(stage), actor=actor, reason=reason, expected_revision=if_revision
         )
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {version}")
+        if leaving not in (None, version) and not reg.same_signature(name, leaving, version):
+            warn(
+                f"{version}'s inputs or outputs differ from {leaving}'s: running servers keep "
+                f"serving {leaving}; roll out a new deployment to serve {version}"
+            )
 
 
 @registry_app.command()
