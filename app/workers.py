@@ -2,10 +2,12 @@
 
 A signal sent to the whole process group (a terminal's Ctrl-C, systemd's control-group kill)
 reaches each worker directly and again forwarded by the supervisor, in either order. So the
-supervisor speaks for the group: it forwards its first signal to each worker as SIGTERM (drain)
-and any later one as SIGQUIT (exit at once); a worker ignores SIGINT, and a repeated SIGTERM
-while it drains. A worker started after the first signal (it came while the workers were being
-started) is sent SIGTERM as it starts, and no worker is started after that.
+supervisor speaks for the group: it forwards the first signal it gets (SIGINT, SIGTERM or
+SIGQUIT) to each worker as SIGTERM (drain) and any later one as SIGQUIT (exit at once); a worker
+ignores SIGINT, and a repeated SIGTERM while it drains. A worker started after the first signal
+(it came while the workers were being started) is sent SIGTERM as it starts, and no worker is
+started after that. A worker that exits on its own stops the others with SIGTERM too, and its
+exit code is the server's; it is not a signal of the supervisor's, whose first is still a drain.
 """
 
 from __future__ import annotations
@@ -84,7 +86,10 @@ def supervise(settings: Settings, sock: socket.socket, serve_one: ServeOne) -> i
 class Supervisor:
     """The workers, and the signals the supervisor forwards to them (`forward` is its handler)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, WORKER_EXIT_NOW)
+    # How a worker the supervisor stopped may end: its drain's 0, or killed before its handlers
+    # were in, by the supervisor's signal or the group's Ctrl-C.
+    STOPPED = (0, -signal.SIGTERM, -WORKER_EXIT_NOW, -signal.SIGINT)
 
     def __init__(self, settings: Settings, sock: socket.socket, serve_one: ServeOne) -> None:
         context = multiprocessing.get_context("spawn")
@@ -98,7 +103,9 @@ class Supervisor:
         ]
         self.started: list[BaseProcess] = []
         self.stopping = threading.Event()
-        self._told: set[int] = set()  # sent SIGTERM: a later signal is SIGQUIT for them
+        self.signals = 0  # the supervisor's own: from the second on, workers exit at once
+        self.unasked: BaseProcess | None = None  # the worker whose own exit stopped the rest
+        self._told: set[int] = set()  # sent SIGTERM: draining (or, still starting, dead of it)
 
     def start(self) -> None:
         for worker in self.workers:
@@ -106,13 +113,15 @@ class Supervisor:
                 return  # stopped while starting: the rest never start
             worker.start()
             self.started.append(worker)
-            if self.stopping.is_set() and worker.pid not in self._told:
-                self._tell(worker)  # the signal came while it started, before it had a pid
+            if self.stopping.is_set():
+                self._tell(worker)  # the signal came before it had a pid
 
     def forward(self, sig: int, frame: FrameType | None) -> None:
+        """The supervisor's handler, for each of SIGNALS alike (Ctrl-\\ too: its clean-up runs)."""
         self.stopping.set()
+        self.signals += 1
         for worker in self.workers:
-            self._tell(worker)
+            self._tell(worker, exit_now=self.signals > 1)
 
     def wait(self) -> None:
         """Until every worker has exited; the first to exit unasked stops the others."""
@@ -125,22 +134,34 @@ class Supervisor:
                         worker.name,
                         worker.exitcode,
                     )
-                    self.forward(signal.SIGTERM, None)
+                    # Not a signal of the supervisor's: its first one is still a drain.
+                    self.unasked = worker
+                    self.stopping.set()
+                    for other in self.workers:
+                        self._tell(other)
 
     def exit_code(self) -> int:
-        """The worst worker's; killed by the signal asked for is a clean stop (a worker still
-        starting has no drain to run yet)."""
-        codes = [w.exitcode or 0 for w in self.started]
-        if self.stopping.is_set():
-            codes = [0 if c in (-signal.SIGTERM, -WORKER_EXIT_NOW) else c for c in codes]
-        return max((abs(c) for c in codes), default=0)
+        """The worst worker's; a worker the supervisor stopped counts as 0 when it drained, or
+        died of a signal before it could (still starting: no handlers yet, no drain to run)."""
 
-    def _tell(self, worker: BaseProcess) -> None:
+        def code(worker: BaseProcess) -> int:
+            exitcode = worker.exitcode or 0
+            stopped = self.stopping.is_set() and worker is not self.unasked
+            return 0 if stopped and exitcode in self.STOPPED else abs(exitcode)
+
+        return max(map(code, self.started), default=0)
+
+    def _tell(self, worker: BaseProcess, *, exit_now: bool = False) -> None:
+        """SIGTERM first, whatever came (a worker still starting ignores SIGQUIT, and dies of
+        SIGTERM); SIGQUIT to one draining already when `exit_now`."""
         pid = worker.pid
-        if pid is not None and worker.is_alive():
-            command = WORKER_EXIT_NOW if pid in self._told else signal.SIGTERM
+        if pid is None or not worker.is_alive():
+            return
+        if pid not in self._told:
             self._told.add(pid)
-            os.kill(pid, command)
+            os.kill(pid, signal.SIGTERM)
+        elif exit_now:
+            os.kill(pid, WORKER_EXIT_NOW)
 
 
 def _worker(serve_one: ServeOne, settings: Settings, sock: socket.socket, supervisor: int) -> None:
