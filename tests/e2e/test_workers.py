@@ -131,7 +131,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, tiny_registry: Path) -> None:
-    server = launch(tmp_path, tiny_registry, {"FRAMEWORM_DRAIN_DELAY_S": "0"}, ["--workers", "2"])
+    # A supervisor killed by SIGKILL cannot remove its metrics directory: in tmp_path, not /tmp.
+    env = {"FRAMEWORM_DRAIN_DELAY_S": "0", "TMPDIR": str(tmp_path)}
+    server = launch(tmp_path, tiny_registry, env, ["--workers", "2"])
     try:
         wait_for_every_worker(server)
         workers = worker_pids(server.pid)
