@@ -633,10 +633,10 @@ def test_at_ratio_zero_only_a_sampled_caller_is_traced(tmp_path: Path) -> None:
 
 
 def test_a_down_collector_costs_requests_nothing_and_shutdown_stays_bounded(
-    tmp_path: Path,
+    tmp_path: Path, refused_port: int
 ) -> None:
     env = {
-        "FRAMEWORM_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens
+        "FRAMEWORM_OTLP_ENDPOINT": f"http://127.0.0.1:{refused_port}",
         "FRAMEWORM_OTLP_PROTOCOL": "grpc",
         "FRAMEWORM_TRACE_SAMPLE_RATIO": "1",
         "FRAMEWORM_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import closed_port
 from tests.support.hardened import (
     HardenedServer,
     model_work,
@@ -44,13 +44,13 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     root: Path = tmp_path_factory.mktemp("ratelimits")
-    with run_redis_server(root / "redis") as redis:
+    with run_redis_server(root / "redis") as redis, closed_port() as port:
         shared: dict[str, str | None] = {
             "FRAMEWORM_RATE_LIMIT_STORAGE": redis.url,
             "FRAMEWORM_API_KEY_STORE": "redis",
             "FRAMEWORM_REDIS_URL": redis.url,
         }
-        closed = f"redis://127.0.0.1:{free_port()}/0"
+        closed = f"redis://127.0.0.1:{port}/0"
         unreachable: dict[str, str | None] = {
             "FRAMEWORM_AUTH_ENABLED": "false",
             "FRAMEWORM_RATE_LIMIT_STORAGE": closed,

@@ -20,6 +20,17 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port on which connections are refused for as long as this lasts: bound, never
+    listened on. (A port from `free_port` may be handed to another test meanwhile, and a
+    server of its started there: the tests run in two processes.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 def require_executable(name: str) -> str:
     """The tool's path; skip when it is missing, but fail under CI, which must install it."""
     path = shutil.which(name)

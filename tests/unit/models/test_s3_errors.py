@@ -13,14 +13,15 @@ import pytest
 from botocore.stub import Stubber
 
 from models.s3 import S3AccessDeniedError, S3Store
-from tests.support import free_port
 from tests.support.s3 import DUMMY_CREDENTIALS
 
 
-def test_access_denied_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_access_denied_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_port: int
+) -> None:
     for name, value in DUMMY_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # never reached
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{refused_port}")  # never reached
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

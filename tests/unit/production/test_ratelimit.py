@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.production import RateLimitDecision, RateLimiter, parse_limit
-from tests.support import free_port
 from tests.unit.production.conftest import FakeClock
 
 
@@ -179,9 +178,9 @@ def silent_server() -> Iterator[int]:
 
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_an_unreachable_storage_fails_open_or_closed_and_never_raises(
-    fail_open: bool, caplog: pytest.LogCaptureFixture
+    fail_open: bool, caplog: pytest.LogCaptureFixture, refused_port: int
 ) -> None:
-    uri = f"redis://127.0.0.1:{free_port()}"
+    uri = f"redis://127.0.0.1:{refused_port}"
     limiter = RateLimiter(5, 60, storage_uri=uri, fail_open=fail_open, timeout_s=0.5)
     caplog.set_level(logging.DEBUG, logger="app.production.ratelimit")
 

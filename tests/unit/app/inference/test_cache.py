@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, _pack, _unpack, cache_key
 from app.telemetry.metrics import Metrics
 from models.manifest import ModelManifest, Signature, TensorSpec
-from tests.support import free_port
 from tests.support.redis import RedisServer, redis_server  # noqa: F401  # fixture
 
 MB = 1024 * 1024
@@ -119,12 +118,12 @@ def test_the_redis_cache_round_trips_and_expires_nothing_early(redis_server: Red
 
 
 def test_an_unreachable_redis_is_a_miss_not_an_error_and_said_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, refused_port: int
 ) -> None:
     """Said at debug level only, so an outage was invisible: every lookup a plain miss."""
 
     async def main() -> list[list[np.ndarray] | None]:
-        cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_s=0.2)
+        cache = RedisCache(f"redis://127.0.0.1:{refused_port}/0", ttl_s=60, timeout_s=0.2)
         try:
             await cache.put("k", [ROW])  # must not raise
             return [await cache.get("k", Y, 1) for _ in range(3)]
