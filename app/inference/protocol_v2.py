@@ -89,7 +89,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if len(header_length.lstrip("0")) > len(str(len(body))):
         raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
     size = int(header_length.lstrip("0") or "0")
-    if not 0 < size <= len(body):
+    if size == 0:
+        # The JSON header is what names the inputs: a body without one cannot be read.
+        raise Problem("malformed-request", "Inference-Header-Content-Length is 0: no JSON header")
+    if size > len(body):
         raise Problem("malformed-request", "Inference-Header-Content-Length exceeds the body")
     return body[:size], body[size:]
 
@@ -310,7 +313,11 @@ def _requested_outputs(
     wanted: list[str] = []
     binary = set()
     for i, out in enumerate(outputs):
-        name = out.get("name") if isinstance(out, dict) else None
+        if not isinstance(out, dict):
+            # A bare name ("outputs": ["y"]) is a common slip: say what form is expected.
+            example = orjson.dumps({"name": names[0]}).decode()
+            raise Problem("invalid-input", f"outputs[{i}]: must be an object such as {example}")
+        name = out.get("name")
         if name not in names:
             raise Problem("invalid-input", f"outputs[{i}]: unknown output; the model has {names}")
         if name in wanted:

@@ -334,6 +334,14 @@ def test_a_bad_inference_header_content_length_is_a_400(length: str) -> None:
         split_body(b'{"inputs": []}', length)
 
 
+@pytest.mark.parametrize("length", ["0", "000"])
+def test_a_zero_inference_header_content_length_says_there_is_no_json_header(length: str) -> None:
+    """It said the length "exceeds the body", which sends the client looking elsewhere."""
+    with refused("malformed-request") as caught:
+        split_body(b'{"inputs": []}', length)
+    assert "is 0" in caught.value.detail
+
+
 def test_an_inference_header_content_length_with_leading_zeros_is_read() -> None:
     for length in ("0014", "0" * 4400 + "14"):
         assert split_body(b'{"inputs": []}xyz', length) == (b'{"inputs": []}', b"xyz")
@@ -410,6 +418,14 @@ def test_an_output_requested_twice_is_refused() -> None:
     with refused() as caught:
         decode_request(SIG, body, None)
     assert "twice" in caught.value.detail
+
+
+def test_an_output_named_by_a_bare_string_is_told_the_form_expected() -> None:
+    """It was called an "unknown output", though the name was the model's."""
+    name = SIG.outputs[0].name
+    with refused() as caught:
+        decode_request(SIG, header(x_input(data=[0] * 6), outputs=[name]), None)
+    assert caught.value.detail == f'outputs[0]: must be an object such as {{"name":"{name}"}}'
 
 
 def test_an_output_parameter_this_server_does_not_implement_is_refused() -> None:
