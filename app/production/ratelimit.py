@@ -99,7 +99,7 @@ class RateLimitDecision(NamedTuple):
     limit: int
     remaining: int
     reset_after_s: float
-    degraded: bool = False  # the storage failed; `allowed` is the fail-open/closed policy
+    degraded: bool = False  # the storage failed: no RateLimit-* headers; see `RateLimiter.hit`
 
     @property
     def retry_after_s(self) -> int:
@@ -262,14 +262,23 @@ class RateLimiter:
         item = self._item if limit is None else parse_limit(limit)
         if self._memory is not None:
             return self._decide_sync(item, key)  # no I/O: nothing to await
+        # One bound for both round trips, but each failure apart: once the hit has answered,
+        # it was counted (or refused), and a slow stats read must not turn it into "nothing
+        # counted".
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
             strategy = self._async_strategy()  # no I/O: the pool connects on first use
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 allowed = await strategy.hit(item, key)
-                stats = await strategy.get_window_stats(item, key)
         except Exception as exc:  # includes TimeoutError: a slow storage is a failed one
             self._storage_failed(exc)
             return self._degraded(item)
+        try:
+            async with asyncio.timeout_at(deadline):
+                stats = await strategy.get_window_stats(item, key)
+        except Exception as exc:
+            self._storage_failed(exc)
+            return self._without_stats(item, allowed)
         self._storage_ok()
         return self._decision(item, allowed, stats.remaining, stats.reset_time)
 
@@ -281,10 +290,14 @@ class RateLimiter:
         try:
             strategy = self._sync_strategy()
             allowed = strategy.hit(item, key)
-            stats = strategy.get_window_stats(item, key)
         except Exception as exc:
             self._storage_failed(exc)
             return self._degraded(item)
+        try:
+            stats = strategy.get_window_stats(item, key)
+        except Exception as exc:
+            self._storage_failed(exc)
+            return self._without_stats(item, allowed)
         self._storage_ok()
         return self._decision(item, allowed, stats.remaining, stats.reset_time)
 
@@ -309,6 +322,17 @@ class RateLimiter:
             reset_after_s=STORAGE_RETRY_S,
             degraded=True,
         )
+
+    @staticmethod
+    def _without_stats(item: RateLimitItem, allowed: bool) -> RateLimitDecision:
+        """The hit's own answer, when the window's stats could not be read after it.
+
+        An allowed hit was counted: it is served, without RateLimit-* headers (what remains is
+        unknown). A refused one met a full window: 429, told to retry after at most the window.
+        """
+        if allowed:
+            return RateLimitDecision(True, item.amount, item.amount, 0.0, degraded=True)
+        return RateLimitDecision(False, item.amount, 0, float(item.get_expiry()))
 
     def _storage_failed(self, exc: BaseException) -> None:
         # Log the transition, not every request: a down Redis must not flood the logs.

@@ -21,6 +21,7 @@ from app.production import (
     RedisKeyStore,
 )
 from tests.support.redis import RedisServer
+from tests.support.slow_link import slow_link
 
 PEPPER = "p" * 32
 
@@ -162,6 +163,43 @@ def test_the_first_hit_of_a_fresh_process_is_decided_by_redis_not_by_the_timeout
             check=True,
         )
         assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_a_hit_redis_answered_stands_when_the_stats_read_after_it_is_too_slow(
+    redis_server: RedisServer, fail_open: bool
+) -> None:
+    """Redis slow, not down: each command reaches it 1 s late, within the 1.5 s bound for one
+    round trip and not for two. The hit's answer stood for nothing: a counted hit was answered
+    503 "cannot be checked" failing closed (the client charged for a request it was refused),
+    and a refused one was served failing open (past the limit)."""
+    with slow_link(redis_server.port) as link:
+        uri = f"redis://127.0.0.1:{link.port}"
+        # Two limiters, so each slow hit has a warm connection of its own (one whose read was
+        # cut off is dropped, and a new one's handshake is slow too).
+        counting, refusing = (
+            RateLimiter(1, 60, storage_uri=uri, fail_open=fail_open, timeout_s=1.5)
+            for _ in range(2)
+        )
+
+        async def hits() -> list[RateLimitDecision]:
+            try:
+                warm = [await counting.hit("other"), await refusing.hit("full")]
+                link.delay_s = 1.0
+                slow = [await counting.hit("fresh"), await refusing.hit("full")]
+                link.delay_s = 0.0
+                return [*warm, *slow, await counting.hit("fresh")]
+            finally:
+                await counting.aclose()
+                await refusing.aclose()
+
+        *warm, counted, refused, after = asyncio.run(hits())
+    assert all(d.allowed and not d.degraded for d in warm)
+    # Counted: served, without RateLimit-* headers (what remains was not read).
+    assert counted.allowed and counted.degraded
+    # Refused by Redis: a 429 (not degraded), to retry within the window.
+    assert not refused.allowed and not refused.degraded and refused.retry_after_s == 60
+    assert not after.allowed and not after.degraded  # the slow hit was counted
 
 
 @pytest.mark.parametrize(
