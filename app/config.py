@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     result_cache_max_mb: int = Field(default=256, ge=1)
     # Redis refuses an expiry whose milliseconds from now overflow 64 bits (about 9.2e15 s).
     result_cache_ttl_s: int = Field(default=3600, ge=1, le=10**15)
+    # A Redis lookup's bound, a new connection's set-up included: past it, a miss.
+    result_cache_timeout_ms: float = Field(default=50.0, gt=0, le=60_000)
 
     # Request limits
     max_body_mb: float = Field(default=10.0, ge=0.001)  # at least about a KB

@@ -35,7 +35,9 @@ def build_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | No
         if settings.redis_url is None:
             raise ValueError("FRAMEWORM_RESULT_CACHE=redis needs FRAMEWORM_REDIS_URL")
         inner: ResultCache = RedisCache(
-            settings.redis_url.get_secret_value(), settings.result_cache_ttl_s
+            settings.redis_url.get_secret_value(),
+            settings.result_cache_ttl_s,
+            timeout_s=settings.result_cache_timeout_ms / 1000,
         )
     else:
         inner = MemoryCache(

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app.config import Settings
 from app.inference.cache import CountingCache, MemoryCache, RedisCache, _pack, _unpack, cache_key
+from app.inference.service import build_cache
 from app.telemetry.metrics import Metrics
 from models.manifest import ModelManifest, Signature, TensorSpec
 from tests.support.redis import RedisServer, redis_server  # noqa: F401  # fixture
+from tests.support.slow_link import slow_link
 
 MB = 1024 * 1024
 SIGNATURE = Signature(
@@ -364,3 +367,36 @@ def test_entries_that_do_not_fit_are_logged_once_per_kind_and_counted_as_misses(
         for result in ("hit", "miss")
     }
     assert counted == {"hit": 2, "miss": 2 * len(MISFITS)}
+
+
+@pytest.mark.parametrize(("timeout_ms", "hits"), [(50, 0), (1000, 3)])
+def test_a_distant_redis_hits_once_the_timeout_allows_a_new_connection(
+    redis_server: RedisServer,  # noqa: F811
+    timeout_ms: float,
+    hits: int,
+) -> None:
+    """40 ms a round trip: a new connection's client info and the GET took longer than the fixed
+    50 ms, the cut-off connection was dropped, and every lookup was a miss, for good."""
+
+    async def main() -> list[list[np.ndarray] | None]:
+        writer = RedisCache(redis_server.url, ttl_s=60, timeout_s=1.0)
+        await writer.put("k", [ROW])
+        await writer.close()  # after the write
+        with slow_link(redis_server.port) as link:
+            link.delay_s = 0.04
+            settings = Settings(
+                result_cache="redis",
+                redis_url=f"redis://127.0.0.1:{link.port}",
+                result_cache_timeout_ms=timeout_ms,
+            )
+            cache = build_cache(settings, None)
+            assert cache is not None
+            found = []
+            for _ in range(3):
+                found.append(await cache.get("k", Y, 1))
+                await asyncio.sleep(RedisCache.RETRY_S)  # past a failure's back-off
+            await cache.close()
+        return found
+
+    found = asyncio.run(main())
+    assert sum(f is not None for f in found) == hits
