@@ -6,8 +6,9 @@ The server's middleware are thin adapters over these classes; see README.md, "Bu
 from __future__ import annotations
 
 from .health import HealthChecker, HealthStatus
+from .key_records import KeyRecord
 from .keys import APIKeyAuth, AuthFailure, KeyStoreUnavailableError, Principal
-from .keystore import FileKeyStore, HashedFileKeyStore, KeyRecord, KeyStore, RedisKeyStore
+from .keystore import FileKeyStore, HashedFileKeyStore, KeyStore, RedisKeyStore
 from .ratelimit import RateLimitDecision, RateLimiter, parse_limit
 from .shutdown import GracefulShutdown, attach_server, detach_server
 from .signing import RequestSigner

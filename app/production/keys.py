@@ -22,11 +22,10 @@ from typing import Literal
 
 from app.config import Settings
 
+from .key_records import SCOPES, KeyRecord
 from .keystore import (
-    SCOPES,
     FileKeyStore,
     HashedFileKeyStore,
-    KeyRecord,
     KeyStore,
     RedisKeyStore,
 )

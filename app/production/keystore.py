@@ -17,14 +17,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from filelock import FileLock
 
-from .ratelimit import parse_limit
+from .key_records import KeyRecord, dump_records, load_records, parse_json
 from .redis_client import redis_options
 
 if TYPE_CHECKING:
@@ -32,10 +32,6 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 logger = logging.getLogger(__name__)
-
-Scope = Literal["infer", "admin"]
-SCOPES: tuple[Scope, ...] = ("infer", "admin")
-FORMAT_VERSION = 1
 
 
 class ReadOnlyKeyStoreError(RuntimeError):
@@ -46,82 +42,9 @@ class KeyFileError(RuntimeError):
     """The key file exists but cannot be read or parsed (a listing or change was refused)."""
 
 
-@dataclass(frozen=True)
-class KeyRecord:
-    """One API key, without its secret. Times are Unix seconds."""
-
-    id: str
-    owner: str
-    scopes: tuple[str, ...]
-    created: float
-    hash: str
-    expires: float | None = None
-    revoked: float | None = None
-    rate_limit: str | None = None
-
-    def has_usable_limit(self) -> bool:
-        """Whether `rate_limit` is one the server can apply (or none). A record may hold one it
-        cannot: written by hand into a key file or Redis, or by a version that accepted
-        `2/second;3/minute` (only the first limit counted) or `0/minute`."""
-        try:
-            return self.rate_limit is None or parse_limit(self.rate_limit) is not None
-        except (ValueError, TypeError):  # TypeError: an unhashable value such as a list
-            return False
-
-    def is_expired(self, now: float | None = None) -> bool:
-        return self.expires is not None and (time.time() if now is None else now) >= self.expires
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["scopes"] = list(self.scopes)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KeyRecord:
-        return cls(
-            id=str(data["id"]),
-            owner=str(data["owner"]),
-            scopes=tuple(str(s) for s in data.get("scopes", ("infer",))),
-            created=float(data["created"]),
-            hash=str(data["hash"]),
-            expires=None if data.get("expires") is None else float(data["expires"]),
-            revoked=None if data.get("revoked") is None else float(data["revoked"]),
-            rate_limit=data.get("rate_limit"),
-        )
-
-
-def dump_records(records: Iterable[KeyRecord]) -> str:
-    """The shared JSON document for a set of records."""
-    keys = [r.to_dict() for r in sorted(records, key=lambda r: r.created)]
-    return json.dumps({"version": FORMAT_VERSION, "keys": keys}, indent=2, sort_keys=True)
-
-
 # The signature of a key file that cannot even be looked at: the read that follows fails like
 # any unreadable file's, so running servers keep their last keys (it escaped as a 503 for all).
 UNSTATABLE = (-1, -1, -1)
-
-
-def parse_json(text: str | bytes) -> Any:
-    """JSON of a key file or a Redis key record. json.loads raises RecursionError, not a
-    ValueError, for deeply nested arrays: it escaped every handler (a 503 for every client)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("not a key record: JSON nested too deeply") from None
-
-
-def load_records(text: str | None) -> dict[str, KeyRecord]:
-    """The records of a key file's text; None: no file, so no keys. A file that is there but
-    empty (truncated, or an empty Secret) is an error like any other unreadable file, so
-    running servers keep the keys they had rather than refusing every client."""
-    if text is None:
-        return {}
-    if not text.strip():
-        raise ValueError("the key file is empty")
-    document = parse_json(text)
-    if not isinstance(document, dict) or document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise ValueError("not a Frameworm key file (version 1)")
-    return {r.id: r for r in (KeyRecord.from_dict(item) for item in document["keys"])}
 
 
 class KeyStore(Protocol):

@@ -1104,7 +1104,8 @@ def write_bench_key(keys_file: Path) -> None:
     import hashlib
     import hmac
 
-    from app.production.keystore import FileKeyStore, KeyRecord
+    from app.production.key_records import KeyRecord
+    from app.production.keystore import FileKeyStore
 
     store = FileKeyStore(keys_file)
     if store.get(BENCH_KEY_ID) is None:

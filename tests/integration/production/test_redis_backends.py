@@ -208,6 +208,9 @@ def test_a_hit_redis_answered_stands_when_the_stats_read_after_it_is_too_slow(
         (lambda record: {**record, "rate_limit": "1000/min"}, "invalid_limit"),
         (lambda record: {"id": record["id"]}, "unknown"),  # no owner, hash...
         (lambda record: 5, "unknown"),
+        # JSON's NaN compares false with every time: it never expired.
+        (lambda record: {**record, "expires": float("nan")}, "unknown"),
+        (lambda record: {**record, "expires": "Infinity"}, "unknown"),
         # Raw JSON nested too deeply for json.loads (RecursionError, which escaped).
         (lambda record: "[" * 100_000 + "]" * 100_000, "unknown"),
     ],

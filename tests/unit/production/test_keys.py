@@ -17,14 +17,13 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.production import APIKeyAuth, AuthFailure, Principal
+from app.production.key_records import KeyRecord, dump_records
 from app.production.keys import KeyStoreUnavailableError, resolve_pepper
 from app.production.keystore import (
     FileKeyStore,
     HashedFileKeyStore,
     KeyFileError,
-    KeyRecord,
     ReadOnlyKeyStoreError,
-    dump_records,
 )
 
 PEPPER = "p" * 32
@@ -373,7 +372,13 @@ def test_a_key_file_that_cannot_be_looked_at_keeps_the_last_good_keys(
 @pytest.mark.parametrize(
     "corrupt",
     # Deeply nested: json.loads raised RecursionError, which no handler caught (503s for all).
-    ["{not json", '{"version": 1, "keys": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+    [
+        "{not json",
+        '{"version": 1, "keys": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        # JSON's NaN (json.loads reads it) compares false with every time: it never expired.
+        '{"version": 1, "keys": [{"id": "0123456789abcdef", "owner": "a", "created": 1, '
+        '"hash": "h", "expires": NaN}]}',
+    ],
 )
 def test_a_corrupt_key_file_keeps_the_last_good_keys_and_is_an_error_to_the_cli(
     auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture, corrupt: str
