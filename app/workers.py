@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -108,10 +109,22 @@ class Supervisor:
         self._told: set[int] = set()  # sent SIGTERM: draining (or, still starting, dead of it)
 
     def start(self) -> None:
+        # Spawning starts multiprocessing's resource tracker first, once, and that unblocks
+        # SIGINT on this thread (bpo-33613: the tracker is protected by the same mask as the
+        # workers below). Started now, it cannot undo the workers' mask.
+        resource_tracker.ensure_running()
         for worker in self.workers:
             if self.stopping.is_set():
                 return  # stopped while starting: the rest never start
-            worker.start()
+            # The group's Ctrl-C reaches a worker too, and one arriving while its interpreter
+            # starts (before `_worker` ignores SIGINT) crashed it there. Blocked on this thread
+            # across the spawn, SIGINT starts blocked in the worker, which ignores it before
+            # unblocking. Here it is not lost: another thread, or this one after, takes it.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                worker.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             self.started.append(worker)
             if self.stopping.is_set():
                 self._tell(worker)  # the signal came before it had a pid
@@ -168,7 +181,8 @@ def _worker(serve_one: ServeOne, settings: Settings, sock: socket.socket, superv
     # The group's Ctrl-C is the supervisor's to answer. Until the server's own handlers are in,
     # a SIGQUIT would dump core: the supervisor sends it only after SIGTERM, which ends a
     # worker still starting.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the spawn is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(WORKER_EXIT_NOW, signal.SIG_IGN)
     _drain_when_orphaned(supervisor)
     configure_logging(settings.log_format, settings.log_level)

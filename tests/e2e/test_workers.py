@@ -174,6 +174,28 @@ def test_a_signal_to_the_whole_process_group_drains_each_worker_once(
     assert logs.count("drain: closing the listener") == WORKERS, logs
 
 
+@pytest.mark.parametrize("after_s", [0.0, 0.02, 0.05, 0.08, 0.1, 0.2])
+def test_a_ctrl_c_to_the_group_while_the_workers_start_stops_them_cleanly(
+    tmp_path: Path, tiny_registry: Path, after_s: float
+) -> None:
+    """A Ctrl-C within a new worker's first moments, before it could ignore SIGINT, reached
+    its interpreter's start-up: "Fatal Python error: init_import_site", exit 1."""
+    server = launch(tmp_path, tiny_registry, {}, options=["--workers", str(WORKERS)])
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not worker_pids(server.pid):
+            assert server.process.poll() is None and time.monotonic() < deadline, server.logs()
+            time.sleep(0.005)
+        time.sleep(after_s)
+        os.killpg(server.pid, signal.SIGINT)
+        code = server.process.wait(60)
+    finally:
+        stop(server)
+    logs = server.logs()
+    assert code == 0, logs
+    assert "Fatal Python error" not in logs and "Traceback" not in logs, logs
+
+
 def test_a_second_signal_to_the_supervisor_stops_the_workers_at_once(
     tmp_path: Path, tiny_registry: Path
 ) -> None:
