@@ -28,6 +28,7 @@ from tests.deploy.chart import (
     server_container,
     server_pod_spec,
     settings,
+    values,
 )
 
 SECRETS_DIR = "/var/run/secrets/frameworm"
@@ -241,6 +242,9 @@ def test_the_rollout_replaces_the_deployment_and_is_what_hpa_and_pdb_target() ->
     assert weights == [5, 25, 50, 100]
     assert canary["steps"][0] == {"setCanaryScale": {"replicas": 1}}
     assert canary["steps"][2] == {"pause": {"duration": "30m"}}
+    # One canary pod for the first weight only: kept, it would take 25%, 50%, then everything.
+    assert canary["steps"][3] == {"setCanaryScale": {"matchTrafficWeight": True}}
+    assert canary["steps"][4] == {"setWeight": 25}
     assert canary["trafficRouting"] == {"nginx": {"stableIngress": "fw-frameworm"}}
     services = {s["metadata"]["name"] for s in of_kind(manifests, "Service")}
     assert {canary["stableService"], canary["canaryService"]} <= services
@@ -262,6 +266,50 @@ def test_the_analysis_aborts_on_one_percent_errors_or_half_a_second_p99() -> Non
     assert analysis["templates"] == [{"templateName": template["metadata"]["name"]}]
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["spec"]["podTargetLabels"] == ["rollouts-pod-template-hash"]
+
+
+def test_steps_are_rendered_as_given_without_an_explicit_canary_scale() -> None:
+    overrides = values("rollout")
+    overrides["rollout"]["setCanaryScale"] = {"matchTrafficWeight": True}
+    rollout = one(render_values(overrides), "Rollout")
+    steps = rollout["spec"]["strategy"]["canary"]["steps"]
+    assert steps[0] == {"setCanaryScale": {"matchTrafficWeight": True}}
+    assert steps[1:] == [
+        {"setWeight": 5},
+        {"pause": {"duration": "30m"}},
+        {"setWeight": 25},
+        {"pause": {"duration": "30m"}},
+        {"setWeight": 50},
+        {"pause": {"duration": "30m"}},
+        {"setWeight": 100},
+    ]
+
+
+@pytest.mark.parametrize(
+    "monitoring",
+    [
+        {},  # the ServiceMonitor and the rules, on by default
+        {"serviceMonitor": {"enabled": False}},  # the rules alone
+        {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
+    ],
+)
+def test_monitoring_without_the_app_s_metrics_is_refused(monitoring: dict[str, object]) -> None:
+    """Every scrape of a /metrics the app does not serve fails: TargetDown and Absent fire for
+    good (and with a rollout, every canary measurement is Inconclusive)."""
+    overrides: dict[str, Any] = {"settings": {"metricsEnabled": False}, "monitoring": monitoring}
+    if monitoring.get("prometheusRule") is not None:
+        overrides = values("rollout") | overrides  # the analysis reads them
+    with pytest.raises(helm.HelmError, match="metricsEnabled"):
+        render_values(overrides)
+
+
+def test_metrics_off_with_no_monitoring_renders() -> None:
+    off = {"enabled": False}
+    overrides = {
+        "settings": {"metricsEnabled": False},
+        "monitoring": {"serviceMonitor": off, "prometheusRule": off},
+    }
+    assert settings(render_values(overrides))["FRAMEWORM_METRICS_ENABLED"] == "false"
 
 
 def test_set_canary_scale_without_traffic_routing_is_refused() -> None:

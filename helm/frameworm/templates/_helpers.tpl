@@ -248,6 +248,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* With settings.metricsEnabled=false the app serves no /metrics: every scrape would fail, the
+     target-down and absent alerts fire for good, and every canary measurement is Inconclusive. */}}
+{{- define "frameworm.checkMetricsServed" -}}
+{{- $m := .Values.monitoring }}
+{{- if and (eq (toString .Values.settings.metricsEnabled) "false") (or $m.serviceMonitor.enabled $m.prometheusRule.enabled .Values.rollout.enabled) }}
+{{- fail "settings.metricsEnabled=false serves no /metrics, which monitoring.serviceMonitor, monitoring.prometheusRule and rollout.enabled (its analysis) all read: turn those off too, or keep metrics on" }}
+{{- end }}
+{{- end }}
+
 {{/* A request admitted just before the listener closes must be able to finish within the
      shutdown timeout, else the drain sheds it with 503. */}}
 {{- define "frameworm.checkShutdownCoversRequests" -}}
@@ -274,6 +283,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $secrets := include "frameworm.secretsDir" . }}
 {{- include "frameworm.checkPublicMetrics" . }}
+{{- include "frameworm.checkMetricsServed" . }}
 {{- include "frameworm.checkShutdownCoversRequests" . }}
 {{- include "frameworm.checkProductionSafe" . }}
 {{- if not (hasKey $env "FRAMEWORM_HOST") }}
