@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from app.errors import Problem
-from app.inference.images import JPEG_MAX_SCANS, EncodedImage, decode_images
+from app.inference.image_structure import JPEG_MAX_SCANS
+from app.inference.images import EncodedImage, decode_images
 from models.manifest import ImageSpec
 
 SPEC = ImageSpec(mode="L", height=28, width=28, formats=("PNG", "JPEG"), max_pixels=64 * 64)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from app.errors import Problem
-from app.inference import images
+from app.inference import image_structure
 from app.inference.images import EncodedImage, decode_images
 from models.demo import sample_png
 from models.manifest import ImageSpec
@@ -38,7 +38,7 @@ LIMITS = {
 @pytest.fixture
 def low_limits(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     for name, value in LIMITS.items():
-        monkeypatch.setattr(images, name, value)
+        monkeypatch.setattr(image_structure, name, value)
     return LIMITS
 
 
@@ -146,10 +146,10 @@ def test_the_chunk_limit_grows_with_a_large_file(
     low_limits: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = png(idat_size=1)  # a chunk per 13 bytes, within a limit of one per 8
-    monkeypatch.setattr(images, "PNG_BYTES_PER_CHUNK", 8)
+    monkeypatch.setattr(image_structure, "PNG_BYTES_PER_CHUNK", 8)
     assert png_chunks(raw) > low_limits["PNG_MAX_CHUNKS"]
     assert decode(raw).shape == (1, 28, 28)
-    monkeypatch.setattr(images, "PNG_BYTES_PER_CHUNK", 64)
+    monkeypatch.setattr(image_structure, "PNG_BYTES_PER_CHUNK", 64)
     assert "chunks" in refusal(raw)
 
 
@@ -344,8 +344,8 @@ def test_the_signature_decides_which_structure_is_walked(content_type: str | Non
 
 
 def test_a_refusal_comes_at_the_default_limits_too() -> None:
-    raw = png(before=chunk(b"prVt", b"") * images.PNG_MAX_CHUNKS)
-    assert refusal(raw) == f"image is a PNG of more than {images.PNG_MAX_CHUNKS} chunks"
+    raw = png(before=chunk(b"prVt", b"") * image_structure.PNG_MAX_CHUNKS)
+    assert refusal(raw) == f"image is a PNG of more than {image_structure.PNG_MAX_CHUNKS} chunks"
 
 
 def test_a_pngs_text_chunks_are_dropped_unread_and_its_pixels_kept(
