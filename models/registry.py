@@ -320,19 +320,28 @@ class ModelRegistry:
         expected: ModelIndex | None = None,
     ) -> ModelIndex:
         """Move `stage` back a step. With `expected` (the index the caller read, and whose
-        target it checked): only while the stage is as it was then, so a change meanwhile that
-        leaves the stage alone (a registration, another stage's move) is retried, not refused,
-        and one that moved it (even there and back again) is refused."""
+        target it checked): only while the stage is as it was then and its target the same, so a
+        change meanwhile that leaves both alone (a registration, another stage's move) is
+        retried, not refused, and one that moved the stage (even there and back again) or its
+        target (production taking the version, an archive) is refused."""
 
         def back(ix: ModelIndex) -> None:
             previous = rollback_target(ix, stage)
             if previous is None:
                 raise StageError(f"{name} has no earlier {stage} version to roll back to")
-            if expected is not None and stage_state(ix, stage) != stage_state(expected, stage):
-                raise ConflictError(
-                    f"{name}'s {stage} was moved meanwhile: rolling back now goes to {previous}, "
-                    f"not {rollback_target(expected, stage)}; nothing was written"
-                )
+            if expected is not None:
+                checked = rollback_target(expected, stage)
+                # The target depends on other stages' moves too: production taking a version,
+                # or an archive, takes it out of staging's way back.
+                moved = stage_state(ix, stage) != stage_state(expected, stage)
+                if moved or previous != checked:
+                    what = (
+                        f"'s {stage} was moved" if moved else f" {checked} left {stage}'s history"
+                    )
+                    raise ConflictError(
+                        f"{name}{what} meanwhile: rolling back now goes to {previous}, not "
+                        f"{checked}; nothing was written"
+                    )
             move_alias(ix, stage, previous, "rollback", actor, reason)
 
         attempts = 1 if expected is None else INDEX_ATTEMPTS

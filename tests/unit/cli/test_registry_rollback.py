@@ -135,3 +135,31 @@ def test_a_rollback_does_not_undo_a_promotion_it_never_saw(
     code, lines = rollback(registry)
     assert code == 1 and "production was moved meanwhile" in lines[0], lines
     assert registry.index(MODEL).aliases["production"] == "3.0.0"
+
+
+@pytest.mark.parametrize("move", ["promote", "archive"])
+def test_another_stage_s_move_that_changes_staging_s_target_refuses_its_rollback(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, move: str
+) -> None:
+    """Staging 3, 4, 5: its rollback checks 4.0.0. Production taking 4.0.0 meanwhile (or an
+    archive of it) leaves staging's own history as it was but sends its rollback to 3.0.0,
+    which was moved to unchecked."""
+    for seed, version in enumerate(("3.0.0", "4.0.0", "5.0.0"), start=3):
+        register_mlp(registry, version, tmp_path, seed=seed)
+        registry.promote(MODEL, version, "staging")
+
+    def take_the_target(other: ModelRegistry) -> None:
+        if move == "promote":
+            other.promote(MODEL, "4.0.0", "production")
+        else:
+            other.archive(MODEL, "4.0.0")
+
+    while_checking(monkeypatch, take_the_target)
+    assert rollback(registry, "staging") == (
+        1,
+        [
+            f"error: {MODEL} 4.0.0 left staging's history meanwhile: rolling back now goes to "
+            "3.0.0, not 4.0.0; nothing was written"
+        ],
+    )
+    assert registry.index(MODEL).aliases["staging"] == "5.0.0"
