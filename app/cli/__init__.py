@@ -22,6 +22,7 @@ import typer  # noqa: E402  # after the handler: these imports take seconds (tor
 
 from app.cli.keys import keys_app  # noqa: E402
 from app.cli.registry import registry_app  # noqa: E402
+from app.cli.registry_copies import pull, push  # noqa: E402
 from app.cli.serve import serve  # noqa: E402
 from app.cli.smoke import smoke  # noqa: E402
 
@@ -32,6 +33,8 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+registry_app.command()(push)
+registry_app.command()(pull)
 cli.add_typer(registry_app, name="registry")
 cli.add_typer(keys_app, name="keys")
 cli.command()(serve)

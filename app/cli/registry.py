@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.cli.inputs import artefact_format, json_option, read_json
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail, table, warn
 from app.config import Settings
-from models.errors import UNREADABLE, validation_message
+from models.errors import UNREADABLE, RegistryError, validation_message
 from models.manifest import GoldenCheck, Signature, Stage
 from models.stages import rollback_target
 from models.store import LocalStore
@@ -182,11 +182,27 @@ def promote(
             name, version, _stage(stage), actor=actor, reason=reason, expected_revision=if_revision
         )
         emit(index.model_dump(mode="json"), as_json, lambda: f"{name}: {stage} -> {version}")
-        if leaving not in (None, version) and not reg.same_signature(name, leaving, version):
-            warn(
-                f"{version}'s inputs or outputs differ from {leaving}'s: running servers keep "
-                f"serving {leaving}; roll out a new deployment to serve {version}"
-            )
+        if leaving not in (None, version):
+            _warn_if_servers_stay(reg, name, leaving, version)
+
+
+def _warn_if_servers_stay(reg: ModelRegistry, name: str, leaving: str, version: str) -> None:
+    """After a promotion: running servers switch live only between versions of one signature.
+    The move is written, so a manifest that cannot be read here is a warning, not a failure
+    (an emergency promotion away from a broken version would have exited 1)."""
+    try:
+        same = reg.same_signature(name, leaving, version)
+    except RegistryError as exc:
+        warn(
+            f"cannot compare {version}'s inputs and outputs with {leaving}'s ({exc}): if they "
+            f"differ, running servers keep serving {leaving}"
+        )
+        return
+    if not same:
+        warn(
+            f"{version}'s inputs or outputs differ from {leaving}'s: running servers keep "
+            f"serving {leaving}; roll out a new deployment to serve {version}"
+        )
 
 
 @registry_app.command()
@@ -280,120 +296,3 @@ def _stage(value: str) -> Stage:
     if value not in ("staging", "production"):
         fail(f"unknown stage {value!r}; stages are staging, production")
     return value  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------- copies between registries
-StagesOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--stages/--no-stages",
-        help="Also move stage aliases to the source's (default: on with --all, off otherwise).",
-    ),
-]
-AllOption = Annotated[
-    bool, typer.Option("--all", help="Every model: a whole-registry backup or restore.")
-]
-NameArgument = Annotated[str | None, typer.Argument(help="The model (leave out with --all).")]
-VersionArgument = Annotated[
-    str | None, typer.Argument(help="One version (default: every version).")
-]
-
-
-@registry_app.command()
-def push(
-    to: Annotated[str, typer.Option("--to", help="Target registry: s3://bucket/prefix or a dir.")],
-    name: NameArgument = None,
-    version: VersionArgument = None,
-    all_models: AllOption = False,
-    stages: StagesOption = None,
-    actor: ActorOption = None,
-    registry: RegistryOption = None,
-    as_json: bool = JsonOption,
-) -> None:
-    """Copy versions of NAME (or --all models) from --registry to --to, sha256-verified."""
-    with errors_as_one_line():
-        _copy(
-            open_registry(registry, must_exist=True),
-            open_registry(to, option="--to"),
-            name,
-            version,
-            all_models,
-            stages,
-            actor,
-            as_json,
-        )
-
-
-@registry_app.command()
-def pull(
-    source: Annotated[
-        str, typer.Option("--from", help="Source registry: s3://bucket/prefix or a dir.")
-    ],
-    name: NameArgument = None,
-    version: VersionArgument = None,
-    all_models: AllOption = False,
-    stages: StagesOption = None,
-    actor: ActorOption = None,
-    registry: RegistryOption = None,
-    as_json: bool = JsonOption,
-) -> None:
-    """Copy versions of NAME (or --all models) from --from into --registry, sha256-verified."""
-    with errors_as_one_line():
-        _copy(
-            open_registry(source, must_exist=True, option="--from"),
-            open_registry(registry),
-            name,
-            version,
-            all_models,
-            stages,
-            actor,
-            as_json,
-        )
-
-
-def _copy(
-    source: ModelRegistry,
-    target: ModelRegistry,
-    name: str | None,
-    version: str | None,
-    all_models: bool,
-    stages: bool | None,
-    actor: str | None,
-    as_json: bool,
-) -> None:
-    from models.sync import copy_all, copy_model
-
-    if all_models == (name is not None):
-        fail("name a model, or pass --all (not both)")
-    if source.store.url == target.store.url:
-        fail(f"source and target are the same registry ({source.store.url})")
-    follow = all_models if stages is None else stages
-    if name is None:
-        reports = copy_all(source, target, stages=follow, actor=actor)
-    else:
-        reports = [copy_model(source, target, name, version, stages=follow, actor=actor)]
-    payload = [
-        {
-            "name": r.name,
-            "source": r.source,
-            "target": r.target,
-            "versions": [{"version": c.version, "action": c.action} for c in r.versions],
-            "stage_moves": [e.model_dump(mode="json") for e in r.stage_moves],
-            "error": r.error,
-        }
-        for r in reports
-    ]
-
-    def human() -> str:
-        lines = [
-            f"{r.name} {c.version}: {c.action} ({r.source} -> {r.target})"
-            for r in reports
-            for c in r.versions
-        ]
-        lines += [f"{r.name}: {e.stage} -> {e.version}" for r in reports for e in r.stage_moves]
-        lines += [f"{r.name}: not copied: {r.error}" for r in reports if r.error]
-        return "\n".join(lines) or "(no models)"
-
-    emit(payload, as_json, human)
-    if any(r.error for r in reports):
-        raise typer.Exit(1)  # every other model was copied

@@ -53,3 +53,22 @@ def test_a_promotion_with_the_same_signature_warns_of_nothing(tmp_path: Path) ->
     for _ in range(2):  # a move, then one to where it is already
         result = promote(registry, "2.0.0")
         assert (result.exit_code, result.stderr) == (0, ""), result.output
+
+
+def test_a_promotion_away_from_a_version_whose_manifest_is_broken_succeeds_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """The move was written, then the signature comparison failed reading the old manifest:
+    exit 1 for a promotion that took effect (an emergency one, away from a broken version)."""
+    registry = ModelRegistry(tmp_path / "registry")
+    for seed, version in enumerate(("1.0.0", "2.0.0")):
+        register_mlp(registry, version, tmp_path, seed=seed)
+    registry.promote(MODEL, "1.0.0", "production")
+    (Path(registry.store.url) / MODEL / "1.0.0" / "manifest.json").write_text("{broken")
+    result = promote(registry, "2.0.0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{MODEL}: production -> 2.0.0\n"
+    assert result.stderr.startswith(
+        "warning: cannot compare 2.0.0's inputs and outputs with 1.0.0's"
+    )
+    assert registry.index(MODEL).aliases["production"] == "2.0.0"
