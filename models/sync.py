@@ -26,7 +26,7 @@ from typing import Literal
 from models.errors import ConflictError, IntegrityError, ModelNotFoundError, RegistryError
 from models.manifest import STAGES, ModelManifest, version_key
 from models.registry import INDEX_ATTEMPTS, ModelRegistry
-from models.stages import ModelIndex, StageEvent, default_actor, parse_index
+from models.stages import ModelIndex, StageEvent, default_actor, move_alias, parse_index
 from models.store import sha256_file
 
 CopyAction = Literal["copied", "present", "repaired"]
@@ -251,33 +251,25 @@ def _add_versions(index: ModelIndex, versions: list[str], actor: str, reason: st
 def _follow_stages(
     index: ModelIndex, source: ModelIndex, actor: str, reason: str
 ) -> list[StageEvent]:
-    moves = []
+    """Move the target's aliases to the source's, each move a promotion recorded as any other
+    (production archives the version it leaves), and archive what the source archived."""
+    first = len(index.history)
     for stage in STAGES:
         wanted = source.aliases.get(stage)
-        current = index.aliases.get(stage)
-        if wanted is None or wanted == current or wanted not in index.versions:
+        if wanted is None or wanted == index.aliases.get(stage) or wanted not in index.versions:
             continue
-        index.aliases[stage] = wanted
-        event = StageEvent(
-            actor=actor,
-            action="promote",
-            version=wanted,
-            stage=stage,
-            from_version=current,
-            reason=reason,
-        )
-        index.history.append(event)
-        moves.append(event)
+        move_alias(index, stage, wanted, "promote", actor, reason)
+    moves = index.history[first:]
     if index.aliases.get("staging") is not None and index.aliases.get(
         "staging"
     ) == index.aliases.get("production"):
         index.aliases["staging"] = None
-    # Archived follows the source for the versions both hold; the target's others keep theirs.
-    archived = {v for v in index.archived if v not in source.versions}
-    archived |= {v for v in source.archived if v in index.versions}
-    archived -= {v for v in index.aliases.values() if v is not None}
-    added = sorted(archived - set(index.archived), key=version_key)
-    for v in added:
+    # The source's archive, for the versions both hold. Nothing leaves the target's archive but
+    # by a promotion (recorded above): a version archived here was retired for a reason, and
+    # un-archiving it silently left the history saying otherwise.
+    held = {v for v in index.aliases.values() if v is not None}
+    retired = {v for v in source.archived if v in index.versions} - held - set(index.archived)
+    for v in sorted(retired, key=version_key):
         index.history.append(StageEvent(actor=actor, action="archive", version=v, reason=reason))
-    index.archived = [v for v in index.archived if v in archived] + added
+        index.archived.append(v)
     return moves
