@@ -381,10 +381,10 @@ class ModelRegistry:
         # Manifests are written once and the stored one is finished: any other field asked for
         # (a family_config, golden checks, a description) would be silently dropped.
         if differing := manifest.fields_differing_from(stored, ignore={"created", "created_by"}):
-            unfinished = (
-                f"not registered yet: delete {self.store.url}/{name}/{version}/ to start over, "
-                "or register it as before to finish; its unfinished registration stored "
-                f"another {', '.join(differing)}"
+            unfinished = (  # unfinished, or still running: the index cannot tell yet
+                f"not registered yet: a registration started {stored.created:%Y-%m-%d %H:%M:%S} "
+                f"UTC stored another {', '.join(differing)}; unless it is still running, delete "
+                f"{self.store.url}/{name}/{version}/ to start over, or register it as before"
             )
             raise VersionExistsError(name, version, unfinished)
         return stored

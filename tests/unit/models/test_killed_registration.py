@@ -76,9 +76,12 @@ def test_registering_other_bytes_says_how_to_start_over_and_that_works(
 ) -> None:
     with pytest.raises(VersionExistsError) as refused:
         register("tiny", "1.0.0", seed=2)
+    # It may be another process's registration still running: its start says which.
+    started = registry.manifest("tiny", "1.0.0").created
     assert str(refused.value).endswith(
-        f"(not registered yet: delete {killed}/ to start over, or register it as before to "
-        "finish; its unfinished registration stored another sha256)"
+        f"(not registered yet: a registration started {started:%Y-%m-%d %H:%M:%S} UTC stored "
+        f"another sha256; unless it is still running, delete {killed}/ to start over, or "
+        "register it as before)"
     )
     shutil.rmtree(killed)  # what the message says: the version was never registered
     manifest = register("tiny", "1.0.0", seed=2)
