@@ -13,7 +13,7 @@ from app.cli.inputs import artefact_format, json_option, read_json
 from app.cli.output import JsonOption, emit, errors_as_one_line, fail, table, warn
 from app.config import Settings
 from models.errors import UNREADABLE, RegistryError, validation_message
-from models.manifest import GoldenCheck, Signature, Stage
+from models.manifest import GoldenCheck, Signature, Stage, check_name_safe, check_version_safe
 from models.stages import rollback_target
 from models.store import LocalStore
 
@@ -258,7 +258,10 @@ def verify(
     """Recompute artefact sha256s; exit 1 when any does not match."""
     with errors_as_one_line():
         reg = open_registry(registry, must_exist=True)
-        names = [name] if name else reg.list_models()
+        # Empty is not "all": `verify m ""` checked every version, `verify "" 1.0.0` every model.
+        names = reg.list_models() if name is None else [check_name_safe(name)]
+        if version is not None:
+            check_version_safe(version)
         results = [r for n in names for r in reg.verify(n, version)]
         rows = [r.model_dump() for r in results]
         emit(rows, as_json, lambda: table(rows, ("name", "version", "ok", "detail")))

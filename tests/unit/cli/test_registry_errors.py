@@ -155,6 +155,15 @@ def test_verify_names_a_broken_manifest_and_still_checks_the_rest(registry: Path
     assert rows["3.0.0"]["detail"].startswith("m/3.0.0/manifest.json is unreadable")
 
 
+@pytest.mark.parametrize("argv", [("m", ""), ("", "1.0.0")])
+def test_verify_refuses_an_empty_name_or_version_instead_of_checking_all(
+    registry: Path, argv: tuple[str, str]
+) -> None:
+    """`verify m ""` checked every version, and `verify "" 1.0.0` every model's 1.0.0."""
+    code, lines = frameworm(registry, "verify", *argv)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: invalid"), lines
+
+
 def test_verify_names_a_broken_index(registry: Path) -> None:
     (registry / "m" / "index.json").write_text('{"name": "m", "versions": 3}')
     code, lines = frameworm(registry, "verify")
