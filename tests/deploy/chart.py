@@ -25,9 +25,9 @@ def values(name: str) -> dict[str, Any]:
     return dict(loaded or {})
 
 
-def render_values(overrides: dict[str, Any]) -> list[Manifest]:
+def render_values(overrides: dict[str, Any], namespace: str = NAMESPACE) -> list[Manifest]:
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(overrides, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        rendered = chart.render(overrides, name=RELEASE, namespace=namespace, is_install=True)
     return [
         document
         for template, text in sorted(rendered.items())

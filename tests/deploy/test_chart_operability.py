@@ -451,7 +451,20 @@ def test_alerts_and_dashboard_select_the_job_the_service_monitor_produces(
 
 def test_the_dashboard_file_and_its_default_rendering_agree() -> None:
     source = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
-    assert _dashboard(render("default")) == source
+    rendered = _dashboard(render("default"))
+    # Named per release (test_chart_policies.py); the rest is the file's.
+    assert {**rendered, "uid": source["uid"], "title": source["title"]} == source
+
+
+def test_each_release_has_a_dashboard_of_its_own() -> None:
+    """Every release's ConfigMap carried uid "frameworm-overview": the Grafana sidecar kept one
+    of them, and the other release had no dashboard (Grafana also refuses two dashboards of
+    one title in a folder)."""
+    ml, other = (_dashboard(render_values({}, namespace=ns)) for ns in ("ml", "ml-canary"))
+    assert ml["uid"] != other["uid"] and len(ml["uid"]) <= 40
+    assert ml["title"] == "Frameworm (ml/fw-frameworm)"
+    assert other["title"] == "Frameworm (ml-canary/fw-frameworm)"
+    assert _dashboard(render_values({}, namespace="ml"))["uid"] == ml["uid"]  # stable
 
 
 # -------------------------------------------------------- 5. ReadWriteOnce registry claim
