@@ -133,6 +133,8 @@ class StageFollower:
             # The alias was set again (even back to the serving version, or to the same one
             # between two polls): refusals and the rollback pin were for the previous move.
             self._seen_move = move
+            if self.refused or self.pinned_against is not None:
+                self.last_event = "following the stage alias"  # no longer why it stays put
             self.refused.clear()
             self.pinned_against = None
         if target is None or target == serving.version or target in self.refused:
@@ -241,6 +243,9 @@ class StageFollower:
         observing = self._observing
         if observing is None or version != observing.health.version:
             return
+        now = time.monotonic()
+        if now >= observing.until:
+            return  # past its window: judged no more (the next poll releases the fallback)
         health = observing.health
         if ok:
             health.ok += 1
@@ -249,7 +254,6 @@ class StageFollower:
             health.failed += 1
         if health.requests < self.settings.rollback_min_requests:
             return
-        now = time.monotonic()
         judge_p99 = now >= self._next_p99_check
         if judge_p99:
             self._next_p99_check = now + P99_CHECK_INTERVAL_S
