@@ -33,6 +33,9 @@ from models.stages import ModelIndex
 log = logging.getLogger("frameworm.rollout")
 
 READ_THREAD = "frameworm-registry-read"
+# A registry read that has not answered by then is said in /readyz?verbose and the log (a read
+# that fails says so at once; one that hangs said nothing), and waited for still.
+READ_STALL_S = 10.0
 LATENCY_SAMPLES = 10_000
 # The p99 sorts up to LATENCY_SAMPLES values on the event loop: judged at most this often,
 # not per request. The error rate is a division and is judged on every outcome.
@@ -151,7 +154,26 @@ class StageFollower:
         # Not in asyncio's default executor, which the loop's end waits for without a bound: a
         # stalled registry (S3 retrying for minutes) held the process past the drain.
         model = self.settings.model
-        return await on_daemon_thread(lambda: self.host.registry.index(model), name=READ_THREAD)
+        read = asyncio.ensure_future(
+            on_daemon_thread(lambda: self.host.registry.index(model), name=READ_THREAD)
+        )
+        try:
+            if not (await asyncio.wait({read}, timeout=READ_STALL_S))[0]:
+                before = self.last_event
+                stalled = self.last_event = (
+                    f"cannot follow the stage alias: a registry read has not answered in "
+                    f"{READ_STALL_S:g} s; waiting for it"
+                )
+                log.warning(stalled)
+                index = await read
+                log.info("the stalled registry read answered")
+                if self.last_event == stalled:  # nothing newer to say meanwhile
+                    self.last_event = before
+                return index
+        except asyncio.CancelledError:
+            read.cancel()  # the loop is ending: its thread is left to finish alone
+            raise
+        return read.result()
 
     async def _moved_from(self, version: str) -> bool:
         try:

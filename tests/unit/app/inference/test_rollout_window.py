@@ -4,9 +4,14 @@ refusal or pin it explained."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from app.inference import rollout
+from models.stages import ModelIndex
 from tests.unit.app.inference.test_rollout import follower, promote_a_then_b, serving
 
 
@@ -56,3 +61,30 @@ def test_the_reason_for_a_refusal_ends_when_the_alias_is_set_again(tmp_path: Pat
 
     asyncio.run(main())
     assert not stage.refused and stage.last_event == "following the stage alias"
+
+
+def test_a_registry_read_that_hangs_is_said_while_it_lasts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that failed was said at once; one that hung said nothing: /readyz kept saying
+    "following the stage alias"."""
+    monkeypatch.setattr(rollout, "READ_STALL_S", 0.05)
+    stage, host = follower(tmp_path)
+    released = threading.Event()
+    answer = host.registry.index
+
+    def stalled(model: str) -> ModelIndex:
+        released.wait(30)
+        return answer(model)
+
+    host.registry.index = stalled  # type: ignore[method-assign]
+
+    async def main() -> None:
+        poll = asyncio.ensure_future(stage.check_once())
+        await asyncio.sleep(0.3)
+        assert stage.last_event.startswith("cannot follow the stage alias: a registry read has")
+        released.set()
+        await poll
+
+    asyncio.run(main())
+    assert stage.last_event == "following the stage alias"
