@@ -201,7 +201,9 @@ def _jpeg_walk(raw: bytes, left: int) -> Walk:
                 return Walk(segments + fill + entries, excess)
         if segments + fill + entries > left:
             return Walk(segments + fill + entries, OVER_REQUEST)
-    return Walk(segments + fill + entries, None)
+    # The walk's last steps (up to the first scan, or the end) count against the budget too.
+    steps = segments + fill + entries
+    return Walk(steps, OVER_REQUEST if steps > left else None)
 
 
 def _jpeg_entries(raw: bytes, marker: int, start: int, end: int) -> int:

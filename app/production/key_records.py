@@ -65,7 +65,10 @@ class KeyRecord:
 def _seconds(value: Any) -> float:
     # JSON's NaN (which json.loads reads) compares false with every time: an `expires` of NaN
     # never expired. Non-finite times are malformed, like text.
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer past float's range (JSON allows any): not a time either
+        raise ValueError(f"not a time: {str(value)[:32]}...") from None
     if not math.isfinite(seconds):
         raise ValueError(f"not a time: {value!r}")
     return seconds

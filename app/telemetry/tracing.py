@@ -26,7 +26,6 @@ from opentelemetry.instrumentation.propagators import (
 )
 from opentelemetry.propagate import set_global_textmap
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.http import parse_excluded_urls
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,7 +36,6 @@ log = logging.getLogger("frameworm.tracing")
 
 # OpenTelemetry's loggers that warn about a caller's malformed tracestate, quoting it.
 CLIENT_HEADER_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation")
-EXCLUDED_URLS = "/healthz$,/readyz,/metrics$,/v2/health/"
 TRACE_EXCLUDED_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
 )
@@ -97,7 +95,10 @@ class TraceSampling:
         self.excluded = excluded
         self.traced = OpenTelemetryMiddleware(
             app,
-            excluded_urls=parse_excluded_urls(EXCLUDED_URLS),
+            # Excluded here by exact path (TraceSampling): OpenTelemetry's own list is regexes
+            # searched over scheme://Host/path, so a client's Host header or a model named
+            # "readyz" dropped a sampled trace after it was marked traced.
+            excluded_urls=None,
             default_span_details=span_details,
             server_request_hook=without_query,
             tracer_provider=current_provider(),
@@ -114,7 +115,9 @@ class TraceSampling:
     def sampled(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"traceparent":
-                match = _TRACEPARENT.fullmatch(value)
+                # As OpenTelemetry's propagator reads it, so both judge the header alike: at
+                # most 512 characters, spaces around it ignored (httptools keeps trailing ones).
+                match = _TRACEPARENT.fullmatch(value.strip(b" \t")) if len(value) <= 512 else None
                 # Version 00 has exactly these fields; a later version may append more, and ff
                 # is invalid (W3C Trace Context, "Versioning of traceparent").
                 if match is not None and match[1] != b"ff" and not (match[1] == b"00" and match[4]):

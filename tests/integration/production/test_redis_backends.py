@@ -211,6 +211,7 @@ def test_a_hit_redis_answered_stands_when_the_stats_read_after_it_is_too_slow(
         # JSON's NaN compares false with every time: it never expired.
         (lambda record: {**record, "expires": float("nan")}, "unknown"),
         (lambda record: {**record, "expires": "Infinity"}, "unknown"),
+        (lambda record: {**record, "expires": 10**400}, "unknown"),  # OverflowError: a 503
         # Raw JSON nested too deeply for json.loads (RecursionError, which escaped).
         (lambda record: "[" * 100_000 + "]" * 100_000, "unknown"),
     ],

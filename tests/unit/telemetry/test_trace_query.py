@@ -1,5 +1,6 @@
 """Server spans carry the URL without its query string (a client may put a key there), while the
-app still gets the query as it was sent."""
+app still gets the query as it was sent; and a request TraceSampling traces gets its span, whatever
+its Host header or path."""
 
 from __future__ import annotations
 
@@ -32,6 +33,47 @@ def http_scope() -> dict[str, Any]:
         "server": ("testserver", 80),
         "client": ("127.0.0.1", 50000),
     }
+
+
+def spans_of(monkeypatch: pytest.MonkeyPatch, scope: dict[str, Any]) -> list[Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "current_provider", lambda: provider)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    sampling = tracing.TraceSampling(app, ratio=1.0, excluded=tracing.TRACE_EXCLUDED_PATHS)
+    asyncio.run(sampling(scope, receive, send))
+    spans = list(exporter.get_finished_spans())
+    provider.shutdown()
+    return spans
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [("/v2/models/cnn-digits", b"127.0.0.1/readyz"), ("/v2/models/readyz", b"testserver")],
+)
+def test_a_traced_request_gets_its_span_whatever_its_host_or_model_name(
+    monkeypatch: pytest.MonkeyPatch, path: str, host: bytes
+) -> None:
+    """OpenTelemetry's own exclusions (regexes searched over scheme://Host/path) dropped the span
+    of a request TraceSampling had traced: a sampled caller's trace was lost."""
+    scope = {**http_scope(), "path": path, "raw_path": path.encode(), "headers": [(b"host", host)]}
+    assert len(spans_of(monkeypatch, scope)) == 1
+
+
+def test_probes_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    scope = {**http_scope(), "path": "/readyz", "raw_path": b"/readyz"}
+    assert spans_of(monkeypatch, scope) == []
 
 
 # The attributes the instrumentation sets follow OTEL_SEMCONV_STABILITY_OPT_IN: the old

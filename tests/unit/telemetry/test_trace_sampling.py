@@ -28,6 +28,11 @@ def sampled(traceparent: str | None, ratio: float) -> bool:
         (f"01-{TRACE}-{PARENT}-01", True),  # a later version: its first four fields decide
         (f"cc-{TRACE}-{PARENT}-01-what-comes-later", True),
         (f"cc-{TRACE}-{PARENT}-00-what-comes-later", False),
+        # Spaces around it, as OpenTelemetry's propagator allows (httptools keeps trailing
+        # ones): judged otherwise here, a sampled caller went untraced.
+        (f"00-{TRACE}-{PARENT}-01 ", True),
+        (f"\t00-{TRACE}-{PARENT}-00 ", False),
+        (f"cc-{TRACE}-{PARENT}-01-{'x' * 400}", True),  # 460 characters: within 512
     ],
 )
 def test_a_valid_traceparent_decides_whatever_the_ratio(traceparent: str, expected: bool) -> None:
@@ -43,6 +48,9 @@ def test_a_valid_traceparent_decides_whatever_the_ratio(traceparent: str, expect
         f"00-{TRACE}-{'0' * 16}-01",  # all-zero parent id
         f"00-{TRACE.upper()}-{PARENT}-01",  # upper-case hex
         "garbage",
+        # Past 512 characters OpenTelemetry ignores it: continuing it here started a new trace
+        # there, under the caller's flag.
+        f"cc-{TRACE}-{PARENT}-01-{'x' * 500}",
     ],
 )
 def test_a_malformed_traceparent_starts_a_new_trace_at_the_ratio(traceparent: str) -> None:

@@ -91,3 +91,15 @@ def test_no_image_is_opened_once_the_deadline_has_passed(monkeypatch: pytest.Mon
     with pytest.raises(Problem) as caught:
         decode_images(images, deadline=time.monotonic())
     assert (caught.value.status, caught.value.code) == (504, "deadline-exceeded")
+
+
+def test_a_jpeg_s_last_steps_count_against_the_request_s_budget() -> None:
+    """The walk ended at the first scan before checking the budget: the request's last JPEG
+    could take up to a whole JPEG's limits past it."""
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(buffer, "JPEG")
+    raw = buffer.getvalue()
+    steps = image_structure.walk(raw, 10_000).steps
+    assert steps > 0
+    assert image_structure.walk(raw, steps) == image_structure.Walk(steps, None)
+    assert image_structure.walk(raw, steps - 1).excess == image_structure.OVER_REQUEST
