@@ -412,7 +412,8 @@ def _dashboard(manifests: list[Manifest]) -> dict[str, Any]:
     configmap = next(
         c for c in of_kind(manifests, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
     )
-    model: dict[str, Any] = json.loads(configmap["data"]["frameworm.json"])
+    ((text,),) = [list(configmap["data"].values())]
+    model: dict[str, Any] = json.loads(text)
     return model
 
 
@@ -462,6 +463,15 @@ def test_each_release_has_a_dashboard_of_its_own() -> None:
     one title in a folder)."""
     ml, other = (_dashboard(render_values({}, namespace=ns)) for ns in ("ml", "ml-canary"))
     assert ml["uid"] != other["uid"] and len(ml["uid"]) <= 40
+    # The sidecar writes each key as a file: one key for all releases was one file.
+    keys = {
+        key
+        for ns in ("ml", "ml-canary")
+        for c in of_kind(render_values({}, namespace=ns), "ConfigMap")
+        if c["metadata"]["name"].endswith("-dashboard")
+        for key in c["data"]
+    }
+    assert len(keys) == 2
     assert ml["title"] == "Frameworm (ml/fw-frameworm)"
     assert other["title"] == "Frameworm (ml-canary/fw-frameworm)"
     assert _dashboard(render_values({}, namespace="ml"))["uid"] == ml["uid"]  # stable

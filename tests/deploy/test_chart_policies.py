@@ -268,6 +268,23 @@ def test_the_analysis_aborts_on_one_percent_errors_or_half_a_second_p99() -> Non
     assert monitor["spec"]["podTargetLabels"] == ["rollouts-pod-template-hash"]
 
 
+def test_steps_that_set_their_own_canary_scale_are_left_as_given() -> None:
+    """The chart's reset went in after the user's own {replicas: 3} and cancelled it."""
+    overrides = values("rollout")
+    own = [
+        {"setWeight": 5},
+        {"pause": {}},
+        {"setCanaryScale": {"replicas": 3}},
+        {"setWeight": 25},
+        {"pause": {}},
+        {"setWeight": 100},
+    ]
+    overrides["rollout"]["steps"] = own
+    rollout = one(render_values(overrides), "Rollout")
+    steps = rollout["spec"]["strategy"]["canary"]["steps"]
+    assert steps == [{"setCanaryScale": {"replicas": 1}}, *own]
+
+
 def test_steps_are_rendered_as_given_without_an_explicit_canary_scale() -> None:
     overrides = values("rollout")
     overrides["rollout"]["setCanaryScale"] = {"matchTrafficWeight": True}
@@ -293,10 +310,13 @@ def test_steps_are_rendered_as_given_without_an_explicit_canary_scale() -> None:
         {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
     ],
 )
-def test_monitoring_without_the_app_s_metrics_is_refused(monitoring: dict[str, object]) -> None:
+@pytest.mark.parametrize("off", [False, 0, "0", "False", "off", "no"])  # as the app reads them
+def test_monitoring_without_the_app_s_metrics_is_refused(
+    monitoring: dict[str, object], off: object
+) -> None:
     """Every scrape of a /metrics the app does not serve fails: TargetDown and Absent fire for
     good (and with a rollout, every canary measurement is Inconclusive)."""
-    overrides: dict[str, Any] = {"settings": {"metricsEnabled": False}, "monitoring": monitoring}
+    overrides: dict[str, Any] = {"settings": {"metricsEnabled": off}, "monitoring": monitoring}
     if monitoring.get("prometheusRule") is not None:
         overrides = values("rollout") | overrides  # the analysis reads them
     with pytest.raises(helm.HelmError, match="metricsEnabled"):
@@ -344,7 +364,9 @@ def test_the_dashboard_configmap_carries_the_sidecar_label_and_valid_json() -> N
         c for c in of_kind(manifests, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")
     )
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    model = json.loads(dashboard["data"]["frameworm.json"])
+    ((key, text),) = dashboard["data"].items()
+    assert key.startswith("frameworm-") and key.endswith(".json")
+    model = json.loads(text)
     assert model["templating"]["list"][0]["type"] == "datasource"
     exprs = " ".join(t["expr"] for p in model["panels"] for t in p["targets"])
     for metric in (

@@ -252,7 +252,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
      target-down and absent alerts fire for good, and every canary measurement is Inconclusive. */}}
 {{- define "frameworm.checkMetricsServed" -}}
 {{- $m := .Values.monitoring }}
-{{- if and (eq (toString .Values.settings.metricsEnabled) "false") (or $m.serviceMonitor.enabled $m.prometheusRule.enabled .Values.rollout.enabled) }}
+{{- /* Every spelling of false the app reads (pydantic's: 0, off, f, false, n, no, any case). */}}
+{{- $off := has (lower (toString .Values.settings.metricsEnabled)) (list "0" "off" "f" "false" "n" "no") }}
+{{- if and $off (or $m.serviceMonitor.enabled $m.prometheusRule.enabled .Values.rollout.enabled) }}
 {{- fail "settings.metricsEnabled=false serves no /metrics, which monitoring.serviceMonitor, monitoring.prometheusRule and rollout.enabled (its analysis) all read: turn those off too, or keep metrics on" }}
 {{- end }}
 {{- end }}
