@@ -35,53 +35,13 @@ def http_scope() -> dict[str, Any]:
     }
 
 
-def spans_of(monkeypatch: pytest.MonkeyPatch, scope: dict[str, Any]) -> list[Any]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "current_provider", lambda: provider)
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        pass
-
-    sampling = tracing.TraceSampling(app, ratio=1.0, excluded=tracing.TRACE_EXCLUDED_PATHS)
-    asyncio.run(sampling(scope, receive, send))
-    spans = list(exporter.get_finished_spans())
-    provider.shutdown()
-    return spans
-
-
-@pytest.mark.parametrize(
-    ("path", "host"),
-    [("/v2/models/cnn-digits", b"127.0.0.1/readyz"), ("/v2/models/readyz", b"testserver")],
-)
-def test_a_traced_request_gets_its_span_whatever_its_host_or_model_name(
-    monkeypatch: pytest.MonkeyPatch, path: str, host: bytes
-) -> None:
-    """OpenTelemetry's own exclusions (regexes searched over scheme://Host/path) dropped the span
-    of a request TraceSampling had traced: a sampled caller's trace was lost."""
-    scope = {**http_scope(), "path": path, "raw_path": path.encode(), "headers": [(b"host", host)]}
-    assert len(spans_of(monkeypatch, scope)) == 1
-
-
-def test_probes_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
-    scope = {**http_scope(), "path": "/readyz", "raw_path": b"/readyz"}
-    assert spans_of(monkeypatch, scope) == []
-
-
-# The attributes the instrumentation sets follow OTEL_SEMCONV_STABILITY_OPT_IN: the old
-# `http.url`/`http.target` by default, both those and the new `url.*` with `http/dup`.
-@pytest.mark.parametrize("mode", [_StabilityMode.DEFAULT, _StabilityMode.HTTP_DUP])
-def test_spans_carry_no_query_string_and_the_app_still_gets_it(
-    monkeypatch: pytest.MonkeyPatch, mode: _StabilityMode
-) -> None:
+def run_traced(
+    monkeypatch: pytest.MonkeyPatch,
+    scope: dict[str, Any],
+    mode: _StabilityMode = _StabilityMode.DEFAULT,
+) -> tuple[list[Any], list[bytes]]:
+    """Send `scope` through TraceSampling at ratio 1: the spans exported, and the query strings
+    the app was given."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -99,12 +59,44 @@ def test_spans_carry_no_query_string_and_the_app_still_gets_it(
     async def send(message: Message) -> None:
         pass
 
-    sampling = tracing.TraceSampling(app, ratio=1.0, excluded=frozenset())
+    sampling = tracing.TraceSampling(app, ratio=1.0, excluded=tracing.TRACE_EXCLUDED_PATHS)
     sampling.traced._sem_conv_opt_in_mode = mode  # read from the environment once a process
-    asyncio.run(sampling(http_scope(), receive, send))
+    asyncio.run(sampling(scope, receive, send))
+    spans = list(exporter.get_finished_spans())
+    provider.shutdown()
+    return spans, seen
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [("/v2/models/cnn-digits", b"127.0.0.1/readyz"), ("/v2/models/readyz", b"testserver")],
+)
+def test_a_traced_request_gets_its_span_whatever_its_host_or_model_name(
+    monkeypatch: pytest.MonkeyPatch, path: str, host: bytes
+) -> None:
+    """OpenTelemetry's own exclusions (regexes searched over scheme://Host/path) dropped the span
+    of a request TraceSampling had traced: a sampled caller's trace was lost."""
+    scope = {**http_scope(), "path": path, "raw_path": path.encode(), "headers": [(b"host", host)]}
+    spans, _ = run_traced(monkeypatch, scope)
+    assert len(spans) == 1
+
+
+def test_probes_are_not_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    scope = {**http_scope(), "path": "/readyz", "raw_path": b"/readyz"}
+    spans, _ = run_traced(monkeypatch, scope)
+    assert spans == []
+
+
+# The attributes the instrumentation sets follow OTEL_SEMCONV_STABILITY_OPT_IN: the old
+# `http.url`/`http.target` by default, both those and the new `url.*` with `http/dup`.
+@pytest.mark.parametrize("mode", [_StabilityMode.DEFAULT, _StabilityMode.HTTP_DUP])
+def test_spans_carry_no_query_string_and_the_app_still_gets_it(
+    monkeypatch: pytest.MonkeyPatch, mode: _StabilityMode
+) -> None:
+    spans, seen = run_traced(monkeypatch, http_scope(), mode)
 
     assert seen == [QUERY]
-    (span,) = exporter.get_finished_spans()
+    (span,) = spans
     attributes = dict(span.attributes or {})
     assert not any("s3cr3t" in str(value) for value in attributes.values()), attributes
     if mode is _StabilityMode.DEFAULT:
@@ -113,4 +105,3 @@ def test_spans_carry_no_query_string_and_the_app_still_gets_it(
     else:
         assert attributes["url.path"] == "/v2/models/cnn-digits"
         assert attributes["url.query"] == "REDACTED"
-    provider.shutdown()
