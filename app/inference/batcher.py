@@ -135,6 +135,11 @@ class DynamicBatcher:
         if per_batch == 0:  # no live batch timed yet: start from the warm-up's measurement
             runner = self._runner()
             per_batch = runner.batch_seconds if runner is not None else 0.0
+        if self.running_since is not None:
+            # A pass that has already outrun the estimate proves it stale (the machine turned
+            # slower than the batches timed so far): plan with what it has taken, per batch.
+            share = min(1.0, self.max_batch_size / self.in_flight_items)
+            per_batch = max(per_batch, (time.monotonic() - self.running_since) * share)
         return (batches_ahead + 1) * per_batch
 
     async def submit(

@@ -22,7 +22,10 @@ from models.registry import ModelRegistry
 from tests.support.models import MODEL, register_slow
 from tests.support.process import INFER_BODY, Load, Outcome, metric, running
 
-DEADLINE_S = 0.2
+# Several forward passes: about nine here, two or three on a CI machine seen 3.5 times slower.
+# At 0.2 s a pass on that machine took the whole deadline, and a request admitted to an idle
+# server missed it as often as not.
+DEADLINE_S = 0.5
 CLIENTS = 32
 LOAD_S = 3.0
 SERVER_SLACK_S = 1.0  # event-loop lag on a busy 2-core machine (one CI run saw 0.503 s)
@@ -31,7 +34,7 @@ CLIENT_SLACK_S = 5.0  # 32 clients on one event loop, sharing the cores with the
 
 @pytest.fixture(scope="module")
 def slow_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A version whose every batch costs a 1000 x 1000 matrix product (~0.1 s), in production."""
+    """A version whose every batch costs a 1000 x 1000 matrix product (0.05 to 0.2 s), promoted."""
     work = tmp_path_factory.mktemp("overload-registry")
     registry = ModelRegistry(work / "registry")
     register_slow(registry, "1.0.0", work, seed=0, size=1000)
@@ -122,10 +125,11 @@ def test_under_overload_admitted_requests_are_served_rather_than_timed_out(
     overload: Overload,
 ) -> None:
     """Without admission control nearly every request would wait out its deadline in the queue
-    (32 clients, about 10 forward passes a second, 0.2 s deadlines). The bound leaves room for
-    a machine that turns busy mid-run: admission judges by the batch times seen so far."""
+    (32 clients, five to twenty forward passes a second, 0.5 s deadlines). The bound leaves
+    room for a machine that turns busy mid-run: admission judges by the batch times seen so far."""
     admitted = len(overload.with_status(200)) + len(overload.with_status(504))
-    assert len(overload.with_status(504)) <= 0.25 * admitted
+    counts = {s: len(overload.with_status(s)) for s in (200, 503, 504)}
+    assert len(overload.with_status(504)) <= 0.25 * admitted, counts
 
 
 BUSY = 20

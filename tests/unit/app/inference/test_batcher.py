@@ -287,6 +287,51 @@ def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() 
     assert problem.headers["retry-after"] == "4"
 
 
+def test_admission_plans_with_a_running_pass_that_outran_the_estimate() -> None:
+    """The warm-up said 10 ms a batch; the machine then turned slower. While a pass runs past
+    that, it is the better estimate: a request that would wait behind it is refused at once
+    rather than admitted to miss its deadline in the queue."""
+    runner = FakeRunner(gate=asyncio.Event(), batch_seconds=0.01)
+
+    async def main() -> Problem:
+        batcher = make_batcher(runner)
+        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
+        await runner.started.wait()
+        await asyncio.sleep(0.3)  # running 0.3 s: this pass and the next take >= 0.6 s
+        try:
+            with pytest.raises(Problem) as caught:
+                await batcher.submit(items(2.0), 1, later(0.5))
+        finally:
+            assert runner.gate is not None
+            runner.gate.set()
+        await in_flight
+        await batcher.close(1)
+        return caught.value
+
+    problem = run(main)
+    assert (problem.code, problem.status) == ("overloaded", 503)
+    assert runner.batch_sizes == [1]
+
+
+def test_a_running_pass_larger_than_a_batch_counts_as_its_share_of_the_estimate() -> None:
+    runner = FakeRunner(gate=asyncio.Event(), batch_seconds=0.01)
+
+    async def main() -> float:
+        batcher = make_batcher(runner, max_batch_size=4)
+        large = asyncio.create_task(batcher.submit([np.zeros((12, 1), np.float32)], 12, later()))
+        await runner.started.wait()
+        await asyncio.sleep(0.3)  # three batches' worth: about 0.1 s each
+        wait = batcher.expected_wait_s()
+        assert runner.gate is not None
+        runner.gate.set()
+        await large
+        await batcher.close(1)
+        return wait
+
+    # The pass in flight, then the request's own: two batches of about 0.1 s, not of 0.3 s.
+    assert 0.2 <= run(main) < 0.5  # slack for a late wake-up; 0.6 were it not shared
+
+
 def test_admission_answers_a_client_chosen_deadline_it_cannot_meet_504_not_503() -> None:
     """A v2 `timeout` shorter than the server's is the client's choice, not an overload: 504,
     as when it passes in the queue, which the v2 route counts under client_deadline (left out
