@@ -26,7 +26,9 @@ from starlette.types import Message, Receive, Send
 from app.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.cache import ResultCache
+from app.inference.daemon_thread import on_daemon_thread
 from app.inference.host import ModelHost
+from app.inference.pending import cancelling
 from app.inference.rollout import StageFollower
 from app.inference.service import build_cache
 from app.production import GracefulShutdown
@@ -51,6 +53,7 @@ class Lifecycle:
     host: ModelHost | None = None
     # Called at the shutdown deadline with the batcher's close: each answers what it holds.
     at_shutdown_deadline: list[Callable[[], Awaitable[int]]] = field(default_factory=list)
+    releasing: asyncio.Task[None] | None = None  # the lifespan's shutdown, once it has begun
 
     @property
     def ever_ready(self) -> bool:
@@ -67,6 +70,15 @@ class Lifecycle:
         for other in self.joined:
             other.begin()
         return self.shutdown.begin()
+
+    def skip_release(self) -> None:
+        """A second signal during the lifespan's shutdown: what is left of it is abandoned.
+
+        Before it, uvicorn skips that shutdown itself; once it has begun, uvicorn awaits it to
+        the end (up to 5 s for a forward pass, as long again for each hook).
+        """
+        if self.releasing is not None:
+            self.releasing.cancel()
 
     async def shed_stragglers(self) -> tuple[int, int]:
         """The app-side shutdown deadline: answer everything still waiting with 503 now.
@@ -161,8 +173,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if flushing is not None:
             flushing.cancel()
         if not forced:
+            lifecycle.releasing = asyncio.create_task(
+                _release(lifecycle, batcher, cache, follower, host, gpu), name="frameworm-release"
+            )
             try:
-                await _release(lifecycle, batcher, cache, follower, host, gpu)
+                await lifecycle.releasing
+            except asyncio.CancelledError:
+                if cancelling():  # this task's own cancellation, not a second signal's
+                    raise
+                log.warning("forced exit: the rest of the drain's hooks and model release skipped")
             finally:
                 if metrics is not None:  # the last counts (with workers, into the shared files)
                     metrics.flush()
@@ -197,11 +216,13 @@ async def _release(
     if cache is not None:
         await cache.close()
     # 4. The model goes last: nothing can reach it any more.
+    # On daemon threads: a second signal abandons them, where `asyncio.run` would join the
+    # default executor's threads (the model's release waits up to 5 s for a forward pass).
     if follower is not None:
-        await asyncio.to_thread(follower.close)
-    await asyncio.to_thread(host.close)
+        await on_daemon_thread(follower.close, name="frameworm-release")
+    await on_daemon_thread(host.close, name="frameworm-release")
     if gpu is not None:
-        await asyncio.to_thread(gpu.stop)
+        await on_daemon_thread(gpu.stop, name="frameworm-release")
 
 
 def quiet_forced_exit(receive: Receive, send: Send) -> tuple[Receive, Send]:

@@ -105,6 +105,7 @@ class DrainingServer(uvicorn.Server):
             listener.close()
         shedding = self._shedding or self._start_shedding()
         shedding.add_done_callback(lambda _: self._exit_now())
+        self.lifecycle.skip_release()
 
     def _exit_now(self) -> None:
         self.should_exit = self.force_exit = True
