@@ -34,9 +34,12 @@ class SecretFiles(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
+        # In any case, as the settings read their names: `frameworm_metrics_token_file` was
+        # taken for a known setting, never read, and left /metrics open.
+        environ = {key.upper(): value for key, value in os.environ.items()}
         for field in SECRET_FIELDS:
             name = f"FRAMEWORM_{field.upper()}_FILE"
-            path = os.environ.get(name) or self.dotenv_vars.get(name.lower())
+            path = os.environ.get(name) or environ.get(name) or self.dotenv_vars.get(name.lower())
             if path:
                 try:
                     values[field] = Path(path).read_text(encoding="utf-8").strip()

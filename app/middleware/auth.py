@@ -16,6 +16,7 @@ import itertools
 import logging
 import operator
 import re
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -56,7 +57,7 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        tokens = _tokens(scope)
+        tokens = _tokens(scope, self.auth.is_bootstrap)
         if len(tokens) > 1:  # two different keys: which one speaks for the client? Neither.
             await self._refuse(scope, send, AuthFailure("ambiguous"), None)
             return
@@ -97,11 +98,12 @@ class APIKeyMiddleware:
         )
 
 
-def _tokens(scope: Scope) -> list[str]:
+def _tokens(scope: Scope, is_bootstrap: Callable[[str], bool]) -> list[str]:
     """The distinct keys the request presents: X-API-Key headers, and a bearer credential
     unless an X-API-Key is there and the bearer is no key of ours (a gateway's own JWT, which
-    Cloud Run IAM, oauth2-proxy or a mesh pass on). More than one is refused, not resolved: a
-    gateway in front that picked another one would check one key and meter it as another."""
+    Cloud Run IAM, oauth2-proxy or a mesh pass on; the bootstrap key, shaped as it pleases,
+    is ours). More than one is refused, not resolved: a gateway in front that picked another
+    one would check one key and meter it as another."""
     keys: dict[str, None] = {}  # distinct, in order (a list made thousands of lines quadratic)
     bearers: dict[str, None] = {}  # every Authorization line: a gateway may read the first, or any
     headers = scope["headers"]
@@ -119,7 +121,7 @@ def _tokens(scope: Scope) -> list[str]:
             bearers[bearer] = None
     has_api_key = bool(keys)
     for bearer in bearers:
-        if not has_api_key or _KEY_ID.match(bearer):
+        if not has_api_key or _KEY_ID.match(bearer) or is_bootstrap(bearer):
             keys[bearer] = None
             if len(keys) > 1:
                 break

@@ -287,14 +287,18 @@ class APIKeyAuth:
             logger.error("key store lookup failed (%s)", type(exc).__name__)
             raise KeyStoreUnavailableError("the API key store is unavailable") from exc
 
+    def is_bootstrap(self, token: str) -> bool:
+        """Whether `token` is the configured bootstrap key (compared in constant time)."""
+        return self._bootstrap is not None and hmac.compare_digest(
+            token.encode("utf-8", "replace"), self._bootstrap
+        )
+
     def _parse(self, token: object) -> tuple[str, str] | Principal | AuthFailure:
         if not isinstance(token, str) or not token.strip():
             return AuthFailure("missing")
         if len(token) > _MAX_TOKEN:
             return AuthFailure("malformed")
-        if self._bootstrap is not None and hmac.compare_digest(
-            token.encode("utf-8", "replace"), self._bootstrap
-        ):
+        if self.is_bootstrap(token):
             return Principal("bootstrap", BOOTSTRAP_OWNER, ("infer", "admin"))
         match = _KEY.fullmatch(token)
         if match is None:

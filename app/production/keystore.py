@@ -92,7 +92,8 @@ class HashedFileKeyStore:
                 return self._records
             self._checked = now
             signature = self._file_signature()
-            if signature in (self._signature, self._unreadable) and not force:
+            unreadable = self._unreadable is not None and signature == self._unreadable
+            if (signature == self._signature or unreadable) and not force:
                 return self._records  # unchanged, or the same unreadable file: said already
             try:
                 text = self.path.read_text(encoding="utf-8") if signature else None

@@ -15,6 +15,7 @@ from tests.integration.app.apps import AppClient, app_settings, running_app
 
 PEPPER = "p" * 40
 METRICS_TOKEN = "metrics-token-0123456789"
+BOOTSTRAP = "bootstrap-key-shaped-as-it-pleases-0123"
 
 
 def guarded_settings(registry: Path, keys_dir: Path, **overrides: Any) -> Settings:
@@ -26,6 +27,7 @@ def guarded_settings(registry: Path, keys_dir: Path, **overrides: Any) -> Settin
         api_keys_file=keys_dir / "api-keys.json",
         api_key_pepper=PEPPER,
         metrics_token=METRICS_TOKEN,
+        bootstrap_api_key=BOOTSTRAP,
         **overrides,
     )
 
@@ -64,6 +66,9 @@ def test_an_empty_x_api_key_does_not_hide_a_valid_bearer_token(
         [("x-api-key", "{key}"), ("authorization", "Bearer k8s_0123456789abcdef_secret")],
         # was served: the last Authorization line won (a gateway may check the first)
         [("authorization", "Bearer fw_0123456789abcdef_secret"), ("authorization", "Bearer {key}")],
+        # was served as alice: the bootstrap key is not shaped as the issued keys are
+        [("x-api-key", "{key}"), ("authorization", "Bearer {bootstrap}")],
+        [("x-api-key", "{bootstrap}"), ("authorization", "Bearer {key}")],
     ],
 )
 def test_two_different_keys_in_one_request_are_refused(
@@ -72,7 +77,7 @@ def test_two_different_keys_in_one_request_are_refused(
     """Which one speaks for the client? A gateway in front that picked another one than the
     server would check one key and meter or log the request as another's."""
     client, key = guarded
-    headers = [(name, value.format(key=key)) for name, value in presented]
+    headers = [(name, value.format(key=key, bootstrap=BOOTSTRAP)) for name, value in presented]
     response = client.post("/infer", json=GENERATE, headers=headers)
     assert response.status_code == 401
     text = client.get("/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}).text
@@ -189,5 +194,5 @@ def test_thousands_of_credential_lines_are_read_no_further_than_the_second_key(
     lines = [
         (header.encode(), value.format(f"fw_{i:016x}_{'s' * 32}").encode()) for i in range(4000)
     ]
-    tokens = auth_middleware._tokens({"headers": lines})
+    tokens = auth_middleware._tokens({"headers": lines}, lambda token: False)
     assert tokens == [f"fw_{i:016x}_{'s' * 32}" for i in range(2)]

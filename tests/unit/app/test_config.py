@@ -89,13 +89,18 @@ def test_the_refusal_never_shows_the_pepper() -> None:
     assert "sekrit-pepper" not in str(caught.value)
 
 
+# In any case, as the settings read names: a lower-case _FILE passed for a known setting (no
+# warning) and was never read, leaving /metrics open when it was the metrics token's.
+@pytest.mark.parametrize(
+    "variable", ["FRAMEWORM_API_KEY_PEPPER_FILE", "frameworm_api_key_pepper_file"]
+)
 def test_a_secret_is_read_from_its_file_and_stripped(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
 ) -> None:
     secret = tmp_path / "pepper"
     secret.write_text("f" * 40 + "\n", encoding="utf-8")
     monkeypatch.setenv("FRAMEWORM_ENV", "production")
-    monkeypatch.setenv("FRAMEWORM_API_KEY_PEPPER_FILE", str(secret))
+    monkeypatch.setenv(variable, str(secret))
     settings = Settings()
     assert settings.api_key_pepper is not None
     assert settings.api_key_pepper.get_secret_value() == "f" * 40

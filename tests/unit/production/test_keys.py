@@ -353,6 +353,19 @@ def test_a_reader_sees_another_writers_changes_after_its_refresh_interval(
     assert reader.verify_key(key) is True
 
 
+@pytest.mark.parametrize("kind", [HashedFileKeyStore, FileKeyStore])
+def test_a_deleted_key_file_takes_its_keys_away(
+    auth: APIKeyAuth, store: FileKeyStore, kind: type[HashedFileKeyStore]
+) -> None:
+    """Only a missing file means no keys: a deleted one was taken for "the same unreadable
+    file" (both signatures None), and a running server kept every key it had read."""
+    key = auth.create_key("alice")
+    reader = APIKeyAuth(store=kind(store.path, refresh_s=0), pepper=PEPPER)
+    assert reader.verify_key(key)
+    store.path.unlink()
+    assert not reader.verify_key(key)
+
+
 def test_a_key_file_that_cannot_be_looked_at_keeps_the_last_good_keys(
     auth: APIKeyAuth, store: FileKeyStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -38,6 +38,10 @@ def test_an_address_is_parsed_once_while_it_keeps_coming() -> None:
     assert failure_bucket.cache_info().misses == 1
 
 
+def no_bootstrap(token: str) -> bool:
+    return False
+
+
 @pytest.mark.parametrize(
     ("headers", "token"),
     [
@@ -50,7 +54,7 @@ def test_an_address_is_parsed_once_while_it_keeps_coming() -> None:
 def test_whitespace_around_a_key_is_not_part_of_it(
     headers: list[tuple[bytes, bytes]], token: str
 ) -> None:
-    assert _tokens({"headers": headers}) == [token]
+    assert _tokens({"headers": headers}, no_bootstrap) == [token]
 
 
 OTHER_LINES = [(b"host", b"example"), (b"x-api-keys", b"fw_no"), (b"authorizations", b"fw_no")]
@@ -69,7 +73,7 @@ OTHER_LINES = [(b"host", b"example"), (b"x-api-keys", b"fw_no"), (b"authorizatio
 def test_only_the_key_lines_are_read_among_the_others_in_order(
     headers: list[tuple[bytes, bytes]], tokens: list[str]
 ) -> None:
-    assert _tokens({"headers": headers}) == tokens
+    assert _tokens({"headers": headers}, no_bootstrap) == tokens
 
 
 def test_without_auth_the_rate_limit_counts_an_ipv6_64_as_one_client() -> None:
