@@ -41,6 +41,7 @@ from app.inference.pending import (
     abandoned,
     cancelling,
     fail,
+    late,
     model_failed,
     shutting_down,
 )
@@ -126,21 +127,24 @@ class DynamicBatcher:
         """A recent bad-case forward time of one batch; 0 before the first batch."""
         return max(self._recent_batches, default=0.0)
 
-    def expected_wait_s(self) -> float:
-        """Time until a request queued now has its answer: the batches ahead, then its own."""
-        batches_ahead = math.ceil(self._queued_items / self.max_batch_size) + (
-            1 if self.in_flight_items else 0
+    def expected_wait_s(self, items: int = 1) -> float:
+        """Time until a request of `items` queued now has its answer: the batches ahead (the
+        running pass's and the queue's), then its own; a request larger than a batch counts as
+        the batches it holds."""
+        batches = math.ceil(self._queued_items / self.max_batch_size) + math.ceil(
+            items / self.max_batch_size
         )
         per_batch = self.batch_seconds
         if per_batch == 0:  # no live batch timed yet: start from the warm-up's measurement
             runner = self._runner()
             per_batch = runner.batch_seconds if runner is not None else 0.0
         if self.running_since is not None:
+            running = math.ceil(self.in_flight_items / self.max_batch_size)
+            batches += running
             # A pass that has already outrun the estimate proves it stale (the machine turned
             # slower than the batches timed so far): plan with what it has taken, per batch.
-            share = min(1.0, self.max_batch_size / self.in_flight_items)
-            per_batch = max(per_batch, (time.monotonic() - self.running_since) * share)
-        return (batches_ahead + 1) * per_batch
+            per_batch = max(per_batch, (time.monotonic() - self.running_since) / running)
+        return batches * per_batch
 
     async def submit(
         self,
@@ -176,7 +180,7 @@ class DynamicBatcher:
             raise Problem(
                 "overloaded", "the queue is full", headers=retry_after(self.expected_wait_s())
             )
-        self._admit(now, deadline, client_deadline)
+        self._admit(now, items, deadline, client_deadline)
         future: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
         pending = Pending(arrays, items, deadline, future, now, client_deadline, request_id)
         if self._tracer is not None and traced:
@@ -211,10 +215,10 @@ class DynamicBatcher:
                 pending.arrays = []  # its entry waits in the deque: keep it small
                 self._observer.queued(self._queued_items)
 
-    def _admit(self, now: float, deadline: float, client_deadline: bool) -> None:
+    def _admit(self, now: float, items: int, deadline: float, client_deadline: bool) -> None:
         """Admission control: refuses at once a request that the expected wait would make miss
         its deadline, when there is something to wait behind."""
-        wait = self.expected_wait_s()
+        wait = self.expected_wait_s(items)
         # Headroom: batch times vary, and decoding and answering cost time outside the model.
         busy = self._queued_items > 0 or self.in_flight_items > 0
         if busy and now + wait * ADMISSION_HEADROOM > deadline:
@@ -273,7 +277,8 @@ class DynamicBatcher:
             return  # idle: dispatch at once
         fill_deadline = self._queue[0].enqueued + self.max_delay_s
         while (
-            self._queued_items < self.max_batch_size
+            not self._closing
+            and self._queued_items < self.max_batch_size
             and (left := fill_deadline - time.monotonic()) > 0
         ):
             self._wakeup.clear()
@@ -328,6 +333,9 @@ class DynamicBatcher:
             self._observe(runner, batch, items, start, retried)
             if len(batch) > 1:
                 log.warning("batch of %d items failed (%s)", items, type(exc).__name__)
+                # The halves run only the requests still waiting: those already answered 504
+                # count against the version here, as when the pass succeeds late.
+                self._report_outcomes(runner, [(p, False) for p in batch if late(p)])
                 await self._run_halves(batch)
                 return
             for pending in batch:  # one request: logged under its own request id
@@ -349,12 +357,7 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result(Served(part, version))
                 outcomes.append((pending, True))
-            elif not (
-                pending.future.cancelled() or abandoned(pending.future) or pending.client_deadline
-            ):
-                # Answered 504 while its batch ran: late, which rollout health counts against
-                # the version. One whose client went away says nothing about it, nor does one
-                # that missed a deadline shorter than the server's.
+            elif late(pending):
                 outcomes.append((pending, False))
         self._report_outcomes(runner, outcomes)
 

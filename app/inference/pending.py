@@ -55,6 +55,16 @@ def abandoned(future: asyncio.Future[Served]) -> bool:
     return isinstance(problem, Problem) and problem.code == "client-closed-request"
 
 
+def late(pending: Pending) -> bool:
+    """Answered 504 while its batch ran: late, which rollout health counts against the
+    version. One whose client went away says nothing about it, nor does one that missed a
+    deadline shorter than the server's."""
+    future = pending.future
+    return future.done() and not (
+        future.cancelled() or abandoned(future) or pending.client_deadline
+    )
+
+
 def fail(pending: Pending, problem: Problem) -> None:
     if not pending.future.done():
         pending.future.set_exception(problem)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,73 +15,14 @@ from app.errors import Problem
 from app.inference.batcher import DynamicBatcher
 from app.inference.observer import NoObserver
 from app.inference.pending import Served
-from app.inference.runner import ModelRunner
-
-T = TypeVar("T")
-
-
-@dataclass
-class FakeManifest:
-    name: str = "fake"
-    version: str = "9.9.9"
-
-
-@dataclass
-class FakeRunner:
-    """Doubles every value; records each batch; can be held on a gate or made to fail."""
-
-    manifest: FakeManifest = field(default_factory=FakeManifest)
-    batches: list[list[np.ndarray]] = field(default_factory=list)
-    gate: asyncio.Event | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    failures: int = 0
-    poison: float = math.inf  # a value at or past it fails the batch holding it
-    delay_s: float = 0.0  # of each forward pass
-    batch_seconds: float = 0.0  # as if there had been no warm-up
-
-    async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        self.batches.append(arrays)
-        self.started.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        await asyncio.sleep(self.delay_s)
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("the model broke")
-        if any((a >= self.poison).any() for a in arrays):
-            raise RuntimeError("an input the model asserts against")
-        return [a * 2 for a in arrays]
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        return [len(b[0]) for b in self.batches]
-
-
-def make_batcher(runner: FakeRunner | None, **options: Any) -> DynamicBatcher:
-    settings: dict[str, Any] = {"max_batch_size": 4, "max_delay_s": 0.0, "max_queue_items": 64}
-    settings.update(options)
-    batcher = DynamicBatcher(lambda: cast(ModelRunner | None, runner), **settings)
-    batcher.start()
-    return batcher
-
-
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(main(), 10)
-
-    return asyncio.run(bounded())
-
-
-def items(*values: float) -> list[np.ndarray]:
-    return [np.array([[v] for v in values], dtype=np.float32)]
-
-
-def later(seconds: float = 5.0) -> float:
-    return time.monotonic() + seconds
-
-
-def is_problem(code: str) -> Callable[[BaseException], bool]:
-    return lambda e: isinstance(e, Problem) and e.code == code
+from tests.unit.app.inference.batcher_support import (
+    FakeRunner,
+    is_problem,
+    items,
+    later,
+    make_batcher,
+    run,
+)
 
 
 def test_an_idle_batcher_dispatches_a_lone_request_at_once() -> None:
@@ -260,133 +200,6 @@ def test_requests_given_up_in_the_queue_stop_counting_against_it_at_once() -> No
     assert 7.0 not in seen and 8.0 not in seen
 
 
-def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() -> None:
-    runner = FakeRunner(gate=asyncio.Event())
-
-    async def main() -> Problem:
-        batcher = make_batcher(runner)
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
-        await runner.started.wait()
-        runner.batch_seconds = 2.0  # the warm-up says a batch takes ~2 s; none has finished yet
-        try:
-            with pytest.raises(Problem) as caught:
-                await batcher.submit(items(2.0), 1, later(0.5))
-            served = asyncio.create_task(batcher.submit(items(3.0), 1, later(6.0)))
-            await asyncio.sleep(0)
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await asyncio.gather(in_flight, served)  # a request with time to wait is admitted
-        await batcher.close(1)
-        return caught.value
-
-    problem = run(main)
-    assert (problem.code, problem.status) == ("overloaded", 503)
-    assert "expected wait" in problem.detail
-    # The batch in flight, then its own: about 4 s until it could be answered.
-    assert problem.headers["retry-after"] == "4"
-
-
-def test_admission_plans_with_a_running_pass_that_outran_the_estimate() -> None:
-    """The warm-up said 10 ms a batch; the machine then turned slower. While a pass runs past
-    that, it is the better estimate: a request that would wait behind it is refused at once
-    rather than admitted to miss its deadline in the queue."""
-    runner = FakeRunner(gate=asyncio.Event(), batch_seconds=0.01)
-
-    async def main() -> Problem:
-        batcher = make_batcher(runner)
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
-        await runner.started.wait()
-        await asyncio.sleep(0.3)  # running 0.3 s: this pass and the next take >= 0.6 s
-        try:
-            with pytest.raises(Problem) as caught:
-                await batcher.submit(items(2.0), 1, later(0.5))
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await in_flight
-        await batcher.close(1)
-        return caught.value
-
-    problem = run(main)
-    assert (problem.code, problem.status) == ("overloaded", 503)
-    assert runner.batch_sizes == [1]
-
-
-def test_a_running_pass_larger_than_a_batch_counts_as_its_share_of_the_estimate() -> None:
-    runner = FakeRunner(gate=asyncio.Event(), batch_seconds=0.01)
-
-    async def main() -> float:
-        batcher = make_batcher(runner, max_batch_size=4)
-        large = asyncio.create_task(batcher.submit([np.zeros((12, 1), np.float32)], 12, later()))
-        await runner.started.wait()
-        await asyncio.sleep(0.3)  # three batches' worth: about 0.1 s each
-        wait = batcher.expected_wait_s()
-        assert runner.gate is not None
-        runner.gate.set()
-        await large
-        await batcher.close(1)
-        return wait
-
-    # The pass in flight, then the request's own: two batches of about 0.1 s, not of 0.3 s.
-    assert 0.2 <= run(main) < 0.5  # slack for a late wake-up; 0.6 were it not shared
-
-
-def test_admission_answers_a_client_chosen_deadline_it_cannot_meet_504_not_503() -> None:
-    """A v2 `timeout` shorter than the server's is the client's choice, not an overload: 504,
-    as when it passes in the queue, which the v2 route counts under client_deadline (left out
-    of the error-rate alert). A 503 would count as a server fault."""
-    runner = FakeRunner(gate=asyncio.Event())
-    shed: list[str] = []
-
-    class Observer(NoObserver):
-        def shed(self, reason: str) -> None:
-            shed.append(reason)
-
-    async def main() -> list[Problem]:
-        batcher = make_batcher(runner, observer=Observer())
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
-        await runner.started.wait()
-        runner.batch_seconds = 2.0  # about 4 s until a request queued now is answered
-        caught = []
-        try:
-            for client_deadline in (True, False):
-                with pytest.raises(Problem) as problem:
-                    await batcher.submit(items(2.0), 1, later(0.5), client_deadline=client_deadline)
-                caught.append(problem.value)
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await in_flight
-        await batcher.close(1)
-        return caught
-
-    client, server = run(main)
-    assert (client.code, client.status) == ("deadline-exceeded", 504)
-    assert "retry-after" not in client.headers  # the same timeout would miss again
-    assert (server.code, server.status) == ("overloaded", 503)  # a server-chosen deadline
-    assert shed == ["deadline", "admission"]
-    assert runner.batch_sizes == [1]  # neither reached the model
-
-
-def test_an_idle_server_admits_a_request_however_slow_its_last_batches_were() -> None:
-    # One slow batch must not lock a short deadline out for good: with nothing queued or
-    # running there is nothing to wait behind, and only a batch that runs refreshes the timing.
-    runner = FakeRunner()
-
-    async def main() -> list[Served]:
-        batcher = make_batcher(runner)
-        runner.batch_seconds = 2.0  # a slow warm-up, and no live batch timed yet
-        first = await batcher.submit(items(1.0), 1, later(0.5))
-        batcher._recent_batches.append(2.0)  # a stall: the slowest recent batch took 2 s
-        second = await batcher.submit(items(2.0), 1, later(0.5))
-        await batcher.close(1)
-        return [first, second]
-
-    served = run(main)
-    assert [float(s.outputs[0][0, 0]) for s in served] == [2.0, 4.0]
-
-
 def test_a_request_with_more_items_than_the_queue_holds_is_413_not_a_retry() -> None:
     runner = FakeRunner()
 
@@ -425,6 +238,27 @@ def test_rollout_health_hears_a_request_answered_504_during_its_batch_as_failed(
 
     run(main)
     assert heard == [("9.9.9", False), ("9.9.9", True)]
+
+
+def test_rollout_health_hears_requests_answered_504_in_a_batch_that_then_fails() -> None:
+    """The halves run only the requests still waiting: those answered 504 while the pass ran
+    were never reported, so a version that hangs and then raises was judged on nothing."""
+    runner = FakeRunner(delay_s=0.3, failures=1)
+    heard: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        batcher = make_batcher(runner)
+        batcher.outcome_listener = lambda version, ok, seconds: heard.append((version, ok))
+        answers = await asyncio.gather(
+            *(batcher.submit(items(float(i)), 1, later(0.1)) for i in range(4)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, Problem) and a.code == "deadline-exceeded" for a in answers)
+        await batcher.close(1)
+
+    run(main)
+    assert heard == [("9.9.9", False)] * 4
+    assert runner.batch_sizes == [4]  # nothing left waiting to run again in halves
 
 
 def test_a_client_chosen_deadline_missed_during_its_batch_says_nothing_about_the_version() -> None:
@@ -543,20 +377,6 @@ def test_a_batch_that_cannot_be_split_or_joined_is_run_one_request_at_a_time(
     assert served.outputs[0].tolist() == [[6.0]]
 
 
-def test_a_request_larger_than_a_batch_counts_as_its_share_of_a_batch_s_time() -> None:
-    """It runs alone, 30 batches' worth at once: taken as one batch's time, it made admission
-    expect every batch to take that long, and shed ordinary requests 503 for 16 batches."""
-    runner = FakeRunner(delay_s=0.3)
-
-    async def main() -> float:
-        batcher = make_batcher(runner, max_batch_size=4)
-        await batcher.submit([np.zeros((12, 1), dtype=np.float32)], 12, later())
-        await batcher.close(1)
-        return batcher.batch_seconds
-
-    assert 0.3 / 3 <= run(main) < 0.3  # a third of the pass: 12 items are 3 batches of 4
-
-
 def test_a_listener_that_raises_does_not_stop_the_batcher() -> None:
     runner = FakeRunner()
     calls: list[bool] = []
@@ -608,6 +428,24 @@ def test_close_answers_queued_items_with_503_and_reports_them_abandoned() -> Non
     assert isinstance(outcome, Problem)
     assert (outcome.code, outcome.status) == ("shutting-down", 503)
     assert "retry-after" in outcome.headers
+
+
+def test_close_does_not_wait_for_a_batch_to_fill() -> None:
+    runner = FakeRunner()
+
+    async def main() -> float:
+        batcher = make_batcher(runner, max_batch_size=8, max_delay_s=2.0)
+        await asyncio.gather(*(batcher.submit(items(1.0), 1, later()) for _ in range(2)))
+        queued = asyncio.create_task(batcher.submit(items(1.0), 1, later()))  # waits to fill
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        await batcher.close(10)
+        closed_after = time.monotonic() - start
+        assert (await queued).outputs[0].tolist() == [[2.0]]
+        return closed_after
+
+    assert run(main) < 1.0  # the fill wait (2 s) is cut short: dispatched at once
+    assert runner.batch_sizes == [2, 1]
 
 
 def test_close_lets_the_queue_drain_within_its_bound() -> None:
