@@ -1,4 +1,5 @@
-"""Signals an asyncio event loop took with `loop.add_signal_handler`, found for GracefulShutdown.
+"""Signals for GracefulShutdown: chaining to the handler found before, and the signals an
+asyncio event loop took with `loop.add_signal_handler`.
 
 Such a signal reaches the loop through its wakeup fd whatever Python-level handler is set, so
 `GracefulShutdown.start()` must replace the loop's callback, not the handler.
@@ -7,8 +8,30 @@ Such a signal reaches the loop through its wakeup fd whatever Python-level handl
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def chain(previous: SignalHandler, signum: int, frame: FrameType | None, *, exiting: bool) -> None:
+    """Hand a signal on to the handler installed before, or to the default action.
+
+    `exiting`: the interpreter is running its exit callbacks. Python's SIGINT handler raises
+    KeyboardInterrupt, which there interrupts nothing: it was printed as an ignored exception
+    with its traceback and the process exited 0. Ctrl-C's default action ends it instead.
+    """
+    if previous == signal.SIG_IGN:
+        return
+    if callable(previous) and not (exiting and previous is signal.default_int_handler):
+        previous(signum, frame)
+        return
+    # SIG_DFL, or a handler installed outside Python: restore and re-raise the default.
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
 
 # The loop, and the callback it had for the signal with its arguments.
 LoopCallback = tuple[asyncio.AbstractEventLoop, Callable[..., Any], tuple[Any, ...]]

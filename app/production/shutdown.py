@@ -31,17 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .bounds import check_seconds
 from .hooks import Handler, call_bounded, wait_in_daemon_thread
-from .loop_signals import LoopCallback, is_loop_handler, loop_callback
+from .loop_signals import LoopCallback, SignalHandler, chain, is_loop_handler, loop_callback
 
 logger = logging.getLogger(__name__)
 
 H = TypeVar("H", bound=Handler)
 ServerCallback = Callable[["GracefulShutdown"], None]
-SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -118,6 +117,7 @@ class GracefulShutdown:
         self._loop_drain: asyncio.Task[None] | None = None  # referenced until done
         self._loop_chained = False
         self._drain_thread: threading.Thread | None = None
+        self._exiting = False  # the interpreter's exit is waiting for the drain
         # The loop `start()` was called on, if any: the drain thread runs the drain there.
         self._service_loop: asyncio.AbstractEventLoop | None = None
 
@@ -336,6 +336,7 @@ class GracefulShutdown:
         atexit.register(self._finish_drain_at_exit)
 
     def _finish_drain_at_exit(self) -> None:
+        self._exiting = True  # the drain's re-delivered signal comes during this join
         self.join(self._drain_bound())
 
     def _drain_bound(self) -> float:
@@ -371,15 +372,7 @@ class GracefulShutdown:
             logger.error("drain on the service's loop did not finish (%s)", type(exc).__name__)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        if previous == signal.SIG_IGN:
-            return
-        if callable(previous):
-            previous(signum, frame)
-            return
-        # SIG_DFL, or a handler installed outside Python: restore and re-raise the default.
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+        chain(self._previous.get(signum, signal.SIG_DFL), signum, frame, exiting=self._exiting)
 
     def stop(self) -> None:
         """Put back the signal handlers `start()` replaced (main thread only)."""

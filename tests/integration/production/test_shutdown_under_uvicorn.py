@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.integration.production.test_shutdown_on_an_event_loop import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -69,7 +71,11 @@ say("uvicorn.run returned")
 """
 
 
-def serve_and_stop(mode: str) -> tuple[int, list[str], list[str]]:
+def serve_and_stop(
+    mode: str, sig: signal.Signals = signal.SIGTERM
+) -> tuple[int, list[str], list[str], str]:
+    """The exit code, the lines printed and the answers of a request in flight at `sig`,
+    and what was written to stderr."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(SERVICE), mode, str(port)],
@@ -99,27 +105,30 @@ def serve_and_stop(mode: str) -> tuple[int, list[str], list[str]]:
                 time.sleep(0.05)
         caller.start()
         time.sleep(0.3)  # the request is in flight
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=30)
         caller.join(10)
     finally:
         process.kill()
-    return process.returncode, out.splitlines(), answers
+    return process.returncode, out.splitlines(), answers, err
 
 
-def test_start_at_import_runs_every_hook_before_the_process_exits() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_start_at_import_runs_every_hook_before_the_process_exits(sig: signal.Signals) -> None:
     """The drain thread was a daemon: uvicorn stopped, re-raised the signal to it and returned,
-    and the interpreter's exit killed the drain mid-hook (exit 0, the hook never done)."""
-    returncode, lines, answers = serve_and_stop("import")
+    and the interpreter's exit killed the drain mid-hook (exit 0, the hook never done).
+    Ctrl-C's KeyboardInterrupt, raised at the exit, was printed as ignored (exit 0 again)."""
+    returncode, lines, answers, err = serve_and_stop("import", sig)
     assert answers == ['{"ok":true}']
     assert "sync hook ran" in lines, lines
-    assert returncode == -signal.SIGTERM  # the default action, after the drain
+    assert returncode == -sig, err  # the default action, after the drain
+    assert "Traceback" not in err, err
 
 
 def test_start_in_the_lifespan_runs_async_hooks_on_the_service_loop() -> None:
     """Under uvicorn the signal arrives through `signal.signal`, and the drain thread ran async
     hooks on a private loop, where a client made on the service's loop fails."""
-    returncode, lines, answers = serve_and_stop("lifespan")
+    returncode, lines, answers, _ = serve_and_stop("lifespan")
     assert answers == ['{"ok":true}']
     assert lines[:2] == ["sync hook ran", "async hook on the service loop"], lines
     assert returncode in (0, -signal.SIGTERM)
