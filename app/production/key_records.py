@@ -55,11 +55,20 @@ class KeyRecord:
             owner=str(data["owner"]),
             scopes=tuple(str(s) for s in data.get("scopes", ("infer",))),
             created=_seconds(data["created"]),
-            hash=str(data["hash"]),
+            hash=_digest(data["hash"]),
             expires=None if data.get("expires") is None else _seconds(data["expires"]),
             revoked=None if data.get("revoked") is None else _seconds(data["revoked"]),
             rate_limit=data.get("rate_limit"),
         )
+
+
+def _digest(value: Any) -> str:
+    # Compared with hmac.compare_digest, which raises TypeError for non-ASCII text: a record
+    # edited by hand with one made every lookup of its key id a 500.
+    digest = str(value)
+    if not digest.isascii():
+        raise ValueError("not a key hash: non-ASCII text")
+    return digest
 
 
 def _seconds(value: Any) -> float:

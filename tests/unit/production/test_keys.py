@@ -391,6 +391,9 @@ def test_a_key_file_that_cannot_be_looked_at_keeps_the_last_good_keys(
         # JSON's NaN (json.loads reads it) compares false with every time: it never expired.
         '{"version": 1, "keys": [{"id": "0123456789abcdef", "owner": "a", "created": 1, '
         '"hash": "h", "expires": NaN}]}',
+        # compare_digest raises TypeError for non-ASCII text: a 500 for that key id.
+        '{"version": 1, "keys": [{"id": "0123456789abcdef", "owner": "a", "created": 1, '
+        '"hash": "\u00e9"}]}',
         # Past float's range: OverflowError escaped every lookup.
         '{"version": 1, "keys": [{"id": "0123456789abcdef", "owner": "a", "created": 1, '
         '"hash": "h", "expires": 1' + "0" * 400 + "}]}",
