@@ -13,10 +13,6 @@
 from __future__ import annotations
 
 import io
-import json
-import math
-import re
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,8 +24,8 @@ from torch import nn
 from models.errors import ArtefactError, first_line
 from models.families import build_model
 from models.manifest import ModelManifest, Signature
+from models.pt2_archive import PT2_MODEL, refuse_pickled_entries
 from models.pt2_ops import refuse_unsafe_ops
-from models.pt2_program import check_attribute_path, refuse_code_in_program
 from models.tensors import FLOAT_DTYPES, example_inputs, generate
 
 Forward = Callable[..., Any]
@@ -188,7 +184,7 @@ def _load_torch_export(manifest: ModelManifest, data: bytes, device: torch.devic
     try:
         # load_pt2, not torch.export.load: on a RuntimeError the latter retries the bytes as a
         # legacy archive, whose state it unpickles. Here any failure is final.
-        program = load_pt2(io.BytesIO(data)).exported_programs[_PT2_MODEL]
+        program = load_pt2(io.BytesIO(data)).exported_programs[PT2_MODEL]
     except Exception as exc:  # torch raises many types (AssertionError too) for a bad archive
         raise ArtefactError(f"not a loadable torch.export archive: {first_line(exc)}") from None
     refuse_unsafe_ops(program)  # before anything of it runs
@@ -219,142 +215,3 @@ _LOADERS: dict[str, Callable[[ModelManifest, bytes, torch.device], _Loaded]] = {
     "torch_export": _load_torch_export,
     "torchscript": _load_torchscript,
 }
-
-
-# The entries torch.export.save (torch 2.13) writes for one program, below the archive's one
-# top-level folder: metadata, the program as JSON, its sample inputs, and tensors as raw bytes
-# described by a payload config. Everything else is refused rather than judged: legacy pickled
-# state (data/weights/model.pt), custom and opaque objects (pickled), AOTInductor libraries
-# (native code), extra files, other programs. [0-9], not \d, which matches non-ASCII digits.
-_PT2_MODEL = "model"
-_PT2_ENTRY = re.compile(
-    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-    r"|models/model\.json|data/sample_inputs/model\.pt"
-    r"|data/weights/(model_weights_config\.json|weight_[0-9]+)"
-    r"|data/constants/(model_constants_config\.json|tensor_[0-9]+)"
-)
-# Payload config -> the only path_name form its entries may have. torch picks the loader from
-# the path_name (custom_obj_* and opaque_obj_* are unpickled) and joins it to the folder, so a
-# path_name is checked, not just the entry names.
-_PT2_PAYLOADS = {
-    "data/weights/model_weights_config.json": re.compile(r"weight_[0-9]+"),
-    "data/constants/model_constants_config.json": re.compile(r"tensor_[0-9]+"),
-}
-_PT2_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
-
-
-def refuse_pickled_entries(data: bytes) -> None:
-    """Raise ArtefactError unless the .pt2 archive has only entries that load without unpickling
-    (and a program whose loading runs none of its text: models/pt2_program.py).
-
-    torch reads the archive through its own zip reader (miniz), which finds entries relative
-    to the first entry's top-level folder and matches names case-insensitively. So every entry
-    must sit under that one folder, and no name may appear twice, even in another case: else
-    the entry checked here need not be the one torch loads.
-    """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError):
-        raise ArtefactError("not a torch.export archive (not a zip file)") from None
-    with archive:
-        names = archive.namelist()
-        root = names[0].split("/", 1)[0] + "/" if names else ""
-        if (
-            not root.isascii()
-            or not root.isprintable()
-            or root in ("/", "./", "../")
-            or "\\" in root
-            or not all(n.startswith(root) for n in names)
-        ):
-            raise ArtefactError("not a torch.export archive: entries are not in one folder")
-        if len({n.lower() for n in names}) != len(names):
-            raise ArtefactError("torch.export archive has duplicate entries; refused")
-        # torch.export.save stores every entry as it is: a deflated one is a way to make a
-        # small upload inflate a thousandfold.
-        if any(
-            i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size
-            for i in archive.infolist()
-        ):
-            raise ArtefactError("torch.export archive has compressed entries; refused")
-        entries = {n[len(root) :] for n in names}
-        if "archive_format" not in entries:
-            raise ArtefactError(
-                "legacy torch.export archive: its state is pickled; re-export with torch>=2.6"
-            )
-        if f"models/{_PT2_MODEL}.json" not in entries:
-            raise ArtefactError(f"torch.export archive has no program models/{_PT2_MODEL}.json")
-        # torch's loader turns parts of the program's JSON into Python code and runs it.
-        refuse_code_in_program(_read(archive, f"{root}models/{_PT2_MODEL}.json"))
-        for entry in sorted(entries):
-            if not _PT2_ENTRY.fullmatch(entry):
-                # !r: a zip entry name may hold a newline or escape codes; the message is one line.
-                raise ArtefactError(
-                    f"archive entry {entry!r} is not a plain tensor or JSON; refused"
-                )
-        _check_payloads(archive, root, entries)
-
-
-def _check_payloads(archive: zipfile.ZipFile, root: str, entries: set[str]) -> None:
-    """The tensors' configs (no pickled or oddly stored tensor) and the sample inputs."""
-    for config, path_name in _PT2_PAYLOADS.items():
-        if config in entries:
-            folder = config.rsplit("/", 1)[0] + "/"
-            sizes = {
-                e[len(folder) :]: archive.getinfo(root + e).file_size
-                for e in entries
-                if e.startswith(folder)
-            }
-            _check_payload_config(config, _read(archive, root + config), path_name, sizes)
-    if _PT2_SAMPLE_INPUTS in entries:
-        # torch loads these with weights_only=True and falls back to full unpickling.
-        sample_inputs = _read(archive, root + _PT2_SAMPLE_INPUTS)
-        try:
-            torch.load(io.BytesIO(sample_inputs), weights_only=True)
-        except Exception:
-            raise ArtefactError(
-                f"archive entry {_PT2_SAMPLE_INPUTS} needs unpickling; refused"
-            ) from None
-
-
-def _read(archive: zipfile.ZipFile, name: str) -> bytes:
-    try:
-        return archive.read(name)
-    except Exception:  # zipfile raises many types: bad CRC, encryption, unknown compression
-        raise ArtefactError(f"archive entry {name!r} cannot be read") from None
-
-
-def _check_payload_config(
-    name: str, raw: bytes, path_name: re.Pattern[str], sizes: dict[str, int]
-) -> None:
-    try:
-        config = json.loads(raw)["config"]
-        items = config.items()
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ArtefactError(f"archive entry {name} is malformed") from None
-    for fqn, meta in items:
-        check_attribute_path(fqn)  # where torch attaches the tensor, written into generated code
-        # `is not False`: torch takes any truthy value (the string "false" too) as "unpickle".
-        if (
-            not isinstance(meta, dict)
-            or meta.get("use_pickle") is not False
-            or not isinstance(meta.get("tensor_meta"), dict)
-        ):
-            raise ArtefactError(f"archive tensor {fqn!r} is stored pickled; refused")
-        if not isinstance(meta.get("path_name"), str) or not path_name.fullmatch(meta["path_name"]):
-            raise ArtefactError(
-                f"archive tensor {fqn!r} is not stored as a plain tensor (path_name "
-                f"{str(meta.get('path_name'))[:80]!r}); refused"
-            )
-        # torch makes an empty entry a tensor of zeros of the size the config declares.
-        if sizes.get(meta["path_name"]) == 0 and _elements(meta["tensor_meta"]) != 0:
-            raise ArtefactError(f"archive tensor {fqn!r} has no bytes for its size; refused")
-
-
-def _elements(tensor_meta: dict[str, Any]) -> int | None:
-    """The element count a tensor's metadata declares; None when not a plain list of ints."""
-    dims = tensor_meta.get("sizes")
-    if not isinstance(dims, list) or not all(
-        isinstance(d, dict) and isinstance(d.get("as_int"), int) for d in dims
-    ):
-        return None
-    return math.prod(int(d["as_int"]) for d in dims)

@@ -61,7 +61,8 @@ def run_golden_checks(model: LoadedModel) -> None:
             if not torch.allclose(
                 actual_cpu.to(expected.dtype), expected, atol=check.atol, rtol=check.rtol
             ):
-                worst = (actual_cpu.to(expected.dtype) - expected).abs().max().item()
+                # In float64: bool tensors cannot be subtracted, and integers could wrap.
+                worst = (actual_cpu.double() - expected.double()).abs().max().item()
                 raise GoldenCheckError(
                     f"golden check {check.name!r}: output {spec.name!r} differs by up to "
                     f"{worst:.3g} (atol {check.atol}, rtol {check.rtol})"

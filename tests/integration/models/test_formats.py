@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.errors import ArtefactError
-from models.formats import refuse_pickled_entries
+from models.errors import ArtefactError, GoldenCheckError
+from models.manifest import GoldenCheck, Signature, TensorSpec
+from models.pt2_archive import refuse_pickled_entries
 from models.registry import ModelRegistry
 from tests.support.artefacts import TINY_SIGNATURE, tiny_mlp
 
@@ -269,3 +270,32 @@ def test_an_exported_program_loads_without_torch_export_load(
     )
     [y] = registry.load(manifest).forward([torch.ones(2, 4)])
     torch.testing.assert_close(y, tiny_mlp(seed=3)(torch.ones(2, 4)))
+
+
+class _Positive(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x > 0
+
+
+def test_a_failing_golden_check_on_a_bool_output_is_said_in_a_line(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Its difference was computed by subtracting bools: a RuntimeError and a traceback."""
+    program = torch.export.export(
+        _Positive(), (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, str(tmp_path / "positive.pt2"))
+    signature = Signature(
+        inputs=(TensorSpec(name="x", shape=(-1, 4)),),
+        outputs=(TensorSpec(name="y", dtype="bool", shape=(-1, 4)),),
+    )
+    check = GoldenCheck(name="g", inputs={"x": [[1, -1, 1, -1]]}, expected={"y": [[True] * 4]})
+    with pytest.raises(GoldenCheckError, match="golden check 'g': output 'y' differs by up to 1"):
+        registry.register(
+            "positive",
+            "1.0.0",
+            tmp_path / "positive.pt2",
+            format="torch_export",
+            signature=signature,
+            golden=(check,),
+        )
