@@ -16,58 +16,13 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.secret_files import SecretFiles
+from app.setting_checks import limit_problem, redis_url_problem
 from models.manifest import check_name, check_version
 
 Environment = Literal["development", "production"]
 KeyStoreKind = Literal["file", "redis", "hashed-file"]
 
 DEFAULT_HOME = Path.home() / ".frameworm"
-
-
-def _redis_url_problem(url: str, schemes: tuple[str, ...] = ("redis", "rediss", "unix")) -> str:
-    """What is wrong with a Redis URL ("" when nothing), checked as redis-py reads it, in words
-    that quote nothing of it but its scheme: it may hold a password."""
-    from redis.connection import parse_url
-
-    from app.production.ratelimit import url_scheme
-
-    scheme = url_scheme(url)
-    if scheme.removesuffix("://") not in schemes:
-        *others, last = (f"{s}://" for s in schemes)
-        what = "it has no scheme" if scheme == "no scheme" else f"{scheme} is not supported"
-        return f"{what}: use {', '.join(others)} or {last}"
-    plain = url.replace("redis+unix://", "unix://", 1)  # the rate limiter's name for unix://
-    try:
-        parts = urlsplit(plain)
-    except ValueError:  # its message may quote the URL
-        return "it does not parse as a URL"
-    try:
-        parts.port  # noqa: B018  # raises ValueError when not a number from 0 to 65535
-    except ValueError:
-        return (
-            "its port is not a number from 0 to 65535 (a password goes before the host: "
-            "redis://:PASSWORD@HOST:PORT/DB)"
-        )
-    if parts.scheme == "unix" and not parts.path:
-        return f"{scheme} needs a socket path ({scheme}/run/redis.sock)"
-    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        return "its path is not a database number (/0)"
-    try:
-        parse_url(plain)  # type: ignore[no-untyped-call]
-    except ValueError:
-        return "redis-py cannot read its options (?db=N, ?socket_timeout=SECONDS, ...)"
-    return ""
-
-
-def _limit_problem(text: str) -> str | None:
-    """Why the rate limiter could not use `text`, or None."""
-    from app.production.ratelimit import parse_limit  # as the rate limiter reads it
-
-    try:
-        parse_limit(text)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 class Settings(BaseSettings):
@@ -135,7 +90,8 @@ class Settings(BaseSettings):
     result_cache_timeout_ms: float = Field(default=50.0, gt=0, le=60_000)
 
     # Request limits
-    max_body_mb: float = Field(default=10.0, ge=0.001)  # at least about a KB
+    # At least about a KB; at most a TB (past about 8.8e12, zlib's bound overflowed: a 500).
+    max_body_mb: float = Field(default=10.0, ge=0.001, le=1024 * 1024)
     max_header_kb: int = Field(default=64, ge=1)
     write_stall_s: float = Field(default=30.0, gt=0)
     # Idle keep-alive connections close after this. Behind a proxy that reuses upstream
@@ -234,13 +190,23 @@ class Settings(BaseSettings):
         return check_version(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _batch_delay_within_timeout(self) -> Settings:
+        # A request waiting for its batch to fill would wait out its own deadline (a 504 for
+        # every request after a batch of several items).
+        if self.max_batch_delay_ms >= self.request_timeout_ms:
+            raise ValueError(
+                "FRAMEWORM_MAX_BATCH_DELAY_MS must be below FRAMEWORM_REQUEST_TIMEOUT_MS"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _what_is_used_is_complete(self) -> Settings:
         """Settings that only matter when their feature is on are checked only then."""
         limits = {"FRAMEWORM_AUTH_FAILURE_LIMIT": self.auth_failure_limit}  # always in use
         if self.rate_limit_enabled:
             limits["FRAMEWORM_RATE_LIMIT"] = self.rate_limit
         for name, value in limits.items():
-            if (problem := _limit_problem(value)) is not None:
+            if (problem := limit_problem(value)) is not None:
                 raise ValueError(f"{name}: {problem}")
         users = [
             name
@@ -256,7 +222,7 @@ class Settings(BaseSettings):
         if users and self.redis_url is None:
             raise ValueError(f"{' and '.join(users)} needs FRAMEWORM_REDIS_URL")
         url = self.redis_url.get_secret_value() if users and self.redis_url is not None else None
-        if url is not None and (problem := _redis_url_problem(url)):
+        if url is not None and (problem := redis_url_problem(url)):
             raise ValueError(f"FRAMEWORM_REDIS_URL: {problem}")
         if self.rate_limit_enabled:
             # Parsed here: a malformed URL found at the first request was taken for an outage.
@@ -264,7 +230,7 @@ class Settings(BaseSettings):
 
             storage = self.rate_limit_storage.removeprefix("async+")
             if STORAGE_SCHEMES.get(url_scheme(storage).removesuffix("://")) != "memory" and (
-                problem := _redis_url_problem(storage, tuple(STORAGE_SCHEMES))
+                problem := redis_url_problem(storage, tuple(STORAGE_SCHEMES))
             ):
                 raise ValueError(f"FRAMEWORM_RATE_LIMIT_STORAGE: {problem}")
         return self

@@ -50,6 +50,7 @@ log = logging.getLogger("frameworm.serve")
 UVICORN_GRACE_MARGIN_S = 5.0  # uvicorn's own deadline is later than the app's
 EXIT_MODEL_FAILED = 3
 EXIT_CANNOT_LISTEN = 1  # uvicorn would exit 3 itself, the code that means "no model"
+LISTEN_BACKLOG = 2048  # uvicorn's own default; it listens again with its own when it starts
 
 
 class DrainingServer(uvicorn.Server):
@@ -304,6 +305,9 @@ def listening_socket(settings: Settings) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))
+        # Listening at once claims the port: only bound, another server could bind it too
+        # (SO_REUSEADDR) and listen first, and this one would start, serving nothing.
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise

@@ -59,6 +59,10 @@ class SmokeClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"URL must be http:// or https:// with a host, not {url!r}")
+        try:  # as the request will send it: an empty or over-long label raised at the first
+            (parts.hostname or "").encode("idna")
+        except UnicodeError:
+            raise ValueError(f"URL has no valid host name: {url!r}") from None
         self.base = url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key

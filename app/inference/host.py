@@ -120,7 +120,7 @@ class ModelHost:
                     exc_info=not isinstance(exc, EXPECTED_LOAD_ERRORS),
                 )
                 if attempt < attempts:
-                    await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
+                    await asyncio.sleep(min(2.0 ** min(attempt - 1, 10), 10.0))
                 continue
             freeze_startup_heap()  # before the first request, not during one
             self._runner = runner

@@ -281,6 +281,7 @@ def test_a_secret_file_named_in_the_env_file_is_read(tmp_path: Path) -> None:
         ("follow_interval_s", "1e-300"),  # a busy poll of the registry
         ("workers", "100000"),  # an extra digit: thousands of processes, each with the model
         ("torch_threads", "100000"),
+        ("max_body_mb", "1e13"),  # zlib's bound overflowed: every compressed request a 500
     ],
 )
 def test_infinite_or_vanishing_sizes_and_timeouts_are_refused(field: str, value: str) -> None:
@@ -327,3 +328,11 @@ def test_settings_of_a_feature_that_is_off_are_not_checked() -> None:
     assert Settings(rate_limit_enabled=False, rate_limit="").rate_limit == ""
     with pytest.raises(ValidationError, match="FRAMEWORM_AUTH_FAILURE_LIMIT"):
         Settings(rate_limit_enabled=False, auth_failure_limit="lots")  # in use even then
+
+
+def test_a_batch_delay_that_outlasts_the_request_timeout_is_refused() -> None:
+    """Every request after a batch of several items waited for its batch to fill past its own
+    deadline: a 504 for each, with nothing said at start."""
+    with pytest.raises(ValidationError, match="FRAMEWORM_MAX_BATCH_DELAY_MS must be below"):
+        Settings(max_batch_delay_ms=20_000, request_timeout_ms=10_000)
+    assert Settings(max_batch_delay_ms=50, request_timeout_ms=100).max_batch_delay_ms == 50

@@ -234,3 +234,13 @@ def test_auto_rollback_with_a_followed_stage_is_not_warned_about(
             Settings(auto_rollback=True, follow_stage=True)
         )
     assert caplog.records == []
+
+
+def test_a_port_another_server_holds_is_refused_even_before_either_listens() -> None:
+    """Bound with SO_REUSEADDR but not listening until the app was built, a port was bound by a
+    second server too; the first to listen won and the other started, serving nothing."""
+    first = serve_module.listening_socket(Settings(host="127.0.0.1", port=0))
+    with first:
+        port = first.getsockname()[1]
+        with pytest.raises(OSError):
+            serve_module.listening_socket(Settings(host="127.0.0.1", port=port)).close()

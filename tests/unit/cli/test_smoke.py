@@ -199,6 +199,14 @@ def test_only_http_urls_are_accepted() -> None:
     assert "URL must be http:// or https://" in output
 
 
+@pytest.mark.parametrize("host", ["host..example.com", "a" * 64 + ".example.com"])
+def test_a_host_name_idna_cannot_encode_is_refused_in_one_line(host: str) -> None:
+    """An empty or over-long label raised UnicodeError at the first request: 30 frames."""
+    code, output = smoke(f"http://{host}/")
+    assert code == 1
+    assert "URL has no valid host name" in output and "Traceback" not in output
+
+
 def test_zeros_request_sets_batch_one_and_bool_zeros() -> None:
     body = json.loads(
         zeros_request({"inputs": [{"name": "m", "datatype": "BOOL", "shape": [-1, 3]}]})

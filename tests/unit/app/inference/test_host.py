@@ -97,3 +97,24 @@ def test_a_load_failing_with_an_unexpected_error_fails_the_host_and_logs_the_tra
     (record,) = [r for r in caplog.records if r.name == "frameworm.model"]
     assert "unsupported ScalarType" in record.getMessage()
     assert record.exc_info is not None  # the traceback is in the log, for whoever debugs it
+
+
+def test_thousands_of_load_retries_back_off_without_overflowing(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backoff computed 2.0 ** (attempt - 1) before capping it: attempt 1,025 raised
+    OverflowError out of start(), which never raises, and the host sat "loading" for ever."""
+    waits: list[float] = []
+
+    def prepare(manifest: object = None) -> object:
+        raise TypeError("still broken")
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(host, "prepare", prepare)
+    monkeypatch.setattr(host, "settings", host.settings.model_copy(update={"load_retries": 1100}))
+    monkeypatch.setattr("app.inference.host.asyncio.sleep", no_wait)
+    asyncio.run(host.start())
+    assert host.state == "failed" and host.failed.is_set()
+    assert len(waits) == 1099 and max(waits) == 10.0
