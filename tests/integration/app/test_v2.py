@@ -162,7 +162,9 @@ def test_a_miss_of_the_client_s_own_deadline_is_counted_as_client_deadline(
 
 
 def test_a_miss_of_the_server_s_deadline_is_no_client_deadline(seeded_registry: Path) -> None:
-    settings = app_settings(seeded_registry, model="cnn-digits", request_timeout_ms=0.001)
+    settings = app_settings(
+        seeded_registry, model="cnn-digits", request_timeout_ms=0.001, max_batch_delay_ms=0
+    )
     with running_app(settings) as client:
         for parameters in ({}, {"timeout": 60_000_000}):  # none, or longer than the server's
             response = client.post(INFER, json=json_request(1, parameters=parameters))
