@@ -8,6 +8,7 @@ never at import time.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ Environment = Literal["development", "production"]
 KeyStoreKind = Literal["file", "redis", "hashed-file"]
 
 DEFAULT_HOME = Path.home() / ".frameworm"
+ENV_FILE = ".env"  # read from the working directory, beside the environment
 
 
 class Settings(BaseSettings):
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="FRAMEWORM_",
-        env_file=".env",
+        env_file=ENV_FILE,
         extra="ignore",
         frozen=True,
         # Validation errors must never print the input: it holds the secrets.
@@ -283,19 +285,16 @@ class Settings(BaseSettings):
     def _device(cls, value: str) -> str:
         # Checked here, so that a typo or a missing GPU is one settings error at start, not a
         # traceback from the model load (and the load's exit code).
-        if value == "auto":
+        if value in ("auto", "cpu"):
             return value
+        if value.startswith("cpu:"):  # labelled cpu:7 in metrics
+            raise ValueError(f"{value!r}: the CPU has no index: use cpu")
+        if not re.fullmatch(r"cuda(:[0-9]+)?", value):
+            raise ValueError(f"{value!r}: Frameworm serves on auto, cpu, cuda or cuda:N")
+        # Only for CUDA: the --workers supervisor of CPU workers never loads torch (200 MB).
         import torch
 
-        try:
-            device = torch.device(value)
-        except RuntimeError:
-            raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{value!r}: Frameworm serves on cpu or cuda")
-        if device.type == "cpu" and device.index is not None:  # labelled cpu:7 in metrics
-            raise ValueError(f"{value!r}: the CPU has no index: use cpu")
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise ValueError(f"{value!r}: CUDA is not available on this machine")
         return value
 

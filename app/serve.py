@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import uvicorn
+from dotenv import dotenv_values
 
-from app.config import Settings
+from app.config import ENV_FILE, Settings
 from app.connection import BoundedHttpToolsProtocol as BoundedProtocol
 from app.connection import bounded_protocol
 from app.production import APIKeyAuth
@@ -254,9 +255,11 @@ def warn_of_settings_without_effect(settings: Settings) -> None:
     """Settings that serve, but cannot do what they ask for."""
     known = {f"FRAMEWORM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
     known |= {f"FRAMEWORM_{name.upper()}_FILE" for name in SECRET_FIELDS}
-    for name in sorted(os.environ):
+    # The .env file's lines too, which the settings read beside the environment.
+    variables = {**dotenv_values(ENV_FILE), **os.environ}
+    for name in sorted(variables):
         upper = name.upper()  # as the settings read them
-        link = _SERVICE_LINK.match(upper) or _SERVICE_ADDRESS.match(os.environ[name])
+        link = _SERVICE_LINK.match(upper) or _SERVICE_ADDRESS.match(variables[name] or "")
         if upper.startswith("FRAMEWORM_") and upper not in known and not link:
             log.warning("%s is no setting (misspelt?): ignored", name)
     if settings.auto_rollback and not settings.follow_stage:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,25 @@ def test_a_header_secret_no_client_could_send_is_refused(
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
 def test_a_device_that_is_not_cpu_or_cuda_is_one_settings_error(device: str) -> None:
+    with pytest.raises(ValidationError, match="device"):
+        Settings(device=device)
+
+
+def test_a_cpu_device_is_settled_without_importing_torch() -> None:
+    """The --workers supervisor builds the settings and serves nothing: with
+    FRAMEWORM_DEVICE=cpu it imported torch to check the name (250 MB where it holds 55)."""
+    code = (
+        "import sys; from app.config import Settings; "
+        "Settings(_env_file=None, device='cpu'); print('torch' in sys.modules)"
+    )
+    checked = subprocess.run(  # a fresh interpreter: this one has torch imported already
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert checked.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("device", ["cpu:7", "cuda:", "CUDA", "cuda:0 "])
+def test_a_device_name_torch_would_not_serve_on_is_refused(device: str) -> None:
     with pytest.raises(ValidationError, match="device"):
         Settings(device=device)
 

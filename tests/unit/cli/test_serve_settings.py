@@ -219,10 +219,15 @@ def test_a_misspelt_variable_is_warned_about_and_real_ones_are_not(
     monkeypatch.setenv("FRAMEWORM_SERVICE_PORT_HTTP", "80")
     monkeypatch.setenv("FRAMEWORM_PORT_80_TCP_ADDR", "10.0.0.6")
     monkeypatch.setenv("FRAMEWORM_REDIS_PORT", "tcp://10.0.0.8:6379")  # frameworm-redis's
+    # The .env file's lines are settings too: a misspelt one there went unsaid.
+    (home / ".env").write_text("FRAMEWORM_QUEUE_ITEMS=9\nFRAMEWORM_MAX_QUEUE_ITEMS=9\n")
     with caplog.at_level(logging.WARNING, logger="frameworm.serve"):
         serve_module.run(Settings(_env_file=None, bootstrap_api_key="k" * 32))
     warned = [r.getMessage() for r in caplog.records if "FRAMEWORM_" in r.getMessage()]
-    assert warned == ["FRAMEWORM_MAX_BATCHSIZE is no setting (misspelt?): ignored"]
+    assert warned == [
+        "FRAMEWORM_MAX_BATCHSIZE is no setting (misspelt?): ignored",
+        "FRAMEWORM_QUEUE_ITEMS is no setting (misspelt?): ignored",
+    ]
 
 
 def test_auto_rollback_with_a_followed_stage_is_not_warned_about(
