@@ -120,6 +120,7 @@ class DynamicBatcher:
                 abandoned += pending.items
             self._unqueue(pending)
             fail(pending, shutting_down())
+        self._observer.queued(self._queued_items)  # the gauge: nothing is left queued
         return abandoned
 
     @property

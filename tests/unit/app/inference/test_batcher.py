@@ -411,9 +411,14 @@ def test_without_a_loaded_model_requests_are_503_not_ready() -> None:
 
 def test_close_answers_queued_items_with_503_and_reports_them_abandoned() -> None:
     runner = FakeRunner(gate=asyncio.Event())
+    depths: list[int] = []
+
+    class Observer(NoObserver):
+        def queued(self, depth_items: int) -> None:
+            depths.append(depth_items)
 
     async def main() -> tuple[int, BaseException | Served]:
-        batcher = make_batcher(runner, max_batch_size=1)
+        batcher = make_batcher(runner, max_batch_size=1, observer=Observer())
         in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
         await runner.started.wait()
         queued = asyncio.create_task(batcher.submit(items(2.0, 3.0), 2, later()))
@@ -425,6 +430,7 @@ def test_close_answers_queued_items_with_503_and_reports_them_abandoned() -> Non
 
     abandoned, outcome = run(main)
     assert abandoned == 3  # the two queued, and the one in the pass cut short (it gets 503)
+    assert depths[-1] == 0  # the queue-depth gauge kept its last value (2) after shutdown
     assert isinstance(outcome, Problem)
     assert (outcome.code, outcome.status) == ("shutting-down", 503)
     assert "retry-after" in outcome.headers
