@@ -47,6 +47,9 @@ _PT2_SAMPLE_INPUTS = "data/sample_inputs/model.pt"
 # The sample inputs are flattened by torch's loader: a few shared containers nested deep make a
 # tiny pickle a tree of 2**depth leaves (hours of loading). Real ones hold a few tensors.
 _SAMPLE_INPUT_NODES = 10_000
+# Elements an archive's tensors may declare past their bytes (expanded tensors), in all.
+_EXPANDED_ELEMENTS = 2**24
+_END_RECORD = zipfile._EndRecData  # type: ignore[attr-defined]  # where the end record points
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 
 
@@ -56,10 +59,16 @@ class _Zip:
     def __init__(self, data: bytes, what: str) -> None:
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
-        except (zipfile.BadZipFile, ValueError):
+            end = _END_RECORD(io.BytesIO(data))
+        except (zipfile.BadZipFile, ValueError, NotImplementedError):
             raise ArtefactError(f"not a {what} (not a zip file)") from None
         with archive:
             infos = archive.infolist()
+        # zipfile reads the central directory found before the end record, shifting offsets by
+        # any gap; torch's reader reads it where the end record says. Two directories could
+        # then give one entry two compression methods: only one directory is accepted.
+        if end is None or archive.start_dir != end[zipfile._ECD_OFFSET]:  # type: ignore[attr-defined]
+            raise ArtefactError(f"{what} has data before its central directory; refused")
         names = [i.filename for i in infos]
         root = names[0].split("/", 1)[0] + "/" if names else ""
         # torch finds entries relative to the first entry's folder and matches names without
@@ -99,7 +108,7 @@ class _Zip:
                 )
                 for name in records
             }
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # ValueError: a name that is not UTF-8
             raise ArtefactError(f"not a {self.what} (torch cannot read it)") from None
         mine = {
             i.filename[len(self._root) :]: (
@@ -116,7 +125,7 @@ class _Zip:
     def read(self, name: str) -> bytes:
         try:
             return bytes(self._reader.get_record(name))
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             raise ArtefactError(f"{self.what} entry {name!r} cannot be read") from None
 
 
@@ -167,18 +176,14 @@ def _check_sample_inputs(raw: bytes) -> None:
         raise ArtefactError(
             f"archive entry {_PT2_SAMPLE_INPUTS} needs unpickling; refused"
         ) from None
-    nodes, seen, stack = 0, set(), [value]
+    # Walked as torch flattens it: a shared container counts each time it is reached.
+    nodes, stack = 0, [value]
     while stack:
         item = stack.pop()
         nodes += 1
         if nodes > _SAMPLE_INPUT_NODES:
             raise ArtefactError(f"archive entry {_PT2_SAMPLE_INPUTS} is too large; refused")
-        if isinstance(item, (tuple, list, dict)) and item:
-            if id(item) in seen:  # shared: a tree far larger than its pickle
-                raise ArtefactError(
-                    f"archive entry {_PT2_SAMPLE_INPUTS} repeats a container; refused"
-                )
-            seen.add(id(item))
+        if isinstance(item, (tuple, list, dict)):
             stack.extend(item.values() if isinstance(item, dict) else item)
 
 
@@ -188,8 +193,9 @@ def _check_payload_config(
     try:
         config = json.loads(raw)["config"]
         items = config.items()
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ArtefactError(f"archive entry {name} is malformed") from None
+    expanded = 0  # elements declared past the entries' bytes, over the whole config
     for fqn, meta in items:
         check_attribute_path(fqn)  # where torch attaches the tensor, written into generated code
         # `is not False`: torch takes any truthy value (the string "false" too) as "unpickle".
@@ -206,9 +212,12 @@ def _check_payload_config(
             )
         # torch makes the tensor the config declares over the entry's bytes: an empty entry
         # becomes zeros of that size, and zero strides spread 4 bytes over terabytes, which
-        # any copy then materialises. Every element needs a byte of its own at least.
-        elements = _elements(meta["tensor_meta"])
-        if elements is None or elements > sizes.get(meta["path_name"], 0):
+        # any copy then materialises. Expanded tensors (`ones(1, 4).expand(256, 4)`) are real
+        # exports, so only so many elements past the bytes are allowed.
+        elements, stored = _elements(meta["tensor_meta"]), sizes.get(meta["path_name"], 0)
+        if elements is not None and stored:
+            expanded += max(0, elements - stored)
+        if elements is None or (elements and not stored) or expanded > _EXPANDED_ELEMENTS:
             raise ArtefactError(f"archive tensor {fqn!r} has fewer bytes than its size; refused")
 
 

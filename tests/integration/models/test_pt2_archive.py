@@ -62,9 +62,44 @@ def test_one_file_holding_a_plain_archive_for_zipfile_and_a_pickled_one_for_torc
     both = torch_entries + torch_directory + plain_entries + plain_directory + torch_end
     with zipfile.ZipFile(io.BytesIO(both)) as archive:  # what the checks used to see
         assert json.loads(archive.read(config_name))["config"][fqn]["use_pickle"] is False
-    with pytest.raises(ArtefactError, match="reads differently to torch's zip reader"):
+    with pytest.raises(ArtefactError, match=r"central directory|reads differently to torch's"):
         refuse_pickled_entries(both)
     assert not (tmp_path / "ran").exists()
+
+
+def test_an_archive_whose_directory_is_not_where_its_end_record_says_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Two directories could agree on every entry's place and size yet not on its compression:
+    torch inflated a 1 MB entry that zipfile read as stored into 1 GB. zipfile shifts offsets
+    by the bytes before the directory it finds; only an archive without such bytes passes."""
+    good = export(tmp_path / "m.pt2", dynamic=True).read_bytes()
+    refuse_pickled_entries(good)
+    with pytest.raises(ArtefactError, match="data before its central directory"):
+        refuse_pickled_entries(b"\0" * 64 + good)
+
+
+class _Expanded(torch.nn.Module):
+    mask: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(1, 4).expand(256, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask[0]
+
+
+# torch.export.save warns of the expanded tensor's storage (it is stored as it is).
+@pytest.mark.filterwarnings("ignore:No complete tensor found:UserWarning")
+def test_an_exported_expanded_buffer_is_accepted(tmp_path: Path) -> None:
+    """torch.export.save stores an expanded tensor's storage only (16 bytes for 1,024
+    elements): a byte per element refused real exports."""
+    program = torch.export.export(
+        _Expanded(), (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, str(tmp_path / "expanded.pt2"))
+    refuse_pickled_entries((tmp_path / "expanded.pt2").read_bytes())
 
 
 def sample_inputs_saved(value: object) -> bytes:
@@ -96,7 +131,7 @@ def shared_nesting(depth: int) -> object:
         # (2 MB made 2 GB), past the outer archive's check.
         (deflated(sample_inputs_saved(((torch.zeros(2, 4),), {}))), "compressed entries"),
         # Shared containers: a 12 KB entry flattened into 2**depth leaves (minutes to hours).
-        (sample_inputs_saved(((shared_nesting(20),), {})), "repeats a container"),
+        (sample_inputs_saved(((shared_nesting(20),), {})), "too large"),
         (sample_inputs_saved(((list(range(20_000)),), {})), "too large"),
     ],
     ids=["deflated", "shared", "many"],
@@ -126,4 +161,13 @@ def test_a_weight_whose_zero_strides_spread_its_bytes_over_terabytes_is_refused(
         good, tmp_path / "bad.pt2", {"model_weights_config.json": json.dumps(config).encode()}
     )
     with pytest.raises(ArtefactError, match="fewer bytes than its size"):
+        refuse_pickled_entries(bad.read_bytes())
+
+
+def test_a_payload_config_nested_past_the_parser_s_depth_is_malformed(tmp_path: Path) -> None:
+    """json.loads raised RecursionError, which escaped as no ArtefactError."""
+    good = export(tmp_path / "m.pt2", dynamic=True)
+    deep = b'{"config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    bad = rewrite(good, tmp_path / "bad.pt2", {"model_weights_config.json": deep})
+    with pytest.raises(ArtefactError, match="is malformed"):
         refuse_pickled_entries(bad.read_bytes())
