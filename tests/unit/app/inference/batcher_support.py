@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -80,3 +81,20 @@ def later(seconds: float = 5.0) -> float:
 
 def is_problem(code: str) -> Callable[[BaseException], bool]:
     return lambda e: isinstance(e, Problem) and e.code == code
+
+
+@contextlib.asynccontextmanager
+async def holding(
+    batcher: DynamicBatcher, runner: FakeRunner, count: int = 1
+) -> AsyncIterator[None]:
+    """A pass of `count` items held on the runner's gate for the block; then released and
+    answered, and the batcher closed."""
+    assert runner.gate is not None
+    held = asyncio.create_task(batcher.submit([np.zeros((count, 1), np.float32)], count, later()))
+    await runner.started.wait()
+    try:
+        yield
+    finally:
+        runner.gate.set()
+    await held
+    await batcher.close(1)

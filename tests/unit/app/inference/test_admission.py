@@ -12,6 +12,7 @@ from app.inference.observer import NoObserver
 from app.inference.pending import Served
 from tests.unit.app.inference.batcher_support import (
     FakeRunner,
+    holding,
     items,
     later,
     make_batcher,
@@ -24,19 +25,13 @@ def test_admission_control_sheds_when_the_expected_wait_outlasts_the_deadline() 
 
     async def main() -> Problem:
         batcher = make_batcher(runner)
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
-        await runner.started.wait()
-        runner.batch_seconds = 2.0  # the warm-up says a batch takes ~2 s; none has finished yet
-        try:
+        async with holding(batcher, runner):
+            runner.batch_seconds = 2.0  # the warm-up says a batch takes ~2 s; none finished yet
             with pytest.raises(Problem) as caught:
                 await batcher.submit(items(2.0), 1, later(0.5))
             served = asyncio.create_task(batcher.submit(items(3.0), 1, later(6.0)))
             await asyncio.sleep(0)
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await asyncio.gather(in_flight, served)  # a request with time to wait is admitted
-        await batcher.close(1)
+        await served  # a request with time to wait is admitted
         return caught.value
 
     problem = run(main)
@@ -54,20 +49,11 @@ def refused_behind(
 
     async def main() -> Problem:
         batcher = make_batcher(runner, max_batch_size=4, max_queue_items=64)
-        first = asyncio.create_task(
-            batcher.submit([np.zeros((ahead, 1), np.float32)], ahead, later())
-        )
-        await runner.started.wait()
-        await asyncio.sleep(running_s)
-        try:
+        async with holding(batcher, runner, ahead):
+            await asyncio.sleep(running_s)
             with pytest.raises(Problem) as caught:
                 arrays = [np.zeros((behind, 1), np.float32)]
                 await batcher.submit(arrays, behind, later(deadline_s))
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await first
-        await batcher.close(1)
         return caught.value
 
     problem = run(main)
@@ -90,15 +76,9 @@ def test_a_running_pass_larger_than_a_batch_counts_as_the_batches_it_holds() -> 
 
     async def main() -> tuple[float, float]:
         batcher = make_batcher(runner, max_batch_size=4)
-        large = asyncio.create_task(batcher.submit([np.zeros((12, 1), np.float32)], 12, later()))
-        await runner.started.wait()
-        await asyncio.sleep(0.3)  # three batches' worth: about 0.1 s each
-        waits = batcher.expected_wait_s(), batcher.expected_wait_s(items=8)
-        assert runner.gate is not None
-        runner.gate.set()
-        await large
-        await batcher.close(1)
-        return waits
+        async with holding(batcher, runner, 12):
+            await asyncio.sleep(0.3)  # three batches' worth: about 0.1 s each
+            return batcher.expected_wait_s(), batcher.expected_wait_s(items=8)
 
     one, eight = run(main)
     # The pass in flight (three batches of about 0.1 s), then the request's own: one batch,
@@ -132,20 +112,13 @@ def test_admission_answers_a_client_chosen_deadline_it_cannot_meet_504_not_503()
 
     async def main() -> list[Problem]:
         batcher = make_batcher(runner, observer=Observer())
-        in_flight = asyncio.create_task(batcher.submit(items(1.0), 1, later()))
-        await runner.started.wait()
-        runner.batch_seconds = 2.0  # about 4 s until a request queued now is answered
         caught = []
-        try:
+        async with holding(batcher, runner):
+            runner.batch_seconds = 2.0  # about 4 s until a request queued now is answered
             for client_deadline in (True, False):
                 with pytest.raises(Problem) as problem:
                     await batcher.submit(items(2.0), 1, later(0.5), client_deadline=client_deadline)
                 caught.append(problem.value)
-        finally:
-            assert runner.gate is not None
-            runner.gate.set()
-        await in_flight
-        await batcher.close(1)
         return caught
 
     client, server = run(main)
